@@ -1,0 +1,242 @@
+//! A member's data directory: its identity (random node id, the pool it serves) and its
+//! sled database. A data dir is never silently re-initialised: a missing identity next to an
+//! existing database, a corrupt identity, or another pool are all refused.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pool::Pool;
+use crate::types::NodeId;
+
+const IDENTITY_FILE: &str = "identity.json";
+const DB_DIR: &str = "db";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    pub format: u32,
+    pub node_id: NodeId,
+    pub pod_cidr: String,
+    pub node_bits: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("data dir {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data dir {path} holds a database but no {IDENTITY_FILE}; refusing to re-initialise it (restore the file or use an empty data dir)")]
+    MissingIdentity { path: PathBuf },
+    #[error("data dir {path}: {IDENTITY_FILE} is unreadable: {reason}")]
+    CorruptIdentity { path: PathBuf, reason: String },
+    #[error("data dir {path} was created for podCIDR {stored_cidr} nodeBits {stored_bits}, but this start asks for podCIDR {asked_cidr} nodeBits {asked_bits}; use the original values or a new data dir")]
+    PoolMismatch {
+        path: PathBuf,
+        stored_cidr: String,
+        stored_bits: u8,
+        asked_cidr: String,
+        asked_bits: u8,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+    identity: Identity,
+    created: bool,
+}
+
+impl DataDir {
+    /// Opens `root` for `pool`, creating it with a fresh random node id when it is new.
+    pub fn open(root: &Path, pool: Pool) -> Result<Self, DataDirError> {
+        let io = |source| DataDirError::Io {
+            path: root.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(root).map_err(io)?;
+        let identity_path = root.join(IDENTITY_FILE);
+        match fs::read(&identity_path) {
+            Ok(bytes) => {
+                let identity: Identity = serde_json::from_slice(&bytes).map_err(|e| {
+                    DataDirError::CorruptIdentity {
+                        path: root.to_path_buf(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                if identity.format != FORMAT {
+                    return Err(DataDirError::CorruptIdentity {
+                        path: root.to_path_buf(),
+                        reason: format!("unknown format {}", identity.format),
+                    });
+                }
+                let stored = Pool::parse(&identity.pod_cidr, identity.node_bits).map_err(|e| {
+                    DataDirError::CorruptIdentity {
+                        path: root.to_path_buf(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                if stored != pool {
+                    return Err(DataDirError::PoolMismatch {
+                        path: root.to_path_buf(),
+                        stored_cidr: stored.pod_cidr().to_string(),
+                        stored_bits: stored.node_bits(),
+                        asked_cidr: pool.pod_cidr().to_string(),
+                        asked_bits: pool.node_bits(),
+                    });
+                }
+                Ok(Self {
+                    root: root.to_path_buf(),
+                    identity,
+                    created: false,
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if root.join(DB_DIR).exists() {
+                    return Err(DataDirError::MissingIdentity {
+                        path: root.to_path_buf(),
+                    });
+                }
+                let identity = Identity {
+                    format: FORMAT,
+                    // Zero is reserved so a node id is never confused with "unset".
+                    node_id: rand::random::<u64>().max(1),
+                    pod_cidr: pool.pod_cidr().to_string(),
+                    node_bits: pool.node_bits(),
+                };
+                let bytes = serde_json::to_vec_pretty(&identity).map_err(|e| io(e.into()))?;
+                write_atomic(&identity_path, &bytes, 0o600).map_err(io)?;
+                Ok(Self {
+                    root: root.to_path_buf(),
+                    identity,
+                    created: true,
+                })
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.identity.node_id
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join(DB_DIR)
+    }
+
+    /// True when this call created the data dir's identity.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+}
+
+/// Writes `bytes` to `path` so readers see the old file or the new one, never a partial one:
+/// temp file in the same dir, fsync, rename, fsync the dir.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other(format!("{} has no file name", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(cidr: &str, bits: u8) -> Pool {
+        Pool::parse(cidr, bits).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn same_id_on_reopen_and_pool_mismatch_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = pool("10.244.0.0/16", 8);
+        let first = DataDir::open(dir.path(), p).unwrap_or_else(|e| panic!("{e}"));
+        assert!(first.created());
+        let again = DataDir::open(dir.path(), p).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!again.created());
+        assert_eq!(first.node_id(), again.node_id());
+
+        let err = DataDir::open(dir.path(), pool("10.0.0.0/8", 12)).map(|_| ()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("10.244.0.0/16") && msg.contains("nodeBits 8"), "{msg}");
+        assert!(msg.contains("10.0.0.0/8") && msg.contains("nodeBits 12"), "{msg}");
+    }
+
+    #[test]
+    fn fresh_dirs_get_distinct_ids() {
+        let p = pool("10.244.0.0/16", 8);
+        let a = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let b = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ida = DataDir::open(a.path(), p).map(|d| d.node_id());
+        let idb = DataDir::open(b.path(), p).map(|d| d.node_id());
+        assert_ne!(ida.ok(), idb.ok());
+    }
+
+    #[test]
+    fn corrupt_or_missing_identity_is_refused() {
+        let p = pool("10.244.0.0/16", 8);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        fs::create_dir_all(dir.path().join(DB_DIR)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            DataDir::open(dir.path(), p),
+            Err(DataDirError::MissingIdentity { .. })
+        ));
+        fs::write(dir.path().join(IDENTITY_FILE), b"{not json").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            DataDir::open(dir.path(), p),
+            Err(DataDirError::CorruptIdentity { .. })
+        ));
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("f.json");
+        write_atomic(&path, b"one", 0o644).unwrap_or_else(|e| panic!("{e}"));
+        write_atomic(&path, b"two", 0o644).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fs::read(&path).unwrap_or_default(), b"two");
+        let mode = fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode.ok(), Some(0o644));
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .map(|it| it.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+}

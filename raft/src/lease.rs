@@ -1,0 +1,535 @@
+//! Where a lease is decided: the deterministic lease table that every Raft member applies.
+//!
+//! Commands carry everything the decision needs (node name, host IP, request id, timestamp);
+//! applying them never reads the clock, so every replica reaches the same state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pool::{Block, Pool};
+
+/// A command proposed to the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum LeaseCommand {
+    /// Give `node` a block (or return the one it holds).
+    #[serde(rename_all = "camelCase")]
+    Acquire {
+        node: String,
+        host_ip: Option<Ipv4Addr>,
+        request_id: String,
+        /// Unix milliseconds, set by the proposer.
+        at: u64,
+    },
+    /// Return `node`'s block to the pool; a no-op when it holds none.
+    #[serde(rename_all = "camelCase")]
+    Release {
+        node: String,
+        request_id: String,
+        at: u64,
+    },
+}
+
+/// What applying a command decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "camelCase")]
+pub enum LeaseOutcome {
+    #[serde(rename_all = "camelCase")]
+    Acquired { lease: LeaseRecord, created: bool },
+    #[serde(rename_all = "camelCase")]
+    Released { existed: bool },
+    #[serde(rename_all = "camelCase")]
+    PoolExhausted { blocks: u64 },
+    /// Log entries without application data (blank, membership) decide nothing.
+    None,
+}
+
+impl Default for LeaseOutcome {
+    fn default() -> Self {
+        LeaseOutcome::None
+    }
+}
+
+/// One node's lease as stored: the block index plus bookkeeping. The subnet and addresses are
+/// derived from the pool, so storage stays small at 65,536 leases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseRecord {
+    pub node: String,
+    pub block: u32,
+    pub host_ip: Option<Ipv4Addr>,
+    /// Log index of the entry that last changed this lease.
+    pub revision: u64,
+    /// Unix milliseconds of the acquiring command.
+    pub acquired_at: u64,
+}
+
+/// A lease with its addresses filled in from the pool: what the API and the CNI config see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub record: LeaseRecord,
+    pub block: Block,
+    pub pool: Pool,
+}
+
+/// Free block indexes as a set of disjoint `[start, end)` intervals: lowest-free lookup,
+/// acquire and release are O(log n) and the set stays tiny for any pool size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FreeBlocks {
+    intervals: BTreeMap<u64, u64>,
+}
+
+impl FreeBlocks {
+    fn all(count: u64) -> Self {
+        let mut intervals = BTreeMap::new();
+        if count > 0 {
+            intervals.insert(0, count);
+        }
+        Self { intervals }
+    }
+
+    fn len(&self) -> u64 {
+        self.intervals.iter().map(|(start, end)| end - start).sum()
+    }
+
+    fn take_lowest(&mut self) -> Option<u32> {
+        let (&start, &end) = self.intervals.iter().next()?;
+        self.intervals.remove(&start);
+        if start + 1 < end {
+            self.intervals.insert(start + 1, end);
+        }
+        u32::try_from(start).ok()
+    }
+
+    /// Marks `index` used; false when it was not free.
+    fn take(&mut self, index: u32) -> bool {
+        let index = u64::from(index);
+        let Some((&start, &end)) = self.intervals.range(..=index).next_back() else {
+            return false;
+        };
+        if index >= end {
+            return false;
+        }
+        self.intervals.remove(&start);
+        if start < index {
+            self.intervals.insert(start, index);
+        }
+        if index + 1 < end {
+            self.intervals.insert(index + 1, end);
+        }
+        true
+    }
+
+    fn give_back(&mut self, index: u32) {
+        let mut start = u64::from(index);
+        let mut end = start + 1;
+        if let Some((&prev_start, &prev_end)) = self.intervals.range(..start).next_back() {
+            if prev_end == start {
+                self.intervals.remove(&prev_start);
+                start = prev_start;
+            }
+        }
+        if let Some(next_end) = self.intervals.remove(&end) {
+            end = next_end;
+        }
+        self.intervals.insert(start, end);
+    }
+}
+
+/// The replicated table: lease per node name, and which blocks are free.
+#[derive(Debug, Clone)]
+pub struct LeaseTable {
+    pool: Pool,
+    by_node: HashMap<String, LeaseRecord>,
+    free: FreeBlocks,
+}
+
+/// A table rebuilt from records that do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("lease of {node} names block {block}, outside the pool ({pool})")]
+    BlockOutsidePool { node: String, block: u32, pool: Pool },
+    #[error("block {block} is leased to both {first} and {second}")]
+    DoubleLeased {
+        block: u32,
+        first: String,
+        second: String,
+    },
+}
+
+impl LeaseTable {
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            by_node: HashMap::new(),
+            free: FreeBlocks::all(pool.block_count()),
+        }
+    }
+
+    /// Rebuilds a table from stored records, refusing any that overlap or fall outside the pool.
+    pub fn from_records(
+        pool: Pool,
+        records: impl IntoIterator<Item = LeaseRecord>,
+    ) -> Result<Self, TableError> {
+        let mut table = Self::new(pool);
+        let mut owner_of: HashMap<u32, String> = HashMap::new();
+        for record in records {
+            if u64::from(record.block) >= pool.block_count() {
+                return Err(TableError::BlockOutsidePool {
+                    node: record.node,
+                    block: record.block,
+                    pool,
+                });
+            }
+            if !table.free.take(record.block) {
+                return Err(TableError::DoubleLeased {
+                    block: record.block,
+                    first: owner_of.remove(&record.block).unwrap_or_default(),
+                    second: record.node,
+                });
+            }
+            owner_of.insert(record.block, record.node.clone());
+            table.by_node.insert(record.node.clone(), record);
+        }
+        Ok(table)
+    }
+
+    pub fn pool(&self) -> Pool {
+        self.pool
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_node.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_node.is_empty()
+    }
+
+    pub fn free_blocks(&self) -> u64 {
+        self.free.len()
+    }
+
+    pub fn get(&self, node: &str) -> Option<Lease> {
+        self.by_node.get(node).and_then(|r| self.expand(r))
+    }
+
+    /// All leases, ordered by block.
+    pub fn leases(&self) -> Vec<Lease> {
+        let mut leases: Vec<Lease> = self.by_node.values().filter_map(|r| self.expand(r)).collect();
+        leases.sort_by_key(|l| l.record.block);
+        leases
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &LeaseRecord> {
+        self.by_node.values()
+    }
+
+    fn expand(&self, record: &LeaseRecord) -> Option<Lease> {
+        Some(Lease {
+            block: self.pool.block(record.block)?,
+            record: record.clone(),
+            pool: self.pool,
+        })
+    }
+
+    /// Applies one command at log index `revision`. Returns the outcome and the record that
+    /// changed (to persist) or the node whose record was removed.
+    pub fn apply(&mut self, command: &LeaseCommand, revision: u64) -> (LeaseOutcome, Change) {
+        match command {
+            LeaseCommand::Acquire {
+                node, host_ip, at, ..
+            } => {
+                if let Some(existing) = self.by_node.get_mut(node) {
+                    // Same node again: same block. A new host IP (node readdressed) is recorded.
+                    if host_ip.is_some() && *host_ip != existing.host_ip {
+                        existing.host_ip = *host_ip;
+                        existing.revision = revision;
+                        let record = existing.clone();
+                        return (
+                            LeaseOutcome::Acquired {
+                                lease: record.clone(),
+                                created: false,
+                            },
+                            Change::Put(record),
+                        );
+                    }
+                    return (
+                        LeaseOutcome::Acquired {
+                            lease: existing.clone(),
+                            created: false,
+                        },
+                        Change::Unchanged,
+                    );
+                }
+                let Some(block) = self.free.take_lowest() else {
+                    return (
+                        LeaseOutcome::PoolExhausted {
+                            blocks: self.pool.block_count(),
+                        },
+                        Change::Unchanged,
+                    );
+                };
+                let record = LeaseRecord {
+                    node: node.clone(),
+                    block,
+                    host_ip: *host_ip,
+                    revision,
+                    acquired_at: *at,
+                };
+                self.by_node.insert(node.clone(), record.clone());
+                (
+                    LeaseOutcome::Acquired {
+                        lease: record.clone(),
+                        created: true,
+                    },
+                    Change::Put(record),
+                )
+            }
+            LeaseCommand::Release { node, .. } => match self.by_node.remove(node) {
+                Some(record) => {
+                    self.free.give_back(record.block);
+                    (
+                        LeaseOutcome::Released { existed: true },
+                        Change::Delete(node.clone()),
+                    )
+                }
+                None => (LeaseOutcome::Released { existed: false }, Change::Unchanged),
+            },
+        }
+    }
+}
+
+/// The storage effect of one applied command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Unchanged,
+    Put(LeaseRecord),
+    Delete(String),
+}
+
+/// Why a node name is not acceptable as a lease key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid node name {name:?}: {reason} (a Kubernetes node name is a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', at most 253 characters, each label starting and ending with a letter or digit)")]
+pub struct NodeNameError {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+/// Checks that `name` is a DNS-1123 subdomain, as Kubernetes requires of node names.
+pub fn validate_node_name(name: &str) -> Result<(), NodeNameError> {
+    let fail = |reason| {
+        Err(NodeNameError {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return fail("empty");
+    }
+    if name.len() > 253 {
+        return fail("longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return fail("empty label");
+        }
+        if label.len() > 63 {
+            return fail("label longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return fail("only lowercase letters, digits, '-' and '.' are allowed");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return fail("a label starts or ends with '-'");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(cidr: &str, bits: u8) -> Pool {
+        Pool::parse(cidr, bits).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn acquire(node: &str) -> LeaseCommand {
+        LeaseCommand::Acquire {
+            node: node.into(),
+            host_ip: None,
+            request_id: format!("req-{node}"),
+            at: 1_700_000_000_000,
+        }
+    }
+
+    fn release(node: &str) -> LeaseCommand {
+        LeaseCommand::Release {
+            node: node.into(),
+            request_id: format!("rel-{node}"),
+            at: 1_700_000_000_001,
+        }
+    }
+
+    fn acquired_block(outcome: &LeaseOutcome) -> (u32, bool) {
+        match outcome {
+            LeaseOutcome::Acquired { lease, created } => (lease.block, *created),
+            other => panic!("expected Acquired, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn acquire_is_idempotent_and_keyed_by_name() {
+        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
+        let (first, change) = t.apply(&acquire("a"), 5);
+        assert_eq!(acquired_block(&first), (0, true));
+        assert!(matches!(change, Change::Put(_)));
+        let (again, change) = t.apply(&acquire("a"), 6);
+        assert_eq!(acquired_block(&again), (0, false));
+        assert_eq!(change, Change::Unchanged);
+        // revision and acquiredAt stay those of the acquiring entry
+        let lease = t.get("a").unwrap_or_else(|| panic!("lease a"));
+        assert_eq!(lease.record.revision, 5);
+        assert_eq!(lease.record.acquired_at, 1_700_000_000_000);
+        assert_eq!(lease.block.subnet.to_string(), "10.244.0.0/24");
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.free_blocks(), 255);
+    }
+
+    #[test]
+    fn new_host_ip_keeps_block_bumps_revision() {
+        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
+        t.apply(&acquire("a"), 1);
+        let cmd = LeaseCommand::Acquire {
+            node: "a".into(),
+            host_ip: Some(Ipv4Addr::new(10, 10, 0, 3)),
+            request_id: "r2".into(),
+            at: 99,
+        };
+        let (outcome, change) = t.apply(&cmd, 2);
+        assert_eq!(acquired_block(&outcome), (0, false));
+        assert!(matches!(change, Change::Put(ref r) if r.revision == 2 && r.acquired_at == 1_700_000_000_000));
+    }
+
+    #[test]
+    fn lowest_free_block_is_reused_after_release() {
+        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
+        for (i, n) in ["a", "b", "c", "d"].iter().enumerate() {
+            let (o, _) = t.apply(&acquire(n), i as u64 + 1);
+            assert_eq!(acquired_block(&o), (i as u32, true));
+        }
+        let (o, change) = t.apply(&release("b"), 10);
+        assert_eq!(o, LeaseOutcome::Released { existed: true });
+        assert_eq!(change, Change::Delete("b".into()));
+        t.apply(&release("c"), 11);
+        let (o, _) = t.apply(&acquire("e"), 12);
+        assert_eq!(acquired_block(&o), (1, true));
+        let (o, _) = t.apply(&acquire("f"), 13);
+        assert_eq!(acquired_block(&o), (2, true));
+        let (o, _) = t.apply(&acquire("g"), 14);
+        assert_eq!(acquired_block(&o), (4, true));
+        // releasing an absent node is a no-op
+        let (o, change) = t.apply(&release("zzz"), 15);
+        assert_eq!(o, LeaseOutcome::Released { existed: false });
+        assert_eq!(change, Change::Unchanged);
+    }
+
+    #[test]
+    fn exhaustion_is_typed_and_changes_nothing() {
+        // /30 blocks on a /28: 4 blocks.
+        let mut t = LeaseTable::new(pool("192.168.0.0/28", 2));
+        for i in 0..4 {
+            let (o, _) = t.apply(&acquire(&format!("n{i}")), i + 1);
+            assert_eq!(acquired_block(&o), (i as u32, true));
+        }
+        let (o, change) = t.apply(&acquire("late"), 9);
+        assert_eq!(o, LeaseOutcome::PoolExhausted { blocks: 4 });
+        assert_eq!(change, Change::Unchanged);
+        assert!(t.get("late").is_none());
+        assert_eq!(t.free_blocks(), 0);
+        // existing holders still get theirs back
+        let (o, _) = t.apply(&acquire("n2"), 10);
+        assert_eq!(acquired_block(&o), (2, false));
+        // a release makes room again
+        t.apply(&release("n1"), 11);
+        let (o, _) = t.apply(&acquire("late"), 12);
+        assert_eq!(acquired_block(&o), (1, true));
+    }
+
+    #[test]
+    fn node_bits_zero_has_one_block() {
+        let mut t = LeaseTable::new(pool("10.244.0.0/16", 0));
+        let (o, _) = t.apply(&acquire("only"), 1);
+        assert_eq!(acquired_block(&o), (0, true));
+        let (o, _) = t.apply(&acquire("second"), 2);
+        assert_eq!(o, LeaseOutcome::PoolExhausted { blocks: 1 });
+    }
+
+    #[test]
+    fn free_set_merges_intervals() {
+        let mut f = FreeBlocks::all(10);
+        for _ in 0..10 {
+            f.take_lowest();
+        }
+        assert_eq!(f.len(), 0);
+        for i in [5, 3, 4, 9, 0] {
+            f.give_back(i);
+        }
+        assert_eq!(
+            f.intervals.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
+            vec![(0, 1), (3, 6), (9, 10)]
+        );
+        assert!(f.take(4));
+        assert!(!f.take(4));
+        assert!(!f.take(7));
+        assert_eq!(f.len(), 4);
+        assert_eq!(f.take_lowest(), Some(0));
+        assert_eq!(f.take_lowest(), Some(3));
+        assert_eq!(f.take_lowest(), Some(5));
+    }
+
+    #[test]
+    fn rebuild_refuses_overlaps() {
+        let p = pool("10.244.0.0/16", 8);
+        let rec = |node: &str, block| LeaseRecord {
+            node: node.into(),
+            block,
+            host_ip: None,
+            revision: 1,
+            acquired_at: 0,
+        };
+        let t = LeaseTable::from_records(p, [rec("a", 0), rec("b", 7)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.free_blocks(), 254);
+        let mut t2 = t.clone();
+        let (o, _) = t2.apply(&acquire("c"), 3);
+        assert_eq!(acquired_block(&o), (1, true));
+        assert!(matches!(
+            LeaseTable::from_records(p, [rec("a", 3), rec("b", 3)]),
+            Err(TableError::DoubleLeased { block: 3, .. })
+        ));
+        assert!(matches!(
+            LeaseTable::from_records(p, [rec("a", 256)]),
+            Err(TableError::BlockOutsidePool { .. })
+        ));
+    }
+
+    #[test]
+    fn node_names() {
+        for ok in ["node-1", "a", "worker.edge.example.com", "0abc"] {
+            assert!(validate_node_name(ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(254);
+        for bad in ["", "Node1", "-a", "a-", "a..b", "a_b", "a b", long.as_str()] {
+            assert!(validate_node_name(bad).is_err(), "{bad}");
+        }
+        let err = validate_node_name("Bad_Name").map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("\"Bad_Name\""));
+    }
+}

@@ -1,0 +1,333 @@
+//! One member of the lease cluster: its data dir, durable store and Raft instance, and the
+//! two ways to touch leases — local reads that never leave the node, and writes/linearizable
+//! reads that go through the Raft leader.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
+use openraft::{Config, SnapshotPolicy};
+
+use crate::data_dir::{DataDir, DataDirError};
+use crate::lease::{validate_node_name, Lease, LeaseCommand, LeaseOutcome, NodeNameError};
+use crate::network::HttpNetwork;
+use crate::pool::Pool;
+use crate::store::{self, LocalView, StoreError};
+use crate::types::{EvioNode, NodeId, Raft, RaftMetrics};
+
+/// Raft timing and log compaction; the defaults suit edge links (slower than a datacenter).
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log before it) every this many applied entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub data_dir: PathBuf,
+    pub pool: Pool,
+    pub node_name: String,
+    /// Address other members dial for Raft RPC and the API.
+    pub advertise: String,
+    pub cache_bytes: u64,
+    pub tuning: RaftTuning,
+    /// How long a write or linearizable read waits for the leader/quorum before giving up.
+    pub request_timeout: Duration,
+}
+
+impl ReplicaConfig {
+    pub fn new(data_dir: PathBuf, pool: Pool, node_name: String, advertise: String) -> Self {
+        Self {
+            data_dir,
+            pool,
+            node_name,
+            advertise,
+            cache_bytes: store::DEFAULT_CACHE_BYTES,
+            tuning: RaftTuning::default(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid Raft settings: {0}")]
+    Config(String),
+    #[error("starting Raft: {0}")]
+    Raft(String),
+    #[error(transparent)]
+    NodeName(#[from] NodeNameError),
+}
+
+/// Why a write or a linearizable read did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    InvalidNodeName(#[from] NodeNameError),
+    #[error("the pool is exhausted: all {blocks} node blocks are leased")]
+    PoolExhausted { blocks: u64 },
+    #[error("this member is not the leader (leader: {leader:?})")]
+    NotLeader {
+        leader: Option<(NodeId, EvioNode)>,
+    },
+    #[error("no quorum: the request did not complete within {0:?}")]
+    NoQuorum(Duration),
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+pub struct Replica {
+    node_id: NodeId,
+    node: EvioNode,
+    pool: Pool,
+    raft: Raft,
+    view: LocalView,
+    committed_at_open: Option<u64>,
+    request_timeout: Duration,
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn request_id() -> String {
+    format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+}
+
+impl Replica {
+    /// Opens the data dir and store and starts Raft. Does not join or bootstrap a cluster.
+    pub async fn open(config: ReplicaConfig) -> Result<Arc<Self>, OpenError> {
+        validate_node_name(&config.node_name)?;
+        let data_dir = DataDir::open(&config.data_dir, config.pool)?;
+        let (mut logs, state_machine) =
+            store::open(&data_dir.db_path(), config.pool, config.cache_bytes)?;
+        let committed_at_open = logs
+            .read_committed()
+            .await
+            .map_err(|e| OpenError::Raft(e.to_string()))?
+            .map(|id| id.index);
+        let view = state_machine.view();
+        let tuning = &config.tuning;
+        let raft_config = Config {
+            cluster_name: "evio".into(),
+            heartbeat_interval: tuning.heartbeat_ms,
+            election_timeout_min: tuning.election_timeout_min_ms,
+            election_timeout_max: tuning.election_timeout_max_ms,
+            // Real snapshots over edge links take longer than openraft's 200 ms default.
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
+            max_in_snapshot_log_to_keep: 500,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| OpenError::Config(e.to_string()))?;
+        let network = HttpNetwork::new(reqwest::Client::new());
+        let node_id = data_dir.node_id();
+        let raft = Raft::new(node_id, Arc::new(raft_config), network, logs, state_machine)
+            .await
+            .map_err(|e| OpenError::Raft(e.to_string()))?;
+        tracing::info!(
+            node_id,
+            node = %config.node_name,
+            data_dir = %config.data_dir.display(),
+            new = data_dir.created(),
+            "replica opened"
+        );
+        Ok(Arc::new(Self {
+            node_id,
+            node: EvioNode {
+                name: config.node_name,
+                addr: config.advertise,
+            },
+            pool: config.pool,
+            raft,
+            view,
+            committed_at_open,
+            request_timeout: config.request_timeout,
+        }))
+    }
+
+    /// Makes this member the only voter of a new cluster; a no-op when already initialised.
+    pub async fn bootstrap_single(&self) -> Result<(), RequestError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| RequestError::Fatal(e.to_string()))?;
+        if !initialized {
+            let members = BTreeMap::from([(self.node_id, self.node.clone())]);
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|e| RequestError::Fatal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until some member is known as leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, RequestError> {
+        let metrics = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map_err(|_| RequestError::NoQuorum(timeout))?;
+        metrics.current_leader.ok_or(RequestError::NoQuorum(timeout))
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn node(&self) -> &EvioNode {
+        &self.node
+    }
+
+    pub fn pool(&self) -> Pool {
+        self.pool
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The local replica; never waits on the network.
+    pub fn local(&self) -> &LocalView {
+        &self.view
+    }
+
+    /// Ready once Raft runs, the member belongs to a cluster and it has applied at least
+    /// everything it knew to be committed when it started.
+    pub fn is_ready(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.running_state.is_err() {
+            return false;
+        }
+        let applied = self.view.read();
+        let in_cluster = applied.membership.membership().get_node(&self.node_id).is_some();
+        let applied_index = applied.last_applied.map(|id| id.index);
+        in_cluster && applied_index >= self.committed_at_open
+    }
+
+    /// Confirms leadership with a quorum, then waits until the local replica has applied
+    /// everything committed before the call: a read after this is linearizable.
+    pub async fn linearizable_barrier(&self) -> Result<(), RequestError> {
+        match tokio::time::timeout(self.request_timeout, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(RequestError::NoQuorum(self.request_timeout)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(RequestError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(RequestError::NoQuorum(self.request_timeout))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(RequestError::Fatal(f.to_string())),
+        }
+    }
+
+    async fn write(&self, command: LeaseCommand) -> Result<LeaseOutcome, RequestError> {
+        match tokio::time::timeout(self.request_timeout, self.raft.client_write(command)).await {
+            Err(_) => Err(RequestError::NoQuorum(self.request_timeout)),
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(RequestError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(RequestError::Fatal(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(RequestError::Fatal(f.to_string())),
+        }
+    }
+
+    /// Gets `node` its lease (the one it holds, or the lowest free block). Returns the lease
+    /// and whether it was newly created.
+    pub async fn acquire(
+        &self,
+        node: &str,
+        host_ip: Option<Ipv4Addr>,
+    ) -> Result<(Lease, bool), RequestError> {
+        validate_node_name(node)?;
+        let outcome = self
+            .write(LeaseCommand::Acquire {
+                node: node.to_string(),
+                host_ip,
+                request_id: request_id(),
+                at: unix_millis(),
+            })
+            .await?;
+        match outcome {
+            LeaseOutcome::Acquired { lease, created } => {
+                let block = self
+                    .pool
+                    .block(lease.block)
+                    .ok_or_else(|| RequestError::Fatal(format!("block {} outside pool", lease.block)))?;
+                Ok((
+                    Lease {
+                        record: lease,
+                        block,
+                        pool: self.pool,
+                    },
+                    created,
+                ))
+            }
+            LeaseOutcome::PoolExhausted { blocks } => Err(RequestError::PoolExhausted { blocks }),
+            other => Err(RequestError::Fatal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Returns `node`'s block to the pool. Ok(false) when it held none.
+    pub async fn release(&self, node: &str) -> Result<bool, RequestError> {
+        validate_node_name(node)?;
+        let outcome = self
+            .write(LeaseCommand::Release {
+                node: node.to_string(),
+                request_id: request_id(),
+                at: unix_millis(),
+            })
+            .await?;
+        match outcome {
+            LeaseOutcome::Released { existed } => Ok(existed),
+            other => Err(RequestError::Fatal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The lease state machine on sled, with an in-memory copy that local reads use without
+//! ever waiting on Raft.
+//!
+//! Each `apply` call writes its changes and the new `last_applied` in one atomic sled batch,
+//! so the stored table always matches the applied index it claims.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use crate::lease::{Change, LeaseOutcome, LeaseRecord, LeaseTable};
+use crate::pool::Pool;
+use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const LEASE_PREFIX: &[u8] = b"lease/";
+const LAST_APPLIED: &[u8] = b"meta/last_applied";
+const MEMBERSHIP: &[u8] = b"meta/membership";
+const SNAPSHOT_META: &[u8] = b"meta";
+const SNAPSHOT_DATA: &[u8] = b"data";
+
+/// The applied state of this replica.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub table: LeaseTable,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// A cheap handle on the applied state for local reads.
+#[derive(Clone)]
+pub struct LocalView(Arc<RwLock<Applied>>);
+
+impl LocalView {
+    /// Reads the applied state. A poisoned lock only means a panicking writer; the data is
+    /// still the last consistent table, so reads go on.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What a snapshot carries besides its openraft meta.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    pool: Pool,
+    leases: Vec<LeaseRecord>,
+}
+
+/// Why the stored state machine cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading the state machine: {0}")]
+    Db(#[from] sled::Error),
+    #[error("stored {what} is corrupt: {source}")]
+    Corrupt {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("stored lease table is inconsistent: {0}")]
+    Inconsistent(#[from] crate::lease::TableError),
+}
+
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    snapshots: sled::Tree,
+    view: LocalView,
+}
+
+fn lease_key(node: &str) -> Vec<u8> {
+    [LEASE_PREFIX, node.as_bytes()].concat()
+}
+
+fn corrupt(what: impl Into<String>) -> impl FnOnce(serde_json::Error) -> LoadError {
+    let what = what.into();
+    move |source| LoadError::Corrupt { what, source }
+}
+
+impl StateMachineStore {
+    pub(crate) fn open(db: &sled::Db, pool: Pool) -> Result<Self, LoadError> {
+        let tree = db.open_tree("state_machine")?;
+        let snapshots = db.open_tree("snapshot")?;
+        let mut records = Vec::new();
+        for item in tree.scan_prefix(LEASE_PREFIX) {
+            let (key, bytes) = item?;
+            let what = format!("lease {}", String::from_utf8_lossy(&key[LEASE_PREFIX.len()..]));
+            records.push(serde_json::from_slice::<LeaseRecord>(&bytes).map_err(corrupt(what))?);
+        }
+        let table = LeaseTable::from_records(pool, records)?;
+        let last_applied = match tree.get(LAST_APPLIED)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(corrupt("last applied index"))?,
+            None => None,
+        };
+        let membership = match tree.get(MEMBERSHIP)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(corrupt("membership"))?,
+            None => StoredMembership::default(),
+        };
+        Ok(Self {
+            db: db.clone(),
+            tree,
+            snapshots,
+            view: LocalView(Arc::new(RwLock::new(Applied {
+                table,
+                last_applied,
+                membership,
+            }))),
+        })
+    }
+
+    pub fn view(&self) -> LocalView {
+        self.view.clone()
+    }
+
+    fn load_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let meta = self
+            .snapshots
+            .get(SNAPSHOT_META)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let data = self
+            .snapshots
+            .get(SNAPSHOT_DATA)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let (Some(meta), Some(data)) = (meta, data) else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta =
+            serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.to_vec())),
+        }))
+    }
+
+    async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let err = |e: &dyn std::error::Error| {
+            StorageIOError::write_snapshot(Some(meta.signature()), &std::io::Error::other(e.to_string()))
+        };
+        let meta_bytes = serde_json::to_vec(meta).map_err(|e| err(&e))?;
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAPSHOT_META, meta_bytes);
+        batch.insert(SNAPSHOT_DATA, data);
+        self.snapshots.apply_batch(batch).map_err(|e| err(&e))?;
+        self.db.flush_async().await.map_err(|e| err(&e))?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = {
+            let applied = self.view.read();
+            let body = SnapshotBody {
+                pool: applied.table.pool(),
+                leases: applied.table.records().cloned().collect(),
+            };
+            let data =
+                serde_json::to_vec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            let snapshot_id = match applied.last_applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index),
+                None => "empty".to_string(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+                snapshot_id,
+            };
+            (meta, data)
+        };
+        self.save_snapshot(&meta, &data).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    serde_json::to_vec(value).map_err(|e| StorageIOError::write_state_machine(&e).into())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.view.read();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<LeaseOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut view = self.view.write();
+        let mut next = view.clone();
+        let mut batch = sled::Batch::default();
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            next.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => LeaseOutcome::None,
+                EntryPayload::Normal(command) => {
+                    let (outcome, change) = next.table.apply(&command, entry.log_id.index);
+                    match change {
+                        Change::Unchanged => {}
+                        Change::Put(record) => batch.insert(lease_key(&record.node), json(&record)?),
+                        Change::Delete(node) => batch.remove(lease_key(&node)),
+                    }
+                    outcome
+                }
+                EntryPayload::Membership(membership) => {
+                    next.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    batch.insert(MEMBERSHIP, json(&next.membership)?);
+                    LeaseOutcome::None
+                }
+            };
+            outcomes.push(outcome);
+        }
+        batch.insert(LAST_APPLIED, json(&next.last_applied)?);
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        // Only what reached sled becomes visible to local reads.
+        *view = next;
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let err = |e: &dyn std::error::Error| {
+            StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e.to_string()))
+        };
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = serde_json::from_slice(&data).map_err(|e| err(&e))?;
+        let pool = self.view.read().table.pool();
+        if body.pool != pool {
+            let mismatch = std::io::Error::other(format!(
+                "snapshot is for {}, this member serves {pool}",
+                body.pool
+            ));
+            return Err(err(&mismatch).into());
+        }
+        let table = LeaseTable::from_records(pool, body.leases).map_err(|e| err(&e))?;
+        let membership = meta.last_membership.clone();
+
+        let mut batch = sled::Batch::default();
+        for item in self.tree.iter() {
+            let (key, _) = item.map_err(|e| err(&e))?;
+            batch.remove(key);
+        }
+        for record in table.records() {
+            batch.insert(lease_key(&record.node), json(record)?);
+        }
+        batch.insert(LAST_APPLIED, json(&meta.last_log_id)?);
+        batch.insert(MEMBERSHIP, json(&membership)?);
+        self.tree.apply_batch(batch).map_err(|e| err(&e))?;
+        self.save_snapshot(meta, &data).await?;
+
+        *self.view.write() = Applied {
+            table,
+            last_applied: meta.last_log_id,
+            membership,
+        };
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.load_snapshot()
+    }
+}
