@@ -1,1 +1,11 @@
-//! placeholder
+//! evio's HTTP API: the JSON types ([`types`]), the axum server ([`server`]) with its
+//! Prometheus metrics ([`metrics`]), and a typed client ([`client`]).
+
+pub mod client;
+pub mod metrics;
+pub mod server;
+pub mod types;
+
+pub use client::{Client, ClientError};
+pub use server::router;
+pub use types::{AcquireBody, ClusterJson, Consistency, ErrorBody, LeaseJson, MemberJson};

@@ -1,1 +1,70 @@
-fn main() {}
+//! `evio-node`: the evio daemon and its command-line client.
+//!
+//! - `dev`: the embedded default — a single-member cluster on this host ([`commands::dev`]).
+//! - `leases`, `cluster`: the CLI client for a running member's HTTP API ([`commands::client`]).
+//!
+//! The daemon's HTTP API (and Raft RPC) is served by [`serve`].
+
+mod commands;
+mod serve;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "evio-node", version, about = "evio: partition-tolerant pod networking for Kubernetes at the edge")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a single-member cluster on this host: bootstrap, lease for this host, conflist, API.
+    Dev(commands::dev::DevArgs),
+    /// Query and change leases through a member's API.
+    #[command(subcommand)]
+    Leases(commands::client::LeasesCommand),
+    /// Cluster state through a member's API.
+    #[command(subcommand)]
+    Cluster(commands::client::ClusterCommand),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EVIO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Dev(args) => commands::dev::run(args).await,
+        Command::Leases(cmd) => commands::client::leases(cmd).await,
+        Command::Cluster(cmd) => commands::client::cluster(cmd).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole cause chain; no backtrace for operator errors.
+            eprintln!("evio-node: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -104,8 +104,9 @@ impl DataDir {
                 }
                 let identity = Identity {
                     format: FORMAT,
-                    // Zero is reserved so a node id is never confused with "unset".
-                    node_id: rand::random::<u64>().max(1),
+                    // 53 bits so ids survive JSON consumers that use doubles; zero is
+                    // reserved so an id is never confused with "unset".
+                    node_id: (rand::random::<u64>() >> 11).max(1),
                     pod_cidr: pool.pod_cidr().to_string(),
                     node_bits: pool.node_bits(),
                 };

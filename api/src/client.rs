@@ -1,0 +1,159 @@
+//! A typed client for the evio HTTP API, used by the CLI and the tests.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::types::{AcquireBody, ClusterJson, Consistency, ErrorBody, LeaseJson};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid API URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("cannot reach the evio API at {url}: {source}")]
+    Transport { url: String, source: reqwest::Error },
+    #[error("{url}: HTTP {status} {code}: {message}")]
+    Api {
+        url: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{url}: unexpected response (HTTP {status}): {detail}")]
+    Decode {
+        url: String,
+        status: u16,
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// The API's error code (e.g. `pool_exhausted`), when the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Decode { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base` is the API root, e.g. `http://127.0.0.1:7700`.
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let parsed = reqwest::Url::parse(base).map_err(|e| ClientError::InvalidUrl {
+            url: base.to_string(),
+            reason: e.to_string(),
+        })?;
+        if parsed.scheme() != "http" && parsed.scheme() != "https" {
+            return Err(ClientError::InvalidUrl {
+                url: base.to_string(),
+                reason: "scheme must be http or https".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base.to_string(),
+                source: e,
+            })?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, ClientError> {
+        let response = request.send().await.map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => ClientError::Api {
+                url: url.to_string(),
+                status: status.as_u16(),
+                code: body.code,
+                message: body.error,
+            },
+            Err(_) => ClientError::Decode {
+                url: url.to_string(),
+                status: status.as_u16(),
+                detail: String::from_utf8_lossy(&bytes).into_owned(),
+            },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(response: reqwest::Response, url: &str) -> Result<T, ClientError> {
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: url.to_string(),
+            status,
+            detail: e.to_string(),
+        })
+    }
+
+    pub async fn list_leases(&self, consistency: Consistency) -> Result<Vec<LeaseJson>, ClientError> {
+        let url = self.url(&format!("/v1/leases?consistency={}", consistency.as_str()));
+        let response = self.send(self.http.get(&url), &url).await?;
+        Self::json(response, &url).await
+    }
+
+    /// The node's lease, or `None` when it holds none.
+    pub async fn get_lease(&self, node: &str, consistency: Consistency) -> Result<Option<LeaseJson>, ClientError> {
+        let url = self.url(&format!("/v1/leases/{node}?consistency={}", consistency.as_str()));
+        match self.send(self.http.get(&url), &url).await {
+            Ok(response) => Self::json(response, &url).await.map(Some),
+            Err(ClientError::Api { status: 404, ref code, .. }) if code == "not_found" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Acquires (or returns) the node's lease; `true` when it was newly created.
+    pub async fn acquire(&self, node: &str, host_ip: Option<Ipv4Addr>) -> Result<(LeaseJson, bool), ClientError> {
+        let url = self.url(&format!("/v1/leases/{node}"));
+        let response = self
+            .send(self.http.put(&url).json(&AcquireBody { host_ip }), &url)
+            .await?;
+        let created = response.status() == StatusCode::CREATED;
+        Ok((Self::json(response, &url).await?, created))
+    }
+
+    pub async fn release(&self, node: &str) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/leases/{node}"));
+        self.send(self.http.delete(&url), &url).await.map(|_| ())
+    }
+
+    pub async fn cluster(&self) -> Result<ClusterJson, ClientError> {
+        let url = self.url("/v1/cluster");
+        let response = self.send(self.http.get(&url), &url).await?;
+        Self::json(response, &url).await
+    }
+}

@@ -1,0 +1,171 @@
+//! The CNI network configuration list (`10-evio.conflist`) for this node's lease.
+//!
+//! Keys follow the original Evio `net-conf.json` (`bridge`, `bridgeType`, `isGateway`,
+//! `isDefaultGateway`, `isIPMasq`) plus `bridgeIPv4` = gateway with the podCIDR's prefix, so
+//! pods get the podCIDR mask: one flat L2 pod network across hosts.
+
+use std::path::Path;
+
+use evio_raft::data_dir::write_atomic;
+use evio_raft::Lease;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+pub const CONFLIST_FILE: &str = "10-evio.conflist";
+/// The plugin binary kubelet execs; CNI requires `type` to name it.
+pub const PLUGIN_TYPE: &str = "evio-cni";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BridgeType {
+    #[serde(rename = "OVS")]
+    Ovs,
+    #[serde(rename = "LXBR")]
+    Linux,
+}
+
+/// The node-independent part of the network config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub bridge: String,
+    pub bridge_type: BridgeType,
+    pub is_gateway: bool,
+    pub is_default_gateway: bool,
+    pub is_ip_masq: bool,
+    pub mtu: u32,
+    /// The evio-node CNI socket the plugin forwards requests to.
+    pub socket: String,
+}
+
+impl Default for NetConf {
+    fn default() -> Self {
+        Self {
+            cni_version: "1.0.0".into(),
+            name: "k8s-pod-network".into(),
+            bridge: "evioB1B111B".into(),
+            bridge_type: BridgeType::Ovs,
+            is_gateway: true,
+            is_default_gateway: true,
+            is_ip_masq: true,
+            mtu: 1500,
+            socket: "/run/evio/cni.sock".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfError {
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Renders the conflist for `lease`.
+pub fn conflist(conf: &NetConf, lease: &Lease) -> Value {
+    let pod_cidr = lease.pool.pod_cidr();
+    let gateway = lease.block.gateway;
+    json!({
+        "cniVersion": conf.cni_version,
+        "name": conf.name,
+        "plugins": [
+            {
+                "type": PLUGIN_TYPE,
+                "bridge": conf.bridge,
+                "bridgeType": conf.bridge_type,
+                "isGateway": conf.is_gateway,
+                "isDefaultGateway": conf.is_default_gateway,
+                "isIPMasq": conf.is_ip_masq,
+                "mtu": conf.mtu,
+                "socket": conf.socket,
+                "bridgeIPv4": format!("{gateway}/{}", pod_cidr.prefix()),
+                "podCIDR": pod_cidr.to_string(),
+                "nodeSubnet": lease.block.subnet.to_string(),
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{
+                        "subnet": pod_cidr.to_string(),
+                        "rangeStart": lease.block.range_start.to_string(),
+                        "rangeEnd": lease.block.range_end.to_string(),
+                        "gateway": gateway.to_string(),
+                    }]],
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+        ],
+    })
+}
+
+/// Writes the conflist into `dir` atomically (mode 0644). Returns false when the file already
+/// held exactly this content (nothing written).
+pub fn write_conflist(dir: &Path, conf: &NetConf, lease: &Lease) -> Result<bool, ConfError> {
+    let path = dir.join(CONFLIST_FILE);
+    let err = |source| ConfError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&conflist(conf, lease)).map_err(|e| err(e.into()))?;
+    bytes.push(b'\n');
+    if std::fs::read(&path).ok().as_deref() == Some(bytes.as_slice()) {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(dir).map_err(err)?;
+    write_atomic(&path, &bytes, 0o644).map_err(err)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evio_raft::{LeaseCommand, LeaseTable, Pool};
+
+    fn lease_at_block_3() -> Lease {
+        let pool = Pool::parse("10.244.0.16/16", 8).unwrap_or_else(|e| panic!("{e}"));
+        let mut table = LeaseTable::new(pool);
+        for (i, node) in ["a", "b", "c", "d"].iter().enumerate() {
+            table.apply(
+                &LeaseCommand::Acquire {
+                    node: node.to_string(),
+                    host_ip: None,
+                    request_id: "r".into(),
+                    at: 0,
+                },
+                i as u64 + 1,
+            );
+        }
+        table.get("d").unwrap_or_else(|| panic!("lease d"))
+    }
+
+    #[test]
+    fn conflist_matches_original_layout() {
+        let value = conflist(&NetConf::default(), &lease_at_block_3());
+        let plugin = &value["plugins"][0];
+        assert_eq!(plugin["type"], "evio-cni");
+        assert_eq!(plugin["bridgeIPv4"], "10.244.3.1/16");
+        assert_eq!(plugin["bridgeType"], "OVS");
+        let range = &plugin["ipam"]["ranges"][0][0];
+        assert_eq!(range["subnet"], "10.244.0.0/16");
+        assert_eq!(range["rangeStart"], "10.244.3.2");
+        assert_eq!(range["rangeEnd"], "10.244.3.254");
+        assert_eq!(range["gateway"], "10.244.3.1");
+        assert_eq!(value["name"], "k8s-pod-network");
+    }
+
+    #[test]
+    fn write_is_idempotent() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let lease = lease_at_block_3();
+        let conf = NetConf::default();
+        assert!(write_conflist(dir.path(), &conf, &lease).unwrap_or_else(|e| panic!("{e}")));
+        assert!(!write_conflist(dir.path(), &conf, &lease).unwrap_or_else(|e| panic!("{e}")));
+        let path = dir.path().join(CONFLIST_FILE);
+        let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode.ok(), Some(0o644));
+        let parsed: Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed["plugins"][0]["bridgeIPv4"], "10.244.3.1/16");
+    }
+}

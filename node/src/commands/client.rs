@@ -1,0 +1,180 @@
+//! The CLI client: `evio-node leases ...` and `evio-node cluster status` over the HTTP API.
+
+use std::net::Ipv4Addr;
+
+use clap::{Args, Subcommand, ValueEnum};
+use evio_api::{Client, ClusterJson, Consistency, LeaseJson};
+
+#[derive(Args)]
+pub struct ApiArgs {
+    /// The member's API root.
+    #[arg(long, env = "EVIO_API", default_value = "http://127.0.0.1:7700")]
+    api: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Json,
+    Table,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ReadConsistency {
+    Local,
+    Linearizable,
+}
+
+impl From<ReadConsistency> for Consistency {
+    fn from(c: ReadConsistency) -> Self {
+        match c {
+            ReadConsistency::Local => Consistency::Local,
+            ReadConsistency::Linearizable => Consistency::Linearizable,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum LeasesCommand {
+    /// All leases.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
+        consistency: ReadConsistency,
+    },
+    /// One node's lease.
+    Get {
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
+        consistency: ReadConsistency,
+    },
+    /// Acquire (or show) a node's lease.
+    Acquire {
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The node's address on the host overlay.
+        #[arg(long)]
+        host_ip: Option<Ipv4Addr>,
+    },
+    /// Return a node's block to the pool.
+    Release {
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, applied index and members.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_leases(leases: &[LeaseJson]) {
+    println!(
+        "{:<30} {:<18} {:<15} {:<33} {:<15} {:>8}  ACQUIRED",
+        "NODE", "SUBNET", "GATEWAY", "RANGE", "HOST-IP", "REVISION"
+    );
+    for l in leases {
+        println!(
+            "{:<30} {:<18} {:<15} {:<33} {:<15} {:>8}  {}",
+            l.node,
+            l.subnet.to_string(),
+            l.gateway.to_string(),
+            format!("{}-{}", l.range_start, l.range_end),
+            l.host_ip.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+            l.revision,
+            l.acquired_at
+        );
+    }
+}
+
+fn show_leases(output: Output, leases: &[LeaseJson]) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(&leases),
+        Output::Table => {
+            print_leases(leases);
+            Ok(())
+        }
+    }
+}
+
+pub async fn leases(cmd: LeasesCommand) -> anyhow::Result<()> {
+    match cmd {
+        LeasesCommand::List { api, consistency } => {
+            let leases = Client::new(&api.api)?.list_leases(consistency.into()).await?;
+            show_leases(api.output, &leases)
+        }
+        LeasesCommand::Get {
+            node,
+            api,
+            consistency,
+        } => match Client::new(&api.api)?.get_lease(&node, consistency.into()).await? {
+            Some(lease) => show_leases(api.output, &[lease]),
+            None => anyhow::bail!("node {node:?} holds no lease"),
+        },
+        LeasesCommand::Acquire { node, api, host_ip } => {
+            let (lease, created) = Client::new(&api.api)?.acquire(&node, host_ip).await?;
+            if api.output == Output::Table {
+                eprintln!("{}", if created { "acquired" } else { "already held" });
+            }
+            show_leases(api.output, &[lease])
+        }
+        LeasesCommand::Release { node, api } => {
+            Client::new(&api.api)?.release(&node).await?;
+            if api.output == Output::Json {
+                print_json(&serde_json::json!({"released": node}))
+            } else {
+                println!("released {node}");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn print_cluster(c: &ClusterJson) {
+    println!("node:         {} (id {})", c.node_name, c.node_id);
+    println!(
+        "leader:       {}",
+        c.leader_id.map_or_else(|| "none".to_string(), |id| id.to_string())
+    );
+    println!("term:         {}", c.term);
+    println!(
+        "last applied: {}",
+        c.last_applied.map_or_else(|| "-".to_string(), |i| i.to_string())
+    );
+    println!("pool:         podCIDR {} nodeBits {}", c.pod_cidr, c.node_bits);
+    println!("{:<22} {:<30} {:<22} ROLE", "ID", "NAME", "ADDR");
+    for m in &c.members {
+        println!("{:<22} {:<30} {:<22} {}", m.id, m.name, m.addr, m.role);
+    }
+}
+
+pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Status { api } => {
+            let status = Client::new(&api.api)?.cluster().await?;
+            match api.output {
+                Output::Json => print_json(&status),
+                Output::Table => {
+                    print_cluster(&status);
+                    Ok(())
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! `evio-node dev`: the embedded default. One member bootstraps its own cluster, leases a
+//! block for this host, writes the CNI conflist for it and serves the API. Restarting with
+//! the same data dir gives the same node id and the same lease.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use evio_cni::NetConf;
+use evio_raft::{Pool, Replica, ReplicaConfig};
+use tokio::net::TcpListener;
+
+use crate::serve::{shutdown_signal, spawn_api};
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where the node id, Raft log and lease table live.
+    #[arg(long, default_value = "./evio-data")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API (and Raft RPC).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: String,
+    /// The pod overlay; host bits are masked.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pod_cidr: String,
+    /// Bits of the pod CIDR that number the nodes (2^bits node blocks).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(0..=30))]
+    node_bits: u8,
+    /// This node's name (a Kubernetes node name); defaults to $NODE_NAME, then the hostname.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+}
+
+/// This host's name, lowercased as Kubernetes registers node names.
+pub fn hostname() -> anyhow::Result<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the hostname from /proc/sys/kernel/hostname (pass --node-name)")?;
+    Ok(raw.trim().to_ascii_lowercase())
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let pool = Pool::parse(&args.pod_cidr, args.node_bits)?;
+    let node_name = match args.node_name {
+        Some(name) => name,
+        None => hostname()?,
+    };
+    evio_raft::validate_node_name(&node_name).context("pass a valid --node-name")?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the listen address")?;
+
+    let config = ReplicaConfig::new(
+        args.data_dir.clone(),
+        pool,
+        node_name.clone(),
+        addr.to_string(),
+    );
+    let replica = Replica::open(config).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = spawn_api(listener, replica.clone(), async {
+        let _ = stop_rx.await;
+    });
+
+    let setup = async {
+        replica.bootstrap_single().await?;
+        replica.wait_for_leader(Duration::from_secs(30)).await?;
+        let (lease, created) = replica.acquire(&node_name, None).await?;
+        let net_d = args.data_dir.join("net.d");
+        let written = evio_cni::write_conflist(&net_d, &NetConf::default(), &lease)?;
+        anyhow::Ok((lease, created, net_d, written))
+    };
+    let outcome = tokio::select! {
+        result = setup => result,
+        _ = shutdown_signal() => Err(anyhow::anyhow!("interrupted during start-up")),
+    };
+    let outcome = match outcome {
+        Ok((lease, created, net_d, written)) => {
+            tracing::info!(
+                api = %format!("http://{addr}"),
+                node = %node_name,
+                node_id = replica.node_id(),
+                subnet = %lease.block.subnet,
+                new_lease = created,
+                conflist = %net_d.join(evio_cni::CONFLIST_FILE).display(),
+                conflist_rewritten = written,
+                "evio-node dev ready: API at http://{addr} (try: curl http://{addr}/v1/leases)"
+            );
+            tokio::select! {
+                _ = shutdown_signal() => Ok(()),
+                result = &mut server => match result {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the API server stopped unexpectedly")),
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("the API server failed")),
+                    Err(e) => Err(anyhow::Error::new(e).context("the API server task failed")),
+                },
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let _ = stop_tx.send(());
+    if !server.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
+            Ok(_) => {}
+            Err(_) => tracing::warn!("API server did not stop within 10 s"),
+        }
+    }
+    replica.shutdown().await;
+    outcome
+}
