@@ -80,6 +80,11 @@ impl From<RequestError> for ApiError {
             RequestError::PoolExhausted { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "pool_exhausted", e.to_string())
             }
+            // No leader known means no quorum this member can reach.
+            RequestError::NotLeader { leader: None } => ApiError::unavailable(
+                "no_quorum",
+                "no leader is known: this member cannot reach a quorum",
+            ),
             RequestError::NotLeader { .. } => ApiError::unavailable("not_leader", e.to_string()),
             RequestError::NoQuorum(_) => ApiError::unavailable("no_quorum", e.to_string()),
             RequestError::Fatal(_) => {
