@@ -82,11 +82,18 @@ impl Client {
         format!("{}{}", self.base, path)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, ClientError> {
-        let response = request.send().await.map_err(|source| ClientError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.to_string(),
+                source,
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -107,12 +114,18 @@ impl Client {
         })
     }
 
-    async fn json<T: DeserializeOwned>(response: reqwest::Response, url: &str) -> Result<T, ClientError> {
+    async fn json<T: DeserializeOwned>(
+        response: reqwest::Response,
+        url: &str,
+    ) -> Result<T, ClientError> {
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|source| ClientError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.to_string(),
+                source,
+            })?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url: url.to_string(),
             status,
@@ -120,24 +133,42 @@ impl Client {
         })
     }
 
-    pub async fn list_leases(&self, consistency: Consistency) -> Result<Vec<LeaseJson>, ClientError> {
+    pub async fn list_leases(
+        &self,
+        consistency: Consistency,
+    ) -> Result<Vec<LeaseJson>, ClientError> {
         let url = self.url(&format!("/v1/leases?consistency={}", consistency.as_str()));
         let response = self.send(self.http.get(&url), &url).await?;
         Self::json(response, &url).await
     }
 
     /// The node's lease, or `None` when it holds none.
-    pub async fn get_lease(&self, node: &str, consistency: Consistency) -> Result<Option<LeaseJson>, ClientError> {
-        let url = self.url(&format!("/v1/leases/{node}?consistency={}", consistency.as_str()));
+    pub async fn get_lease(
+        &self,
+        node: &str,
+        consistency: Consistency,
+    ) -> Result<Option<LeaseJson>, ClientError> {
+        let url = self.url(&format!(
+            "/v1/leases/{node}?consistency={}",
+            consistency.as_str()
+        ));
         match self.send(self.http.get(&url), &url).await {
             Ok(response) => Self::json(response, &url).await.map(Some),
-            Err(ClientError::Api { status: 404, ref code, .. }) if code == "not_found" => Ok(None),
+            Err(ClientError::Api {
+                status: 404,
+                ref code,
+                ..
+            }) if code == "not_found" => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     /// Acquires (or returns) the node's lease; `true` when it was newly created.
-    pub async fn acquire(&self, node: &str, host_ip: Option<Ipv4Addr>) -> Result<(LeaseJson, bool), ClientError> {
+    pub async fn acquire(
+        &self,
+        node: &str,
+        host_ip: Option<Ipv4Addr>,
+    ) -> Result<(LeaseJson, bool), ClientError> {
         let url = self.url(&format!("/v1/leases/{node}"));
         let response = self
             .send(self.http.put(&url).json(&AcquireBody { host_ip }), &url)

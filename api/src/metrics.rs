@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use evio_raft::Replica;
 use openraft::ServerState;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,16 +76,32 @@ impl ApiMetrics {
             latency.clone(),
         );
         registry.register("leases", "Leases held in the local replica", leases.clone());
-        registry.register("leases_free", "Free node blocks in the local replica", leases_free.clone());
+        registry.register(
+            "leases_free",
+            "Free node blocks in the local replica",
+            leases_free.clone(),
+        );
         registry.register("raft_term", "Current Raft term", term.clone());
-        registry.register("raft_leader", "Known Raft leader (1 for the leader's id)", leader.clone());
-        registry.register("raft_is_leader", "1 when this member is the leader", is_leader.clone());
+        registry.register(
+            "raft_leader",
+            "Known Raft leader (1 for the leader's id)",
+            leader.clone(),
+        );
+        registry.register(
+            "raft_is_leader",
+            "1 when this member is the leader",
+            is_leader.clone(),
+        );
         registry.register(
             "raft_last_applied_index",
             "Last log index applied to the local replica",
             last_applied.clone(),
         );
-        registry.register("raft_last_log_index", "Last log index in the local log", last_log_index.clone());
+        registry.register(
+            "raft_last_log_index",
+            "Last log index in the local log",
+            last_log_index.clone(),
+        );
         Self {
             registry,
             requests,
@@ -124,7 +140,8 @@ impl ApiMetrics {
         {
             let applied = replica.local().read();
             self.leases.set(gauge_value(applied.table.len() as u64));
-            self.leases_free.set(gauge_value(applied.table.free_blocks()));
+            self.leases_free
+                .set(gauge_value(applied.table.free_blocks()));
         }
         self.term.set(gauge_value(metrics.current_term));
         self.leader.clear();

@@ -106,7 +106,9 @@ fn read_params(RawQuery(query): RawQuery) -> Result<Consistency, ApiError> {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "invalid_query",
-                    format!("invalid consistency {other:?}: expected \"local\" or \"linearizable\""),
+                    format!(
+                        "invalid consistency {other:?}: expected \"local\" or \"linearizable\""
+                    ),
                 ))
             }
             (other, _) => {
@@ -191,7 +193,9 @@ async fn list_leases(
 ) -> Result<Json<Vec<LeaseJson>>, ApiError> {
     consistent(&state, read_params(query)?).await?;
     let applied = state.replica.local().read();
-    Ok(Json(applied.table.leases().iter().map(LeaseJson::from).collect()))
+    Ok(Json(
+        applied.table.leases().iter().map(LeaseJson::from).collect(),
+    ))
 }
 
 async fn get_lease(
@@ -228,7 +232,9 @@ async fn put_lease(
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_body",
-                format!("invalid request body: {e} (expected {{\"hostIP\": \"<IPv4>\"}} or nothing)"),
+                format!(
+                    "invalid request body: {e} (expected {{\"hostIP\": \"<IPv4>\"}} or nothing)"
+                ),
             )
         })?
     };
@@ -310,9 +316,10 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let text = state.metrics.render(&state.replica).map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    })?;
+    let text = state
+        .metrics
+        .render(&state.replica)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -337,10 +344,7 @@ async fn raft_append(
     Json(state.replica.raft().append_entries(rpc).await).into_response()
 }
 
-async fn raft_vote(
-    State(state): State<ApiState>,
-    Json(rpc): Json<VoteRequest<u64>>,
-) -> Response {
+async fn raft_vote(State(state): State<ApiState>, Json(rpc): Json<VoteRequest<u64>>) -> Response {
     if !raft_role_ok(&state) {
         return ApiError::unavailable("raft_stopped", "raft is shutting down").into_response();
     }

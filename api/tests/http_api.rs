@@ -36,7 +36,9 @@ async fn start(cidr: &str, bits: u8, single: bool) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"));
     let pool = Pool::parse(cidr, bits).unwrap_or_else(|e| panic!("pool: {e}"));
     let mut config = ReplicaConfig::new(
         dir.path().join("data"),
@@ -45,7 +47,9 @@ async fn start(cidr: &str, bits: u8, single: bool) -> Server {
         addr.to_string(),
     );
     config.request_timeout = Duration::from_millis(1500);
-    let replica = Replica::open(config).await.unwrap_or_else(|e| panic!("open: {e}"));
+    let replica = Replica::open(config)
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = evio_api::router(replica.clone());
     let task = tokio::spawn(async move {
@@ -56,7 +60,10 @@ async fn start(cidr: &str, bits: u8, single: bool) -> Server {
             .await;
     });
     if single {
-        replica.bootstrap_single().await.unwrap_or_else(|e| panic!("bootstrap: {e}"));
+        replica
+            .bootstrap_single()
+            .await
+            .unwrap_or_else(|e| panic!("bootstrap: {e}"));
         replica
             .wait_for_leader(Duration::from_secs(10))
             .await
@@ -92,13 +99,22 @@ fn client(server: &Server) -> Client {
     Client::new(&server.base).unwrap_or_else(|e| panic!("client: {e}"))
 }
 
-async fn raw(method: reqwest::Method, url: &str, body: Option<&str>) -> (u16, Option<String>, String) {
+async fn raw(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&str>,
+) -> (u16, Option<String>, String) {
     let http = reqwest::Client::new();
     let mut request = http.request(method, url);
     if let Some(body) = body {
-        request = request.header("content-type", "application/json").body(body.to_string());
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
     }
-    let response = request.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -120,9 +136,16 @@ async fn lease_lifecycle() {
     let server = start("10.244.0.16/16", 8, true).await;
     let api = client(&server);
 
-    assert!(api.list_leases(Consistency::Linearizable).await.unwrap_or_else(|e| panic!("{e}")).is_empty());
+    assert!(api
+        .list_leases(Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .is_empty());
 
-    let (a, created) = api.acquire("node-a", None).await.unwrap_or_else(|e| panic!("{e}"));
+    let (a, created) = api
+        .acquire("node-a", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(created);
     assert_eq!(a.subnet.to_string(), "10.244.0.0/24");
     assert_eq!(a.gateway, Ipv4Addr::new(10, 244, 0, 1));
@@ -133,10 +156,18 @@ async fn lease_lifecycle() {
     assert!(a.acquired_at.ends_with('Z'), "{}", a.acquired_at);
 
     // idempotent: same lease, 200 not 201
-    let (again, created) = api.acquire("node-a", None).await.unwrap_or_else(|e| panic!("{e}"));
+    let (again, created) = api
+        .acquire("node-a", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!created);
     assert_eq!(again, a);
-    let (status, _, _) = raw(reqwest::Method::PUT, &format!("{}/v1/leases/node-a", server.base), None).await;
+    let (status, _, _) = raw(
+        reqwest::Method::PUT,
+        &format!("{}/v1/leases/node-a", server.base),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
 
     let (b, _) = api
@@ -147,21 +178,50 @@ async fn lease_lifecycle() {
     assert_eq!(b.host_ip, Some(Ipv4Addr::new(10, 10, 0, 3)));
 
     for consistency in [Consistency::Local, Consistency::Linearizable] {
-        let got = api.get_lease("node-b", consistency).await.unwrap_or_else(|e| panic!("{e}"));
+        let got = api
+            .get_lease("node-b", consistency)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got.as_ref(), Some(&b));
-        let all = api.list_leases(consistency).await.unwrap_or_else(|e| panic!("{e}"));
+        let all = api
+            .list_leases(consistency)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(all, vec![a.clone(), b.clone()]);
     }
-    assert_eq!(api.get_lease("node-z", Consistency::Local).await.unwrap_or_else(|e| panic!("{e}")), None);
-    let (status, _, body) = raw(reqwest::Method::GET, &format!("{}/v1/leases/node-z", server.base), None).await;
+    assert_eq!(
+        api.get_lease("node-z", Consistency::Local)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        None
+    );
+    let (status, _, body) = raw(
+        reqwest::Method::GET,
+        &format!("{}/v1/leases/node-z", server.base),
+        None,
+    )
+    .await;
     assert_eq!((status, error_code(&body).as_str()), (404, "not_found"));
 
     // release: 204, also when absent; the lowest block comes back first
-    let (status, _, _) = raw(reqwest::Method::DELETE, &format!("{}/v1/leases/node-a", server.base), None).await;
+    let (status, _, _) = raw(
+        reqwest::Method::DELETE,
+        &format!("{}/v1/leases/node-a", server.base),
+        None,
+    )
+    .await;
     assert_eq!(status, 204);
-    let (status, _, _) = raw(reqwest::Method::DELETE, &format!("{}/v1/leases/node-a", server.base), None).await;
+    let (status, _, _) = raw(
+        reqwest::Method::DELETE,
+        &format!("{}/v1/leases/node-a", server.base),
+        None,
+    )
+    .await;
     assert_eq!(status, 204);
-    let (c, created) = api.acquire("node-c", None).await.unwrap_or_else(|e| panic!("{e}"));
+    let (c, created) = api
+        .acquire("node-c", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(created);
     assert_eq!(c.subnet.to_string(), "10.244.0.0/24");
 
@@ -173,15 +233,69 @@ async fn bad_input_gets_json_4xx() {
     let server = start("10.244.0.0/16", 8, true).await;
     let base = &server.base;
     let cases: [(reqwest::Method, String, Option<&str>, u16, &str); 9] = [
-        (reqwest::Method::PUT, format!("{base}/v1/leases/Bad_Name"), None, 400, "invalid_node_name"),
-        (reqwest::Method::PUT, format!("{base}/v1/leases/-x"), None, 400, "invalid_node_name"),
-        (reqwest::Method::GET, format!("{base}/v1/leases/UPPER"), None, 400, "invalid_node_name"),
-        (reqwest::Method::DELETE, format!("{base}/v1/leases/a_b"), None, 400, "invalid_node_name"),
-        (reqwest::Method::PUT, format!("{base}/v1/leases/ok"), Some("{not json"), 400, "invalid_body"),
-        (reqwest::Method::PUT, format!("{base}/v1/leases/ok"), Some(r#"{"hostIP":"300.1.1.1"}"#), 400, "invalid_body"),
-        (reqwest::Method::PUT, format!("{base}/v1/leases/ok"), Some(r#"{"hostIp":"10.0.0.1"}"#), 400, "invalid_body"),
-        (reqwest::Method::GET, format!("{base}/v1/leases?consistency=eventual"), None, 400, "invalid_query"),
-        (reqwest::Method::GET, format!("{base}/v1/nope"), None, 404, "not_found"),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/v1/leases/Bad_Name"),
+            None,
+            400,
+            "invalid_node_name",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/v1/leases/-x"),
+            None,
+            400,
+            "invalid_node_name",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("{base}/v1/leases/UPPER"),
+            None,
+            400,
+            "invalid_node_name",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{base}/v1/leases/a_b"),
+            None,
+            400,
+            "invalid_node_name",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/v1/leases/ok"),
+            Some("{not json"),
+            400,
+            "invalid_body",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/v1/leases/ok"),
+            Some(r#"{"hostIP":"300.1.1.1"}"#),
+            400,
+            "invalid_body",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/v1/leases/ok"),
+            Some(r#"{"hostIp":"10.0.0.1"}"#),
+            400,
+            "invalid_body",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("{base}/v1/leases?consistency=eventual"),
+            None,
+            400,
+            "invalid_query",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("{base}/v1/nope"),
+            None,
+            404,
+            "not_found",
+        ),
     ];
     for (method, url, body, want_status, want_code) in cases {
         let (status, _, text) = raw(method.clone(), &url, body).await;
@@ -189,7 +303,10 @@ async fn bad_input_gets_json_4xx() {
         assert_eq!(error_code(&text), want_code, "{method} {url}: {text}");
     }
     // nothing was leased by any of them
-    let leases = client(&server).list_leases(Consistency::Local).await.unwrap_or_else(|e| panic!("{e}"));
+    let leases = client(&server)
+        .list_leases(Consistency::Local)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(leases.is_empty(), "{leases:?}");
     server.shutdown().await;
 }
@@ -200,14 +317,27 @@ async fn exhausted_pool_is_409() {
     let server = start("192.168.7.0/28", 2, true).await;
     let api = client(&server);
     for i in 0..4 {
-        let (lease, created) = api.acquire(&format!("n{i}"), None).await.unwrap_or_else(|e| panic!("{e}"));
+        let (lease, created) = api
+            .acquire(&format!("n{i}"), None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(created);
-        assert_eq!(lease.range_start, lease.range_end, "a /30 has one pod address");
+        assert_eq!(
+            lease.range_start, lease.range_end,
+            "a /30 has one pod address"
+        );
     }
     let err = api.acquire("late", None).await.map(|_| ()).unwrap_err();
-    assert_eq!((err.status(), err.code()), (Some(409), Some("pool_exhausted")), "{err}");
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(409), Some("pool_exhausted")),
+        "{err}"
+    );
     // holders still get theirs
-    let (lease, created) = api.acquire("n3", None).await.unwrap_or_else(|e| panic!("{e}"));
+    let (lease, created) = api
+        .acquire("n3", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!created);
     assert_eq!(lease.subnet.to_string(), "192.168.7.12/30");
     server.shutdown().await;
@@ -217,17 +347,24 @@ async fn exhausted_pool_is_409() {
 async fn no_quorum_is_503_with_retry_after_and_local_reads_still_answer() {
     let server = start("10.244.0.0/16", 8, false).await;
     let base = &server.base;
-    let (status, retry_after, body) = raw(reqwest::Method::PUT, &format!("{base}/v1/leases/n1"), None).await;
+    let (status, retry_after, body) =
+        raw(reqwest::Method::PUT, &format!("{base}/v1/leases/n1"), None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert_eq!(error_code(&body), "no_quorum", "{body}");
 
-    let (status, retry_after, body) = raw(reqwest::Method::GET, &format!("{base}/v1/leases"), None).await;
+    let (status, retry_after, body) =
+        raw(reqwest::Method::GET, &format!("{base}/v1/leases"), None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert_eq!(error_code(&body), "no_quorum", "{body}");
 
-    let (status, _, body) = raw(reqwest::Method::GET, &format!("{base}/v1/leases?consistency=local"), None).await;
+    let (status, _, body) = raw(
+        reqwest::Method::GET,
+        &format!("{base}/v1/leases?consistency=local"),
+        None,
+    )
+    .await;
     assert_eq!((status, body.as_str()), (200, "[]"));
     server.shutdown().await;
 }
@@ -236,8 +373,12 @@ async fn no_quorum_is_503_with_retry_after_and_local_reads_still_answer() {
 async fn cluster_health_and_metrics() {
     let server = start("10.244.0.0/16", 8, true).await;
     let api = client(&server);
-    api.acquire("m1", None).await.unwrap_or_else(|e| panic!("{e}"));
-    api.acquire("m2", None).await.unwrap_or_else(|e| panic!("{e}"));
+    api.acquire("m1", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    api.acquire("m2", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let cluster = api.cluster().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cluster.node_id, server.replica.node_id());
@@ -247,34 +388,75 @@ async fn cluster_health_and_metrics() {
     assert!(cluster.last_applied >= Some(3), "{cluster:?}");
     assert_eq!(cluster.members.len(), 1);
     assert_eq!(cluster.members[0].role, "leader");
-    assert_eq!(cluster.members[0].addr, server.base.trim_start_matches("http://"));
+    assert_eq!(
+        cluster.members[0].addr,
+        server.base.trim_start_matches("http://")
+    );
     // the JSON keys are the documented camelCase ones
-    let (_, _, text) = raw(reqwest::Method::GET, &format!("{}/v1/cluster", server.base), None).await;
+    let (_, _, text) = raw(
+        reqwest::Method::GET,
+        &format!("{}/v1/cluster", server.base),
+        None,
+    )
+    .await;
     let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
-    for key in ["nodeId", "nodeName", "leaderId", "term", "lastApplied", "members"] {
+    for key in [
+        "nodeId",
+        "nodeName",
+        "leaderId",
+        "term",
+        "lastApplied",
+        "members",
+    ] {
         assert!(value.get(key).is_some(), "missing {key}: {text}");
     }
 
-    let (status, _, _) = raw(reqwest::Method::GET, &format!("{}/healthz", server.base), None).await;
+    let (status, _, _) = raw(
+        reqwest::Method::GET,
+        &format!("{}/healthz", server.base),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
-    let (status, _, _) = raw(reqwest::Method::GET, &format!("{}/readyz", server.base), None).await;
+    let (status, _, _) = raw(
+        reqwest::Method::GET,
+        &format!("{}/readyz", server.base),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
 
-    let (status, _, text) = raw(reqwest::Method::GET, &format!("{}/metrics", server.base), None).await;
+    let (status, _, text) = raw(
+        reqwest::Method::GET,
+        &format!("{}/metrics", server.base),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     for line in [
         "evio_leases 2",
         "evio_leases_free 254",
         "evio_raft_is_leader 1",
-        &format!("evio_raft_leader{{leader_id=\"{}\"}} 1", server.replica.node_id()),
+        &format!(
+            "evio_raft_leader{{leader_id=\"{}\"}} 1",
+            server.replica.node_id()
+        ),
     ] {
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
     }
     assert!(
-        text.contains(r#"evio_http_requests_total{method="PUT",route="/v1/leases/{node}",status="201"} 2"#),
+        text.contains(
+            r#"evio_http_requests_total{method="PUT",route="/v1/leases/{node}",status="201"} 2"#
+        ),
         "{text}"
     );
-    assert!(text.contains("evio_http_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("evio_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
     server.shutdown().await;
 }
 
@@ -282,11 +464,24 @@ async fn cluster_health_and_metrics() {
 async fn readyz_is_503_before_joining_a_cluster() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let pool = Pool::parse("10.244.0.0/16", 8).unwrap_or_else(|e| panic!("{e}"));
-    let config = ReplicaConfig::new(dir.path().to_path_buf(), pool, "lonely".into(), "127.0.0.1:1".into());
-    let replica = Replica::open(config).await.unwrap_or_else(|e| panic!("{e}"));
+    let config = ReplicaConfig::new(
+        dir.path().to_path_buf(),
+        pool,
+        "lonely".into(),
+        "127.0.0.1:1".into(),
+    );
+    let replica = Replica::open(config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!replica.is_ready());
-    replica.bootstrap_single().await.unwrap_or_else(|e| panic!("{e}"));
-    replica.wait_for_leader(Duration::from_secs(10)).await.unwrap_or_else(|e| panic!("{e}"));
+    replica
+        .bootstrap_single()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    replica
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(replica.is_ready());
     replica.shutdown().await;
 }

@@ -11,7 +11,11 @@ mod serve;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "evio-node", version, about = "evio: partition-tolerant pod networking for Kubernetes at the edge")]
+#[command(
+    name = "evio-node",
+    version,
+    about = "evio: partition-tolerant pod networking for Kubernetes at the edge"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

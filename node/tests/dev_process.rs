@@ -31,7 +31,15 @@ fn evio_node(args: &[&str]) -> Command {
 impl Dev {
     fn start(data_dir: &Path, extra: &[&str]) -> Dev {
         let data_dir = data_dir.to_string_lossy().to_string();
-        let mut args = vec!["dev", "--data-dir", &data_dir, "--listen", "127.0.0.1:0", "--node-name", "test-host"];
+        let mut args = vec![
+            "dev",
+            "--data-dir",
+            &data_dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--node-name",
+            "test-host",
+        ];
         args.extend_from_slice(extra);
         let mut child = evio_node(&args)
             .stdout(Stdio::null())
@@ -59,7 +67,10 @@ impl Dev {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("evio-node dev did not become ready:\n{}", logs.lock().map(|l| l.join("\n")).unwrap_or_default());
+                panic!(
+                    "evio-node dev did not become ready:\n{}",
+                    logs.lock().map(|l| l.join("\n")).unwrap_or_default()
+                );
             }
         }
     }
@@ -80,7 +91,10 @@ impl Dev {
 
     fn assert_no_panics(&self) {
         let logs = self.logs();
-        assert!(!logs.contains("panicked"), "panic in evio-node log:\n{logs}");
+        assert!(
+            !logs.contains("panicked"),
+            "panic in evio-node log:\n{logs}"
+        );
     }
 }
 
@@ -113,7 +127,10 @@ async fn acquire_all(client: &Client, names: Vec<String>) -> BTreeMap<String, Le
             loop {
                 let next = names.lock().ok().and_then(|mut n| n.pop());
                 let Some(name) = next else { break };
-                let (lease, created) = client.acquire(&name, None).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+                let (lease, created) = client
+                    .acquire(&name, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
                 assert!(created, "{name} was not new");
                 acked.push(lease);
             }
@@ -144,15 +161,22 @@ async fn leases_survive_sigkill_and_restart() {
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("dev did not lease its own node"));
     assert_eq!(own.subnet.to_string(), "10.244.0.0/24");
-    let conflist = std::fs::read_to_string(data.join("net.d/10-evio.conflist")).unwrap_or_else(|e| panic!("{e}"));
+    let conflist = std::fs::read_to_string(data.join("net.d/10-evio.conflist"))
+        .unwrap_or_else(|e| panic!("{e}"));
     let conf: serde_json::Value = serde_json::from_str(&conflist).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(conf["plugins"][0]["bridgeIPv4"], "10.244.0.1/16");
 
     let names: Vec<String> = (0..40).map(|i| format!("node-{i}")).collect();
     let mut acked = acquire_all(&client, names).await;
     // a release is acknowledged too: it must stay released
-    client.release("node-7").await.unwrap_or_else(|e| panic!("{e}"));
-    let freed = acked.remove("node-7").map(|l| l.subnet).unwrap_or_else(|| panic!("node-7 not acked"));
+    client
+        .release("node-7")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let freed = acked
+        .remove("node-7")
+        .map(|l| l.subnet)
+        .unwrap_or_else(|| panic!("node-7 not acked"));
     acked.insert(own.node.clone(), own.clone());
 
     let status = dev.signal(Signal::SIGKILL);
@@ -163,17 +187,25 @@ async fn leases_survive_sigkill_and_restart() {
     let dev = Dev::start(&data, &[]);
     let client = dev.client();
     let after = client.cluster().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(after.node_id, cluster.node_id, "node id changed across restart");
+    assert_eq!(
+        after.node_id, cluster.node_id,
+        "node id changed across restart"
+    );
     let found = leases_by_node(&client).await;
     assert_eq!(found.len(), acked.len());
     for (node, lease) in &acked {
-        let now = found.get(node).unwrap_or_else(|| panic!("lease of {node} vanished"));
+        let now = found
+            .get(node)
+            .unwrap_or_else(|| panic!("lease of {node} vanished"));
         assert_eq!(now.subnet, lease.subnet, "{node} changed subnet");
         assert_eq!(now.revision, lease.revision, "{node} changed revision");
     }
     assert!(!found.contains_key("node-7"));
     // blocks 0..=40 were all taken but node-7's: the freed block is the lowest free one
-    let (again, _) = client.acquire("node-new", None).await.unwrap_or_else(|e| panic!("{e}"));
+    let (again, _) = client
+        .acquire("node-new", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(again.subnet, freed);
     dev.assert_no_panics();
 }
@@ -204,8 +236,19 @@ async fn thousand_leases_on_slash8_survive_sigkill() {
     let found = leases_by_node(&dev.client()).await;
     assert_eq!(found.len(), acked.len());
     for (node, lease) in &acked {
-        let now = found.get(node).unwrap_or_else(|| panic!("lease of {node} vanished"));
-        assert_eq!((now.subnet, now.gateway, now.range_start, now.range_end), (lease.subnet, lease.gateway, lease.range_start, lease.range_end), "{node}");
+        let now = found
+            .get(node)
+            .unwrap_or_else(|| panic!("lease of {node} vanished"));
+        assert_eq!(
+            (now.subnet, now.gateway, now.range_start, now.range_end),
+            (
+                lease.subnet,
+                lease.gateway,
+                lease.range_start,
+                lease.range_end
+            ),
+            "{node}"
+        );
     }
     dev.assert_no_panics();
 }
@@ -215,13 +258,26 @@ fn restart_with_other_pool_is_refused_naming_both() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let data = dir.path().join("data");
     let mut dev = Dev::start(&data, &[]);
-    assert!(dev.signal(Signal::SIGINT).success(), "Ctrl-C must stop cleanly:\n{}", dev.logs());
+    assert!(
+        dev.signal(Signal::SIGINT).success(),
+        "Ctrl-C must stop cleanly:\n{}",
+        dev.logs()
+    );
     drop(dev);
 
     let data_arg = data.to_string_lossy().to_string();
     let out = evio_node(&[
-        "dev", "--data-dir", &data_arg, "--listen", "127.0.0.1:0", "--node-name", "test-host",
-        "--pod-cidr", "10.0.0.0/8", "--node-bits", "12",
+        "dev",
+        "--data-dir",
+        &data_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--node-name",
+        "test-host",
+        "--pod-cidr",
+        "10.0.0.0/8",
+        "--node-bits",
+        "12",
     ])
     .output()
     .unwrap_or_else(|e| panic!("{e}"));
@@ -240,20 +296,39 @@ fn bad_flags_and_corrupt_data_dir_are_refused() {
     let cases: [(&[&str], &str); 4] = [
         (&["--pod-cidr", "10.0.0.0/33"], "10.0.0.0/33"),
         (&["--pod-cidr", "fd00::/64"], "IPv6"),
-        (&["--pod-cidr", "10.244.0.0/24", "--node-bits", "7"], "nodeBits 7"),
+        (
+            &["--pod-cidr", "10.244.0.0/24", "--node-bits", "7"],
+            "nodeBits 7",
+        ),
         (&["--node-bits", "31"], "31"),
     ];
     for (extra, needle) in cases {
-        let mut args = vec!["dev", "--data-dir", &data_arg, "--listen", "127.0.0.1:0", "--node-name", "h"];
+        let mut args = vec![
+            "dev",
+            "--data-dir",
+            &data_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--node-name",
+            "h",
+        ];
         args.extend_from_slice(extra);
         let out = evio_node(&args).output().unwrap_or_else(|e| panic!("{e}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{extra:?} accepted");
         assert!(stderr.contains(needle), "{extra:?}: {stderr}");
     }
-    let out = evio_node(&["dev", "--data-dir", &data_arg, "--listen", "127.0.0.1:0", "--node-name", "Bad_Host"])
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = evio_node(&[
+        "dev",
+        "--data-dir",
+        &data_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--node-name",
+        "Bad_Host",
+    ])
+    .output()
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Bad_Host"));
 
@@ -262,19 +337,38 @@ fn bad_flags_and_corrupt_data_dir_are_refused() {
     dev.signal(Signal::SIGKILL);
     drop(dev);
     std::fs::write(data.join("identity.json"), b"\x00garbage").unwrap_or_else(|e| panic!("{e}"));
-    let out = evio_node(&["dev", "--data-dir", &data_arg, "--listen", "127.0.0.1:0", "--node-name", "test-host"])
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = evio_node(&[
+        "dev",
+        "--data-dir",
+        &data_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--node-name",
+        "test-host",
+    ])
+    .output()
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("identity.json is unreadable"), "{stderr}");
-    assert_eq!(std::fs::read(data.join("identity.json")).unwrap_or_default(), b"\x00garbage");
+    assert_eq!(
+        std::fs::read(data.join("identity.json")).unwrap_or_default(),
+        b"\x00garbage"
+    );
 
     // Without the identity, an existing database is refused too.
     std::fs::remove_file(data.join("identity.json")).unwrap_or_else(|e| panic!("{e}"));
-    let out = evio_node(&["dev", "--data-dir", &data_arg, "--listen", "127.0.0.1:0", "--node-name", "test-host"])
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = evio_node(&[
+        "dev",
+        "--data-dir",
+        &data_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--node-name",
+        "test-host",
+    ])
+    .output()
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to re-initialise"));
 }
@@ -286,29 +380,57 @@ fn cli_client_lists_acquires_and_releases() {
     let run = |args: &[&str]| {
         let mut full: Vec<&str> = args.to_vec();
         full.extend_from_slice(&["--api", &dev.base]);
-        let out = Command::new(BIN).args(&full).output().unwrap_or_else(|e| panic!("{e}"));
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        let out = Command::new(BIN)
+            .args(&full)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
-    let (ok, stdout, stderr) = run(&["leases", "acquire", "cli-node", "--host-ip", "10.10.0.9", "-o", "json"]);
+    let (ok, stdout, stderr) = run(&[
+        "leases",
+        "acquire",
+        "cli-node",
+        "--host-ip",
+        "10.10.0.9",
+        "-o",
+        "json",
+    ]);
     assert!(ok, "{stderr}");
-    let lease: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let lease: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(lease[0]["subnet"], "10.244.1.0/24");
     assert_eq!(lease[0]["hostIP"], "10.10.0.9");
 
     let (ok, stdout, _) = run(&["leases", "list"]);
     assert!(ok);
-    assert!(stdout.contains("cli-node") && stdout.contains("10.244.1.0/24") && stdout.contains("test-host"), "{stdout}");
+    assert!(
+        stdout.contains("cli-node")
+            && stdout.contains("10.244.1.0/24")
+            && stdout.contains("test-host"),
+        "{stdout}"
+    );
     let (ok, stdout, _) = run(&["cluster", "status", "-o", "json"]);
     assert!(ok);
-    let cluster: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let cluster: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(cluster["nodeName"], "test-host");
 
     let (ok, _, _) = run(&["leases", "release", "cli-node"]);
     assert!(ok);
     let (ok, _, stderr) = run(&["leases", "get", "cli-node"]);
     assert!(!ok);
-    assert!(stderr.contains("cli-node") && stderr.contains("no lease"), "{stderr}");
+    assert!(
+        stderr.contains("cli-node") && stderr.contains("no lease"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = run(&["leases", "acquire", "Not_Valid"]);
     assert!(!ok);
-    assert!(stderr.contains("Not_Valid") && stderr.contains("400"), "{stderr}");
+    assert!(
+        stderr.contains("Not_Valid") && stderr.contains("400"),
+        "{stderr}"
+    );
 }

@@ -63,12 +63,11 @@ impl DataDir {
         let identity_path = root.join(IDENTITY_FILE);
         match fs::read(&identity_path) {
             Ok(bytes) => {
-                let identity: Identity = serde_json::from_slice(&bytes).map_err(|e| {
-                    DataDirError::CorruptIdentity {
+                let identity: Identity =
+                    serde_json::from_slice(&bytes).map_err(|e| DataDirError::CorruptIdentity {
                         path: root.to_path_buf(),
                         reason: e.to_string(),
-                    }
-                })?;
+                    })?;
                 if identity.format != FORMAT {
                     return Err(DataDirError::CorruptIdentity {
                         path: root.to_path_buf(),
@@ -193,10 +192,18 @@ mod tests {
         assert!(!again.created());
         assert_eq!(first.node_id(), again.node_id());
 
-        let err = DataDir::open(dir.path(), pool("10.0.0.0/8", 12)).map(|_| ()).unwrap_err();
+        let err = DataDir::open(dir.path(), pool("10.0.0.0/8", 12))
+            .map(|_| ())
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("10.244.0.0/16") && msg.contains("nodeBits 8"), "{msg}");
-        assert!(msg.contains("10.0.0.0/8") && msg.contains("nodeBits 12"), "{msg}");
+        assert!(
+            msg.contains("10.244.0.0/16") && msg.contains("nodeBits 8"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("10.0.0.0/8") && msg.contains("nodeBits 12"),
+            "{msg}"
+        );
     }
 
     #[test]

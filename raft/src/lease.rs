@@ -33,7 +33,7 @@ pub enum LeaseCommand {
 }
 
 /// What applying a command decided.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "camelCase")]
 pub enum LeaseOutcome {
     #[serde(rename_all = "camelCase")]
@@ -43,13 +43,8 @@ pub enum LeaseOutcome {
     #[serde(rename_all = "camelCase")]
     PoolExhausted { blocks: u64 },
     /// Log entries without application data (blank, membership) decide nothing.
+    #[default]
     None,
-}
-
-impl Default for LeaseOutcome {
-    fn default() -> Self {
-        LeaseOutcome::None
-    }
 }
 
 /// One node's lease as stored: the block index plus bookkeeping. The subnet and addresses are
@@ -150,7 +145,11 @@ pub struct LeaseTable {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TableError {
     #[error("lease of {node} names block {block}, outside the pool ({pool})")]
-    BlockOutsidePool { node: String, block: u32, pool: Pool },
+    BlockOutsidePool {
+        node: String,
+        block: u32,
+        pool: Pool,
+    },
     #[error("block {block} is leased to both {first} and {second}")]
     DoubleLeased {
         block: u32,
@@ -218,7 +217,11 @@ impl LeaseTable {
 
     /// All leases, ordered by block.
     pub fn leases(&self) -> Vec<Lease> {
-        let mut leases: Vec<Lease> = self.by_node.values().filter_map(|r| self.expand(r)).collect();
+        let mut leases: Vec<Lease> = self
+            .by_node
+            .values()
+            .filter_map(|r| self.expand(r))
+            .collect();
         leases.sort_by_key(|l| l.record.block);
         leases
     }
@@ -414,7 +417,9 @@ mod tests {
         };
         let (outcome, change) = t.apply(&cmd, 2);
         assert_eq!(acquired_block(&outcome), (0, false));
-        assert!(matches!(change, Change::Put(ref r) if r.revision == 2 && r.acquired_at == 1_700_000_000_000));
+        assert!(
+            matches!(change, Change::Put(ref r) if r.revision == 2 && r.acquired_at == 1_700_000_000_000)
+        );
     }
 
     #[test]
@@ -482,7 +487,10 @@ mod tests {
             f.give_back(i);
         }
         assert_eq!(
-            f.intervals.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
+            f.intervals
+                .iter()
+                .map(|(a, b)| (*a, *b))
+                .collect::<Vec<_>>(),
             vec![(0, 1), (3, 6), (9, 10)]
         );
         assert!(f.take(4));

@@ -52,10 +52,13 @@ impl Pool {
     /// Builds a pool from a CIDR string (host bits are masked, as the original config shipped
     /// `10.244.0.16/16`) and the number of node bits.
     pub fn parse(pod_cidr: &str, node_bits: u8) -> Result<Self, PoolError> {
-        let net: IpNetwork = pod_cidr.trim().parse().map_err(|e| PoolError::InvalidCidr {
-            value: pod_cidr.to_string(),
-            reason: format!("{e}"),
-        })?;
+        let net: IpNetwork = pod_cidr
+            .trim()
+            .parse()
+            .map_err(|e| PoolError::InvalidCidr {
+                value: pod_cidr.to_string(),
+                reason: format!("{e}"),
+            })?;
         match net {
             IpNetwork::V4(v4) => Self::new(v4, node_bits),
             IpNetwork::V6(_) => Err(PoolError::Ipv6Unsupported(pod_cidr.to_string())),
@@ -269,7 +272,9 @@ mod tests {
         ];
         for (cidr, bits, index, subnet, gw, start, end, blocks, pods) in cases {
             let p = pool(cidr, bits);
-            let b = p.block(index).unwrap_or_else(|| panic!("{cidr}/{bits} block {index}"));
+            let b = p
+                .block(index)
+                .unwrap_or_else(|| panic!("{cidr}/{bits} block {index}"));
             assert_eq!(b.subnet.to_string(), subnet, "{cidr} {bits} {index}");
             assert_eq!(b.gateway.to_string(), gw, "{cidr} {bits} {index}");
             assert_eq!(b.range_start.to_string(), start, "{cidr} {bits} {index}");
@@ -283,7 +288,10 @@ mod tests {
 
     #[test]
     fn masks_host_bits() {
-        assert_eq!(pool("10.244.0.16/16", 8).pod_cidr().to_string(), "10.244.0.0/16");
+        assert_eq!(
+            pool("10.244.0.16/16", 8).pod_cidr().to_string(),
+            "10.244.0.0/16"
+        );
     }
 
     #[test]

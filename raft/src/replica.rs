@@ -89,9 +89,7 @@ pub enum RequestError {
     #[error("the pool is exhausted: all {blocks} node blocks are leased")]
     PoolExhausted { blocks: u64 },
     #[error("this member is not the leader (leader: {leader:?})")]
-    NotLeader {
-        leader: Option<(NodeId, EvioNode)>,
-    },
+    NotLeader { leader: Option<(NodeId, EvioNode)> },
     #[error("no quorum: the request did not complete within {0:?}")]
     NoQuorum(Duration),
     #[error("raft stopped: {0}")]
@@ -116,7 +114,11 @@ fn unix_millis() -> u64 {
 }
 
 fn request_id() -> String {
-    format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+    format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
 }
 
 impl Replica {
@@ -197,7 +199,9 @@ impl Replica {
             .metrics(|m| m.current_leader.is_some(), "a leader is known")
             .await
             .map_err(|_| RequestError::NoQuorum(timeout))?;
-        metrics.current_leader.ok_or(RequestError::NoQuorum(timeout))
+        metrics
+            .current_leader
+            .ok_or(RequestError::NoQuorum(timeout))
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -234,7 +238,11 @@ impl Replica {
             return false;
         }
         let applied = self.view.read();
-        let in_cluster = applied.membership.membership().get_node(&self.node_id).is_some();
+        let in_cluster = applied
+            .membership
+            .membership()
+            .get_node(&self.node_id)
+            .is_some();
         let applied_index = applied.last_applied.map(|id| id.index);
         in_cluster && applied_index >= self.committed_at_open
     }
@@ -291,10 +299,9 @@ impl Replica {
             .await?;
         match outcome {
             LeaseOutcome::Acquired { lease, created } => {
-                let block = self
-                    .pool
-                    .block(lease.block)
-                    .ok_or_else(|| RequestError::Fatal(format!("block {} outside pool", lease.block)))?;
+                let block = self.pool.block(lease.block).ok_or_else(|| {
+                    RequestError::Fatal(format!("block {} outside pool", lease.block))
+                })?;
                 Ok((
                     Lease {
                         record: lease,

@@ -21,6 +21,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 }
 
 #[test]
-fn openraft_store_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder)
+fn openraft_store_suite() {
+    if let Err(e) = Suite::test_all(SledBuilder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }

@@ -96,7 +96,8 @@ fn print_leases(leases: &[LeaseJson]) {
             l.subnet.to_string(),
             l.gateway.to_string(),
             format!("{}-{}", l.range_start, l.range_end),
-            l.host_ip.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+            l.host_ip
+                .map_or_else(|| "-".to_string(), |ip| ip.to_string()),
             l.revision,
             l.acquired_at
         );
@@ -116,14 +117,19 @@ fn show_leases(output: Output, leases: &[LeaseJson]) -> anyhow::Result<()> {
 pub async fn leases(cmd: LeasesCommand) -> anyhow::Result<()> {
     match cmd {
         LeasesCommand::List { api, consistency } => {
-            let leases = Client::new(&api.api)?.list_leases(consistency.into()).await?;
+            let leases = Client::new(&api.api)?
+                .list_leases(consistency.into())
+                .await?;
             show_leases(api.output, &leases)
         }
         LeasesCommand::Get {
             node,
             api,
             consistency,
-        } => match Client::new(&api.api)?.get_lease(&node, consistency.into()).await? {
+        } => match Client::new(&api.api)?
+            .get_lease(&node, consistency.into())
+            .await?
+        {
             Some(lease) => show_leases(api.output, &[lease]),
             None => anyhow::bail!("node {node:?} holds no lease"),
         },
@@ -150,14 +156,19 @@ fn print_cluster(c: &ClusterJson) {
     println!("node:         {} (id {})", c.node_name, c.node_id);
     println!(
         "leader:       {}",
-        c.leader_id.map_or_else(|| "none".to_string(), |id| id.to_string())
+        c.leader_id
+            .map_or_else(|| "none".to_string(), |id| id.to_string())
     );
     println!("term:         {}", c.term);
     println!(
         "last applied: {}",
-        c.last_applied.map_or_else(|| "-".to_string(), |i| i.to_string())
+        c.last_applied
+            .map_or_else(|| "-".to_string(), |i| i.to_string())
     );
-    println!("pool:         podCIDR {} nodeBits {}", c.pod_cidr, c.node_bits);
+    println!(
+        "pool:         podCIDR {} nodeBits {}",
+        c.pod_cidr, c.node_bits
+    );
     println!("{:<22} {:<30} {:<22} ROLE", "ID", "NAME", "ADDR");
     for m in &c.members {
         println!("{:<22} {:<30} {:<22} {}", m.id, m.name, m.addr, m.role);

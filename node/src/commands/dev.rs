@@ -48,7 +48,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
-    let addr = listener.local_addr().context("reading the listen address")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
 
     let config = ReplicaConfig::new(
         args.data_dir.clone(),

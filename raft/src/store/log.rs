@@ -62,7 +62,11 @@ impl LogStore {
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        let Some((_, bytes)) = self.entries.last().map_err(|e| StorageIOError::read_logs(&e))? else {
+        let Some((_, bytes)) = self
+            .entries
+            .last()
+            .map_err(|e| StorageIOError::read_logs(&e))?
+        else {
             return Ok(None);
         };
         let entry: Entry = decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
@@ -196,4 +200,3 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 }
-

@@ -1,5 +1,8 @@
 //! Durable openraft storage (v2: log store + state machine + snapshots) in one sled database.
 
+// openraft's storage traits fix `StorageError` (large) as the error type of every method.
+#![allow(clippy::result_large_err)]
+
 mod log;
 mod state_machine;
 

@@ -37,11 +37,15 @@ impl LocalView {
     /// Reads the applied state. A poisoned lock only means a panicking writer; the data is
     /// still the last consistent table, so reads go on.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
-        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
-        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -90,7 +94,10 @@ impl StateMachineStore {
         let mut records = Vec::new();
         for item in tree.scan_prefix(LEASE_PREFIX) {
             let (key, bytes) = item?;
-            let what = format!("lease {}", String::from_utf8_lossy(&key[LEASE_PREFIX.len()..]));
+            let what = format!(
+                "lease {}",
+                String::from_utf8_lossy(&key[LEASE_PREFIX.len()..])
+            );
             records.push(serde_json::from_slice::<LeaseRecord>(&bytes).map_err(corrupt(what))?);
         }
         let table = LeaseTable::from_records(pool, records)?;
@@ -140,7 +147,10 @@ impl StateMachineStore {
 
     async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let err = |e: &dyn std::error::Error| {
-            StorageIOError::write_snapshot(Some(meta.signature()), &std::io::Error::other(e.to_string()))
+            StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                &std::io::Error::other(e.to_string()),
+            )
         };
         let meta_bytes = serde_json::to_vec(meta).map_err(|e| err(&e))?;
         let mut batch = sled::Batch::default();
@@ -163,7 +173,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let data =
                 serde_json::to_vec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             let snapshot_id = match applied.last_applied {
-                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index),
+                Some(id) => format!(
+                    "{}-{}-{}",
+                    id.leader_id.term, id.leader_id.node_id, id.index
+                ),
                 None => "empty".to_string(),
             };
             let meta = SnapshotMeta {
@@ -210,7 +223,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     let (outcome, change) = next.table.apply(&command, entry.log_id.index);
                     match change {
                         Change::Unchanged => {}
-                        Change::Put(record) => batch.insert(lease_key(&record.node), json(&record)?),
+                        Change::Put(record) => {
+                            batch.insert(lease_key(&record.node), json(&record)?)
+                        }
                         Change::Delete(node) => batch.remove(lease_key(&node)),
                     }
                     outcome
@@ -246,7 +261,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let err = |e: &dyn std::error::Error| {
-            StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e.to_string()))
+            StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &std::io::Error::other(e.to_string()),
+            )
         };
         let data = snapshot.into_inner();
         let body: SnapshotBody = serde_json::from_slice(&data).map_err(|e| err(&e))?;
