@@ -3,62 +3,20 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use evio_api::{Client, Consistency, ErrorBody};
 use evio_raft::{EvioNode, Pool, Replica, ReplicaConfig};
 
-struct Server {
-    base: String,
-    replica: Arc<Replica>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-impl Server {
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-        self.replica.shutdown().await;
-    }
-}
+use common::{pool, Member};
 
 /// Starts a member; `single` bootstraps it alone, otherwise it is made one of two voters
 /// whose peer does not exist, so it can never reach a quorum.
-async fn start(cidr: &str, bits: u8, single: bool) -> Server {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("addr: {e}"));
-    let pool = Pool::parse(cidr, bits).unwrap_or_else(|e| panic!("pool: {e}"));
-    let mut config = ReplicaConfig::new(
-        dir.path().join("data"),
-        pool,
-        "api-test".into(),
-        addr.to_string(),
-    );
-    config.request_timeout = Duration::from_millis(1500);
-    let replica = Replica::open(config)
-        .await
-        .unwrap_or_else(|e| panic!("open: {e}"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = evio_api::router(replica.clone());
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+async fn start(cidr: &str, bits: u8, single: bool) -> Member {
+    let member = Member::start("api-test", pool(cidr, bits), Default::default()).await;
+    let replica = &member.replica;
     if single {
         replica
             .bootstrap_single()
@@ -86,17 +44,11 @@ async fn start(cidr: &str, bits: u8, single: bool) -> Server {
             .await
             .unwrap_or_else(|e| panic!("initialize: {e}"));
     }
-    Server {
-        base: format!("http://{addr}"),
-        replica,
-        stop: Some(stop),
-        task: Some(task),
-        _dir: dir,
-    }
+    member
 }
 
-fn client(server: &Server) -> Client {
-    Client::new(&server.base).unwrap_or_else(|e| panic!("client: {e}"))
+fn client(server: &Member) -> Client {
+    server.client()
 }
 
 async fn raw(

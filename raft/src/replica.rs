@@ -25,8 +25,11 @@ pub struct RaftTuning {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot (and purge the log before it) every this many applied entries.
+    /// Build a snapshot every this many applied entries.
     pub snapshot_every: u64,
+    /// Log entries kept before the snapshot, so slightly lagging members catch up from the
+    /// log instead of a full snapshot.
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl Default for RaftTuning {
@@ -36,6 +39,7 @@ impl Default for RaftTuning {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
             snapshot_every: 1000,
+            logs_kept_after_snapshot: 500,
         }
     }
 }
@@ -143,7 +147,7 @@ impl Replica {
             // Real snapshots over edge links take longer than openraft's 200 ms default.
             install_snapshot_timeout: 5_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
-            max_in_snapshot_log_to_keep: 500,
+            max_in_snapshot_log_to_keep: tuning.logs_kept_after_snapshot,
             ..Default::default()
         }
         .validate()

@@ -1,0 +1,73 @@
+//! A real member for tests: replica on a temp dir + the API router on 127.0.0.1:<random>.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use evio_api::Client;
+use evio_raft::{Pool, RaftTuning, Replica, ReplicaConfig};
+
+pub struct Member {
+    pub base: String,
+    pub replica: Arc<Replica>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Member {
+    /// Opens a member (not yet in any cluster) and serves its API.
+    pub async fn start(name: &str, pool: Pool, tuning: RaftTuning) -> Member {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"));
+        let mut config =
+            ReplicaConfig::new(dir.path().join("data"), pool, name.into(), addr.to_string());
+        config.request_timeout = Duration::from_millis(1500);
+        config.tuning = tuning;
+        let replica = Replica::open(config)
+            .await
+            .unwrap_or_else(|e| panic!("open: {e}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = evio_api::router(replica.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Member {
+            base: format!("http://{addr}"),
+            replica,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.base).unwrap_or_else(|e| panic!("client: {e}"))
+    }
+
+    /// Stops serving and stops Raft.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        self.replica.shutdown().await;
+    }
+}
+
+pub fn pool(cidr: &str, bits: u8) -> Pool {
+    Pool::parse(cidr, bits).unwrap_or_else(|e| panic!("pool: {e}"))
+}

@@ -1,0 +1,168 @@
+//! Three real members talking Raft over the HTTP RPC endpoints: replication to every replica,
+//! a late learner caught up by snapshot (the log before it is purged), and writes resuming
+//! after the leader stops.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{pool, Member};
+use evio_api::Consistency;
+use evio_raft::RaftTuning;
+
+fn tuning() -> RaftTuning {
+    RaftTuning {
+        snapshot_every: 20,
+        logs_kept_after_snapshot: 0,
+        ..RaftTuning::default()
+    }
+}
+
+/// Waits until every member's local replica holds exactly `want` (node -> subnet).
+async fn converged(members: &[&Member], want: &BTreeMap<String, String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut all_equal = true;
+        for m in members {
+            let got: BTreeMap<String, String> = m
+                .client()
+                .list_leases(Consistency::Local)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_iter()
+                .map(|l| (l.node, l.subnet.to_string()))
+                .collect();
+            all_equal &= &got == want;
+        }
+        if all_equal {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not converge to {} leases",
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_snapshot_and_survive_leader_loss() {
+    let p = pool("10.244.0.0/16", 8);
+    let mut members = Vec::new();
+    for name in ["m1", "m2", "m3"] {
+        members.push(Member::start(name, p, tuning()).await);
+    }
+    let voters: BTreeMap<_, _> = members
+        .iter()
+        .map(|m| (m.replica.node_id(), m.replica.node().clone()))
+        .collect();
+    members[0]
+        .replica
+        .raft()
+        .initialize(voters)
+        .await
+        .unwrap_or_else(|e| panic!("initialize: {e}"));
+    let leader_id = members[0]
+        .replica
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let leader = members
+        .iter()
+        .position(|m| m.replica.node_id() == leader_id)
+        .unwrap_or_else(|| panic!("leader {leader_id} is not a member"));
+
+    // Writes go to the leader; a follower answers 503 not_leader until forwarding lands.
+    let follower = (leader + 1) % 3;
+    let err = members[follower]
+        .client()
+        .acquire("x", None)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err}");
+
+    let mut want = BTreeMap::new();
+    for i in 0..60 {
+        let (lease, _) = members[leader]
+            .client()
+            .acquire(&format!("node-{i}"), None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        want.insert(lease.node, lease.subnet.to_string());
+    }
+    let refs: Vec<&Member> = members.iter().collect();
+    converged(&refs, &want).await;
+
+    // The log has been compacted past 20 entries: a new learner can only catch up by snapshot.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while members[leader].replica.metrics().purged.is_none() {
+        assert!(Instant::now() < deadline, "leader log was never purged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let learner = Member::start("m4", p, tuning()).await;
+    members[leader]
+        .replica
+        .raft()
+        .add_learner(
+            learner.replica.node_id(),
+            learner.replica.node().clone(),
+            true,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("add_learner: {e}"));
+    converged(&[&learner], &want).await;
+    assert!(
+        learner.replica.metrics().snapshot.is_some(),
+        "learner did not install a snapshot"
+    );
+    let cluster = learner
+        .client()
+        .cluster()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cluster
+            .members
+            .iter()
+            .filter(|m| m.role == "learner")
+            .count(),
+        1
+    );
+
+    // Stop the leader: the two remaining voters elect a new one and writes resume.
+    let old = members.remove(leader);
+    old.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new_leader = loop {
+        let found = members.iter().position(|m| {
+            let metrics = m.replica.metrics();
+            metrics.current_leader == Some(m.replica.node_id())
+        });
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (lease, created) = members[new_leader]
+        .client()
+        .acquire("after-failover", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(created);
+    want.insert(lease.node, lease.subnet.to_string());
+    let mut refs: Vec<&Member> = members.iter().collect();
+    refs.push(&learner);
+    converged(&refs, &want).await;
+    // no two leases share a block
+    let distinct: std::collections::BTreeSet<_> = want.values().collect();
+    assert_eq!(distinct.len(), want.len());
+
+    learner.shutdown().await;
+    for m in members {
+        m.shutdown().await;
+    }
+}
