@@ -14,7 +14,6 @@ use evio_raft::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use evio_raft::types::TypeConfig;
 use evio_raft::{validate_node_name, Replica, RequestError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use openraft::ServerState;
 
 use crate::metrics::ApiMetrics;
 use crate::types::{AcquireBody, ClusterJson, Consistency, ErrorBody, LeaseJson, MemberJson};
@@ -330,24 +329,16 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-fn raft_role_ok(state: &ApiState) -> bool {
-    state.replica.metrics().state != ServerState::Shutdown
-}
-
+// Raft RPC: openraft's own result (including a stopped Raft's fatal error) goes back as JSON
+// for the caller's openraft to interpret.
 async fn raft_append(
     State(state): State<ApiState>,
     Json(rpc): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Response {
-    if !raft_role_ok(&state) {
-        return ApiError::unavailable("raft_stopped", "raft is shutting down").into_response();
-    }
     Json(state.replica.raft().append_entries(rpc).await).into_response()
 }
 
 async fn raft_vote(State(state): State<ApiState>, Json(rpc): Json<VoteRequest<u64>>) -> Response {
-    if !raft_role_ok(&state) {
-        return ApiError::unavailable("raft_stopped", "raft is shutting down").into_response();
-    }
     Json(state.replica.raft().vote(rpc).await).into_response()
 }
 
@@ -355,8 +346,5 @@ async fn raft_snapshot(
     State(state): State<ApiState>,
     Json(rpc): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Response {
-    if !raft_role_ok(&state) {
-        return ApiError::unavailable("raft_stopped", "raft is shutting down").into_response();
-    }
     Json(state.replica.raft().install_snapshot(rpc).await).into_response()
 }

@@ -28,6 +28,25 @@ fn evio_node(args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `evio-node dev` that is expected to refuse to start; returns (success, stderr).
+fn dev_refused(data_dir: &str, node_name: &str, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "dev",
+        "--data-dir",
+        data_dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--node-name",
+        node_name,
+    ];
+    args.extend_from_slice(extra);
+    let out = evio_node(&args).output().unwrap_or_else(|e| panic!("{e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 impl Dev {
     fn start(data_dir: &Path, extra: &[&str]) -> Dev {
         let data_dir = data_dir.to_string_lossy().to_string();
@@ -266,23 +285,12 @@ fn restart_with_other_pool_is_refused_naming_both() {
     drop(dev);
 
     let data_arg = data.to_string_lossy().to_string();
-    let out = evio_node(&[
-        "dev",
-        "--data-dir",
+    let (ok, stderr) = dev_refused(
         &data_arg,
-        "--listen",
-        "127.0.0.1:0",
-        "--node-name",
         "test-host",
-        "--pod-cidr",
-        "10.0.0.0/8",
-        "--node-bits",
-        "12",
-    ])
-    .output()
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        &["--pod-cidr", "10.0.0.0/8", "--node-bits", "12"],
+    );
+    assert!(!ok);
     for needle in ["10.244.0.0/16", "nodeBits 8", "10.0.0.0/8", "nodeBits 12"] {
         assert!(stderr.contains(needle), "missing {needle:?} in: {stderr}");
     }
@@ -303,53 +311,21 @@ fn bad_flags_and_corrupt_data_dir_are_refused() {
         (&["--node-bits", "31"], "31"),
     ];
     for (extra, needle) in cases {
-        let mut args = vec![
-            "dev",
-            "--data-dir",
-            &data_arg,
-            "--listen",
-            "127.0.0.1:0",
-            "--node-name",
-            "h",
-        ];
-        args.extend_from_slice(extra);
-        let out = evio_node(&args).output().unwrap_or_else(|e| panic!("{e}"));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{extra:?} accepted");
+        let (ok, stderr) = dev_refused(&data_arg, "h", extra);
+        assert!(!ok, "{extra:?} accepted");
         assert!(stderr.contains(needle), "{extra:?}: {stderr}");
     }
-    let out = evio_node(&[
-        "dev",
-        "--data-dir",
-        &data_arg,
-        "--listen",
-        "127.0.0.1:0",
-        "--node-name",
-        "Bad_Host",
-    ])
-    .output()
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Bad_Host"));
+    let (ok, stderr) = dev_refused(&data_arg, "Bad_Host", &[]);
+    assert!(!ok);
+    assert!(stderr.contains("Bad_Host"), "{stderr}");
 
     // A data dir whose identity is garbage is never re-initialised.
     let mut dev = Dev::start(&data, &[]);
     dev.signal(Signal::SIGKILL);
     drop(dev);
     std::fs::write(data.join("identity.json"), b"\x00garbage").unwrap_or_else(|e| panic!("{e}"));
-    let out = evio_node(&[
-        "dev",
-        "--data-dir",
-        &data_arg,
-        "--listen",
-        "127.0.0.1:0",
-        "--node-name",
-        "test-host",
-    ])
-    .output()
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = dev_refused(&data_arg, "test-host", &[]);
+    assert!(!ok);
     assert!(stderr.contains("identity.json is unreadable"), "{stderr}");
     assert_eq!(
         std::fs::read(data.join("identity.json")).unwrap_or_default(),
@@ -358,19 +334,9 @@ fn bad_flags_and_corrupt_data_dir_are_refused() {
 
     // Without the identity, an existing database is refused too.
     std::fs::remove_file(data.join("identity.json")).unwrap_or_else(|e| panic!("{e}"));
-    let out = evio_node(&[
-        "dev",
-        "--data-dir",
-        &data_arg,
-        "--listen",
-        "127.0.0.1:0",
-        "--node-name",
-        "test-host",
-    ])
-    .output()
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to re-initialise"));
+    let (ok, stderr) = dev_refused(&data_arg, "test-host", &[]);
+    assert!(!ok);
+    assert!(stderr.contains("refusing to re-initialise"), "{stderr}");
 }
 
 #[test]

@@ -150,10 +150,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     let file_name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{} has no file name", path.display())))?;
+    // Unique per writer, so concurrent writers never share a temp file.
     let tmp = dir.join(format!(
-        ".{}.tmp{}",
+        ".{}.{}.{:08x}.tmp",
         file_name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        rand::random::<u32>()
     ));
     let result = (|| {
         let mut file = fs::OpenOptions::new()
