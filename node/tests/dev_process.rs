@@ -102,10 +102,21 @@ impl Dev {
         self.logs.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
+    /// Sends `signal` and waits (at most 30 s) for the process to exit.
     fn signal(&mut self, signal: Signal) -> ExitStatus {
         let pid = Pid::from_raw(self.child.id() as i32);
         kill(pid, signal).unwrap_or_else(|e| panic!("kill {signal}: {e}"));
-        self.child.wait().unwrap_or_else(|e| panic!("wait: {e}"))
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => panic!("evio-node ignored {signal} for 30 s:\n{}", self.logs()),
+                Err(e) => panic!("wait: {e}"),
+            }
+        }
     }
 
     fn assert_no_panics(&self) {

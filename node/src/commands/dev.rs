@@ -10,7 +10,7 @@ use evio_cni::NetConf;
 use evio_raft::{Pool, Replica, ReplicaConfig};
 use tokio::net::TcpListener;
 
-use crate::serve::{shutdown_signal, spawn_api};
+use crate::serve::{spawn_api, ShutdownSignals};
 
 #[derive(clap::Args)]
 pub struct DevArgs {
@@ -39,6 +39,7 @@ pub fn hostname() -> anyhow::Result<String> {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::install().context("installing signal handlers")?;
     let pool = Pool::parse(&args.pod_cidr, args.node_bits)?;
     let node_name = match args.node_name {
         Some(name) => name,
@@ -74,7 +75,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let outcome = tokio::select! {
         result = setup => result,
-        _ = shutdown_signal() => Err(anyhow::anyhow!("interrupted during start-up")),
+        _ = signals.recv() => Err(anyhow::anyhow!("interrupted during start-up")),
     };
     let outcome = match outcome {
         Ok((lease, created, net_d, written)) => {
@@ -89,7 +90,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 "evio-node dev ready: API at http://{addr} (try: curl http://{addr}/v1/leases)"
             );
             tokio::select! {
-                _ = shutdown_signal() => Ok(()),
+                _ = signals.recv() => Ok(()),
                 result = &mut server => match result {
                     Ok(Ok(())) => Err(anyhow::anyhow!("the API server stopped unexpectedly")),
                     Ok(Err(e)) => Err(anyhow::Error::new(e).context("the API server failed")),
