@@ -50,6 +50,7 @@ impl ClientError {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Client {
@@ -75,7 +76,14 @@ impl Client {
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             http,
+            token: None,
         })
+    }
+
+    /// Sends the cluster token (needed for lease changes, and for reads where closed).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -87,6 +95,10 @@ impl Client {
         request: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<reqwest::Response, ClientError> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request
             .send()
             .await
@@ -180,6 +192,16 @@ impl Client {
     pub async fn release(&self, node: &str) -> Result<(), ClientError> {
         let url = self.url(&format!("/v1/leases/{node}"));
         self.send(self.http.delete(&url), &url).await.map(|_| ())
+    }
+
+    /// Asks this member (forwarded to the leader) to admit a node.
+    pub async fn join(
+        &self,
+        request: &evio_raft::JoinRequest,
+    ) -> Result<evio_raft::JoinResponse, ClientError> {
+        let url = self.url("/v1/cluster/join");
+        let response = self.send(self.http.post(&url).json(request), &url).await?;
+        Self::json(response, &url).await
     }
 
     pub async fn cluster(&self) -> Result<ClusterJson, ClientError> {

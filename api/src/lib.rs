@@ -7,5 +7,5 @@ pub mod server;
 pub mod types;
 
 pub use client::{Client, ClientError};
-pub use server::router;
+pub use server::{router, ApiOptions};
 pub use types::{AcquireBody, ClusterJson, Consistency, ErrorBody, LeaseJson, MemberJson};

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -10,9 +11,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use evio_raft::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use evio_raft::network::{APPEND_PATH, CLUSTER_HEADER, SNAPSHOT_PATH, VOTE_PATH};
 use evio_raft::types::TypeConfig;
 use evio_raft::{validate_node_name, Replica, RequestError};
+use evio_raft::{AdmitError, JoinRequest, JoinResponse};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 use crate::metrics::ApiMetrics;
@@ -22,7 +24,28 @@ use crate::types::{AcquireBody, ClusterJson, Consistency, ErrorBody, LeaseJson, 
 pub struct ApiState {
     pub replica: Arc<Replica>,
     pub metrics: Arc<ApiMetrics>,
+    pub options: ApiOptions,
 }
+
+/// How the API guards itself. Mutating calls and Raft RPC always need the cluster token.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiOptions {
+    /// Also require the token for lease reads.
+    pub auth_reads: bool,
+}
+
+/// A member sends at most this many hops to reach the leader.
+const MAX_HOPS: u32 = 3;
+const HOPS_HEADER: &str = "x-evio-hops";
+/// Unix milliseconds after which a forwarded request is pointless.
+const DEADLINE_HEADER: &str = "x-evio-deadline-ms";
+/// Forwarded request bodies are small JSON documents.
+const MAX_BODY: usize = 1 << 20;
+
+/// Set on a response that failed only because this member is not the leader: the
+/// forwarding layer then sends the request on.
+#[derive(Debug, Clone)]
+struct NotLeaderHint(Option<(u64, evio_raft::EvioNode)>);
 
 /// An error response: status, stable code, message, and `Retry-After` when retrying helps.
 #[derive(Debug)]
@@ -31,6 +54,7 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after_secs: Option<u64>,
+    not_leader: Option<NotLeaderHint>,
 }
 
 impl ApiError {
@@ -40,6 +64,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            not_leader: None,
         }
     }
 
@@ -66,7 +91,24 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(hint) = self.not_leader {
+            response.extensions_mut().insert(hint);
+        }
         response
+    }
+}
+
+impl From<AdmitError> for ApiError {
+    fn from(e: AdmitError) -> Self {
+        match e {
+            AdmitError::PoolMismatch { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "pool_mismatch", e.to_string())
+            }
+            AdmitError::DuplicateName { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "duplicate_node_name", e.to_string())
+            }
+            AdmitError::Request(e) => e.into(),
+        }
     }
 }
 
@@ -79,12 +121,17 @@ impl From<RequestError> for ApiError {
             RequestError::PoolExhausted { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "pool_exhausted", e.to_string())
             }
-            // No leader known means no quorum this member can reach.
-            RequestError::NotLeader { leader: None } => ApiError::unavailable(
-                "no_quorum",
-                "no leader is known: this member cannot reach a quorum",
-            ),
-            RequestError::NotLeader { .. } => ApiError::unavailable("not_leader", e.to_string()),
+            // Answered as 503 only when forwarding to the leader is impossible too.
+            RequestError::NotLeader { ref leader } => ApiError {
+                not_leader: Some(NotLeaderHint(leader.clone())),
+                ..match leader {
+                    None => ApiError::unavailable(
+                        "no_quorum",
+                        "no leader is known: this member cannot reach a quorum",
+                    ),
+                    Some(_) => ApiError::unavailable("not_leader", e.to_string()),
+                }
+            },
             RequestError::NoQuorum(_) => ApiError::unavailable("no_quorum", e.to_string()),
             RequestError::Fatal(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
@@ -122,28 +169,227 @@ fn read_params(RawQuery(query): RawQuery) -> Result<Consistency, ApiError> {
     Ok(consistency)
 }
 
-pub fn router(replica: Arc<Replica>) -> Router {
+pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
     let state = ApiState {
         replica,
         metrics: Arc::new(ApiMetrics::new()),
+        options,
     };
-    Router::new()
+    // Lease calls and joins reach the leader from any member.
+    let leader_bound = Router::new()
         .route("/v1/leases", get(list_leases))
         .route(
             "/v1/leases/{node}",
             get(get_lease).put(put_lease).delete(delete_lease),
         )
+        .route("/v1/cluster/join", post(join))
+        .route_layer(middleware::from_fn_with_state(state.clone(), forwarding));
+    let raft_rpc = Router::new()
+        .route(APPEND_PATH, post(raft_append))
+        .route(VOTE_PATH, post(raft_vote))
+        .route(SNAPSHOT_PATH, post(raft_snapshot))
+        .route_layer(middleware::from_fn_with_state(state.clone(), same_cluster));
+    Router::new()
+        .merge(leader_bound)
+        .merge(raft_rpc)
         .route("/v1/cluster", get(cluster))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route(APPEND_PATH, post(raft_append))
-        .route(VOTE_PATH, post(raft_vote))
-        .route(SNAPSHOT_PATH, post(raft_snapshot))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+/// Raft RPC, joins and lease changes need the cluster token; lease reads only with
+/// `auth_reads`. Health, readiness, metrics and cluster status stay open for probes.
+async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let is_read = request.method() == axum::http::Method::GET;
+    let needs_token = if path.starts_with("/raft/") || path == "/v1/cluster/join" {
+        true
+    } else if path.starts_with("/v1/leases") {
+        !is_read || state.options.auth_reads
+    } else {
+        false
+    };
+    if !needs_token {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = state.replica.peers().token();
+    if expected.is_empty() || !token_matches(given.as_bytes(), expected.as_bytes()) {
+        tracing::warn!(
+            method = %request.method(),
+            path,
+            token_present = !given.is_empty(),
+            "refused unauthenticated request"
+        );
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong cluster token (Authorization: Bearer <token>)",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Raft RPC from another cluster (or from a sender that does not say) is refused once this
+/// member knows its own cluster.
+async fn same_cluster(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let theirs = request
+        .headers()
+        .get(CLUSTER_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if let Some(ours) = state.replica.cluster_id() {
+        if theirs != Some(ours.as_str()) {
+            tracing::warn!(ours, theirs, "refused Raft RPC from another cluster");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cluster_mismatch",
+                format!("this member belongs to cluster {ours}, the request to {theirs:?}"),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Runs the handler; when it failed only because this member is not the leader, sends the
+/// same request to the leader, or through another member when the leader is unreachable.
+async fn forwarding(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_body",
+            format!("request body larger than {MAX_BODY} bytes"),
+        )
+        .into_response();
+    };
+    let response = next
+        .run(Request::from_parts(
+            parts.clone(),
+            Body::from(bytes.clone()),
+        ))
+        .await;
+    let Some(NotLeaderHint(leader)) = response.extensions().get::<NotLeaderHint>().cloned() else {
+        return response;
+    };
+    match forward(&state, &parts, bytes, leader).await {
+        Some(forwarded) => forwarded,
+        None => response,
+    }
+}
+
+/// Tries the leader, then every other member; `None` when no path worked (the caller then
+/// answers with its own 503).
+async fn forward(
+    state: &ApiState,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+    leader: Option<(u64, evio_raft::EvioNode)>,
+) -> Option<Response> {
+    let header_u64 = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let hops = header_u64(HOPS_HEADER).unwrap_or(0);
+    if hops >= u64::from(MAX_HOPS) {
+        return None;
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let deadline_ms = header_u64(DEADLINE_HEADER)
+        .unwrap_or(now_ms + state.replica.request_timeout().as_millis() as u64);
+
+    let replica = &state.replica;
+    let metrics = replica.metrics();
+    let me = replica.node_id();
+    let leader_id = leader.as_ref().map(|(id, _)| *id);
+    let mut targets: Vec<(u64, String)> = leader
+        .into_iter()
+        .filter(|(id, _)| *id != me)
+        .map(|(id, node)| (id, node.addr))
+        .collect();
+    targets.extend(
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != me && Some(**id) != leader_id)
+            .map(|(id, node)| (*id, node.addr.clone())),
+    );
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    for (target, addr) in targets {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if now_ms >= deadline_ms {
+            break;
+        }
+        let Ok(request) = replica.peers().request(parts.method.clone(), &addr, &path) else {
+            tracing::debug!(target, addr, "forward path blocked");
+            continue;
+        };
+        let mut request = request
+            .header(HOPS_HEADER, (hops + 1).to_string())
+            .header(DEADLINE_HEADER, deadline_ms.to_string())
+            .timeout(std::time::Duration::from_millis(deadline_ms - now_ms))
+            .body(body.clone());
+        if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::debug!(target, addr, error = %e, "forward failed; trying another member");
+                continue;
+            }
+        };
+        let status = response.status();
+        // A member that could not place the request either: try the next one.
+        if status == StatusCode::SERVICE_UNAVAILABLE && Some(target) != leader_id {
+            continue;
+        }
+        let mut out = Response::builder().status(status.as_u16());
+        for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+            if let Some(value) = response.headers().get(&name) {
+                out = out.header(name, value);
+            }
+        }
+        let bytes = response.bytes().await.ok()?;
+        tracing::debug!(target, addr, hops = hops + 1, %status, "forwarded");
+        return out.body(Body::from(bytes)).ok();
+    }
+    None
 }
 
 async fn track(State(state): State<ApiState>, request: Request, next: Next) -> Response {
@@ -329,22 +575,34 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("invalid {what} body: {e}"),
+        )
+    })
+}
+
+async fn join(State(state): State<ApiState>, body: Bytes) -> Result<Json<JoinResponse>, ApiError> {
+    let request: JoinRequest = parse_body(&body, "join")?;
+    Ok(Json(state.replica.admit(&request).await?))
+}
+
 // Raft RPC: openraft's own result (including a stopped Raft's fatal error) goes back as JSON
-// for the caller's openraft to interpret.
-async fn raft_append(
-    State(state): State<ApiState>,
-    Json(rpc): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Response {
-    Json(state.replica.raft().append_entries(rpc).await).into_response()
+// for the caller's openraft to interpret. Bodies are parsed here so garbage gets a JSON 400.
+async fn raft_append(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let rpc: AppendEntriesRequest<TypeConfig> = parse_body(&body, "append-entries")?;
+    Ok(Json(state.replica.raft().append_entries(rpc).await).into_response())
 }
 
-async fn raft_vote(State(state): State<ApiState>, Json(rpc): Json<VoteRequest<u64>>) -> Response {
-    Json(state.replica.raft().vote(rpc).await).into_response()
+async fn raft_vote(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let rpc: VoteRequest<u64> = parse_body(&body, "vote")?;
+    Ok(Json(state.replica.raft().vote(rpc).await).into_response())
 }
 
-async fn raft_snapshot(
-    State(state): State<ApiState>,
-    Json(rpc): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Response {
-    Json(state.replica.raft().install_snapshot(rpc).await).into_response()
+async fn raft_snapshot(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let rpc: InstallSnapshotRequest<TypeConfig> = parse_body(&body, "install-snapshot")?;
+    Ok(Json(state.replica.raft().install_snapshot(rpc).await).into_response())
 }

@@ -57,7 +57,7 @@ async fn raw(
     body: Option<&str>,
 ) -> (u16, Option<String>, String) {
     let http = reqwest::Client::new();
-    let mut request = http.request(method, url);
+    let mut request = http.request(method, url).bearer_auth(common::TOKEN);
     if let Some(body) = body {
         request = request
             .header("content-type", "application/json")

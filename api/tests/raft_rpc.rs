@@ -74,17 +74,15 @@ async fn replicate_snapshot_and_survive_leader_loss() {
         .position(|m| m.replica.node_id() == leader_id)
         .unwrap_or_else(|| panic!("leader {leader_id} is not a member"));
 
-    // Writes go to the leader; a follower answers 503 not_leader until forwarding lands.
+    // A write at a follower is forwarded to the leader.
     let follower = (leader + 1) % 3;
-    let err = members[follower]
+    let (forwarded, created) = members[follower]
         .client()
-        .acquire("x", None)
+        .acquire("via-follower", None)
         .await
-        .map(|_| ())
-        .unwrap_err();
-    assert_eq!(err.status(), Some(503), "{err}");
-
-    let mut want = BTreeMap::new();
+        .unwrap_or_else(|e| panic!("forwarded write: {e}"));
+    assert!(created);
+    let mut want = BTreeMap::from([(forwarded.node, forwarded.subnet.to_string())]);
     for i in 0..60 {
         let (lease, _) = members[leader]
             .client()

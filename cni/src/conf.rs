@@ -54,8 +54,80 @@ impl Default for NetConf {
     }
 }
 
+/// The original Evio `net-conf.json` (a ConfigMap): `nodeBits` may be a string or a number,
+/// `podCIDR` may carry host bits. Unknown keys (`dataStore`, `auth`, ...) are accepted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginalNetConf {
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+    pub node_bits: StringOrNumber,
+    pub cni_version: Option<String>,
+    pub name: Option<String>,
+    pub bridge: Option<String>,
+    pub bridge_type: Option<BridgeType>,
+    pub is_gateway: Option<bool>,
+    pub is_default_gateway: Option<bool>,
+    #[serde(rename = "isIPMasq")]
+    pub is_ip_masq: Option<bool>,
+    pub mtu: Option<u32>,
+    pub socket: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrNumber {
+    String(String),
+    Number(u64),
+}
+
+impl StringOrNumber {
+    pub fn as_string(&self) -> String {
+        match self {
+            StringOrNumber::String(s) => s.clone(),
+            StringOrNumber::Number(n) => n.to_string(),
+        }
+    }
+}
+
+impl OriginalNetConf {
+    pub fn load(path: &Path) -> Result<Self, ConfError> {
+        let bytes = std::fs::read(path).map_err(|source| ConfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ConfError::Parse {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The node-independent CNI settings, defaults where the file is silent.
+    pub fn net_conf(&self) -> NetConf {
+        let d = NetConf::default();
+        NetConf {
+            cni_version: self.cni_version.clone().unwrap_or(d.cni_version),
+            name: self.name.clone().unwrap_or(d.name),
+            bridge: self.bridge.clone().unwrap_or(d.bridge),
+            bridge_type: self.bridge_type.unwrap_or(d.bridge_type),
+            is_gateway: self.is_gateway.unwrap_or(d.is_gateway),
+            is_default_gateway: self.is_default_gateway.unwrap_or(d.is_default_gateway),
+            is_ip_masq: self.is_ip_masq.unwrap_or(d.is_ip_masq),
+            mtu: self.mtu.unwrap_or(d.mtu),
+            socket: self.socket.clone().unwrap_or(d.socket),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid net-conf.json: {reason}")]
+    Parse { path: String, reason: String },
     #[error("writing {path}: {source}")]
     Write {
         path: String,
@@ -151,6 +223,33 @@ mod tests {
         assert_eq!(range["rangeEnd"], "10.244.3.254");
         assert_eq!(range["gateway"], "10.244.3.1");
         assert_eq!(value["name"], "k8s-pod-network");
+    }
+
+    #[test]
+    fn original_net_conf_parses_string_node_bits() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("net-conf.json");
+        std::fs::write(
+            &path,
+            br#"{"cniVersion":"0.3.1","name":"k8s-pod-network","type":"evioPlugin",
+               "bridge":"evioB1B111B","bridgeType":"LXBR","isGateway":true,"isDefaultGateway":true,
+               "isIPMasq":false,"nodeBits":"8","podCIDR":"10.244.0.16/16",
+               "dataStore":"0.0.0.0:42000","auth":false}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let conf = OriginalNetConf::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(conf.node_bits.as_string(), "8");
+        assert_eq!(conf.pod_cidr, "10.244.0.16/16");
+        let net = conf.net_conf();
+        assert_eq!(net.bridge_type, BridgeType::Linux);
+        assert!(!net.is_ip_masq);
+        std::fs::write(&path, br#"{"podCIDR":"10.0.0.0/8","nodeBits":12}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let conf = OriginalNetConf::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(conf.node_bits.as_string(), "12");
+        std::fs::write(&path, b"{").unwrap_or_else(|e| panic!("{e}"));
+        let err = OriginalNetConf::load(&path).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("net-conf.json"), "{err}");
     }
 
     #[test]

@@ -8,4 +8,4 @@
 
 pub mod conf;
 
-pub use conf::{conflist, write_conflist, BridgeType, NetConf, CONFLIST_FILE};
+pub use conf::{conflist, write_conflist, BridgeType, NetConf, OriginalNetConf, CONFLIST_FILE};

@@ -1,5 +1,6 @@
 //! `evio-node`: the evio daemon and its command-line client.
 //!
+//! - `run`: the production daemon, one member of the lease cluster ([`commands::run`]).
 //! - `dev`: the embedded default — a single-member cluster on this host ([`commands::dev`]).
 //! - `leases`, `cluster`: the CLI client for a running member's HTTP API ([`commands::client`]).
 //!
@@ -34,6 +35,8 @@ enum LogFormat {
 enum Command {
     /// Run a single-member cluster on this host: bootstrap, lease for this host, conflist, API.
     Dev(commands::dev::DevArgs),
+    /// Run a cluster member (the production daemon): bootstrap or join, API, Raft.
+    Run(commands::run::RunArgs),
     /// Query and change leases through a member's API.
     #[command(subcommand)]
     Leases(commands::client::LeasesCommand),
@@ -61,6 +64,7 @@ async fn main() -> std::process::ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Dev(args) => commands::dev::run(args).await,
+        Command::Run(args) => commands::run::run(args).await,
         Command::Leases(cmd) => commands::client::leases(cmd).await,
         Command::Cluster(cmd) => commands::client::cluster(cmd).await,
     };

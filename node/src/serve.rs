@@ -35,9 +35,10 @@ impl ShutdownSignals {
 pub fn spawn_api(
     listener: TcpListener,
     replica: Arc<Replica>,
+    options: evio_api::ApiOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let app = evio_api::router(replica);
+    let app = evio_api::router(replica, options);
     tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

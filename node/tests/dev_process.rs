@@ -18,6 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_evio-node");
 struct Dev {
     child: Child,
     base: String,
+    token_file: std::path::PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -82,7 +83,12 @@ impl Dev {
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(base) => Dev { child, base, logs },
+            Ok(base) => Dev {
+                child,
+                base,
+                token_file: Path::new(&data_dir).join("cluster-token"),
+                logs,
+            },
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -94,8 +100,13 @@ impl Dev {
         }
     }
 
+    /// A client with the token `dev` generated into its data dir.
     fn client(&self) -> Client {
-        Client::new(&self.base).unwrap_or_else(|e| panic!("{e}"))
+        let token = std::fs::read_to_string(&self.token_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.token_file.display()));
+        Client::new(&self.base)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_token(Some(token.trim().to_string()))
     }
 
     fn logs(&self) -> String {
@@ -356,7 +367,8 @@ fn cli_client_lists_acquires_and_releases() {
     let dev = Dev::start(&dir.path().join("data"), &[]);
     let run = |args: &[&str]| {
         let mut full: Vec<&str> = args.to_vec();
-        full.extend_from_slice(&["--api", &dev.base]);
+        let token_file = dev.token_file.to_string_lossy().to_string();
+        full.extend_from_slice(&["--api", &dev.base, "--token-file", &token_file]);
         let out = Command::new(BIN)
             .args(&full)
             .output()
@@ -395,6 +407,21 @@ fn cli_client_lists_acquires_and_releases() {
     let cluster: serde_json::Value =
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(cluster["nodeName"], "test-host");
+
+    // without the token, changes are refused and nothing changes
+    let out = Command::new(BIN)
+        .args(["leases", "release", "cli-node", "--api", &dev.base])
+        .env_remove("EVIO_TOKEN_FILE")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("unauthorized"),
+        "{stderr}"
+    );
+    let (ok, stdout, _) = run(&["leases", "get", "cli-node", "-o", "json"]);
+    assert!(ok && stdout.contains("10.244.1.0/24"), "{stdout}");
 
     let (ok, _, _) = run(&["leases", "release", "cli-node"]);
     assert!(ok);

@@ -22,6 +22,9 @@ pub struct Identity {
     pub node_id: NodeId,
     pub pod_cidr: String,
     pub node_bits: u8,
+    /// The cluster this member belongs to: set when it bootstraps one or joins one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,7 @@ impl DataDir {
                     node_id: (rand::random::<u64>() >> 11).max(1),
                     pod_cidr: pool.pod_cidr().to_string(),
                     node_bits: pool.node_bits(),
+                    cluster_id: None,
                 };
                 let bytes = serde_json::to_vec_pretty(&identity).map_err(|e| io(e.into()))?;
                 write_atomic(&identity_path, &bytes, 0o600).map_err(io)?;
@@ -133,10 +137,35 @@ impl DataDir {
         self.root.join(DB_DIR)
     }
 
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.identity.cluster_id.as_deref()
+    }
+
+    /// Records (durably) the cluster this member now belongs to.
+    pub fn set_cluster_id(&mut self, cluster_id: &str) -> Result<(), DataDirError> {
+        let mut identity = self.identity.clone();
+        identity.cluster_id = Some(cluster_id.to_string());
+        let io = |source| DataDirError::Io {
+            path: self.root.clone(),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(&identity).map_err(|e| io(e.into()))?;
+        write_atomic(&self.root.join(IDENTITY_FILE), &bytes, 0o600).map_err(io)?;
+        self.identity = identity;
+        Ok(())
+    }
+
     /// True when this call created the data dir's identity.
     pub fn created(&self) -> bool {
         self.created
     }
+}
+
+/// A fresh random secret, hex-encoded (cluster ids, generated tokens).
+pub fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 /// Writes `bytes` to `path` so readers see the old file or the new one, never a partial one:

@@ -9,6 +9,9 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -17,16 +20,92 @@ use crate::types::{EvioNode, NodeId, TypeConfig};
 pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
+/// Header carrying the sender's cluster id; a member refuses RPC from another cluster.
+pub const CLUSTER_HEADER: &str = "x-evio-cluster";
+/// Test-only: comma-separated peer addresses this process must not dial, to cut one network
+/// path (e.g. member to leader) while every other path works.
+pub const DENY_PEERS_ENV: &str = "EVIO_TEST_DENY_PEERS";
+
+/// HTTP to other members: one connection pool, the cluster token on every request, the
+/// cluster id once known.
+#[derive(Clone)]
+pub struct PeerHttp {
+    http: reqwest::Client,
+    token: Arc<str>,
+    cluster_id: Arc<RwLock<Option<String>>>,
+    deny: Arc<Vec<String>>,
+}
+
+/// A request this process may not send (test-only deny list).
+#[derive(Debug, thiserror::Error)]
+#[error("path to {0} is blocked by {DENY_PEERS_ENV}")]
+pub struct Denied(pub String);
+
+impl PeerHttp {
+    pub fn new(token: &str, cluster_id: Option<String>) -> Self {
+        let deny = std::env::var(DENY_PEERS_ENV)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+            token: Arc::from(token),
+            cluster_id: Arc::new(RwLock::new(cluster_id)),
+            deny: Arc::new(deny),
+        }
+    }
+
+    pub fn set_cluster_id(&self, id: &str) {
+        if let Ok(mut slot) = self.cluster_id.write() {
+            *slot = Some(id.to_string());
+        }
+    }
+
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster_id.read().ok().and_then(|id| id.clone())
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// A request to `http://{addr}{path}` carrying the token and cluster id.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        addr: &str,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, Denied> {
+        if self.deny.iter().any(|d| d == addr) {
+            return Err(Denied(addr.to_string()));
+        }
+        let mut request = self
+            .http
+            .request(method, format!("http://{addr}{path}"))
+            .bearer_auth(&*self.token);
+        if let Some(id) = self.cluster_id() {
+            request = request.header(CLUSTER_HEADER, id);
+        }
+        Ok(request)
+    }
+}
 
 /// Hands out one client per target; all share one connection pool.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct HttpNetwork {
-    http: reqwest::Client,
+    peers: PeerHttp,
 }
 
 impl HttpNetwork {
-    pub fn new(http: reqwest::Client) -> Self {
-        Self { http }
+    pub fn new(peers: PeerHttp) -> Self {
+        Self { peers }
     }
 }
 
@@ -35,7 +114,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 
     async fn new_client(&mut self, target: NodeId, node: &EvioNode) -> Self::Network {
         HttpPeer {
-            http: self.http.clone(),
+            peers: self.peers.clone(),
             target,
             node: node.clone(),
         }
@@ -43,7 +122,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 }
 
 pub struct HttpPeer {
-    http: reqwest::Client,
+    peers: PeerHttp,
     target: NodeId,
     node: EvioNode,
 }
@@ -62,8 +141,9 @@ impl HttpPeer {
     {
         let url = format!("http://{}{}", self.node.addr, path);
         let response = self
-            .http
-            .post(&url)
+            .peers
+            .request(reqwest::Method::POST, &self.node.addr, path)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?
             .timeout(option.hard_ttl())
             .json(request)
             .send()

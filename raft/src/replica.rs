@@ -5,16 +5,16 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{Config, SnapshotPolicy};
 
-use crate::data_dir::{DataDir, DataDirError};
+use crate::data_dir::{random_hex, DataDir, DataDirError};
 use crate::lease::{validate_node_name, Lease, LeaseCommand, LeaseOutcome, NodeNameError};
-use crate::network::HttpNetwork;
+use crate::network::{HttpNetwork, PeerHttp};
 use crate::pool::Pool;
 use crate::store::{self, LocalView, StoreError};
 use crate::types::{EvioNode, NodeId, Raft, RaftMetrics};
@@ -55,6 +55,8 @@ pub struct ReplicaConfig {
     pub tuning: RaftTuning,
     /// How long a write or linearizable read waits for the leader/quorum before giving up.
     pub request_timeout: Duration,
+    /// The cluster secret every member-to-member request carries.
+    pub token: String,
 }
 
 impl ReplicaConfig {
@@ -67,6 +69,7 @@ impl ReplicaConfig {
             cache_bytes: store::DEFAULT_CACHE_BYTES,
             tuning: RaftTuning::default(),
             request_timeout: Duration::from_secs(5),
+            token: String::new(),
         }
     }
 }
@@ -101,6 +104,8 @@ pub enum RequestError {
 }
 
 pub struct Replica {
+    data_dir: Mutex<DataDir>,
+    peers: PeerHttp,
     node_id: NodeId,
     node: EvioNode,
     pool: Pool,
@@ -152,7 +157,8 @@ impl Replica {
         }
         .validate()
         .map_err(|e| OpenError::Config(e.to_string()))?;
-        let network = HttpNetwork::new(reqwest::Client::new());
+        let peers = PeerHttp::new(&config.token, data_dir.cluster_id().map(str::to_string));
+        let network = HttpNetwork::new(peers.clone());
         let node_id = data_dir.node_id();
         let raft = Raft::new(node_id, Arc::new(raft_config), network, logs, state_machine)
             .await
@@ -165,6 +171,8 @@ impl Replica {
             "replica opened"
         );
         Ok(Arc::new(Self {
+            data_dir: Mutex::new(data_dir),
+            peers,
             node_id,
             node: EvioNode {
                 name: config.node_name,
@@ -178,13 +186,18 @@ impl Replica {
         }))
     }
 
-    /// Makes this member the only voter of a new cluster; a no-op when already initialised.
+    /// Makes this member the only voter of a new cluster (with a new cluster id); a no-op when
+    /// already initialised.
     pub async fn bootstrap_single(&self) -> Result<(), RequestError> {
         let initialized = self
             .raft
             .is_initialized()
             .await
             .map_err(|e| RequestError::Fatal(e.to_string()))?;
+        if self.cluster_id().is_none() {
+            self.set_cluster_id(&random_hex(8))
+                .map_err(|e| RequestError::Fatal(e.to_string()))?;
+        }
         if !initialized {
             let members = BTreeMap::from([(self.node_id, self.node.clone())]);
             self.raft
@@ -210,6 +223,28 @@ impl Replica {
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// The cluster this member belongs to, once it bootstrapped or joined one.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.peers.cluster_id()
+    }
+
+    /// Durably records the cluster this member joined; RPC carries it from now on.
+    pub fn set_cluster_id(&self, id: &str) -> Result<(), DataDirError> {
+        let mut data_dir = self.data_dir.lock().unwrap_or_else(|p| p.into_inner());
+        data_dir.set_cluster_id(id)?;
+        self.peers.set_cluster_id(id);
+        Ok(())
+    }
+
+    /// HTTP to other members (token, cluster id, test deny list).
+    pub fn peers(&self) -> &PeerHttp {
+        &self.peers
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     pub fn node(&self) -> &EvioNode {

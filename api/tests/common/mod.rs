@@ -8,6 +8,8 @@ use std::time::Duration;
 use evio_api::Client;
 use evio_raft::{Pool, RaftTuning, Replica, ReplicaConfig};
 
+pub const TOKEN: &str = "test-cluster-token";
+
 pub struct Member {
     pub base: String,
     pub replica: Arc<Replica>,
@@ -30,11 +32,12 @@ impl Member {
             ReplicaConfig::new(dir.path().join("data"), pool, name.into(), addr.to_string());
         config.request_timeout = Duration::from_millis(1500);
         config.tuning = tuning;
+        config.token = TOKEN.into();
         let replica = Replica::open(config)
             .await
             .unwrap_or_else(|e| panic!("open: {e}"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = evio_api::router(replica.clone());
+        let app = evio_api::router(replica.clone(), Default::default());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -51,8 +54,11 @@ impl Member {
         }
     }
 
+    /// A client carrying the cluster token.
     pub fn client(&self) -> Client {
-        Client::new(&self.base).unwrap_or_else(|e| panic!("client: {e}"))
+        Client::new(&self.base)
+            .unwrap_or_else(|e| panic!("client: {e}"))
+            .with_token(Some(TOKEN.into()))
     }
 
     /// Stops serving and stops Raft.

@@ -13,6 +13,20 @@ pub struct ApiArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// File with the cluster token (needed to change leases; `evio-node dev` writes
+    /// `<data-dir>/cluster-token`).
+    #[arg(long, env = "EVIO_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        let token = match &self.token_file {
+            Some(path) => Some(crate::commands::run::read_token(path)?),
+            None => None,
+        };
+        Ok(Client::new(&self.api)?.with_token(token))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -117,31 +131,26 @@ fn show_leases(output: Output, leases: &[LeaseJson]) -> anyhow::Result<()> {
 pub async fn leases(cmd: LeasesCommand) -> anyhow::Result<()> {
     match cmd {
         LeasesCommand::List { api, consistency } => {
-            let leases = Client::new(&api.api)?
-                .list_leases(consistency.into())
-                .await?;
+            let leases = api.client()?.list_leases(consistency.into()).await?;
             show_leases(api.output, &leases)
         }
         LeasesCommand::Get {
             node,
             api,
             consistency,
-        } => match Client::new(&api.api)?
-            .get_lease(&node, consistency.into())
-            .await?
-        {
+        } => match api.client()?.get_lease(&node, consistency.into()).await? {
             Some(lease) => show_leases(api.output, &[lease]),
             None => anyhow::bail!("node {node:?} holds no lease"),
         },
         LeasesCommand::Acquire { node, api, host_ip } => {
-            let (lease, created) = Client::new(&api.api)?.acquire(&node, host_ip).await?;
+            let (lease, created) = api.client()?.acquire(&node, host_ip).await?;
             if api.output == Output::Table {
                 eprintln!("{}", if created { "acquired" } else { "already held" });
             }
             show_leases(api.output, &[lease])
         }
         LeasesCommand::Release { node, api } => {
-            Client::new(&api.api)?.release(&node).await?;
+            api.client()?.release(&node).await?;
             if api.output == Output::Json {
                 print_json(&serde_json::json!({"released": node}))
             } else {
@@ -178,7 +187,7 @@ fn print_cluster(c: &ClusterJson) {
 pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
         ClusterCommand::Status { api } => {
-            let status = Client::new(&api.api)?.cluster().await?;
+            let status = api.client()?.cluster().await?;
             match api.output {
                 Output::Json => print_json(&status),
                 Output::Table => {

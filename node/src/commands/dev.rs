@@ -31,6 +31,23 @@ pub struct DevArgs {
     node_name: Option<String>,
 }
 
+/// Where `dev` keeps the cluster token it generated (pass it to the CLI with --token-file).
+pub const TOKEN_FILE: &str = "cluster-token";
+
+/// The data dir's token, generated (mode 0600) on first start.
+fn dev_token(path: &std::path::Path) -> anyhow::Result<String> {
+    if path.exists() {
+        return crate::commands::run::read_token(path);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let token = evio_raft::data_dir::random_hex(32);
+    evio_raft::data_dir::write_atomic(path, token.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
 /// This host's name, lowercased as Kubernetes registers node names.
 pub fn hostname() -> anyhow::Result<String> {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -53,15 +70,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .local_addr()
         .context("reading the listen address")?;
 
-    let config = ReplicaConfig::new(
+    let mut config = ReplicaConfig::new(
         args.data_dir.clone(),
         pool,
         node_name.clone(),
         addr.to_string(),
     );
+    let token_file = args.data_dir.join(TOKEN_FILE);
+    config.token = dev_token(&token_file)?;
     let replica = Replica::open(config).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = spawn_api(listener, replica.clone(), async {
+    let mut server = spawn_api(listener, replica.clone(), Default::default(), async {
         let _ = stop_rx.await;
     });
 
@@ -87,6 +106,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 new_lease = created,
                 conflist = %net_d.join(evio_cni::CONFLIST_FILE).display(),
                 conflist_rewritten = written,
+                token_file = %token_file.display(),
                 "evio-node dev ready: API at http://{addr} (try: curl http://{addr}/v1/leases)"
             );
             tokio::select! {

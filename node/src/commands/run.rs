@@ -1,0 +1,368 @@
+//! `evio-node run`: the production daemon. One member of the lease cluster: bootstraps it
+//! (first node only) or joins it through any listed peer, serves the API and Raft RPC, and
+//! — while leader — keeps the voter set healthy.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use evio_api::{ApiOptions, Client, ClientError};
+use evio_raft::{
+    JoinRequest, JoinResponse, MembershipController, Pool, RaftTuning, Replica, ReplicaConfig,
+};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use crate::serve::{spawn_api, ShutdownSignals};
+
+/// Flags; the same keys (kebab-case) may come from `--config FILE` (JSON). Flags win.
+#[derive(clap::Args, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RunArgs {
+    /// JSON file with any of these options (keys as the flags, without `--`).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// This node's name (the Kubernetes node name). Default: $NODE_NAME, then the hostname.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Raft log, lease replica and identity. Default: /var/lib/evio.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// API + Raft RPC listen address. Default: 0.0.0.0:7700.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address peers dial (host:port). Default: --listen, which then must be a concrete IP.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Members to join through (comma-separated host:port); any reachable one will do.
+    #[arg(long, value_delimiter = ',')]
+    join: Option<Vec<String>>,
+    /// Create a new cluster with this node as its only member. First node only.
+    #[arg(long)]
+    #[serde(default)]
+    bootstrap: bool,
+    /// Target number of voters (odd); the other members are learners. Default: 3.
+    #[arg(long)]
+    voters: Option<usize>,
+    /// Pod overlay CIDR (or take it from --net-conf).
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// Node bits (or take them from --net-conf).
+    #[arg(long)]
+    node_bits: Option<String>,
+    /// The original Evio net-conf.json (podCIDR, nodeBits, bridge settings).
+    #[arg(long)]
+    net_conf: Option<PathBuf>,
+    /// File holding the cluster secret (required).
+    #[arg(long)]
+    cluster_token_file: Option<PathBuf>,
+    /// Replace a voter unreachable for longer than this (e.g. 60s, 2m). Default: 60s.
+    #[arg(long)]
+    voter_grace: Option<String>,
+    /// Minimum election timeout in ms (the maximum is twice it). Default: 400.
+    #[arg(long)]
+    election_timeout_ms: Option<u64>,
+    /// Leader heartbeat interval in ms. Default: 100.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Snapshot every this many log entries. Default: 1000.
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+    /// Require the cluster token for lease reads too.
+    #[arg(long)]
+    #[serde(default)]
+    auth_reads: bool,
+}
+
+/// Settings after merging flags, config file and defaults, all validated.
+struct Settings {
+    node_name: String,
+    data_dir: PathBuf,
+    listen: String,
+    advertise: Option<String>,
+    join: Vec<String>,
+    bootstrap: bool,
+    voters: usize,
+    pool: Pool,
+    token: String,
+    voter_grace: Duration,
+    tuning: RaftTuning,
+    auth_reads: bool,
+}
+
+impl RunArgs {
+    fn merged_with_file(self) -> anyhow::Result<RunArgs> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading --config {}", path.display()))?;
+        let file: RunArgs = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "--config {} is not a valid evio-node config",
+                path.display()
+            )
+        })?;
+        Ok(RunArgs {
+            config: self.config,
+            node_name: self.node_name.or(file.node_name),
+            data_dir: self.data_dir.or(file.data_dir),
+            listen: self.listen.or(file.listen),
+            advertise: self.advertise.or(file.advertise),
+            join: self.join.or(file.join),
+            bootstrap: self.bootstrap || file.bootstrap,
+            voters: self.voters.or(file.voters),
+            pod_cidr: self.pod_cidr.or(file.pod_cidr),
+            node_bits: self.node_bits.or(file.node_bits),
+            net_conf: self.net_conf.or(file.net_conf),
+            cluster_token_file: self.cluster_token_file.or(file.cluster_token_file),
+            voter_grace: self.voter_grace.or(file.voter_grace),
+            election_timeout_ms: self.election_timeout_ms.or(file.election_timeout_ms),
+            heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
+            snapshot_every: self.snapshot_every.or(file.snapshot_every),
+            auth_reads: self.auth_reads || file.auth_reads,
+        })
+    }
+
+    fn settings(self) -> anyhow::Result<Settings> {
+        let args = self.merged_with_file()?;
+        let net_conf = match &args.net_conf {
+            Some(path) => Some(evio_cni::OriginalNetConf::load(path)?),
+            None => None,
+        };
+        let pod_cidr = args
+            .pod_cidr
+            .or_else(|| net_conf.as_ref().map(|c| c.pod_cidr.clone()))
+            .context("--pod-cidr (or --net-conf) is required")?;
+        let node_bits = args
+            .node_bits
+            .or_else(|| net_conf.as_ref().map(|c| c.node_bits.as_string()))
+            .context("--node-bits (or --net-conf) is required")?;
+        let pool = Pool::parse(&pod_cidr, Pool::parse_node_bits(&node_bits)?)?;
+
+        let voters = args.voters.unwrap_or(3);
+        if voters == 0 || voters % 2 == 0 {
+            bail!("--voters {voters}: the voter count must be odd (1, 3, 5, ...)");
+        }
+        let token_file = args
+            .cluster_token_file
+            .context("--cluster-token-file is required: every member shares one cluster secret")?;
+        let token = read_token(&token_file)?;
+        let voter_grace = match &args.voter_grace {
+            Some(text) => humantime::parse_duration(text).with_context(|| {
+                format!("--voter-grace {text:?}: expected a duration like 60s or 2m")
+            })?,
+            None => Duration::from_secs(60),
+        };
+        let defaults = RaftTuning::default();
+        let election_min = args
+            .election_timeout_ms
+            .unwrap_or(defaults.election_timeout_min_ms);
+        let heartbeat = args.heartbeat_ms.unwrap_or(defaults.heartbeat_ms);
+        if heartbeat == 0 || heartbeat >= election_min {
+            bail!("--heartbeat-ms {heartbeat} must be above 0 and below --election-timeout-ms {election_min}");
+        }
+        let node_name = match args.node_name {
+            Some(name) => name,
+            None => crate::commands::dev::hostname()?,
+        };
+        evio_raft::validate_node_name(&node_name).context("pass a valid --node-name")?;
+        let join = args.join.unwrap_or_default();
+        if !args.bootstrap && join.is_empty() {
+            bail!(
+                "pass --join ADDR[,ADDR] to join a cluster, or --bootstrap for the very first node"
+            );
+        }
+        Ok(Settings {
+            node_name,
+            data_dir: args
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/evio")),
+            listen: args.listen.unwrap_or_else(|| "0.0.0.0:7700".into()),
+            advertise: args.advertise,
+            join,
+            bootstrap: args.bootstrap,
+            voters,
+            pool,
+            token,
+            voter_grace,
+            tuning: RaftTuning {
+                heartbeat_ms: heartbeat,
+                election_timeout_min_ms: election_min,
+                election_timeout_max_ms: election_min * 2,
+                snapshot_every: args.snapshot_every.unwrap_or(defaults.snapshot_every),
+                ..defaults
+            },
+            auth_reads: args.auth_reads,
+        })
+    }
+}
+
+/// Reads a token file; whitespace around the secret is ignored, an empty secret refused.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the cluster token file {}", path.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        bail!("the cluster token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+fn advertise_addr(settings: &Settings, bound: SocketAddr) -> anyhow::Result<String> {
+    match &settings.advertise {
+        Some(addr) => Ok(addr.clone()),
+        None if bound.ip().is_unspecified() => bail!(
+            "--listen {} is a wildcard address: pass --advertise HOST:PORT (the address peers dial)",
+            settings.listen
+        ),
+        None => Ok(bound.to_string()),
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::install().context("installing signal handlers")?;
+    let settings = args.settings()?;
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on --listen {}", settings.listen))?;
+    let bound = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    let advertise = advertise_addr(&settings, bound)?;
+
+    let mut config = ReplicaConfig::new(
+        settings.data_dir.clone(),
+        settings.pool,
+        settings.node_name.clone(),
+        advertise.clone(),
+    );
+    config.tuning = settings.tuning.clone();
+    config.token = settings.token.clone();
+    let replica = Replica::open(config).await?;
+    let initialized = replica.raft().is_initialized().await?;
+    if settings.bootstrap && (initialized || replica.cluster_id().is_some()) {
+        replica.shutdown().await;
+        bail!(
+            "--bootstrap refused: data dir {} already belongs to cluster {}; restart without --bootstrap",
+            settings.data_dir.display(),
+            replica.cluster_id().unwrap_or_else(|| "(unnamed)".into())
+        );
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let mut server = spawn_api(
+        listener,
+        replica.clone(),
+        ApiOptions {
+            auth_reads: settings.auth_reads,
+        },
+        async move {
+            let _ = server_stop.wait_for(|stop| *stop).await;
+        },
+    );
+    let controller =
+        MembershipController::new(replica.clone(), settings.voters, settings.voter_grace);
+    let controller = tokio::spawn(controller.run(stop_rx.clone()));
+
+    let start = async {
+        if settings.bootstrap {
+            replica.bootstrap_single().await?;
+            tracing::info!(cluster = ?replica.cluster_id(), "bootstrapped a new cluster");
+        } else if !initialized {
+            join(&replica, &settings).await?;
+        }
+        anyhow::Ok(())
+    };
+    let outcome = tokio::select! {
+        result = start => match result {
+            Ok(()) => {
+                tracing::info!(
+                    api = %format!("http://{advertise}"),
+                    node = %settings.node_name,
+                    node_id = replica.node_id(),
+                    cluster = ?replica.cluster_id(),
+                    "evio-node running: API at http://{advertise}"
+                );
+                tokio::select! {
+                    _ = signals.recv() => Ok(()),
+                    result = &mut server => Err(match result {
+                        Ok(Ok(())) => anyhow::anyhow!("the API server stopped unexpectedly"),
+                        Ok(Err(e)) => anyhow::Error::new(e).context("the API server failed"),
+                        Err(e) => anyhow::Error::new(e).context("the API server task failed"),
+                    }),
+                }
+            }
+            Err(e) => Err(e),
+        },
+        _ = signals.recv() => Ok(()),
+    };
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), &mut server).await;
+    let _ = controller.await;
+    replica.shutdown().await;
+    outcome
+}
+
+/// Asks the listed peers, in turn and with backoff, to admit this node; returns once it is a
+/// member. Refusals that retrying cannot fix (wrong pool, name in use, bad token) end it.
+async fn join(replica: &Replica, settings: &Settings) -> anyhow::Result<()> {
+    let request = JoinRequest {
+        node_id: replica.node_id(),
+        name: settings.node_name.clone(),
+        addr: replica.node().addr.clone(),
+        pod_cidr: settings.pool.pod_cidr().to_string(),
+        node_bits: settings.pool.node_bits(),
+    };
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        for peer in &settings.join {
+            let client =
+                Client::new(&format!("http://{peer}"))?.with_token(Some(settings.token.clone()));
+            match client.join(&request).await {
+                Ok(JoinResponse {
+                    cluster_id,
+                    leader_id,
+                }) => {
+                    if let Some(ours) = replica.cluster_id() {
+                        if ours != cluster_id {
+                            bail!("data dir {} belongs to cluster {ours}, but {peer} is in cluster {cluster_id}; use an empty data dir to join it", settings.data_dir.display());
+                        }
+                    } else {
+                        replica.set_cluster_id(&cluster_id)?;
+                    }
+                    tracing::info!(peer, cluster = %cluster_id, leader_id, "admitted; waiting for the membership to arrive");
+                    replica
+                        .raft()
+                        .wait(Some(Duration::from_secs(60)))
+                        .metrics(
+                            |m| m.membership_config.membership().get_node(&m.id).is_some(),
+                            "membership includes this node",
+                        )
+                        .await
+                        .context(
+                            "admitted, but the membership did not reach this node within 60 s",
+                        )?;
+                    return Ok(());
+                }
+                Err(
+                    e @ ClientError::Api {
+                        status: 401 | 409, ..
+                    },
+                ) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("joining through {peer} was refused")));
+                }
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, retry_in = ?backoff, "join: cannot join through this peer yet")
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,305 @@
+//! Where members are decided: admitting a joining node (as a learner) and the leader's
+//! controller that promotes learners to voters and replaces voters that stay unreachable.
+//! Every change is made by the leader, one at a time.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use serde::{Deserialize, Serialize};
+
+use crate::replica::{Replica, RequestError};
+use crate::types::{EvioNode, NodeId};
+
+/// Body of `POST /v1/cluster/join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinRequest {
+    pub node_id: NodeId,
+    pub name: String,
+    pub addr: String,
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+    pub node_bits: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinResponse {
+    pub cluster_id: String,
+    pub leader_id: NodeId,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error("pool mismatch: this cluster serves podCIDR {cluster_cidr} nodeBits {cluster_bits}, the joining node {node} asks for podCIDR {node_cidr} nodeBits {node_bits}")]
+    PoolMismatch {
+        node: String,
+        cluster_cidr: String,
+        cluster_bits: u8,
+        node_cidr: String,
+        node_bits: u8,
+    },
+    #[error("node name {name:?} is already used by live member {id} at {addr}; start the second node with another --node-name")]
+    DuplicateName {
+        name: String,
+        id: NodeId,
+        addr: String,
+    },
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, EvioNode>>) -> RequestError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RequestError::NotLeader {
+            leader: f.leader_id.zip(f.leader_node),
+        },
+        other => RequestError::Fatal(other.to_string()),
+    }
+}
+
+impl Replica {
+    /// Leader side of a join: checks the pool and the name, retires a dead member that held
+    /// the same name (a node back with a wiped data dir), and adds the node as a learner.
+    pub async fn admit(&self, join: &JoinRequest) -> Result<JoinResponse, AdmitError> {
+        let pool = self.pool();
+        let asked = crate::Pool::parse(&join.pod_cidr, join.node_bits).ok();
+        if asked != Some(pool) {
+            return Err(AdmitError::PoolMismatch {
+                node: join.name.clone(),
+                cluster_cidr: pool.pod_cidr().to_string(),
+                cluster_bits: pool.node_bits(),
+                node_cidr: join.pod_cidr.clone(),
+                node_bits: join.node_bits,
+            });
+        }
+        crate::validate_node_name(&join.name).map_err(RequestError::from)?;
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.node_id()) {
+            let leader = metrics.current_leader.and_then(|id| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| (id, n.clone()))
+            });
+            return Err(RequestError::NotLeader { leader }.into());
+        }
+        let cluster_id = self
+            .cluster_id()
+            .ok_or_else(|| RequestError::Fatal("leader has no cluster id".into()))?;
+        let membership = metrics.membership_config.membership().clone();
+        for (id, node) in membership.nodes() {
+            if node.name != join.name || *id == join.node_id {
+                continue;
+            }
+            if self.probe_node_id(&node.addr).await == Some(*id) {
+                return Err(AdmitError::DuplicateName {
+                    name: join.name.clone(),
+                    id: *id,
+                    addr: node.addr.clone(),
+                });
+            }
+            tracing::info!(old_id = id, new_id = join.node_id, name = %join.name, "member returned under a new id; removing the old id");
+            let is_voter = membership.voter_ids().any(|v| v == *id);
+            let change = if is_voter {
+                ChangeMembers::RemoveVoters(BTreeSet::from([*id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([*id]))
+            };
+            self.raft()
+                .change_membership(change, false)
+                .await
+                .map_err(write_error)?;
+        }
+        if membership.get_node(&join.node_id).is_none() {
+            let node = EvioNode {
+                name: join.name.clone(),
+                addr: join.addr.clone(),
+            };
+            self.raft()
+                .add_learner(join.node_id, node, false)
+                .await
+                .map_err(write_error)?;
+            tracing::info!(id = join.node_id, name = %join.name, addr = %join.addr, "admitted learner");
+        }
+        Ok(JoinResponse {
+            cluster_id,
+            leader_id: self.node_id(),
+        })
+    }
+
+    /// The node id a member at `addr` reports, if it answers.
+    async fn probe_node_id(&self, addr: &str) -> Option<NodeId> {
+        let request = self
+            .peers()
+            .request(reqwest::Method::GET, addr, "/v1/cluster")
+            .ok()?;
+        let response = request.timeout(Duration::from_secs(2)).send().await.ok()?;
+        let value: serde_json::Value = response.json().await.ok()?;
+        value["nodeId"].as_u64()
+    }
+
+    async fn probe_healthy(&self, addr: &str) -> bool {
+        let Ok(request) = self.peers().request(reqwest::Method::GET, addr, "/healthz") else {
+            return false;
+        };
+        matches!(
+            request.timeout(Duration::from_secs(1)).send().await,
+            Ok(response) if response.status().is_success()
+        )
+    }
+}
+
+/// The leader's membership loop: keeps `target_voters` voters (odd) out of healthy,
+/// caught-up members, replacing a voter unreachable for longer than `grace`.
+pub struct MembershipController {
+    replica: Arc<Replica>,
+    target_voters: usize,
+    grace: Duration,
+    last_seen: HashMap<NodeId, Instant>,
+}
+
+/// A learner this many entries behind the leader is not promoted yet.
+const CAUGHT_UP_SLACK: u64 = 64;
+
+impl MembershipController {
+    pub fn new(replica: Arc<Replica>, target_voters: usize, grace: Duration) -> Self {
+        Self {
+            replica,
+            target_voters: target_voters.max(1),
+            grace,
+            last_seen: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(e) = self.step().await {
+                tracing::warn!(error = %e, "membership change failed; will retry");
+            }
+        }
+    }
+
+    /// One round: probe members, then at most one membership change.
+    pub async fn step(&mut self) -> Result<(), RequestError> {
+        let replica = self.replica.clone();
+        let metrics = replica.metrics();
+        if metrics.current_leader != Some(replica.node_id()) {
+            self.last_seen.clear();
+            return Ok(());
+        }
+        let membership = metrics.membership_config.membership().clone();
+        if membership.get_joint_config().len() > 1 {
+            return Ok(()); // a change is in flight
+        }
+        let now = Instant::now();
+        let probes = membership
+            .nodes()
+            .filter(|(id, _)| **id != replica.node_id())
+            .map(|(id, node)| {
+                let replica = replica.clone();
+                let (id, addr) = (*id, node.addr.clone());
+                async move { (id, replica.probe_healthy(&addr).await) }
+            });
+        for (id, healthy) in futures_join_all(probes).await {
+            let seen = self.last_seen.entry(id).or_insert(now);
+            if healthy {
+                *seen = now;
+            }
+        }
+        self.last_seen.insert(replica.node_id(), now);
+        self.last_seen
+            .retain(|id, _| membership.get_node(id).is_some());
+
+        let leader_last = metrics.last_log_index.unwrap_or(0);
+        let matched = |id: &NodeId| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map_or(0, |log_id| log_id.index)
+        };
+        let fresh = |id: &NodeId| {
+            self.last_seen
+                .get(id)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3))
+        };
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut ready_learners: Vec<NodeId> = membership
+            .learner_ids()
+            .filter(|id| fresh(id) && matched(id) + CAUGHT_UP_SLACK >= leader_last)
+            .collect();
+        let dead: Vec<NodeId> = voters
+            .iter()
+            .filter(|id| {
+                self.last_seen
+                    .get(id)
+                    .is_some_and(|t| now.duration_since(*t) > self.grace)
+            })
+            .copied()
+            .collect();
+
+        let mut next = voters.clone();
+        for id in &dead {
+            if let Some(replacement) = ready_learners.pop() {
+                next.remove(id);
+                next.insert(replacement);
+                tracing::warn!(
+                    dead = id,
+                    replacement,
+                    "replacing a voter unreachable longer than the grace period"
+                );
+            }
+        }
+        let possible = next.len() + ready_learners.len();
+        let mut desired = self.target_voters.min(possible);
+        if desired.is_multiple_of(2) {
+            desired -= 1;
+        }
+        while next.len() < desired {
+            match ready_learners.pop() {
+                Some(id) => {
+                    next.insert(id);
+                }
+                None => break,
+            }
+        }
+        if next == voters {
+            return Ok(());
+        }
+        tracing::info!(?voters, ?next, "changing voters");
+        replica
+            .raft()
+            .change_membership(ChangeMembers::ReplaceAllVoters(next), true)
+            .await
+            .map_err(write_error)?;
+        Ok(())
+    }
+}
+
+/// Runs futures concurrently and collects their outputs (probes are few and short).
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        if let Ok(value) = handle.await {
+            out.push(value);
+        }
+    }
+    out
+}
