@@ -36,7 +36,7 @@ enum Command {
     /// Run a single-member cluster on this host: bootstrap, lease for this host, conflist, API.
     Dev(commands::dev::DevArgs),
     /// Run a cluster member (the production daemon): bootstrap or join, API, Raft.
-    Run(commands::run::RunArgs),
+    Run(Box<commands::run::RunArgs>),
     /// Query and change leases through a member's API.
     #[command(subcommand)]
     Leases(commands::client::LeasesCommand),
@@ -64,7 +64,7 @@ async fn main() -> std::process::ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Dev(args) => commands::dev::run(args).await,
-        Command::Run(args) => commands::run::run(args).await,
+        Command::Run(args) => commands::run::run(*args).await,
         Command::Leases(cmd) => commands::client::leases(cmd).await,
         Command::Cluster(cmd) => commands::client::cluster(cmd).await,
     };
