@@ -2,31 +2,22 @@
 //! with the values named, Ctrl-C stops cleanly.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use evio_api::{Client, Consistency, LeaseJson};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
-const BIN: &str = env!("CARGO_BIN_EXE_evio-node");
+mod common;
 
+use common::{evio_node, Proc, BIN};
+
+/// `evio-node dev` on a temp data dir, with the token it generates there.
 struct Dev {
-    child: Child,
+    proc: Proc,
     base: String,
     token_file: std::path::PathBuf,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-fn evio_node(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["--log-format", "json"]).args(args);
-    cmd.env_remove("NODE_NAME").env("EVIO_LOG", "info");
-    cmd
 }
 
 /// Runs `evio-node dev` that is expected to refuse to start; returns (success, stderr).
@@ -50,99 +41,41 @@ fn dev_refused(data_dir: &str, node_name: &str, extra: &[&str]) -> (bool, String
 
 impl Dev {
     fn start(data_dir: &Path, extra: &[&str]) -> Dev {
-        let data_dir = data_dir.to_string_lossy().to_string();
+        let data = data_dir.to_string_lossy().to_string();
         let mut args = vec![
             "dev",
             "--data-dir",
-            &data_dir,
+            &data,
             "--listen",
             "127.0.0.1:0",
             "--node-name",
             "test-host",
         ];
         args.extend_from_slice(extra);
-        let mut child = evio_node(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
-        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if let Some(api) = value["fields"]["api"].as_str() {
-                        let _ = tx.send(api.to_string());
-                    }
-                }
-                if let Ok(mut logs) = sink.lock() {
-                    logs.push(line);
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(base) => Dev {
-                child,
-                base,
-                token_file: Path::new(&data_dir).join("cluster-token"),
-                logs,
-            },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "evio-node dev did not become ready:\n{}",
-                    logs.lock().map(|l| l.join("\n")).unwrap_or_default()
-                );
-            }
+        let proc = Proc::spawn(evio_node(&args)).unwrap_or_else(|e| panic!("{e}"));
+        Dev {
+            base: proc.base.clone(),
+            proc,
+            token_file: data_dir.join("cluster-token"),
         }
     }
 
-    /// A client with the token `dev` generated into its data dir.
     fn client(&self) -> Client {
         let token = std::fs::read_to_string(&self.token_file)
             .unwrap_or_else(|e| panic!("{}: {e}", self.token_file.display()));
-        Client::new(&self.base)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .with_token(Some(token.trim().to_string()))
+        self.proc.client(Some(token.trim()))
     }
 
     fn logs(&self) -> String {
-        self.logs.lock().map(|l| l.join("\n")).unwrap_or_default()
+        self.proc.logs()
     }
 
-    /// Sends `signal` and waits (at most 30 s) for the process to exit.
     fn signal(&mut self, signal: Signal) -> ExitStatus {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        kill(pid, signal).unwrap_or_else(|e| panic!("kill {signal}: {e}"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status,
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Ok(None) => panic!("evio-node ignored {signal} for 30 s:\n{}", self.logs()),
-                Err(e) => panic!("wait: {e}"),
-            }
-        }
+        self.proc.signal(signal)
     }
 
     fn assert_no_panics(&self) {
-        let logs = self.logs();
-        assert!(
-            !logs.contains("panicked"),
-            "panic in evio-node log:\n{logs}"
-        );
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.assert_no_panics()
     }
 }
 
