@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use evio_raft::network::{APPEND_PATH, CLUSTER_HEADER, SNAPSHOT_PATH, VOTE_PATH};
+use evio_raft::network::{APPEND_PATH, CLUSTER_HEADER, SNAPSHOT_PATH, TARGET_HEADER, VOTE_PATH};
 use evio_raft::types::TypeConfig;
 use evio_raft::{validate_node_name, Replica, RequestError};
 use evio_raft::{AdmitError, JoinRequest, JoinResponse};
@@ -255,8 +255,24 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
 }
 
 /// Raft RPC from another cluster (or from a sender that does not say) is refused once this
-/// member knows its own cluster.
+/// member knows its own cluster; RPC meant for another node id (this address used to belong
+/// to a member that is gone) is refused always.
 async fn same_cluster(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let target = request
+        .headers()
+        .get(TARGET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let me = state.replica.node_id().to_string();
+    if target.as_deref() != Some(me.as_str()) {
+        tracing::debug!(?target, me, "refused Raft RPC meant for another node");
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "wrong_node",
+            format!("this is node {me}, the RPC is for node {target:?}"),
+        )
+        .into_response();
+    }
     let theirs = request
         .headers()
         .get(CLUSTER_HEADER)

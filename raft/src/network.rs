@@ -22,6 +22,9 @@ pub const VOTE_PATH: &str = "/raft/vote";
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 /// Header carrying the sender's cluster id; a member refuses RPC from another cluster.
 pub const CLUSTER_HEADER: &str = "x-evio-cluster";
+/// Header naming the node id an RPC is meant for: a new member that reuses a dead member's
+/// address must not answer for it (openraft's leader panics on such replies).
+pub const TARGET_HEADER: &str = "x-evio-target-node";
 /// Test-only: comma-separated peer addresses this process must not dial, to cut one network
 /// path (e.g. member to leader) while every other path works.
 pub const DENY_PEERS_ENV: &str = "EVIO_TEST_DENY_PEERS";
@@ -144,6 +147,7 @@ impl HttpPeer {
             .peers
             .request(reqwest::Method::POST, &self.node.addr, path)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?
+            .header(TARGET_HEADER, self.target.to_string())
             .timeout(option.hard_ttl())
             .json(request)
             .send()

@@ -1,0 +1,517 @@
+//! Real `evio-node run` processes on 127.0.0.1: clusters form from `--join`, learners are
+//! promoted when a voter dies, writes survive leader loss and a full-cluster SIGKILL,
+//! forwarding works around a blocked path, a wiped node rejoins with its old subnet, and bad
+//! peers are refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{evio_node, Proc};
+use evio_api::{Client, ClusterJson, Consistency};
+use nix::sys::signal::Signal;
+
+const TOKEN: &str = "cluster-test-token";
+
+/// A free 127.0.0.1 port (bound and released; the race is harmless in tests).
+fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    token_file: PathBuf,
+    grace: &'static str,
+}
+
+struct Node {
+    name: String,
+    addr: String,
+    proc: Proc,
+}
+
+impl Node {
+    fn client(&self) -> Client {
+        self.proc.client(Some(TOKEN))
+    }
+}
+
+impl Cluster {
+    fn new(grace: &'static str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
+        Cluster {
+            dir,
+            token_file,
+            grace,
+        }
+    }
+
+    fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn command(
+        &self,
+        name: &str,
+        addr: &str,
+        join: &[&str],
+        extra: &[&str],
+    ) -> std::process::Command {
+        self.command_in(name, name, addr, join, extra)
+    }
+
+    /// Like `command`, with the data dir named `data_name`.
+    fn command_in(
+        &self,
+        name: &str,
+        data_name: &str,
+        addr: &str,
+        join: &[&str],
+        extra: &[&str],
+    ) -> std::process::Command {
+        let data = self.data_dir(data_name).to_string_lossy().to_string();
+        let token = self.token_file.to_string_lossy().to_string();
+        let mut args = vec![
+            "run",
+            "--node-name",
+            name,
+            "--data-dir",
+            &data,
+            "--listen",
+            addr,
+            "--pod-cidr",
+            "10.244.0.0/16",
+            "--node-bits",
+            "8",
+            "--cluster-token-file",
+            &token,
+            "--voter-grace",
+            self.grace,
+        ];
+        let join = join.join(",");
+        if join.is_empty() {
+            args.push("--bootstrap");
+        } else {
+            args.extend_from_slice(&["--join", &join]);
+        }
+        args.extend_from_slice(extra);
+        evio_node(&args)
+    }
+
+    fn start(&self, name: &str, addr: &str, join: &[&str], extra: &[&str]) -> Node {
+        self.start_with(self.command(name, addr, join, extra), name, addr)
+    }
+
+    fn start_with(&self, cmd: std::process::Command, name: &str, addr: &str) -> Node {
+        let proc = Proc::spawn(cmd).unwrap_or_else(|e| panic!("{name}: {e}"));
+        Node {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            proc,
+        }
+    }
+}
+
+async fn status(node: &Node) -> Option<ClusterJson> {
+    node.client().cluster().await.ok()
+}
+
+/// Waits until `check` holds for `node`'s view of the cluster.
+async fn wait_cluster(
+    node: &Node,
+    what: &str,
+    check: impl Fn(&ClusterJson) -> bool,
+) -> ClusterJson {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(c) = status(node).await {
+            if check(&c) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "{what}: last seen {c:#?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} unreachable",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn roles(c: &ClusterJson) -> BTreeMap<String, String> {
+    c.members
+        .iter()
+        .map(|m| (m.name.clone(), m.role.clone()))
+        .collect()
+}
+
+fn voter_count(c: &ClusterJson) -> usize {
+    c.members
+        .iter()
+        .filter(|m| m.role == "voter" || m.role == "leader")
+        .count()
+}
+
+/// Waits until every node's local replica holds exactly `want` (node -> subnet).
+async fn converged(nodes: &[&Node], want: &BTreeMap<String, String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'retry: loop {
+        for n in nodes {
+            let got: BTreeMap<String, String> =
+                match n.client().list_leases(Consistency::Local).await {
+                    Ok(leases) => leases
+                        .into_iter()
+                        .map(|l| (l.node, l.subnet.to_string()))
+                        .collect(),
+                    Err(_) => BTreeMap::new(),
+                };
+            if &got != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not converge: {got:?} vs {want:?}",
+                    n.name
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue 'retry;
+            }
+        }
+        return;
+    }
+}
+
+/// Retries a write on `node` until it succeeds; returns the lease and how long it took.
+async fn acquire_retrying(node: &Node, name: &str) -> (evio_api::LeaseJson, Duration) {
+    let started = Instant::now();
+    loop {
+        match node.client().acquire(name, None).await {
+            Ok((lease, _)) => return (lease, started.elapsed()),
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{name} never acquired: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_promote_replace_failover_and_restart() {
+    let cluster = Cluster::new("2s");
+    let addrs: Vec<String> = (0..5).map(|_| free_addr()).collect();
+    let mut nodes = vec![cluster.start("n0", &addrs[0], &[], &[])];
+    for i in 1..5 {
+        // Join through every member started so far: any reachable one will do.
+        let peers: Vec<&str> = addrs[..i].iter().map(String::as_str).collect();
+        nodes.push(cluster.start(&format!("n{i}"), &addrs[i], &peers, &[]));
+    }
+    let c = wait_cluster(&nodes[0], "5 members, 3 voters", |c| {
+        c.members.len() == 5 && voter_count(c) == 3
+    })
+    .await;
+    assert_eq!(
+        roles(&c).values().filter(|r| *r == "learner").count(),
+        2,
+        "{c:#?}"
+    );
+
+    // Leases acquired on any member (forwarded to the leader) are visible on all.
+    let mut want = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let (lease, created) = node
+            .client()
+            .acquire(&format!("pod-host-{i}"), None)
+            .await
+            .unwrap_or_else(|e| panic!("acquire on {}: {e}", node.name));
+        assert!(created);
+        want.insert(lease.node, lease.subnet.to_string());
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    converged(&refs, &want).await;
+
+    // A voter (not the leader) dies: a learner takes its place after the grace period.
+    let leader_id = c.leader_id.unwrap_or_else(|| panic!("no leader"));
+    let leader_name = c
+        .members
+        .iter()
+        .find(|m| m.id == leader_id)
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let victim = c
+        .members
+        .iter()
+        .find(|m| m.role == "voter")
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| panic!("no follower voter"));
+    let victim_index = nodes
+        .iter()
+        .position(|n| n.name == victim)
+        .unwrap_or_else(|| panic!("{victim}"));
+    let mut dead = nodes.remove(victim_index);
+    dead.proc.signal(Signal::SIGKILL);
+    let observer = nodes
+        .iter()
+        .find(|n| n.name == leader_name)
+        .unwrap_or_else(|| panic!("leader node"));
+    let c = wait_cluster(observer, "dead voter replaced", |c| {
+        voter_count(c) == 3 && roles(c).get(&victim).map(String::as_str) == Some("learner")
+    })
+    .await;
+    assert!(c
+        .members
+        .iter()
+        .filter(|m| m.role != "learner")
+        .all(|m| m.name != victim));
+
+    // SIGKILL the leader: the survivors elect a new leader and writes resume.
+    let leader_index = nodes
+        .iter()
+        .position(|n| n.name == leader_name)
+        .unwrap_or_else(|| panic!("leader"));
+    let mut old_leader = nodes.remove(leader_index);
+    old_leader.proc.signal(Signal::SIGKILL);
+    let (lease, outage) = acquire_retrying(&nodes[0], "after-leader-loss").await;
+    println!(
+        "measured outage after leader SIGKILL: {} ms",
+        outage.as_millis()
+    );
+    want.insert(lease.node, lease.subnet.to_string());
+    let refs: Vec<&Node> = nodes.iter().collect();
+    converged(&refs, &want).await;
+
+    // SIGKILL every node, restart all with their data dirs: every acknowledged lease is intact.
+    drop(dead);
+    drop(old_leader);
+    let mut names = Vec::new();
+    for mut node in nodes.drain(..) {
+        node.proc.signal(Signal::SIGKILL);
+        names.push((node.name.clone(), node.addr.clone()));
+    }
+    let all: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    for (i, addr) in addrs.iter().enumerate() {
+        let name = format!("n{i}");
+        let peers: Vec<&str> = all.iter().copied().filter(|a| *a != addr).collect();
+        nodes.push(cluster.start(&name, addr, &peers, &[]));
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    converged(&refs, &want).await;
+    let (again, _) = acquire_retrying(&nodes[3], "after-full-restart").await;
+    assert!(want.values().all(|s| *s != again.subnet.to_string()));
+    for n in &nodes {
+        n.proc.assert_no_panics();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_around_a_blocked_path_to_the_leader() {
+    let cluster = Cluster::new("60s");
+    let (a0, a1, a2) = (free_addr(), free_addr(), free_addr());
+    let n0 = cluster.start("n0", &a0, &[], &[]);
+    let n1 = cluster.start("n1", &a1, &[&a0], &[]);
+    // n2 cannot dial the leader n0 at all; it joins and writes through n1.
+    let mut cmd = cluster.command("n2", &a2, &[&a1], &[]);
+    cmd.env("EVIO_TEST_DENY_PEERS", &a0);
+    let n2 = cluster.start_with(cmd, "n2", &a2);
+    let c = wait_cluster(&n0, "3 members", |c| c.members.len() == 3).await;
+    assert_eq!(c.leader_id, Some(c.node_id), "n0 leads");
+
+    let (lease, created) = n2
+        .client()
+        .acquire("via-n1", None)
+        .await
+        .unwrap_or_else(|e| panic!("write from n2 must be forwarded through n1: {e}"));
+    assert!(created);
+    // a linearizable read from n2 takes the same detour
+    let got = n2
+        .client()
+        .get_lease("via-n1", Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.map(|l| l.subnet), Some(lease.subnet));
+    converged(
+        &[&n0, &n1, &n2],
+        &BTreeMap::from([(lease.node.clone(), lease.subnet.to_string())]),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
+    let cluster = Cluster::new("60s");
+    let (a0, a1, a2) = (free_addr(), free_addr(), free_addr());
+    let n0 = cluster.start("n0", &a0, &[], &[]);
+    let _n1 = cluster.start("n1", &a1, &[&a0], &[]);
+    let mut n2 = cluster.start("n2", &a2, &[&a0], &[]);
+    wait_cluster(&n0, "3 members", |c| c.members.len() == 3).await;
+    n0.client()
+        .acquire("filler", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (own, _) = n2
+        .client()
+        .acquire("n2", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let old_id = status(&n2)
+        .await
+        .map(|c| c.node_id)
+        .unwrap_or_else(|| panic!("n2 status"));
+
+    // Same name while n2 is alive: refused, naming the name.
+    let other = free_addr();
+    let out = cluster
+        .command_in("n2", "n2-twin", &other, &[&a0], &[])
+        .env("EVIO_LOG", "error")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already used by live member") && stderr.contains("n2"),
+        "{stderr}"
+    );
+
+    // n2 loses its disk and comes back: new id, old id gone, same subnet for its name.
+    n2.proc.signal(Signal::SIGKILL);
+    drop(n2);
+    std::fs::remove_dir_all(cluster.data_dir("n2")).unwrap_or_else(|e| panic!("{e}"));
+    let n2 = cluster.start("n2", &a2, &[&a0], &[]);
+    let c = wait_cluster(&n0, "n2 back under a new id", |c| {
+        c.members.len() == 3 && c.members.iter().all(|m| m.id != old_id)
+    })
+    .await;
+    let new_id = status(&n2).await.map(|c| c.node_id);
+    assert_ne!(new_id, Some(old_id));
+    assert!(c
+        .members
+        .iter()
+        .any(|m| Some(m.id) == new_id && m.name == "n2"));
+    let (back, created) = n2
+        .client()
+        .acquire("n2", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!created);
+    assert_eq!(back.subnet, own.subnet);
+
+    // Another pool: refused with both values named.
+    let out = evio_node(&[
+        "run",
+        "--node-name",
+        "n9",
+        "--data-dir",
+        &cluster.data_dir("n9").to_string_lossy(),
+        "--listen",
+        &free_addr(),
+        "--join",
+        &a0,
+        "--pod-cidr",
+        "10.0.0.0/8",
+        "--node-bits",
+        "12",
+        "--cluster-token-file",
+        &cluster.token_file.to_string_lossy(),
+    ])
+    .output()
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in ["10.244.0.0/16", "nodeBits 8", "10.0.0.0/8", "nodeBits 12"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+
+    // Wrong token: the join is refused (401) and the member set is unchanged.
+    let wrong = cluster.dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-token").unwrap_or_else(|e| panic!("{e}"));
+    let out = evio_node(&[
+        "run",
+        "--node-name",
+        "intruder",
+        "--data-dir",
+        &cluster.data_dir("intruder").to_string_lossy(),
+        "--listen",
+        &free_addr(),
+        "--join",
+        &a0,
+        "--pod-cidr",
+        "10.244.0.0/16",
+        "--node-bits",
+        "8",
+        "--cluster-token-file",
+        &wrong.to_string_lossy(),
+    ])
+    .output()
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
+    // Lease writes and Raft RPC without / with a wrong token or cluster, and garbage bodies.
+    let http = reqwest::Client::new();
+    let base = &n0.proc.base;
+    let ours = identity_cluster_id(&cluster.data_dir("n0"));
+    let n0_id = status(&n0)
+        .await
+        .map(|c| c.node_id.to_string())
+        .unwrap_or_else(|| panic!("n0 status"));
+    assert_eq!(
+        identity_cluster_id(&cluster.data_dir("n2")),
+        ours,
+        "members share one cluster id"
+    );
+    let rpc = |kind: &str, cluster_id: &str, target: &str| {
+        http.post(format!("{base}/raft/{kind}"))
+            .bearer_auth(TOKEN)
+            .header("x-evio-cluster", cluster_id)
+            .header("x-evio-target-node", target)
+    };
+    let cases = [
+        (http.put(format!("{base}/v1/leases/x")), 401),
+        (
+            http.put(format!("{base}/v1/leases/x")).bearer_auth("wrong"),
+            401,
+        ),
+        (http.delete(format!("{base}/v1/leases/filler")), 401),
+        (http.post(format!("{base}/raft/vote")).body("{}"), 401),
+        (rpc("append", &ours, &n0_id).body("{garbage"), 400),
+        (rpc("vote", &ours, &n0_id).body(""), 400),
+        (rpc("vote", "another-cluster", &n0_id).body("{}"), 403),
+        (rpc("vote", &ours, "12345").body("{}"), 421),
+    ];
+    for (request, want) in cases {
+        let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        assert_eq!(status, want, "{body}");
+        assert!(body["code"].is_string(), "{body}");
+    }
+    let c = status(&n0).await.unwrap_or_else(|| panic!("n0 status"));
+    assert_eq!(c.members.len(), 3, "{c:#?}");
+    let leases = n0
+        .client()
+        .list_leases(Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(leases.iter().any(|l| l.node == "filler") && !leases.iter().any(|l| l.node == "x"));
+    n0.proc.assert_no_panics();
+}
+
+/// The cluster id this member recorded in its data dir's identity.
+fn identity_cluster_id(data_dir: &Path) -> String {
+    let bytes = std::fs::read(data_dir.join("identity.json")).unwrap_or_else(|e| panic!("{e}"));
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+    v["clusterId"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no clusterId in {}", data_dir.display()))
+}
