@@ -41,6 +41,7 @@ pub struct ApiMetrics {
     is_leader: Gauge,
     last_applied: Gauge,
     last_log_index: Gauge,
+    purged: Gauge,
     // Serialises scrapes: gauges are refreshed then encoded as one step.
     scrape: Mutex<()>,
 }
@@ -65,6 +66,7 @@ impl ApiMetrics {
         let is_leader = Gauge::default();
         let last_applied = Gauge::default();
         let last_log_index = Gauge::default();
+        let purged = Gauge::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -102,6 +104,11 @@ impl ApiMetrics {
             "Last log index in the local log",
             last_log_index.clone(),
         );
+        registry.register(
+            "raft_purged_index",
+            "Last log index purged from the local log (covered by a snapshot)",
+            purged.clone(),
+        );
         Self {
             registry,
             requests,
@@ -113,6 +120,7 @@ impl ApiMetrics {
             is_leader,
             last_applied,
             last_log_index,
+            purged,
             scrape: Mutex::new(()),
         }
     }
@@ -158,6 +166,8 @@ impl ApiMetrics {
             .set(gauge_value(metrics.last_applied.map_or(0, |id| id.index)));
         self.last_log_index
             .set(gauge_value(metrics.last_log_index.unwrap_or(0)));
+        self.purged
+            .set(gauge_value(metrics.purged.map_or(0, |id| id.index)));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

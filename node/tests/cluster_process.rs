@@ -515,3 +515,99 @@ fn identity_cluster_id(data_dir: &Path) -> String {
         .map(str::to_string)
         .unwrap_or_else(|| panic!("no clusterId in {}", data_dir.display()))
 }
+
+/// The member's `evio_raft_purged_index` from /metrics.
+async fn purged_index(node: &Node) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", node.proc.base))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("evio_raft_purged_index "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_voters_survive_losing_two_including_the_leader() {
+    let cluster = Cluster::new("60s");
+    let addrs: Vec<String> = (0..5).map(|_| free_addr()).collect();
+    let mut nodes = vec![cluster.start("v0", &addrs[0], &[], &["--voters", "5"])];
+    for i in 1..5 {
+        nodes.push(cluster.start(
+            &format!("v{i}"),
+            &addrs[i],
+            &[&addrs[0]],
+            &["--voters", "5"],
+        ));
+    }
+    let c = wait_cluster(&nodes[0], "5 voters", |c| {
+        c.members.len() == 5 && voter_count(c) == 5
+    })
+    .await;
+    let leader_id = c.leader_id.unwrap_or_else(|| panic!("no leader"));
+    let leader_name = c
+        .members
+        .iter()
+        .find(|m| m.id == leader_id)
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+
+    // Lose the leader and one more member.
+    let leader_index = nodes
+        .iter()
+        .position(|n| n.name == leader_name)
+        .unwrap_or_else(|| panic!("leader"));
+    let mut lost = vec![nodes.remove(leader_index), nodes.remove(0)];
+    for node in &mut lost {
+        node.proc.signal(Signal::SIGKILL);
+    }
+    let mut want = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let (lease, outage) = acquire_retrying(node, &format!("after-two-lost-{i}")).await;
+        if i == 0 {
+            println!(
+                "5 voters, leader + 1 lost: first write after {} ms",
+                outage.as_millis()
+            );
+        }
+        want.insert(lease.node, lease.subnet.to_string());
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    converged(&refs, &want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_far_behind_catches_up_by_snapshot() {
+    let cluster = Cluster::new("60s");
+    let opts = ["--snapshot-every", "10", "--snapshot-keep", "0"];
+    let (a0, a1, a2) = (free_addr(), free_addr(), free_addr());
+    let n0 = cluster.start("s0", &a0, &[], &opts);
+    let n1 = cluster.start("s1", &a1, &[&a0], &opts);
+    let mut n2 = cluster.start("s2", &a2, &[&a0], &opts);
+    wait_cluster(&n0, "3 voters", |c| voter_count(c) == 3).await;
+    let applied_before = status(&n2).await.and_then(|c| c.last_applied).unwrap_or(0);
+    n2.proc.signal(Signal::SIGKILL);
+    drop(n2);
+
+    let mut want = BTreeMap::new();
+    for i in 0..60 {
+        let (lease, _) = n0
+            .client()
+            .acquire(&format!("behind-{i}"), None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        want.insert(lease.node, lease.subnet.to_string());
+    }
+    // The leader's log no longer holds what s2 is missing: only a snapshot can bring it back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while purged_index(&n0).await <= applied_before + 1 {
+        assert!(Instant::now() < deadline, "leader never purged its log");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n2 = cluster.start("s2", &a2, &[&a0], &opts);
+    converged(&[&n0, &n1, &n2], &want).await;
+    n2.proc.assert_no_panics();
+}

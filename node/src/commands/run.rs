@@ -70,6 +70,9 @@ pub struct RunArgs {
     /// Snapshot every this many log entries. Default: 1000.
     #[arg(long)]
     snapshot_every: Option<u64>,
+    /// Log entries kept after a snapshot, for members slightly behind. Default: 500.
+    #[arg(long)]
+    snapshot_keep: Option<u64>,
     /// Require the cluster token for lease reads too.
     #[arg(long)]
     #[serde(default)]
@@ -122,6 +125,7 @@ impl RunArgs {
             election_timeout_ms: self.election_timeout_ms.or(file.election_timeout_ms),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
             snapshot_every: self.snapshot_every.or(file.snapshot_every),
+            snapshot_keep: self.snapshot_keep.or(file.snapshot_keep),
             auth_reads: self.auth_reads || file.auth_reads,
         })
     }
@@ -193,6 +197,9 @@ impl RunArgs {
                 election_timeout_min_ms: election_min,
                 election_timeout_max_ms: election_min * 2,
                 snapshot_every: args.snapshot_every.unwrap_or(defaults.snapshot_every),
+                logs_kept_after_snapshot: args
+                    .snapshot_keep
+                    .unwrap_or(defaults.logs_kept_after_snapshot),
                 ..defaults
             },
             auth_reads: args.auth_reads,
@@ -364,5 +371,108 @@ async fn join(replica: &Replica, settings: &Settings) -> anyhow::Result<()> {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> RunArgs {
+        let mut full = vec!["evio-node"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full) {
+            Ok(cli) => cli.run,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn config_file_fills_what_flags_leave_out() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap_or_else(|e| panic!("{e}"));
+        let config = dir.path().join("evio.json");
+        let body = serde_json::json!({
+            "node-name": "from-file", "listen": "127.0.0.1:7999", "join": ["10.10.0.1:7700"],
+            "pod-cidr": "10.244.0.0/16", "node-bits": "8", "voters": 5,
+            "cluster-token-file": token, "voter-grace": "2m",
+        });
+        std::fs::write(&config, body.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        let config_arg = config.to_string_lossy().to_string();
+        let s = parse(&["--config", &config_arg, "--node-name", "from-flag"])
+            .settings()
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(s.node_name, "from-flag");
+        assert_eq!(s.listen, "127.0.0.1:7999");
+        assert_eq!(s.join, vec!["10.10.0.1:7700".to_string()]);
+        assert_eq!(s.voters, 5);
+        assert_eq!(s.token, "s3cret");
+        assert_eq!(s.voter_grace, Duration::from_secs(120));
+        assert_eq!(s.pool.block_count(), 256);
+    }
+
+    #[test]
+    fn bad_settings_name_the_value() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").unwrap_or_else(|e| panic!("{e}"));
+        let token_arg = token.to_string_lossy().to_string();
+        let base = [
+            "--node-name",
+            "n",
+            "--pod-cidr",
+            "10.244.0.0/16",
+            "--node-bits",
+            "8",
+            "--cluster-token-file",
+            &token_arg,
+            "--bootstrap",
+        ];
+        let cases: [(&[&str], &str); 5] = [
+            (&["--voters", "4"], "--voters 4"),
+            (&["--voter-grace", "soon"], "soon"),
+            (&["--heartbeat-ms", "900"], "--heartbeat-ms 900"),
+            (&["--node-bits", "x"], "\"x\""),
+            (
+                &["--config", "/nonexistent/evio.json"],
+                "/nonexistent/evio.json",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let mut args: Vec<&str> = base.to_vec();
+            // a later --node-bits would be a duplicate flag: replace the base value instead
+            if extra[0] == "--node-bits" {
+                args[5] = extra[1];
+            } else {
+                args.extend_from_slice(extra);
+            }
+            let err = parse(&args).settings().map(|_| ()).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains(needle), "{extra:?}: {msg}");
+        }
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "  \n").unwrap_or_else(|e| panic!("{e}"));
+        let err = read_token(&empty).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let no_join = parse(&[
+            "--node-name",
+            "n",
+            "--pod-cidr",
+            "10.244.0.0/16",
+            "--node-bits",
+            "8",
+            "--cluster-token-file",
+            &token_arg,
+        ]);
+        let err = no_join.settings().map(|_| ()).unwrap_err();
+        assert!(format!("{err:#}").contains("--join"), "{err:#}");
     }
 }
