@@ -200,7 +200,6 @@ impl RunArgs {
                 logs_kept_after_snapshot: args
                     .snapshot_keep
                     .unwrap_or(defaults.logs_kept_after_snapshot),
-                ..defaults
             },
             auth_reads: args.auth_reads,
         })
