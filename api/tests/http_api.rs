@@ -437,3 +437,64 @@ async fn readyz_is_503_before_joining_a_cluster() {
     assert!(replica.is_ready());
     replica.shutdown().await;
 }
+
+#[tokio::test]
+async fn reads_can_be_closed_and_writes_always_need_the_token() {
+    let options = evio_api::ApiOptions { auth_reads: true };
+    let member = Member::start_with(
+        "closed",
+        pool("10.244.0.0/16", 8),
+        Default::default(),
+        options,
+    )
+    .await;
+    member
+        .replica
+        .bootstrap_single()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    member
+        .replica
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let anonymous = Client::new(&member.base).unwrap_or_else(|e| panic!("{e}"));
+    let err = anonymous
+        .list_leases(Consistency::Local)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(401), Some("unauthorized")),
+        "{err}"
+    );
+    let err = anonymous.acquire("n1", None).await.map(|_| ()).unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+    let wrong = anonymous.clone().with_token(Some("wrong".into()));
+    assert_eq!(
+        wrong
+            .get_lease("n1", Consistency::Local)
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .status(),
+        Some(401)
+    );
+    // probes stay open
+    let (status, _, _) = raw(
+        reqwest::Method::GET,
+        &format!("{}/healthz", member.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // with the token everything works, and nothing was changed by the refused calls
+    let leases = member
+        .client()
+        .list_leases(Consistency::Local)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(leases.is_empty());
+    member.shutdown().await;
+}

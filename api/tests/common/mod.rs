@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use evio_api::Client;
+use evio_api::{ApiOptions, Client};
 use evio_raft::{Pool, RaftTuning, Replica, ReplicaConfig};
 
 pub const TOKEN: &str = "test-cluster-token";
@@ -21,6 +21,15 @@ pub struct Member {
 impl Member {
     /// Opens a member (not yet in any cluster) and serves its API.
     pub async fn start(name: &str, pool: Pool, tuning: RaftTuning) -> Member {
+        Self::start_with(name, pool, tuning, ApiOptions::default()).await
+    }
+
+    pub async fn start_with(
+        name: &str,
+        pool: Pool,
+        tuning: RaftTuning,
+        options: ApiOptions,
+    ) -> Member {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -37,7 +46,7 @@ impl Member {
             .await
             .unwrap_or_else(|e| panic!("open: {e}"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = evio_api::router(replica.clone(), Default::default());
+        let app = evio_api::router(replica.clone(), options);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
