@@ -548,6 +548,7 @@ async fn cluster(State(state): State<ApiState>) -> Json<ClusterJson> {
         last_applied: metrics.last_applied.map(|id| id.index),
         pod_cidr: replica.pool().pod_cidr(),
         node_bits: replica.pool().node_bits(),
+        membership_changing: membership.get_joint_config().len() > 1,
         members,
     })
 }

@@ -77,6 +77,9 @@ pub struct ClusterJson {
     #[serde(rename = "podCIDR")]
     pub pod_cidr: Ipv4Network,
     pub node_bits: u8,
+    /// True while a membership change (joint configuration) is in flight.
+    #[serde(default)]
+    pub membership_changing: bool,
     pub members: Vec<MemberJson>,
 }
 

@@ -217,7 +217,7 @@ async fn five_members_promote_replace_failover_and_restart() {
         nodes.push(cluster.start(&format!("n{i}"), &addrs[i], &peers, &[]));
     }
     let c = wait_cluster(&nodes[0], "5 members, 3 voters", |c| {
-        c.members.len() == 5 && voter_count(c) == 3
+        c.members.len() == 5 && voter_count(c) == 3 && !c.membership_changing
     })
     .await;
     assert_eq!(
@@ -265,7 +265,9 @@ async fn five_members_promote_replace_failover_and_restart() {
         .find(|n| n.name == leader_name)
         .unwrap_or_else(|| panic!("leader node"));
     let c = wait_cluster(observer, "dead voter replaced", |c| {
-        voter_count(c) == 3 && roles(c).get(&victim).map(String::as_str) == Some("learner")
+        voter_count(c) == 3
+            && !c.membership_changing
+            && roles(c).get(&victim).map(String::as_str) == Some("learner")
     })
     .await;
     assert!(c
@@ -543,10 +545,18 @@ async fn five_voters_survive_losing_two_including_the_leader() {
             &["--voters", "5"],
         ));
     }
-    let c = wait_cluster(&nodes[0], "5 voters", |c| {
-        c.members.len() == 5 && voter_count(c) == 5
-    })
-    .await;
+    // Every member must hold the final 5-voter configuration (not the joint one): losing two
+    // of the old three voters in the middle of the change would leave no quorum, by design.
+    let mut c = None;
+    for node in &nodes {
+        c = Some(
+            wait_cluster(node, "5 voters, change complete", |c| {
+                c.members.len() == 5 && voter_count(c) == 5 && !c.membership_changing
+            })
+            .await,
+        );
+    }
+    let c = c.unwrap_or_else(|| panic!("no nodes"));
     let leader_id = c.leader_id.unwrap_or_else(|| panic!("no leader"));
     let leader_name = c
         .members
