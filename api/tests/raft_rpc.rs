@@ -74,8 +74,13 @@ async fn replicate_snapshot_and_survive_leader_loss() {
         .position(|m| m.replica.node_id() == leader_id)
         .unwrap_or_else(|| panic!("leader {leader_id} is not a member"));
 
-    // A write at a follower is forwarded to the leader.
+    // A write at a follower is forwarded to the leader (once the follower has heard of one).
     let follower = (leader + 1) % 3;
+    members[follower]
+        .replica
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let (forwarded, created) = members[follower]
         .client()
         .acquire("via-follower", None)
