@@ -337,11 +337,13 @@ async fn forward(
     if hops >= u64::from(MAX_HOPS) {
         return None;
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
     let deadline_ms = header_u64(DEADLINE_HEADER)
-        .unwrap_or(now_ms + state.replica.request_timeout().as_millis() as u64);
+        .unwrap_or(unix_ms() + state.replica.request_timeout().as_millis() as u64);
 
     let replica = &state.replica;
     let metrics = replica.metrics();
@@ -365,9 +367,7 @@ async fn forward(
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
     for (target, addr) in targets {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = unix_ms();
         if now_ms >= deadline_ms {
             break;
         }

@@ -148,6 +148,15 @@ async fn wait_cluster(
     }
 }
 
+/// The name of the member `c` reports as leader.
+fn leader_name(c: &ClusterJson) -> String {
+    c.members
+        .iter()
+        .find(|m| Some(m.id) == c.leader_id)
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| panic!("no leader in {c:#?}"))
+}
+
 fn roles(c: &ClusterJson) -> BTreeMap<String, String> {
     c.members
         .iter()
@@ -241,13 +250,7 @@ async fn five_members_promote_replace_failover_and_restart() {
     converged(&refs, &want).await;
 
     // A voter (not the leader) dies: a learner takes its place after the grace period.
-    let leader_id = c.leader_id.unwrap_or_else(|| panic!("no leader"));
-    let leader_name = c
-        .members
-        .iter()
-        .find(|m| m.id == leader_id)
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
+    let leader_name = leader_name(&c);
     let victim = c
         .members
         .iter()
@@ -557,13 +560,7 @@ async fn five_voters_survive_losing_two_including_the_leader() {
         );
     }
     let c = c.unwrap_or_else(|| panic!("no nodes"));
-    let leader_id = c.leader_id.unwrap_or_else(|| panic!("no leader"));
-    let leader_name = c
-        .members
-        .iter()
-        .find(|m| m.id == leader_id)
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
+    let leader_name = leader_name(&c);
 
     // Lose the leader and one more member.
     let leader_index = nodes
