@@ -337,11 +337,7 @@ async fn forward(
     if hops >= u64::from(MAX_HOPS) {
         return None;
     }
-    let unix_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    };
+    let unix_ms = evio_raft::replica::unix_millis;
     let deadline_ms = header_u64(DEADLINE_HEADER)
         .unwrap_or(unix_ms() + state.replica.request_timeout().as_millis() as u64);
 

@@ -45,3 +45,30 @@ pub fn spawn_api(
             .await
     })
 }
+
+/// Binds the API listener; the error names the `--listen` value.
+pub async fn bind(listen: &str) -> anyhow::Result<(TcpListener, std::net::SocketAddr)> {
+    use anyhow::Context;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on --listen {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    Ok((listener, addr))
+}
+
+/// Serves until a shutdown signal (Ok) or until the API server dies (the error says how).
+pub async fn until_signal(
+    signals: &mut ShutdownSignals,
+    server: &mut tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        _ = signals.recv() => Ok(()),
+        result = server => Err(match result {
+            Ok(Ok(())) => anyhow::anyhow!("the API server stopped unexpectedly"),
+            Ok(Err(e)) => anyhow::Error::new(e).context("the API server failed"),
+            Err(e) => anyhow::Error::new(e).context("the API server task failed"),
+        }),
+    }
+}

@@ -115,7 +115,8 @@ pub struct Replica {
     request_timeout: Duration,
 }
 
-fn unix_millis() -> u64 {
+/// Wall-clock Unix milliseconds (for proposed commands and request deadlines, never for apply).
+pub fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

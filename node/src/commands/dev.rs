@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use evio_cni::NetConf;
 use evio_raft::{Pool, Replica, ReplicaConfig};
-use tokio::net::TcpListener;
 
-use crate::serve::{spawn_api, ShutdownSignals};
+use crate::serve::{self, spawn_api, ShutdownSignals};
 
 #[derive(clap::Args)]
 pub struct DevArgs {
@@ -63,12 +62,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         None => hostname()?,
     };
     evio_raft::validate_node_name(&node_name).context("pass a valid --node-name")?;
-    let listener = TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
-    let addr = listener
-        .local_addr()
-        .context("reading the listen address")?;
+    let (listener, addr) = serve::bind(&args.listen).await?;
 
     let mut config = ReplicaConfig::new(
         args.data_dir.clone(),
@@ -109,14 +103,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 token_file = %token_file.display(),
                 "evio-node dev ready: API at http://{addr} (try: curl http://{addr}/v1/leases)"
             );
-            tokio::select! {
-                _ = signals.recv() => Ok(()),
-                result = &mut server => match result {
-                    Ok(Ok(())) => Err(anyhow::anyhow!("the API server stopped unexpectedly")),
-                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("the API server failed")),
-                    Err(e) => Err(anyhow::Error::new(e).context("the API server task failed")),
-                },
-            }
+            serve::until_signal(&mut signals, &mut server).await
         }
         Err(e) => Err(e),
     };

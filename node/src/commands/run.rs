@@ -12,9 +12,8 @@ use evio_raft::{
     JoinRequest, JoinResponse, MembershipController, Pool, RaftTuning, Replica, ReplicaConfig,
 };
 use serde::Deserialize;
-use tokio::net::TcpListener;
 
-use crate::serve::{spawn_api, ShutdownSignals};
+use crate::serve::{self, spawn_api, ShutdownSignals};
 
 /// Flags; the same keys (kebab-case) may come from `--config FILE` (JSON). Flags win.
 #[derive(clap::Args, Deserialize, Default)]
@@ -232,12 +231,7 @@ fn advertise_addr(settings: &Settings, bound: SocketAddr) -> anyhow::Result<Stri
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install().context("installing signal handlers")?;
     let settings = args.settings()?;
-    let listener = TcpListener::bind(&settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on --listen {}", settings.listen))?;
-    let bound = listener
-        .local_addr()
-        .context("reading the listen address")?;
+    let (listener, bound) = serve::bind(&settings.listen).await?;
     let advertise = advertise_addr(&settings, bound)?;
 
     let mut config = ReplicaConfig::new(
@@ -294,14 +288,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     cluster = ?replica.cluster_id(),
                     "evio-node running: API at http://{advertise}"
                 );
-                tokio::select! {
-                    _ = signals.recv() => Ok(()),
-                    result = &mut server => Err(match result {
-                        Ok(Ok(())) => anyhow::anyhow!("the API server stopped unexpectedly"),
-                        Ok(Err(e)) => anyhow::Error::new(e).context("the API server failed"),
-                        Err(e) => anyhow::Error::new(e).context("the API server task failed"),
-                    }),
-                }
+                serve::until_signal(&mut signals, &mut server).await
             }
             Err(e) => Err(e),
         },
