@@ -618,3 +618,49 @@ async fn member_far_behind_catches_up_by_snapshot() {
     converged(&[&n0, &n1, &n2], &want).await;
     n2.proc.assert_no_panics();
 }
+
+#[test]
+fn join_to_an_unreachable_address_retries_with_backoff() {
+    let cluster = Cluster::new("60s");
+    let nobody = free_addr(); // nothing listens here
+    let addr = free_addr();
+    let mut child = cluster
+        .command("lonely", &addr, &[&nobody], &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("stderr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut retries = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while retries.len() < 3 && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["fields"]["message"] == "join: cannot join through this peer yet" {
+                assert_eq!(v["fields"]["peer"], nobody.as_str(), "{line}");
+                retries.push(
+                    v["fields"]["retry_in"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    let still_running = matches!(child.try_wait(), Ok(None));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(still_running, "evio-node gave up instead of retrying");
+    // backing off: 250ms, 500ms, 1s
+    assert_eq!(retries, ["250ms", "500ms", "1s"], "{retries:?}");
+}
