@@ -3,9 +3,13 @@
 //! - [`conf`]: the network configuration list kubelet reads (`10-evio.conflist`), generated
 //!   from this node's lease.
 //!
-//! The `evio-cni` plugin shim and the node's packet path (bridge, veth, IPAM, masquerade)
-//! are built here too as they land.
+//! - [`spec`]: the CNI protocol (versions, error codes, the request forwarded to the daemon).
+//! - [`shim`]: **where a CNI request enters** — the `evio-cni` binary kubelet execs.
+//!
+//! The node's packet path (bridge, veth, IPAM, masquerade) is built here as it lands.
 
 pub mod conf;
+pub mod shim;
+pub mod spec;
 
 pub use conf::{conflist, write_conflist, BridgeType, NetConf, OriginalNetConf, CONFLIST_FILE};

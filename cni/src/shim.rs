@@ -1,0 +1,119 @@
+//! **Where a CNI request enters**: the `evio-cni` shim kubelet execs. It answers VERSION
+//! itself and forwards everything else — the operation, every `CNI_*` variable and the config
+//! — to the node's evio-node over its unix socket, then prints the daemon's answer. No async
+//! runtime: it starts in about a millisecond.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::spec::{code, version_result, CniError, Reply, Request, LATEST_VERSION};
+
+/// How long the shim waits for the daemon to answer one request.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the shim prints on stdout and its exit code.
+pub struct Outcome {
+    pub stdout: String,
+    pub exit_code: i32,
+}
+
+impl Outcome {
+    fn ok(value: &Value) -> Self {
+        Self {
+            stdout: value.to_string(),
+            exit_code: 0,
+        }
+    }
+
+    fn error(error: &CniError) -> Self {
+        Self {
+            stdout: serde_json::to_string(error).unwrap_or_default(),
+            exit_code: 1,
+        }
+    }
+}
+
+/// Runs one CNI invocation.
+pub fn run(env: &BTreeMap<String, String>, stdin: &[u8]) -> Outcome {
+    if env.get("CNI_COMMAND").map(String::as_str) == Some("VERSION") {
+        return Outcome::ok(&version_result(stdin));
+    }
+    let request = match Request::from_env(env, stdin) {
+        Ok(request) => request,
+        Err(e) => return Outcome::error(&e),
+    };
+    match forward(&request) {
+        Ok(Reply::Ok(value)) if value.is_null() => Outcome {
+            stdout: String::new(),
+            exit_code: 0,
+        },
+        Ok(Reply::Ok(value)) => Outcome::ok(&value),
+        Ok(Reply::Error(e)) => Outcome::error(&e),
+        Err(e) => Outcome::error(&e),
+    }
+}
+
+/// Sends the request as one JSON line and reads the reply until the daemon closes.
+fn forward(request: &Request) -> Result<Reply, CniError> {
+    let version = request.version();
+    let socket = request.socket();
+    let unreachable = |what: &str, e: std::io::Error| {
+        CniError::new(
+            &version,
+            code::TRY_AGAIN_LATER,
+            format!("evio-node is not reachable ({what}: {e})"),
+        )
+        .with_details(socket.clone())
+    };
+    let mut stream = UnixStream::connect(&socket).map_err(|e| unreachable("connect", e))?;
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .map_err(|e| unreachable("socket", e))?;
+    let mut line = serde_json::to_vec(request).map_err(|e| {
+        CniError::new(
+            &version,
+            code::DECODE_FAILURE,
+            format!("encoding the request: {e}"),
+        )
+    })?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .and_then(|()| stream.shutdown(std::net::Shutdown::Write))
+        .map_err(|e| unreachable("send", e))?;
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .map_err(|e| unreachable("receive", e))?;
+    serde_json::from_slice(&reply).map_err(|e| {
+        CniError::new(
+            &version,
+            code::IO_FAILURE,
+            "evio-node sent an unreadable reply",
+        )
+        .with_details(format!("{e}: {}", String::from_utf8_lossy(&reply)))
+    })
+}
+
+/// The `CNI_*` variables of this process.
+pub fn cni_env() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("CNI_"))
+        .collect()
+}
+
+/// Used by the binary when stdin cannot even be read.
+pub fn stdin_error(e: &std::io::Error) -> Outcome {
+    Outcome::error(
+        &CniError::new(
+            LATEST_VERSION,
+            code::IO_FAILURE,
+            "cannot read the network configuration from stdin",
+        )
+        .with_details(e.to_string()),
+    )
+}
