@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== dependencies"
+./scripts/install-deps.sh
 echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy"

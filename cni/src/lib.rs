@@ -9,6 +9,7 @@
 //! The node's packet path (bridge, veth, IPAM, masquerade) is built here as it lands.
 
 pub mod conf;
+pub mod dataplane;
 pub mod shim;
 pub mod spec;
 

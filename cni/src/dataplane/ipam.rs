@@ -1,0 +1,113 @@
+//! IPAM delegation as the spec says: exec the IPAM plugin named by `ipam.type` from
+//! `CNI_PATH`, with the same `CNI_*` environment and the complete network config on stdin.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+
+use serde_json::Value;
+
+use crate::spec::{code, CniError, Command, Request};
+
+fn command_name(command: Command) -> &'static str {
+    match command {
+        Command::Add => "ADD",
+        Command::Del => "DEL",
+        Command::Check => "CHECK",
+        Command::Status => "STATUS",
+        Command::Gc => "GC",
+        Command::Version => "VERSION",
+    }
+}
+
+/// Finds `plugin` in the colon-separated `CNI_PATH`.
+fn find_plugin(cni_path: &str, plugin: &str) -> Option<PathBuf> {
+    cni_path
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(plugin))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Runs the request's IPAM plugin for `command`; returns its result (Null when it printed
+/// nothing, as DEL does).
+pub fn delegate(request: &Request, command: Command) -> Result<Value, CniError> {
+    let version = request.version();
+    let plugin = request.config["ipam"]["type"].as_str().unwrap_or("");
+    if plugin.is_empty() || plugin.contains('/') {
+        return Err(CniError::new(
+            &version,
+            code::INVALID_NETWORK_CONFIG,
+            format!("invalid ipam.type {plugin:?}"),
+        ));
+    }
+    let binary = find_plugin(&request.path, plugin).ok_or_else(|| {
+        CniError::new(
+            &version,
+            code::INVALID_NETWORK_CONFIG,
+            format!("IPAM plugin {plugin:?} not found in CNI_PATH"),
+        )
+        .with_details(request.path.clone())
+    })?;
+    let mut child = Process::new(&binary)
+        .env_clear()
+        .env("CNI_COMMAND", command_name(command))
+        .env("CNI_CONTAINERID", &request.container_id)
+        .env("CNI_NETNS", &request.netns)
+        .env("CNI_IFNAME", &request.ifname)
+        .env("CNI_ARGS", &request.args)
+        .env("CNI_PATH", &request.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            CniError::new(
+                &version,
+                code::IO_FAILURE,
+                format!("running {}", binary.display()),
+            )
+            .with_details(e.to_string())
+        })?;
+    let config = serde_json::to_vec(&request.config).unwrap_or_default();
+    if let Some(mut stdin) = child.stdin.take() {
+        // A plugin that exits before reading its stdin reports why on stdout.
+        let _ = stdin.write_all(&config);
+    }
+    let output = child.wait_with_output().map_err(|e| {
+        CniError::new(
+            &version,
+            code::IO_FAILURE,
+            format!("waiting for {}", binary.display()),
+        )
+        .with_details(e.to_string())
+    })?;
+    if !output.status.success() {
+        // The plugin's own CNI error, passed on as it is when it is one.
+        return Err(
+            serde_json::from_slice::<CniError>(&output.stdout).unwrap_or_else(|_| {
+                CniError::new(
+                    &version,
+                    code::IO_FAILURE,
+                    format!("{plugin} {} failed", command_name(command)),
+                )
+                .with_details(format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            }),
+        );
+    }
+    if output.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| {
+        CniError::new(
+            &version,
+            code::DECODE_FAILURE,
+            format!("{plugin} printed an unreadable result"),
+        )
+        .with_details(e.to_string())
+    })
+}

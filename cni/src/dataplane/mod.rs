@@ -1,0 +1,6 @@
+//! **Where a packet path is built**: the node's side of a pod's network — bridge, veth pair,
+//! IPAM by delegation, addresses and routes.
+
+pub mod ipam;
+pub mod netlink;
+pub mod pod;

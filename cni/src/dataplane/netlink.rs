@@ -1,0 +1,285 @@
+//! Link, address and route changes over rtnetlink, in the host namespace or inside a pod's
+//! network namespace (no `ip` exec on the pod path).
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+/// A netlink or namespace failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {reason}")]
+pub struct NetlinkError {
+    pub action: String,
+    pub reason: String,
+}
+
+fn fail(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let action = action.into();
+    move |e| NetlinkError {
+        action,
+        reason: e.to_string(),
+    }
+}
+
+/// True for "no such device" / "not found" answers.
+fn is_not_found(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -nix::libc::ENODEV)
+}
+
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -nix::libc::EEXIST)
+}
+
+/// A netlink handle on the namespace of the calling thread.
+pub fn connect() -> Result<Handle, NetlinkError> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
+        action: "opening a netlink socket".into(),
+        reason: e.to_string(),
+    })?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+/// Runs `work` with a netlink handle inside the network namespace at `netns`, on a thread of
+/// its own (a namespace switch is per thread and must not leak into the daemon's runtime).
+pub fn in_netns<T, F, Fut>(netns: &Path, work: F) -> Result<T, NetlinkError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, NetlinkError>>,
+{
+    let ns_file = File::open(netns).map_err(|e| NetlinkError {
+        action: format!("opening netns {}", netns.display()),
+        reason: e.to_string(),
+    })?;
+    let shown = netns.display().to_string();
+    let thread = std::thread::spawn(move || {
+        nix::sched::setns(ns_file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+            NetlinkError {
+                action: format!("entering netns {shown}"),
+                reason: e.to_string(),
+            }
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| NetlinkError {
+                action: "starting a namespace runtime".into(),
+                reason: e.to_string(),
+            })?;
+        runtime.block_on(async move { work(connect()?).await })
+    });
+    thread.join().map_err(|_| NetlinkError {
+        action: "namespace worker".into(),
+        reason: "panicked".into(),
+    })?
+}
+
+/// The link called `name`, if any.
+pub async fn link_by_name(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<LinkMessage>, NetlinkError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(fail(format!("looking up link {name}"))(e)),
+    }
+}
+
+pub fn mac_of(link: &LinkMessage) -> String {
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(mac) => Some(
+                mac.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Ensures a Linux bridge `name` exists, is up and carries `gateway/prefix`. Returns its index.
+pub async fn ensure_bridge(
+    handle: &Handle,
+    name: &str,
+    gateway: Ipv4Addr,
+    prefix: u8,
+    mtu: u32,
+) -> Result<u32, NetlinkError> {
+    if link_by_name(handle, name).await?.is_none() {
+        match handle
+            .link()
+            .add(LinkBridge::new(name).mtu(mtu).build())
+            .execute()
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_exists(&e) => {} // a concurrent ADD made it
+            Err(e) => return Err(fail(format!("creating bridge {name}"))(e)),
+        }
+    }
+    let index = link_by_name(handle, name)
+        .await?
+        .map(|l| l.header.index)
+        .ok_or_else(|| NetlinkError {
+            action: format!("creating bridge {name}"),
+            reason: "bridge vanished after creation".into(),
+        })?;
+    set_up(handle, index).await?;
+    add_address(handle, index, gateway, prefix).await?;
+    Ok(index)
+}
+
+pub async fn set_up(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(fail(format!("bringing link {index} up")))
+}
+
+/// Adds an address; an address already present is fine.
+pub async fn add_address(
+    handle: &Handle,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), NetlinkError> {
+    match handle
+        .address()
+        .add(index, IpAddr::V4(addr), prefix)
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if is_exists(&e) => Ok(()),
+        Err(e) => Err(fail(format!("adding {addr}/{prefix} to link {index}"))(e)),
+    }
+}
+
+/// Creates a veth pair in the host namespace: `host` attached to `bridge` and up, `peer`
+/// moved into the namespace open at `netns`.
+pub async fn create_veth(
+    handle: &Handle,
+    host: &str,
+    peer: &str,
+    mtu: u32,
+    bridge: u32,
+    netns: &File,
+) -> Result<(), NetlinkError> {
+    use std::os::fd::AsRawFd;
+    handle
+        .link()
+        .add(LinkVeth::new(host, peer).mtu(mtu).build())
+        .execute()
+        .await
+        .map_err(fail(format!("creating veth {host}/{peer}")))?;
+    let host_index = link_by_name(handle, host)
+        .await?
+        .map(|l| l.header.index)
+        .ok_or_else(|| NetlinkError {
+            action: format!("creating veth {host}"),
+            reason: "host end vanished".into(),
+        })?;
+    let peer_index = link_by_name(handle, peer)
+        .await?
+        .map(|l| l.header.index)
+        .ok_or_else(|| NetlinkError {
+            action: format!("creating veth {peer}"),
+            reason: "peer end vanished".into(),
+        })?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(host_index)
+                .controller(bridge)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(fail(format!("attaching {host} to the bridge")))?;
+    handle
+        .link()
+        .set(
+            // The MTU given at creation applies to the first end only.
+            LinkUnspec::new_with_index(peer_index)
+                .mtu(mtu)
+                .setns_by_fd(netns.as_raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(fail(format!("moving {peer} into the pod netns")))
+}
+
+/// Deletes link `name`; absent is fine (DEL is idempotent). Returns whether it existed.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetlinkError> {
+    let Some(link) = link_by_name(handle, name).await? else {
+        return Ok(false);
+    };
+    match handle.link().del(link.header.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(fail(format!("deleting {name}"))(e)),
+    }
+}
+
+/// Inside the pod netns: renames `temp` to `ifname`, brings it and `lo` up, adds the address
+/// and (optionally) the default route. Returns the interface's MAC.
+pub async fn configure_pod_side(
+    handle: Handle,
+    temp: String,
+    ifname: String,
+    addr: Ipv4Addr,
+    prefix: u8,
+    default_gw: Option<Ipv4Addr>,
+) -> Result<String, NetlinkError> {
+    let index = link_by_name(&handle, &temp)
+        .await?
+        .map(|l| l.header.index)
+        .ok_or_else(|| NetlinkError {
+            action: format!("finding {temp} in the pod netns"),
+            reason: "not there".into(),
+        })?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .name(ifname.clone())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(fail(format!("renaming {temp} to {ifname}")))?;
+    set_up(&handle, index).await?;
+    if let Some(lo) = link_by_name(&handle, "lo").await? {
+        set_up(&handle, lo.header.index).await?;
+    }
+    add_address(&handle, index, addr, prefix).await?;
+    if let Some(gw) = default_gw {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .gateway(gw)
+            .output_interface(index)
+            .build();
+        match handle.route().add(route).execute().await {
+            Ok(()) => {}
+            Err(e) if is_exists(&e) => {}
+            Err(e) => return Err(fail(format!("adding default route via {gw}"))(e)),
+        }
+    }
+    let link = link_by_name(&handle, &ifname).await?;
+    Ok(link.as_ref().map(mac_of).unwrap_or_default())
+}

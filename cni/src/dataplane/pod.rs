@@ -1,0 +1,290 @@
+//! ADD and DEL of one pod interface on a Linux bridge: bridge with the gateway address, a veth
+//! pair (host end on the bridge, pod end renamed to `CNI_IFNAME` in the pod netns), IPAM by
+//! delegation, address and default route. ADD undoes everything it did when any step fails;
+//! DEL is keyed on the container id alone, so it works when the netns is already gone.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnetwork::Ipv4Network;
+use rtnetlink::Handle;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::ipam;
+use super::netlink::{self, NetlinkError};
+use crate::conf::BridgeType;
+use crate::spec::{code, CniError, Command, Request};
+
+/// Interface-name collisions in the pod netns (plugin-specific code, as the spec allows).
+pub const CODE_INTERFACE_EXISTS: u32 = 100;
+/// A netlink step failed.
+pub const CODE_NETLINK: u32 = 101;
+
+/// The plugin keys of the generated conflist this module reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PluginConf {
+    bridge: String,
+    #[serde(default)]
+    bridge_type: Option<BridgeType>,
+    #[serde(rename = "bridgeIPv4")]
+    bridge_ipv4: Ipv4Network,
+    #[serde(default = "default_mtu")]
+    mtu: u32,
+    #[serde(default)]
+    is_default_gateway: bool,
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+
+/// Deterministic per (container, ifname), at most 15 characters (IFNAMSIZ - 1).
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    format!(
+        "evio{:011x}",
+        fnv(&format!("{container_id}/{ifname}")) & 0xfff_ffff_ffff
+    )
+}
+
+fn temp_peer_name(container_id: &str, ifname: &str) -> String {
+    format!(
+        "evtmp{:010x}",
+        fnv(&format!("peer/{container_id}/{ifname}")) & 0xff_ffff_ffff
+    )
+}
+
+fn parse_conf(request: &Request) -> Result<PluginConf, CniError> {
+    let conf: PluginConf = serde_json::from_value(request.config.clone()).map_err(|e| {
+        CniError::new(
+            &request.version(),
+            code::INVALID_NETWORK_CONFIG,
+            "invalid evio-cni network config",
+        )
+        .with_details(e.to_string())
+    })?;
+    if conf.bridge.is_empty() || conf.bridge.len() > 15 {
+        return Err(CniError::new(
+            &request.version(),
+            code::INVALID_NETWORK_CONFIG,
+            format!("invalid bridge name {:?}: 1 to 15 characters", conf.bridge),
+        ));
+    }
+    if conf.bridge_type == Some(BridgeType::Ovs) {
+        return Err(CniError::new(
+            &request.version(),
+            code::INVALID_NETWORK_CONFIG,
+            "bridgeType \"OVS\" is not available in this build yet; use \"LXBR\"",
+        ));
+    }
+    Ok(conf)
+}
+
+fn netlink_error(version: &str) -> impl Fn(NetlinkError) -> CniError + '_ {
+    move |e| CniError::new(version, CODE_NETLINK, e.action).with_details(e.reason)
+}
+
+/// The pod's address and gateway from the IPAM result (any supported result version).
+fn ipam_address(
+    result: &Value,
+    version: &str,
+) -> Result<(Ipv4Network, Option<Ipv4Addr>), CniError> {
+    let first = &result["ips"][0];
+    let address: Ipv4Network = first["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| {
+            CniError::new(
+                version,
+                code::DECODE_FAILURE,
+                "IPAM returned no IPv4 address",
+            )
+            .with_details(result.to_string())
+        })?;
+    let gateway = first["gateway"].as_str().and_then(|g| g.parse().ok());
+    Ok((address, gateway))
+}
+
+/// Sets up the pod interface; returns the CNI result for the config's version.
+pub async fn add(
+    handle: &Handle,
+    bridge_lock: &tokio::sync::Mutex<()>,
+    request: &Request,
+) -> Result<Value, CniError> {
+    let version = request.version();
+    let conf = parse_conf(request)?;
+    let netns_path = PathBuf::from(&request.netns);
+    let netns = File::open(&netns_path).map_err(|e| {
+        CniError::new(
+            &version,
+            code::INVALID_ENVIRONMENT,
+            format!("CNI_NETNS {} cannot be opened", request.netns),
+        )
+        .with_details(e.to_string())
+    })?;
+    let ifname = request.ifname.clone();
+    let taken = {
+        let ifname = ifname.clone();
+        let path = netns_path.clone();
+        tokio::task::spawn_blocking(move || {
+            netlink::in_netns(&path, move |h| async move {
+                Ok(netlink::link_by_name(&h, &ifname).await?.is_some())
+            })
+        })
+        .await
+        .map_err(|e| {
+            CniError::new(&version, CODE_NETLINK, "netns worker").with_details(e.to_string())
+        })?
+        .map_err(netlink_error(&version))?
+    };
+    if taken {
+        return Err(CniError::new(
+            &version,
+            CODE_INTERFACE_EXISTS,
+            format!("interface {ifname} already exists in {}", request.netns),
+        ));
+    }
+
+    let bridge_index = {
+        let _serialized = bridge_lock.lock().await;
+        netlink::ensure_bridge(
+            handle,
+            &conf.bridge,
+            conf.bridge_ipv4.ip(),
+            conf.bridge_ipv4.prefix(),
+            conf.mtu,
+        )
+        .await
+        .map_err(netlink_error(&version))?
+    };
+    let host = host_veth_name(&request.container_id, &ifname);
+    let temp = temp_peer_name(&request.container_id, &ifname);
+    netlink::create_veth(handle, &host, &temp, conf.mtu, bridge_index, &netns)
+        .await
+        .map_err(netlink_error(&version))?;
+
+    // From here on, a failure undoes the veth (and the IPAM reservation once made).
+    let result = async {
+        let ipam_result = ipam::delegate(request, Command::Add)?;
+        let undo_ipam = |e: CniError| {
+            if let Err(del) = ipam::delegate(request, Command::Del) {
+                tracing::warn!(error = %del, "IPAM DEL during rollback failed");
+            }
+            e
+        };
+        let (address, ipam_gateway) = ipam_address(&ipam_result, &version).map_err(undo_ipam)?;
+        let gateway = ipam_gateway.unwrap_or(conf.bridge_ipv4.ip());
+        let default_gw = conf.is_default_gateway.then_some(gateway);
+        let pod_mac = {
+            let (temp, ifname, path) = (temp.clone(), ifname.clone(), netns_path.clone());
+            tokio::task::spawn_blocking(move || {
+                netlink::in_netns(&path, move |h| {
+                    netlink::configure_pod_side(
+                        h,
+                        temp,
+                        ifname,
+                        address.ip(),
+                        address.prefix(),
+                        default_gw,
+                    )
+                })
+            })
+            .await
+            .map_err(|e| {
+                CniError::new(&version, CODE_NETLINK, "netns worker").with_details(e.to_string())
+            })
+            .and_then(|r| r.map_err(netlink_error(&version)))
+            .map_err(undo_ipam)?
+        };
+        enable_forwarding();
+        let host_mac = netlink::link_by_name(handle, &host)
+            .await
+            .ok()
+            .flatten()
+            .map(|l| netlink::mac_of(&l))
+            .unwrap_or_default();
+        let bridge_mac = netlink::link_by_name(handle, &conf.bridge)
+            .await
+            .ok()
+            .flatten()
+            .map(|l| netlink::mac_of(&l))
+            .unwrap_or_default();
+        let mut ip =
+            json!({"address": address.to_string(), "gateway": gateway.to_string(), "interface": 2});
+        if version.starts_with("0.3") {
+            ip["version"] = json!("4");
+        }
+        let mut result = json!({
+            "cniVersion": version,
+            "interfaces": [
+                {"name": conf.bridge, "mac": bridge_mac},
+                {"name": host, "mac": host_mac},
+                {"name": ifname, "mac": pod_mac, "sandbox": request.netns},
+            ],
+            "ips": [ip],
+            "routes": [],
+            "dns": ipam_result.get("dns").cloned().unwrap_or_else(|| json!({})),
+        });
+        if let Some(gw) = default_gw {
+            result["routes"] = json!([{"dst": "0.0.0.0/0", "gw": gw.to_string()}]);
+        }
+        Ok(result)
+    }
+    .await;
+    if result.is_err() {
+        if let Err(e) = netlink::delete_link(handle, &host).await {
+            tracing::warn!(error = %e, veth = %host, "veth rollback failed");
+        }
+    }
+    result
+}
+
+/// Removes the pod interface and releases its address. Idempotent; needs no netns.
+pub async fn del(handle: &Handle, request: &Request) -> Result<Value, CniError> {
+    let version = request.version();
+    let host = host_veth_name(&request.container_id, &request.ifname);
+    // Deleting the host end deletes the pod end with it, wherever it lives.
+    netlink::delete_link(handle, &host)
+        .await
+        .map_err(netlink_error(&version))?;
+    if request.config["ipam"]["type"].is_string() {
+        ipam::delegate(request, Command::Del)?;
+    }
+    Ok(Value::Null)
+}
+
+/// Pods route through the host: forwarding must be on. Failing to set it is logged, not
+/// fatal (it may be managed, and already on, elsewhere).
+fn enable_forwarding() {
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1") {
+        tracing::warn!(error = %e, "cannot enable IPv4 forwarding");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_fit_and_are_stable() {
+        let a = host_veth_name("0123456789abcdef0123456789abcdef", "eth0");
+        assert_eq!(
+            a,
+            host_veth_name("0123456789abcdef0123456789abcdef", "eth0")
+        );
+        assert_ne!(
+            a,
+            host_veth_name("0123456789abcdef0123456789abcdef", "eth1")
+        );
+        assert!(a.len() <= 15 && a.starts_with("evio"), "{a}");
+        assert!(temp_peer_name("c", "eth0").len() <= 15);
+    }
+}

@@ -1,0 +1,260 @@
+//! The Linux-bridge packet path in real network namespaces with the real host-local plugin:
+//! two pods get addresses from the node block and reach each other and the gateway; a failed
+//! ADD leaves no veth and no address behind; DEL is idempotent and works without the netns.
+//! Needs root (CI runs as root; under CI=true a missing prerequisite fails the test).
+
+use std::path::Path;
+use std::process::Command as Process;
+
+use evio_cni::dataplane::{netlink, pod};
+use evio_cni::spec::{Command, Request};
+use serde_json::{json, Value};
+
+const HOST_LOCAL_DIRS: &str = "/usr/lib/cni:/opt/cni/bin";
+
+/// Whether the test can run here; under CI it must.
+fn prerequisites() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let host_local = HOST_LOCAL_DIRS
+        .split(':')
+        .any(|d| Path::new(d).join("host-local").is_file());
+    let ping = Process::new("ping").arg("-V").output().is_ok();
+    if root && host_local && ping {
+        return true;
+    }
+    let why = format!(
+        "root={root} host-local={host_local} ping={ping} (run scripts/install-deps.sh as root)"
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "dataplane prerequisites missing under CI: {why}"
+    );
+    eprintln!("skipping dataplane test outside CI: {why}");
+    false
+}
+
+fn ip(args: &[&str]) -> std::process::Output {
+    Process::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"))
+}
+
+/// Test resources with unique names, removed on drop.
+struct Fixture {
+    tag: String,
+    namespaces: Vec<String>,
+    bridge: String,
+    ipam_dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tag = format!("{:06x}", rand_u32() & 0xff_ffff);
+        Fixture {
+            bridge: format!("evt{tag}"),
+            tag,
+            namespaces: Vec::new(),
+            ipam_dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    fn netns(&mut self, name: &str) -> String {
+        let ns = format!("evio-{}-{name}", self.tag);
+        let out = ip(&["netns", "add", &ns]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.namespaces.push(ns.clone());
+        format!("/run/netns/{ns}")
+    }
+
+    fn config(&self, range_end: &str) -> Value {
+        json!({
+            "cniVersion": "1.0.0", "name": format!("evio-test-{}", self.tag), "type": "evio-cni",
+            "bridge": self.bridge, "bridgeType": "LXBR", "bridgeIPv4": "10.99.3.1/16",
+            "isGateway": true, "isDefaultGateway": true, "mtu": 1400,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": self.ipam_dir.path(),
+                "ranges": [[{"subnet": "10.99.0.0/16", "rangeStart": "10.99.3.2",
+                             "rangeEnd": range_end, "gateway": "10.99.3.1"}]],
+            },
+        })
+    }
+
+    fn request(&self, command: Command, container: &str, netns: &str, config: Value) -> Request {
+        Request {
+            command,
+            container_id: format!("{}-{container}", self.tag),
+            netns: netns.to_string(),
+            ifname: "eth0".into(),
+            args: String::new(),
+            path: HOST_LOCAL_DIRS.into(),
+            config,
+        }
+    }
+
+    /// Files host-local keeps for reserved addresses.
+    fn reservations(&self) -> Vec<String> {
+        let dir = self.ipam_dir.path().join(format!("evio-test-{}", self.tag));
+        std::fs::read_dir(dir)
+            .map(|it| {
+                it.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("10."))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+fn rand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+fn link_exists(name: &str) -> bool {
+    ip(&["link", "show", name]).status.success()
+}
+
+fn ping_from(netns_path: &str, target: &str) -> bool {
+    let ns = netns_path.trim_start_matches("/run/netns/");
+    Process::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", target])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linux_bridge_add_del_with_host_local() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let handle = netlink::connect().unwrap_or_else(|e| panic!("{e}"));
+    let lock = tokio::sync::Mutex::new(());
+    let (ns_a, ns_b) = (fx.netns("a"), fx.netns("b"));
+
+    let add_a = fx.request(Command::Add, "a", &ns_a, fx.config("10.99.3.254"));
+    let result_a = pod::add(&handle, &lock, &add_a)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(result_a["ips"][0]["address"], "10.99.3.2/16", "{result_a}");
+    assert_eq!(result_a["ips"][0]["gateway"], "10.99.3.1");
+    assert_eq!(
+        result_a["routes"][0],
+        json!({"dst": "0.0.0.0/0", "gw": "10.99.3.1"})
+    );
+    assert_eq!(result_a["interfaces"][2]["sandbox"], ns_a.as_str());
+    let add_b = fx.request(Command::Add, "b", &ns_b, fx.config("10.99.3.254"));
+    let result_b = pod::add(&handle, &lock, &add_b)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(result_b["ips"][0]["address"], "10.99.3.3/16", "{result_b}");
+
+    // The bridge carries the gateway with the pod CIDR's mask; pods reach it and each other.
+    let bridge_addr =
+        String::from_utf8_lossy(&ip(&["-4", "addr", "show", &fx.bridge]).stdout).to_string();
+    assert!(bridge_addr.contains("10.99.3.1/16"), "{bridge_addr}");
+    assert!(
+        ping_from(&ns_a, "10.99.3.1"),
+        "pod a cannot reach the gateway"
+    );
+    assert!(ping_from(&ns_a, "10.99.3.3"), "pod a cannot reach pod b");
+    let inside = String::from_utf8_lossy(
+        &ip(&[
+            "-n",
+            ns_a.trim_start_matches("/run/netns/"),
+            "link",
+            "show",
+            "eth0",
+        ])
+        .stdout,
+    )
+    .to_string();
+    assert!(inside.contains("mtu 1400"), "{inside}");
+
+    // ADD of an ifname that exists fails, and leaves pod a intact.
+    let again = pod::add(&handle, &lock, &add_a)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(again.code, pod::CODE_INTERFACE_EXISTS, "{again:?}");
+    assert!(ping_from(&ns_a, "10.99.3.3"));
+
+    // Failures after the veth exists roll everything back: an exhausted range...
+    let ns_c = fx.netns("c");
+    let tight = fx.config("10.99.3.3");
+    let add_c = fx.request(Command::Add, "c", &ns_c, tight);
+    let err = pod::add(&handle, &lock, &add_c)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        !link_exists(&pod::host_veth_name(&add_c.container_id, "eth0")),
+        "veth left behind: {err:?}"
+    );
+    assert_eq!(fx.reservations().len(), 2, "{:?}", fx.reservations());
+    // ...and an IPAM plugin that is not there.
+    let mut missing = fx.config("10.99.3.254");
+    missing["ipam"]["type"] = json!("no-such-ipam");
+    let add_d = fx.request(Command::Add, "d", &ns_c, missing);
+    let err = pod::add(&handle, &lock, &add_d)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.code, 7, "{err:?}");
+    assert!(!link_exists(&pod::host_veth_name(
+        &add_d.container_id,
+        "eth0"
+    )));
+    let ns_c_links = String::from_utf8_lossy(
+        &ip(&["-n", ns_c.trim_start_matches("/run/netns/"), "link"]).stdout,
+    )
+    .to_string();
+    assert!(
+        !ns_c_links.contains("eth0") && !ns_c_links.contains("evtmp"),
+        "{ns_c_links}"
+    );
+
+    // DEL: idempotent, and fine once the netns is gone.
+    let del_a = fx.request(Command::Del, "a", &ns_a, fx.config("10.99.3.254"));
+    pod::del(&handle, &del_a)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    pod::del(&handle, &del_a)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(!link_exists(&pod::host_veth_name(
+        &del_a.container_id,
+        "eth0"
+    )));
+    let b_ns_name = fx.namespaces[1].clone();
+    assert!(ip(&["netns", "del", &b_ns_name]).status.success());
+    fx.namespaces.retain(|n| n != &b_ns_name);
+    let del_b = fx.request(Command::Del, "b", &ns_b, fx.config("10.99.3.254"));
+    pod::del(&handle, &del_b)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
+    assert!(!link_exists(&pod::host_veth_name(
+        &del_b.container_id,
+        "eth0"
+    )));
+}
