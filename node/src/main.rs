@@ -6,6 +6,7 @@
 //!
 //! The daemon's HTTP API (and Raft RPC) is served by [`serve`].
 
+mod cni_service;
 mod commands;
 mod serve;
 

@@ -79,6 +79,7 @@ impl Cluster {
         extra: &[&str],
     ) -> std::process::Command {
         let data = self.data_dir(data_name).to_string_lossy().to_string();
+        let cni_socket = format!("{data}.cni.sock");
         let token = self.token_file.to_string_lossy().to_string();
         let mut args = vec![
             "run",
@@ -96,6 +97,8 @@ impl Cluster {
             &token,
             "--voter-grace",
             self.grace,
+            "--cni-socket",
+            &cni_socket,
         ];
         let join = join.join(",");
         if join.is_empty() {
@@ -417,6 +420,8 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
         "n9",
         "--data-dir",
         &cluster.data_dir("n9").to_string_lossy(),
+        "--cni-socket",
+        &cluster.data_dir("n9.cni.sock").to_string_lossy(),
         "--listen",
         &free_addr(),
         "--join",
@@ -445,6 +450,8 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
         "intruder",
         "--data-dir",
         &cluster.data_dir("intruder").to_string_lossy(),
+        "--cni-socket",
+        &cluster.data_dir("intruder.cni.sock").to_string_lossy(),
         "--listen",
         &free_addr(),
         "--join",

@@ -9,6 +9,7 @@ use anyhow::Context;
 use evio_cni::NetConf;
 use evio_raft::{Pool, Replica, ReplicaConfig};
 
+use crate::cni_service::CniService;
 use crate::serve::{self, spawn_api, ShutdownSignals};
 
 #[derive(clap::Args)]
@@ -28,6 +29,9 @@ pub struct DevArgs {
     /// This node's name (a Kubernetes node name); defaults to $NODE_NAME, then the hostname.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// The CNI socket evio-cni forwards to. Default: <data-dir>/cni.sock.
+    #[arg(long)]
+    cni_socket: Option<std::path::PathBuf>,
 }
 
 /// Where `dev` keeps the cluster token it generated (pass it to the CLI with --token-file).
@@ -77,6 +81,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut server = spawn_api(listener, replica.clone(), Default::default(), async {
         let _ = stop_rx.await;
     });
+    let cni_socket = args
+        .cni_socket
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("cni.sock"));
+    let cni = CniService::bind(&cni_socket)?;
+    let cni = tokio::spawn(cni.run());
 
     let setup = async {
         replica.bootstrap_single().await?;
@@ -100,6 +110,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 new_lease = created,
                 conflist = %net_d.join(evio_cni::CONFLIST_FILE).display(),
                 conflist_rewritten = written,
+                cni_socket = %cni_socket.display(),
                 token_file = %token_file.display(),
                 "evio-node dev ready: API at http://{addr} (try: curl http://{addr}/v1/leases)"
             );
@@ -108,6 +119,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Err(e) => Err(e),
     };
     let _ = stop_tx.send(());
+    cni.abort();
+    let _ = cni.await;
     if !server.is_finished() {
         match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
             Ok(_) => {}

@@ -13,6 +13,7 @@ use evio_raft::{
 };
 use serde::Deserialize;
 
+use crate::cni_service::CniService;
 use crate::serve::{self, spawn_api, ShutdownSignals};
 
 /// Flags; the same keys (kebab-case) may come from `--config FILE` (JSON). Flags win.
@@ -72,6 +73,9 @@ pub struct RunArgs {
     /// Log entries kept after a snapshot, for members slightly behind. Default: 500.
     #[arg(long)]
     snapshot_keep: Option<u64>,
+    /// The CNI socket evio-cni forwards to. Default: /run/evio/cni.sock.
+    #[arg(long)]
+    cni_socket: Option<PathBuf>,
     /// Require the cluster token for lease reads too.
     #[arg(long)]
     #[serde(default)]
@@ -92,6 +96,7 @@ struct Settings {
     voter_grace: Duration,
     tuning: RaftTuning,
     auth_reads: bool,
+    cni_socket: PathBuf,
 }
 
 impl RunArgs {
@@ -126,6 +131,7 @@ impl RunArgs {
             snapshot_every: self.snapshot_every.or(file.snapshot_every),
             snapshot_keep: self.snapshot_keep.or(file.snapshot_keep),
             auth_reads: self.auth_reads || file.auth_reads,
+            cni_socket: self.cni_socket.or(file.cni_socket),
         })
     }
 
@@ -201,6 +207,9 @@ impl RunArgs {
                     .unwrap_or(defaults.logs_kept_after_snapshot),
             },
             auth_reads: args.auth_reads,
+            cni_socket: args
+                .cni_socket
+                .unwrap_or_else(|| PathBuf::from(evio_cni::spec::DEFAULT_SOCKET)),
         })
     }
 }
@@ -265,6 +274,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = server_stop.wait_for(|stop| *stop).await;
         },
     );
+    let cni = match CniService::bind(&settings.cni_socket) {
+        Ok(service) => tokio::spawn(service.run()),
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            replica.shutdown().await;
+            return Err(e.into());
+        }
+    };
     let controller =
         MembershipController::new(replica.clone(), settings.voters, settings.voter_grace);
     let controller = tokio::spawn(controller.run(stop_rx.clone()));
@@ -295,6 +313,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = signals.recv() => Ok(()),
     };
     let _ = stop_tx.send(true);
+    cni.abort();
+    let _ = cni.await;
     let _ = tokio::time::timeout(Duration::from_secs(10), &mut server).await;
     let _ = controller.await;
     replica.shutdown().await;

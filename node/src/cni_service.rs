@@ -1,0 +1,150 @@
+//! The daemon's CNI service: the unix socket `evio-cni` forwards kubelet's requests to.
+//! One JSON request line in, one JSON reply out, per connection. Concurrent requests run
+//! concurrently; only bridge creation is serialised.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use evio_cni::dataplane::{netlink, pod};
+use evio_cni::spec::{code, version_result, CniError, Command, Reply, Request, LATEST_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Requests are small JSON documents; anything bigger is refused.
+const MAX_REQUEST: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("CNI socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CNI service: {0}")]
+    Netlink(#[from] netlink::NetlinkError),
+}
+
+pub struct CniService {
+    path: PathBuf,
+    listener: UnixListener,
+    handle: rtnetlink::Handle,
+    bridge_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl CniService {
+    /// Binds the socket (replacing a stale one left by a crash), owner-only.
+    pub fn bind(path: &Path) -> Result<Self, ServiceError> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let err = |source| ServiceError::Socket {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if meta.file_type().is_socket() {
+                std::fs::remove_file(path).map_err(err)?;
+            }
+        }
+        let listener = UnixListener::bind(path).map_err(err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            listener,
+            handle: netlink::connect()?,
+            bridge_lock: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Serves until the task is dropped or aborted.
+    pub async fn run(self) {
+        loop {
+            let (stream, _) = match self.listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "CNI socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let handle = self.handle.clone();
+            let lock = self.bridge_lock.clone();
+            tokio::spawn(async move { serve_one(stream, handle, lock).await });
+        }
+    }
+}
+
+impl Drop for CniService {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve_one(
+    mut stream: UnixStream,
+    handle: rtnetlink::Handle,
+    lock: Arc<tokio::sync::Mutex<()>>,
+) {
+    let mut bytes = Vec::new();
+    let reply = match (&mut stream)
+        .take(MAX_REQUEST)
+        .read_to_end(&mut bytes)
+        .await
+    {
+        Err(e) => Reply::Error(
+            CniError::new(LATEST_VERSION, code::IO_FAILURE, "reading the request")
+                .with_details(e.to_string()),
+        ),
+        Ok(_) => match serde_json::from_slice::<Request>(&bytes) {
+            Err(e) => Reply::Error(
+                CniError::new(
+                    LATEST_VERSION,
+                    code::DECODE_FAILURE,
+                    "unreadable request from evio-cni",
+                )
+                .with_details(e.to_string()),
+            ),
+            Ok(request) => dispatch(&handle, &lock, &request).await,
+        },
+    };
+    let out = serde_json::to_vec(&reply).unwrap_or_default();
+    if let Err(e) = stream.write_all(&out).await {
+        tracing::warn!(error = %e, "CNI reply could not be sent");
+    }
+}
+
+async fn dispatch(
+    handle: &rtnetlink::Handle,
+    lock: &tokio::sync::Mutex<()>,
+    request: &Request,
+) -> Reply {
+    let started = std::time::Instant::now();
+    let outcome = match request.command {
+        Command::Add => pod::add(handle, lock, request).await,
+        Command::Del => pod::del(handle, request).await,
+        Command::Version => Ok(version_result(
+            &serde_json::to_vec(&request.config).unwrap_or_default(),
+        )),
+        Command::Check | Command::Status | Command::Gc => Err(CniError::new(
+            &request.version(),
+            50,
+            format!(
+                "{:?} is not available in this evio-node yet",
+                request.command
+            ),
+        )),
+    };
+    match &outcome {
+        Ok(_) => {
+            tracing::info!(command = ?request.command, container = %request.container_id, ifname = %request.ifname, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "CNI request done")
+        }
+        Err(e) => {
+            tracing::warn!(command = ?request.command, container = %request.container_id, code = e.code, error = %e.msg, details = %e.details, "CNI request failed")
+        }
+    }
+    match outcome {
+        Ok(value) => Reply::Ok(value),
+        Err(e) => Reply::Error(e),
+    }
+}
