@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command as Process;
 
-use evio_cni::dataplane::{netlink, pod};
+use evio_cni::dataplane::{masquerade, pod, PodNetwork};
 use evio_cni::spec::{Command, Request};
 use serde_json::{json, Value};
 
@@ -76,6 +76,7 @@ impl Fixture {
             "cniVersion": "1.0.0", "name": format!("evio-test-{}", self.tag), "type": "evio-cni",
             "bridge": self.bridge, "bridgeType": "LXBR", "bridgeIPv4": "10.99.3.1/16",
             "isGateway": true, "isDefaultGateway": true, "mtu": 1400,
+            "isIPMasq": true, "nodeSubnet": "10.99.3.0/24", "podCIDR": "10.99.0.0/16",
             "ipam": {
                 "type": "host-local",
                 "dataDir": self.ipam_dir.path(),
@@ -117,7 +118,23 @@ impl Drop for Fixture {
             let _ = ip(&["netns", "del", ns]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
+        let _ = masquerade::remove(node_subnet());
     }
+}
+
+fn node_subnet() -> ipnetwork::Ipv4Network {
+    "10.99.3.0/24".parse().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn masquerade_rules() -> usize {
+    let out = Process::new("nft")
+        .args(["list", "chain", "ip", masquerade::TABLE, "postrouting"])
+        .output()
+        .unwrap_or_else(|e| panic!("nft: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("ip saddr 10.99.3.0/24 ip daddr != 10.99.0.0/16 masquerade"))
+        .count()
 }
 
 fn rand_u32() -> u32 {
@@ -147,14 +164,11 @@ async fn linux_bridge_add_del_with_host_local() {
         return;
     }
     let mut fx = Fixture::new();
-    let handle = netlink::connect().unwrap_or_else(|e| panic!("{e}"));
-    let lock = tokio::sync::Mutex::new(());
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
     let (ns_a, ns_b) = (fx.netns("a"), fx.netns("b"));
 
     let add_a = fx.request(Command::Add, "a", &ns_a, fx.config("10.99.3.254"));
-    let result_a = pod::add(&handle, &lock, &add_a)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    let result_a = pods.add(&add_a).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(result_a["ips"][0]["address"], "10.99.3.2/16", "{result_a}");
     assert_eq!(result_a["ips"][0]["gateway"], "10.99.3.1");
     assert_eq!(
@@ -163,10 +177,11 @@ async fn linux_bridge_add_del_with_host_local() {
     );
     assert_eq!(result_a["interfaces"][2]["sandbox"], ns_a.as_str());
     let add_b = fx.request(Command::Add, "b", &ns_b, fx.config("10.99.3.254"));
-    let result_b = pod::add(&handle, &lock, &add_b)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    let result_b = pods.add(&add_b).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(result_b["ips"][0]["address"], "10.99.3.3/16", "{result_b}");
+
+    // One masquerade rule for the node subnet, however many pods.
+    assert_eq!(masquerade_rules(), 1);
 
     // The bridge carries the gateway with the pod CIDR's mask; pods reach it and each other.
     let bridge_addr =
@@ -191,10 +206,7 @@ async fn linux_bridge_add_del_with_host_local() {
     assert!(inside.contains("mtu 1400"), "{inside}");
 
     // ADD of an ifname that exists fails, and leaves pod a intact.
-    let again = pod::add(&handle, &lock, &add_a)
-        .await
-        .map(|_| ())
-        .unwrap_err();
+    let again = pods.add(&add_a).await.map(|_| ()).unwrap_err();
     assert_eq!(again.code, pod::CODE_INTERFACE_EXISTS, "{again:?}");
     assert!(ping_from(&ns_a, "10.99.3.3"));
 
@@ -202,10 +214,7 @@ async fn linux_bridge_add_del_with_host_local() {
     let ns_c = fx.netns("c");
     let tight = fx.config("10.99.3.3");
     let add_c = fx.request(Command::Add, "c", &ns_c, tight);
-    let err = pod::add(&handle, &lock, &add_c)
-        .await
-        .map(|_| ())
-        .unwrap_err();
+    let err = pods.add(&add_c).await.map(|_| ()).unwrap_err();
     assert!(
         !link_exists(&pod::host_veth_name(&add_c.container_id, "eth0")),
         "veth left behind: {err:?}"
@@ -215,10 +224,7 @@ async fn linux_bridge_add_del_with_host_local() {
     let mut missing = fx.config("10.99.3.254");
     missing["ipam"]["type"] = json!("no-such-ipam");
     let add_d = fx.request(Command::Add, "d", &ns_c, missing);
-    let err = pod::add(&handle, &lock, &add_d)
-        .await
-        .map(|_| ())
-        .unwrap_err();
+    let err = pods.add(&add_d).await.map(|_| ()).unwrap_err();
     assert_eq!(err.code, 7, "{err:?}");
     assert!(!link_exists(&pod::host_veth_name(
         &add_d.container_id,
@@ -235,12 +241,8 @@ async fn linux_bridge_add_del_with_host_local() {
 
     // DEL: idempotent, and fine once the netns is gone.
     let del_a = fx.request(Command::Del, "a", &ns_a, fx.config("10.99.3.254"));
-    pod::del(&handle, &del_a)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    pod::del(&handle, &del_a)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    pods.del(&del_a).await.unwrap_or_else(|e| panic!("{e:?}"));
+    pods.del(&del_a).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert!(!link_exists(&pod::host_veth_name(
         &del_a.container_id,
         "eth0"
@@ -249,9 +251,7 @@ async fn linux_bridge_add_del_with_host_local() {
     assert!(ip(&["netns", "del", &b_ns_name]).status.success());
     fx.namespaces.retain(|n| n != &b_ns_name);
     let del_b = fx.request(Command::Del, "b", &ns_b, fx.config("10.99.3.254"));
-    pod::del(&handle, &del_b)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    pods.del(&del_b).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
     assert!(!link_exists(&pod::host_veth_name(
         &del_b.container_id,

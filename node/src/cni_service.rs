@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use evio_cni::dataplane::{netlink, pod};
+use evio_cni::dataplane::{netlink, PodNetwork};
 use evio_cni::spec::{code, version_result, CniError, Command, Reply, Request, LATEST_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -27,8 +27,7 @@ pub enum ServiceError {
 pub struct CniService {
     path: PathBuf,
     listener: UnixListener,
-    handle: rtnetlink::Handle,
-    bridge_lock: Arc<tokio::sync::Mutex<()>>,
+    pods: Arc<PodNetwork>,
 }
 
 impl CniService {
@@ -52,8 +51,7 @@ impl CniService {
         Ok(Self {
             path: path.to_path_buf(),
             listener,
-            handle: netlink::connect()?,
-            bridge_lock: Arc::new(tokio::sync::Mutex::new(())),
+            pods: Arc::new(PodNetwork::new()?),
         })
     }
 
@@ -68,9 +66,8 @@ impl CniService {
                     continue;
                 }
             };
-            let handle = self.handle.clone();
-            let lock = self.bridge_lock.clone();
-            tokio::spawn(async move { serve_one(stream, handle, lock).await });
+            let pods = self.pods.clone();
+            tokio::spawn(async move { serve_one(stream, &pods).await });
         }
     }
 }
@@ -81,11 +78,7 @@ impl Drop for CniService {
     }
 }
 
-async fn serve_one(
-    mut stream: UnixStream,
-    handle: rtnetlink::Handle,
-    lock: Arc<tokio::sync::Mutex<()>>,
-) {
+async fn serve_one(mut stream: UnixStream, pods: &PodNetwork) {
     let mut bytes = Vec::new();
     let reply = match (&mut stream)
         .take(MAX_REQUEST)
@@ -105,7 +98,7 @@ async fn serve_one(
                 )
                 .with_details(e.to_string()),
             ),
-            Ok(request) => dispatch(&handle, &lock, &request).await,
+            Ok(request) => dispatch(pods, &request).await,
         },
     };
     let out = serde_json::to_vec(&reply).unwrap_or_default();
@@ -114,15 +107,11 @@ async fn serve_one(
     }
 }
 
-async fn dispatch(
-    handle: &rtnetlink::Handle,
-    lock: &tokio::sync::Mutex<()>,
-    request: &Request,
-) -> Reply {
+async fn dispatch(pods: &PodNetwork, request: &Request) -> Reply {
     let started = std::time::Instant::now();
     let outcome = match request.command {
-        Command::Add => pod::add(handle, lock, request).await,
-        Command::Del => pod::del(handle, request).await,
+        Command::Add => pods.add(request).await,
+        Command::Del => pods.del(request).await,
         Command::Version => Ok(version_result(
             &serde_json::to_vec(&request.config).unwrap_or_default(),
         )),

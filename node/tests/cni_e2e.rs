@@ -67,6 +67,15 @@ impl Drop for Netns {
     }
 }
 
+/// Removes the masquerade rule the daemon installed for its node subnet.
+struct MasqueradeRule(ipnetwork::Ipv4Network);
+
+impl Drop for MasqueradeRule {
+    fn drop(&mut self) {
+        let _ = evio_cni::dataplane::masquerade::remove(self.0);
+    }
+}
+
 struct Link(String);
 
 impl Drop for Link {
@@ -123,6 +132,11 @@ fn evio_cni_add_and_del_through_the_daemon() {
     let netns = format!("/run/netns/{}", ns.0);
     let container = format!("e2e-{tag}");
 
+    let subnet: ipnetwork::Ipv4Network = config["nodeSubnet"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("conflist without nodeSubnet: {config}"));
+    let _masquerade = MasqueradeRule(subnet);
     let (code, result) = cni("ADD", &container, &netns, &config);
     assert_eq!(code, 0, "{result}\n{}", daemon.logs());
     // dev leased block 0 of 10.244.0.0/16: the first pod gets .2 with the /16 mask.

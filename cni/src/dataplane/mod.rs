@@ -2,5 +2,8 @@
 //! IPAM by delegation, addresses and routes.
 
 pub mod ipam;
+pub mod masquerade;
 pub mod netlink;
 pub mod pod;
+
+pub use pod::PodNetwork;

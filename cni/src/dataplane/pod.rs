@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::ipam;
+use super::masquerade::Masquerade;
 use super::netlink::{self, NetlinkError};
 use crate::conf::BridgeType;
 use crate::spec::{code, CniError, Command, Request};
@@ -35,6 +36,13 @@ struct PluginConf {
     mtu: u32,
     #[serde(default)]
     is_default_gateway: bool,
+    #[serde(default, rename = "isIPMasq")]
+    is_ip_masq: bool,
+    /// This node's block and the pod CIDR (written by evio's conflist), for masquerade.
+    #[serde(default)]
+    node_subnet: Option<Ipv4Network>,
+    #[serde(default, rename = "podCIDR")]
+    pod_cidr: Option<Ipv4Network>,
 }
 
 fn default_mtu() -> u32 {
@@ -78,6 +86,13 @@ fn parse_conf(request: &Request) -> Result<PluginConf, CniError> {
             format!("invalid bridge name {:?}: 1 to 15 characters", conf.bridge),
         ));
     }
+    if conf.is_ip_masq && (conf.node_subnet.is_none() || conf.pod_cidr.is_none()) {
+        return Err(CniError::new(
+            &request.version(),
+            code::INVALID_NETWORK_CONFIG,
+            "isIPMasq needs nodeSubnet and podCIDR in the network config",
+        ));
+    }
     if conf.bridge_type == Some(BridgeType::Ovs) {
         return Err(CniError::new(
             &request.version(),
@@ -113,10 +128,39 @@ fn ipam_address(
     Ok((address, gateway))
 }
 
-/// Sets up the pod interface; returns the CNI result for the config's version.
-pub async fn add(
+/// The node's pod networking: one netlink handle, bridge creation serialised, masquerade
+/// rules remembered.
+pub struct PodNetwork {
+    handle: Handle,
+    bridge_lock: tokio::sync::Mutex<()>,
+    masquerade: Masquerade,
+}
+
+impl PodNetwork {
+    /// Must be called inside a tokio runtime (the netlink connection runs on it).
+    pub fn new() -> Result<Self, NetlinkError> {
+        Ok(Self {
+            handle: netlink::connect()?,
+            bridge_lock: tokio::sync::Mutex::new(()),
+            masquerade: Masquerade::default(),
+        })
+    }
+
+    /// Sets up the pod interface; returns the CNI result for the config's version.
+    pub async fn add(&self, request: &Request) -> Result<Value, CniError> {
+        add(&self.handle, &self.bridge_lock, &self.masquerade, request).await
+    }
+
+    /// Removes the pod interface and releases its address. Idempotent; needs no netns.
+    pub async fn del(&self, request: &Request) -> Result<Value, CniError> {
+        del(&self.handle, request).await
+    }
+}
+
+async fn add(
     handle: &Handle,
     bridge_lock: &tokio::sync::Mutex<()>,
+    masquerade: &Masquerade,
     request: &Request,
 ) -> Result<Value, CniError> {
     let version = request.version();
@@ -205,6 +249,16 @@ pub async fn add(
             .map_err(undo_ipam)?
         };
         enable_forwarding();
+        if let (true, Some(subnet), Some(cidr)) = (conf.is_ip_masq, conf.node_subnet, conf.pod_cidr)
+        {
+            masquerade
+                .ensure(subnet, cidr)
+                .map_err(|e| {
+                    CniError::new(&version, CODE_NETLINK, "installing the masquerade rule")
+                        .with_details(e.0)
+                })
+                .map_err(undo_ipam)?;
+        }
         let host_mac = netlink::link_by_name(handle, &host)
             .await
             .ok()
@@ -247,8 +301,7 @@ pub async fn add(
     result
 }
 
-/// Removes the pod interface and releases its address. Idempotent; needs no netns.
-pub async fn del(handle: &Handle, request: &Request) -> Result<Value, CniError> {
+async fn del(handle: &Handle, request: &Request) -> Result<Value, CniError> {
     let version = request.version();
     let host = host_veth_name(&request.container_id, &request.ifname);
     // Deleting the host end deletes the pod end with it, wherever it lives.
