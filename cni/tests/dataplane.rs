@@ -205,6 +205,27 @@ async fn linux_bridge_add_del_with_host_local() {
     .to_string();
     assert!(inside.contains("mtu 1400"), "{inside}");
 
+    // CHECK passes against the ADD result and fails when the pod is not as ADD left it.
+    let mut check_a = fx.request(Command::Check, "a", &ns_a, fx.config("10.99.3.254"));
+    check_a.config["prevResult"] = result_a.clone();
+    pods.check(&check_a)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let mut wrong = check_a.clone();
+    wrong.config["prevResult"]["ips"][0]["address"] = json!("10.99.3.77/16");
+    let err = pods.check(&wrong).await.map(|_| ()).unwrap_err();
+    assert_eq!(err.code, pod::CODE_CHECK_FAILED, "{err:?}");
+
+    // STATUS: ready with host-local installed, "not available" without it.
+    let status = fx.request(Command::Status, "s", "", fx.config("10.99.3.254"));
+    pods.status(&status).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut no_ipam = status.clone();
+    no_ipam.path = "/nonexistent".into();
+    assert_eq!(
+        pods.status(&no_ipam).map(|_| ()).unwrap_err().code,
+        pod::CODE_PLUGIN_NOT_AVAILABLE
+    );
+
     // ADD of an ifname that exists fails, and leaves pod a intact.
     let again = pods.add(&add_a).await.map(|_| ()).unwrap_err();
     assert_eq!(again.code, pod::CODE_INTERFACE_EXISTS, "{again:?}");
@@ -238,6 +259,21 @@ async fn linux_bridge_add_del_with_host_local() {
         !ns_c_links.contains("eth0") && !ns_c_links.contains("evtmp"),
         "{ns_c_links}"
     );
+
+    // GC with only pod b valid removes pod a's veth and address reservation.
+    let mut gc = fx.request(Command::Gc, "gc", "", fx.config("10.99.3.254"));
+    gc.config["cni.dev/valid-attachments"] =
+        json!([{"containerID": add_b.container_id, "ifname": "eth0"}]);
+    pods.gc(&gc).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(!link_exists(&pod::host_veth_name(
+        &add_a.container_id,
+        "eth0"
+    )));
+    assert!(link_exists(&pod::host_veth_name(
+        &add_b.container_id,
+        "eth0"
+    )));
+    assert_eq!(fx.reservations(), vec!["10.99.3.3".to_string()]);
 
     // DEL: idempotent, and fine once the netns is gone.
     let del_a = fx.request(Command::Del, "a", &ns_a, fx.config("10.99.3.254"));

@@ -115,14 +115,9 @@ async fn dispatch(pods: &PodNetwork, request: &Request) -> Reply {
         Command::Version => Ok(version_result(
             &serde_json::to_vec(&request.config).unwrap_or_default(),
         )),
-        Command::Check | Command::Status | Command::Gc => Err(CniError::new(
-            &request.version(),
-            50,
-            format!(
-                "{:?} is not available in this evio-node yet",
-                request.command
-            ),
-        )),
+        Command::Check => pods.check(request).await,
+        Command::Status => pods.status(request),
+        Command::Gc => pods.gc(request).await,
     };
     match &outcome {
         Ok(_) => {

@@ -158,10 +158,10 @@ fn evio_cni_add_and_del_through_the_daemon() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!String::from_utf8_lossy(&links.stdout).contains("eth0"));
 
-    // Not yet available operations answer with a CNI error, not silence.
+    // CHECK after DEL reports the missing interface (and needs cniVersion >= 0.4.0).
     let mut check = config.clone();
     check["prevResult"] = result;
     let (code, out) = cni("CHECK", &container, &netns, &check);
-    assert_eq!((code, out["code"].as_u64()), (1, Some(50)), "{out}");
+    assert_eq!((code, out["code"].as_u64()), (1, Some(110)), "{out}");
     daemon.assert_no_panics();
 }

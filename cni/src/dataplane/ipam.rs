@@ -29,9 +29,8 @@ fn find_plugin(cni_path: &str, plugin: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Runs the request's IPAM plugin for `command`; returns its result (Null when it printed
-/// nothing, as DEL does).
-pub fn delegate(request: &Request, command: Command) -> Result<Value, CniError> {
+/// The IPAM plugin binary the request names (`ipam.type`, searched in `CNI_PATH`).
+pub fn plugin_path(request: &Request) -> Result<PathBuf, CniError> {
     let version = request.version();
     let plugin = request.config["ipam"]["type"].as_str().unwrap_or("");
     if plugin.is_empty() || plugin.contains('/') {
@@ -41,14 +40,22 @@ pub fn delegate(request: &Request, command: Command) -> Result<Value, CniError> 
             format!("invalid ipam.type {plugin:?}"),
         ));
     }
-    let binary = find_plugin(&request.path, plugin).ok_or_else(|| {
+    find_plugin(&request.path, plugin).ok_or_else(|| {
         CniError::new(
             &version,
             code::INVALID_NETWORK_CONFIG,
             format!("IPAM plugin {plugin:?} not found in CNI_PATH"),
         )
         .with_details(request.path.clone())
-    })?;
+    })
+}
+
+/// Runs the request's IPAM plugin for `command`; returns its result (Null when it printed
+/// nothing, as DEL does).
+pub fn delegate(request: &Request, command: Command) -> Result<Value, CniError> {
+    let version = request.version();
+    let plugin = request.config["ipam"]["type"].as_str().unwrap_or("");
+    let binary = plugin_path(request)?;
     let mut child = Process::new(&binary)
         .env_clear()
         .env("CNI_COMMAND", command_name(command))

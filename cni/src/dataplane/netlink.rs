@@ -170,10 +170,13 @@ pub async fn add_address(
 
 /// Creates a veth pair in the host namespace: `host` attached to `bridge` and up, `peer`
 /// moved into the namespace open at `netns`.
+/// `owner` (container id and ifname) is kept as the host end's alias, so GC can tell whose
+/// interface it is.
 pub async fn create_veth(
     handle: &Handle,
     host: &str,
     peer: &str,
+    owner: &str,
     mtu: u32,
     bridge: u32,
     netns: &File,
@@ -204,6 +207,7 @@ pub async fn create_veth(
         .set(
             LinkUnspec::new_with_index(host_index)
                 .controller(bridge)
+                .alias(owner)
                 .up()
                 .build(),
         )
@@ -282,4 +286,68 @@ pub async fn configure_pod_side(
     }
     let link = link_by_name(&handle, &ifname).await?;
     Ok(link.as_ref().map(mac_of).unwrap_or_default())
+}
+
+/// Name, alias and controller (bridge) index of every link in the namespace.
+pub async fn links(handle: &Handle) -> Result<Vec<(String, String, Option<u32>)>, NetlinkError> {
+    let mut out = Vec::new();
+    let mut stream = handle.link().get().execute();
+    while let Some(link) = stream.try_next().await.map_err(fail("listing links"))? {
+        let mut name = String::new();
+        let mut alias = String::new();
+        let mut controller = None;
+        for attr in &link.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name = n.clone(),
+                LinkAttribute::IfAlias(a) => alias = a.clone(),
+                LinkAttribute::Controller(c) => controller = Some(*c),
+                _ => {}
+            }
+        }
+        out.push((name, alias, controller));
+    }
+    Ok(out)
+}
+
+/// What CHECK verifies inside the pod netns: the interface's IPv4 addresses and the default
+/// route's gateway. `None` when the interface is missing.
+pub async fn pod_side_state(
+    handle: Handle,
+    ifname: String,
+) -> Result<Option<(Vec<(Ipv4Addr, u8)>, Option<Ipv4Addr>)>, NetlinkError> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    let Some(link) = link_by_name(&handle, &ifname).await? else {
+        return Ok(None);
+    };
+    let index = link.header.index;
+    let mut addresses = Vec::new();
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(msg) = stream.try_next().await.map_err(fail("listing addresses"))? {
+        for attr in &msg.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
+                addresses.push((*a, msg.header.prefix_len));
+            }
+        }
+    }
+    let mut default_gw = None;
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(route) = routes.try_next().await.map_err(fail("listing routes"))? {
+        if route.header.destination_prefix_length != 0 {
+            continue;
+        }
+        for attr in &route.attributes {
+            if let RouteAttribute::Gateway(RouteAddress::Inet(gw)) = attr {
+                default_gw = Some(*gw);
+            }
+        }
+    }
+    Ok(Some((addresses, default_gw)))
 }

@@ -63,6 +63,11 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     )
 }
 
+/// The host veth's alias: whose interface it is (for GC).
+fn owner_alias(container_id: &str, ifname: &str) -> String {
+    format!("evio:{container_id}/{ifname}")
+}
+
 fn temp_peer_name(container_id: &str, ifname: &str) -> String {
     format!(
         "evtmp{:010x}",
@@ -155,6 +160,181 @@ impl PodNetwork {
     pub async fn del(&self, request: &Request) -> Result<Value, CniError> {
         del(&self.handle, request).await
     }
+
+    /// Verifies the pod's interface, address, default route and bridge port against
+    /// `prevResult`, then delegates CHECK to IPAM.
+    pub async fn check(&self, request: &Request) -> Result<Value, CniError> {
+        check(&self.handle, request).await
+    }
+
+    /// Ready when the config is valid and its IPAM plugin is installed.
+    pub fn status(&self, request: &Request) -> Result<Value, CniError> {
+        parse_conf(request)?;
+        ipam::plugin_path(request).map_err(|e| CniError {
+            code: CODE_PLUGIN_NOT_AVAILABLE,
+            ..e
+        })?;
+        Ok(Value::Null)
+    }
+
+    /// Removes evio veths and host-local reservations of attachments not listed in
+    /// `cni.dev/valid-attachments`.
+    pub async fn gc(&self, request: &Request) -> Result<Value, CniError> {
+        gc(&self.handle, request).await
+    }
+}
+
+/// The spec's "plugin not available" (STATUS).
+pub const CODE_PLUGIN_NOT_AVAILABLE: u32 = 50;
+/// CHECK found the pod's network not as ADD left it.
+pub const CODE_CHECK_FAILED: u32 = 110;
+
+async fn check(handle: &Handle, request: &Request) -> Result<Value, CniError> {
+    let version = request.version();
+    let conf = parse_conf(request)?;
+    let failed = |what: String| CniError::new(&version, CODE_CHECK_FAILED, what);
+    let prev = &request.config["prevResult"];
+    if !prev.is_object() {
+        return Err(CniError::new(
+            &version,
+            code::INVALID_NETWORK_CONFIG,
+            "CHECK needs prevResult",
+        ));
+    }
+    let (address, gateway) = ipam_address(prev, &version)?;
+    let host = host_veth_name(&request.container_id, &request.ifname);
+    let bridge = netlink::link_by_name(handle, &conf.bridge)
+        .await
+        .map_err(netlink_error(&version))?
+        .ok_or_else(|| failed(format!("bridge {} is missing", conf.bridge)))?;
+    let attached = netlink::links(handle)
+        .await
+        .map_err(netlink_error(&version))?
+        .into_iter()
+        .any(|(name, _, controller)| name == host && controller == Some(bridge.header.index));
+    if !attached {
+        return Err(failed(format!(
+            "host veth {host} is missing or not on bridge {}",
+            conf.bridge
+        )));
+    }
+    let state = {
+        let (ifname, path) = (request.ifname.clone(), PathBuf::from(&request.netns));
+        tokio::task::spawn_blocking(move || {
+            netlink::in_netns(&path, move |h| netlink::pod_side_state(h, ifname))
+        })
+        .await
+        .map_err(|e| {
+            CniError::new(&version, CODE_NETLINK, "netns worker").with_details(e.to_string())
+        })?
+        .map_err(netlink_error(&version))?
+    };
+    let Some((addresses, default_gw)) = state else {
+        return Err(failed(format!(
+            "interface {} is missing in {}",
+            request.ifname, request.netns
+        )));
+    };
+    if !addresses.contains(&(address.ip(), address.prefix())) {
+        return Err(failed(format!(
+            "{} does not carry {address}",
+            request.ifname
+        )));
+    }
+    let wanted_gw = gateway.unwrap_or(conf.bridge_ipv4.ip());
+    if conf.is_default_gateway && default_gw != Some(wanted_gw) {
+        return Err(failed(format!(
+            "default route is via {default_gw:?}, expected {wanted_gw}"
+        )));
+    }
+    ipam::delegate(request, Command::Check)?;
+    Ok(Value::Null)
+}
+
+async fn gc(handle: &Handle, request: &Request) -> Result<Value, CniError> {
+    let version = request.version();
+    let valid: std::collections::HashSet<(String, String)> = request.config
+        ["cni.dev/valid-attachments"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|a| {
+                    Some((
+                        a["containerID"].as_str()?.to_string(),
+                        a["ifname"].as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for (name, alias, _) in netlink::links(handle)
+        .await
+        .map_err(netlink_error(&version))?
+    {
+        let Some((container, ifname)) =
+            alias.strip_prefix("evio:").and_then(|o| o.rsplit_once('/'))
+        else {
+            continue;
+        };
+        if !valid.contains(&(container.to_string(), ifname.to_string())) {
+            tracing::info!(veth = %name, container, ifname, "GC: removing stale veth");
+            netlink::delete_link(handle, &name)
+                .await
+                .map_err(netlink_error(&version))?;
+        }
+    }
+    gc_host_local(request, &valid).map_err(|e| {
+        CniError::new(&version, code::IO_FAILURE, "GC of host-local reservations")
+            .with_details(e.to_string())
+    })?;
+    Ok(Value::Null)
+}
+
+/// host-local keeps one file per address (`<containerID>\r\n<ifname>`) under
+/// `<dataDir>/<network name>/`, guarded by `flock` on `lock`; stale ones are removed under
+/// the same lock.
+fn gc_host_local(
+    request: &Request,
+    valid: &std::collections::HashSet<(String, String)>,
+) -> std::io::Result<()> {
+    if request.config["ipam"]["type"].as_str() != Some("host-local") {
+        return Ok(());
+    }
+    let base = request.config["ipam"]["dataDir"]
+        .as_str()
+        .unwrap_or("/var/lib/cni/networks");
+    let Some(name) = request.config["name"]
+        .as_str()
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+    else {
+        return Ok(());
+    };
+    let dir = std::path::Path::new(base).join(name);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(()); // nothing reserved yet
+    };
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| std::io::Error::from(e))?;
+    for entry in entries.filter_map(Result::ok) {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name.parse::<std::net::IpAddr>().is_err() {
+            continue; // lock, last_reserved_ip.*
+        }
+        let content = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let mut lines = content.split("\r\n").map(str::trim);
+        let container = lines.next().unwrap_or_default().to_string();
+        let ifname = lines.next().unwrap_or_default().to_string();
+        if !valid.contains(&(container.clone(), ifname.clone())) {
+            tracing::info!(address = %file_name, container, ifname, "GC: releasing stale host-local reservation");
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 async fn add(
@@ -211,7 +391,8 @@ async fn add(
     };
     let host = host_veth_name(&request.container_id, &ifname);
     let temp = temp_peer_name(&request.container_id, &ifname);
-    netlink::create_veth(handle, &host, &temp, conf.mtu, bridge_index, &netns)
+    let owner = owner_alias(&request.container_id, &ifname);
+    netlink::create_veth(handle, &host, &temp, &owner, conf.mtu, bridge_index, &netns)
         .await
         .map_err(netlink_error(&version))?;
 
