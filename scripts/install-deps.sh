@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests need on Debian (run as root): the CNI reference plugins (host-local),
-# ping (traffic checks between test pods),
+# ping (traffic checks between test pods), Open vSwitch,
 # nftables and iproute2. Idempotent; `apt-get update` runs once, only when something is missing.
 set -euo pipefail
 
-packages=(containernetworking-plugins nftables iproute2 iputils-ping)
+packages=(containernetworking-plugins nftables iproute2 iputils-ping openvswitch-switch)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 echo "== dependencies"
 ./scripts/install-deps.sh
+./scripts/ovs-start.sh
 echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy"

@@ -42,6 +42,10 @@ fn ip(args: &[&str]) -> std::process::Output {
 
 /// Test resources with unique names, removed on drop.
 struct Fixture {
+    /// "LXBR" or "OVS" (userspace netdev datapath: no kernel module here).
+    kind: &'static str,
+    /// Second octet of this fixture's pod network, so fixtures in parallel never share one.
+    octet: u8,
     tag: String,
     namespaces: Vec<String>,
     bridge: String,
@@ -49,14 +53,25 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    fn new(kind: &'static str) -> Fixture {
         let tag = format!("{:06x}", rand_u32() & 0xff_ffff);
         Fixture {
+            kind,
+            octet: if kind == "OVS" { 98 } else { 99 },
             bridge: format!("evt{tag}"),
             tag,
             namespaces: Vec::new(),
             ipam_dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
         }
+    }
+
+    /// `10.<octet>.<rest>`.
+    fn net(&self, rest: &str) -> String {
+        format!("10.{}.{rest}", self.octet)
+    }
+
+    fn node_subnet(&self) -> ipnetwork::Ipv4Network {
+        self.net("3.0/24").parse().unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn netns(&mut self, name: &str) -> String {
@@ -74,14 +89,15 @@ impl Fixture {
     fn config(&self, range_end: &str) -> Value {
         json!({
             "cniVersion": "1.0.0", "name": format!("evio-test-{}", self.tag), "type": "evio-cni",
-            "bridge": self.bridge, "bridgeType": "LXBR", "bridgeIPv4": "10.99.3.1/16",
+            "bridge": self.bridge, "bridgeType": self.kind, "ovsDatapath": "netdev",
+            "bridgeIPv4": self.net("3.1/16"),
             "isGateway": true, "isDefaultGateway": true, "mtu": 1400,
-            "isIPMasq": true, "nodeSubnet": "10.99.3.0/24", "podCIDR": "10.99.0.0/16",
+            "isIPMasq": true, "nodeSubnet": self.net("3.0/24"), "podCIDR": self.net("0.0/16"),
             "ipam": {
                 "type": "host-local",
                 "dataDir": self.ipam_dir.path(),
-                "ranges": [[{"subnet": "10.99.0.0/16", "rangeStart": "10.99.3.2",
-                             "rangeEnd": range_end, "gateway": "10.99.3.1"}]],
+                "ranges": [[{"subnet": self.net("0.0/16"), "rangeStart": self.net("3.2"),
+                             "rangeEnd": self.net(range_end), "gateway": self.net("3.1")}]],
             },
         })
     }
@@ -117,23 +133,30 @@ impl Drop for Fixture {
         for ns in &self.namespaces {
             let _ = ip(&["netns", "del", ns]);
         }
-        let _ = ip(&["link", "del", &self.bridge]);
-        let _ = masquerade::remove(node_subnet());
+        if self.kind == "OVS" {
+            let _ = Process::new("ovs-vsctl")
+                .args(["--if-exists", "del-br", &self.bridge])
+                .output();
+        } else {
+            let _ = ip(&["link", "del", &self.bridge]);
+        }
+        let _ = masquerade::remove(self.node_subnet());
     }
 }
 
-fn node_subnet() -> ipnetwork::Ipv4Network {
-    "10.99.3.0/24".parse().unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn masquerade_rules() -> usize {
+fn masquerade_rules(fx: &Fixture) -> usize {
+    let wanted = format!(
+        "ip saddr {} ip daddr != {} masquerade",
+        fx.node_subnet(),
+        fx.net("0.0/16")
+    );
     let out = Process::new("nft")
         .args(["list", "chain", "ip", masquerade::TABLE, "postrouting"])
         .output()
         .unwrap_or_else(|e| panic!("nft: {e}"));
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains("ip saddr 10.99.3.0/24 ip daddr != 10.99.0.0/16 masquerade"))
+        .filter(|l| l.contains(&wanted))
         .count()
 }
 
@@ -152,7 +175,9 @@ fn link_exists(name: &str) -> bool {
 fn ping_from(netns_path: &str, target: &str) -> bool {
     let ns = netns_path.trim_start_matches("/run/netns/");
     Process::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", target])
+        .args([
+            "netns", "exec", ns, "ping", "-c", "5", "-i", "0.2", "-W", "1", target,
+        ])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
@@ -160,38 +185,67 @@ fn ping_from(netns_path: &str, target: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linux_bridge_add_del_with_host_local() {
+    if prerequisites() {
+        scenario("LXBR").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ovs_bridge_add_del_with_host_local() {
     if !prerequisites() {
         return;
     }
-    let mut fx = Fixture::new();
+    let ovs = Path::new("/run/openvswitch/db.sock").exists();
+    assert!(
+        ovs || std::env::var("CI").as_deref() != Ok("true"),
+        "ovsdb-server is not running under CI (scripts/ovs-start.sh starts it)"
+    );
+    if ovs {
+        scenario("OVS").await;
+    } else {
+        eprintln!("skipping OVS test outside CI: /run/openvswitch/db.sock missing");
+    }
+}
+
+/// The same pod lifecycle on either bridge type.
+async fn scenario(kind: &'static str) {
+    let mut fx = Fixture::new(kind);
     let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
     let (ns_a, ns_b) = (fx.netns("a"), fx.netns("b"));
 
-    let add_a = fx.request(Command::Add, "a", &ns_a, fx.config("10.99.3.254"));
+    let add_a = fx.request(Command::Add, "a", &ns_a, fx.config("3.254"));
     let result_a = pods.add(&add_a).await.unwrap_or_else(|e| panic!("{e:?}"));
-    assert_eq!(result_a["ips"][0]["address"], "10.99.3.2/16", "{result_a}");
-    assert_eq!(result_a["ips"][0]["gateway"], "10.99.3.1");
+    assert_eq!(
+        result_a["ips"][0]["address"],
+        fx.net("3.2/16"),
+        "{result_a}"
+    );
+    assert_eq!(result_a["ips"][0]["gateway"], fx.net("3.1"));
     assert_eq!(
         result_a["routes"][0],
-        json!({"dst": "0.0.0.0/0", "gw": "10.99.3.1"})
+        json!({"dst": "0.0.0.0/0", "gw": fx.net("3.1")})
     );
     assert_eq!(result_a["interfaces"][2]["sandbox"], ns_a.as_str());
-    let add_b = fx.request(Command::Add, "b", &ns_b, fx.config("10.99.3.254"));
+    let add_b = fx.request(Command::Add, "b", &ns_b, fx.config("3.254"));
     let result_b = pods.add(&add_b).await.unwrap_or_else(|e| panic!("{e:?}"));
-    assert_eq!(result_b["ips"][0]["address"], "10.99.3.3/16", "{result_b}");
+    assert_eq!(
+        result_b["ips"][0]["address"],
+        fx.net("3.3/16"),
+        "{result_b}"
+    );
 
     // One masquerade rule for the node subnet, however many pods.
-    assert_eq!(masquerade_rules(), 1);
+    assert_eq!(masquerade_rules(&fx), 1);
 
     // The bridge carries the gateway with the pod CIDR's mask; pods reach it and each other.
     let bridge_addr =
         String::from_utf8_lossy(&ip(&["-4", "addr", "show", &fx.bridge]).stdout).to_string();
-    assert!(bridge_addr.contains("10.99.3.1/16"), "{bridge_addr}");
+    assert!(bridge_addr.contains(&fx.net("3.1/16")), "{bridge_addr}");
     assert!(
-        ping_from(&ns_a, "10.99.3.1"),
+        ping_from(&ns_a, &fx.net("3.1")),
         "pod a cannot reach the gateway"
     );
-    assert!(ping_from(&ns_a, "10.99.3.3"), "pod a cannot reach pod b");
+    assert!(ping_from(&ns_a, &fx.net("3.3")), "pod a cannot reach pod b");
     let inside = String::from_utf8_lossy(
         &ip(&[
             "-n",
@@ -206,18 +260,18 @@ async fn linux_bridge_add_del_with_host_local() {
     assert!(inside.contains("mtu 1400"), "{inside}");
 
     // CHECK passes against the ADD result and fails when the pod is not as ADD left it.
-    let mut check_a = fx.request(Command::Check, "a", &ns_a, fx.config("10.99.3.254"));
+    let mut check_a = fx.request(Command::Check, "a", &ns_a, fx.config("3.254"));
     check_a.config["prevResult"] = result_a.clone();
     pods.check(&check_a)
         .await
         .unwrap_or_else(|e| panic!("{e:?}"));
     let mut wrong = check_a.clone();
-    wrong.config["prevResult"]["ips"][0]["address"] = json!("10.99.3.77/16");
+    wrong.config["prevResult"]["ips"][0]["address"] = json!(fx.net("3.77/16"));
     let err = pods.check(&wrong).await.map(|_| ()).unwrap_err();
     assert_eq!(err.code, pod::CODE_CHECK_FAILED, "{err:?}");
 
     // STATUS: ready with host-local installed, "not available" without it.
-    let status = fx.request(Command::Status, "s", "", fx.config("10.99.3.254"));
+    let status = fx.request(Command::Status, "s", "", fx.config("3.254"));
     pods.status(&status).unwrap_or_else(|e| panic!("{e:?}"));
     let mut no_ipam = status.clone();
     no_ipam.path = "/nonexistent".into();
@@ -229,11 +283,11 @@ async fn linux_bridge_add_del_with_host_local() {
     // ADD of an ifname that exists fails, and leaves pod a intact.
     let again = pods.add(&add_a).await.map(|_| ()).unwrap_err();
     assert_eq!(again.code, pod::CODE_INTERFACE_EXISTS, "{again:?}");
-    assert!(ping_from(&ns_a, "10.99.3.3"));
+    assert!(ping_from(&ns_a, &fx.net("3.3")));
 
     // Failures after the veth exists roll everything back: an exhausted range...
     let ns_c = fx.netns("c");
-    let tight = fx.config("10.99.3.3");
+    let tight = fx.config("3.3");
     let add_c = fx.request(Command::Add, "c", &ns_c, tight);
     let err = pods.add(&add_c).await.map(|_| ()).unwrap_err();
     assert!(
@@ -242,7 +296,7 @@ async fn linux_bridge_add_del_with_host_local() {
     );
     assert_eq!(fx.reservations().len(), 2, "{:?}", fx.reservations());
     // ...and an IPAM plugin that is not there.
-    let mut missing = fx.config("10.99.3.254");
+    let mut missing = fx.config("3.254");
     missing["ipam"]["type"] = json!("no-such-ipam");
     let add_d = fx.request(Command::Add, "d", &ns_c, missing);
     let err = pods.add(&add_d).await.map(|_| ()).unwrap_err();
@@ -261,7 +315,7 @@ async fn linux_bridge_add_del_with_host_local() {
     );
 
     // GC with only pod b valid removes pod a's veth and address reservation.
-    let mut gc = fx.request(Command::Gc, "gc", "", fx.config("10.99.3.254"));
+    let mut gc = fx.request(Command::Gc, "gc", "", fx.config("3.254"));
     gc.config["cni.dev/valid-attachments"] =
         json!([{"containerID": add_b.container_id, "ifname": "eth0"}]);
     pods.gc(&gc).await.unwrap_or_else(|e| panic!("{e:?}"));
@@ -273,10 +327,25 @@ async fn linux_bridge_add_del_with_host_local() {
         &add_b.container_id,
         "eth0"
     )));
-    assert_eq!(fx.reservations(), vec!["10.99.3.3".to_string()]);
+    assert_eq!(fx.reservations(), vec![fx.net("3.3").to_string()]);
+    if kind == "OVS" {
+        let ports = Process::new("ovs-vsctl")
+            .args(["list-ports", &fx.bridge])
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ports = String::from_utf8_lossy(&ports.stdout).to_string();
+        assert!(
+            !ports.contains(&pod::host_veth_name(&add_a.container_id, "eth0")),
+            "{ports}"
+        );
+        assert!(
+            ports.contains(&pod::host_veth_name(&add_b.container_id, "eth0")),
+            "{ports}"
+        );
+    }
 
     // DEL: idempotent, and fine once the netns is gone.
-    let del_a = fx.request(Command::Del, "a", &ns_a, fx.config("10.99.3.254"));
+    let del_a = fx.request(Command::Del, "a", &ns_a, fx.config("3.254"));
     pods.del(&del_a).await.unwrap_or_else(|e| panic!("{e:?}"));
     pods.del(&del_a).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert!(!link_exists(&pod::host_veth_name(
@@ -286,7 +355,7 @@ async fn linux_bridge_add_del_with_host_local() {
     let b_ns_name = fx.namespaces[1].clone();
     assert!(ip(&["netns", "del", &b_ns_name]).status.success());
     fx.namespaces.retain(|n| n != &b_ns_name);
-    let del_b = fx.request(Command::Del, "b", &ns_b, fx.config("10.99.3.254"));
+    let del_b = fx.request(Command::Del, "b", &ns_b, fx.config("3.254"));
     pods.del(&del_b).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
     assert!(!link_exists(&pod::host_veth_name(

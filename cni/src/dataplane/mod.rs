@@ -4,6 +4,7 @@
 pub mod ipam;
 pub mod masquerade;
 pub mod netlink;
+pub mod ovsdb;
 pub mod pod;
 
 pub use pod::PodNetwork;

@@ -108,33 +108,48 @@ pub fn mac_of(link: &LinkMessage) -> String {
         .unwrap_or_default()
 }
 
-/// Ensures a Linux bridge `name` exists, is up and carries `gateway/prefix`. Returns its index.
-pub async fn ensure_bridge(
+/// Creates a Linux bridge `name` unless it exists.
+pub async fn ensure_linux_bridge(
+    handle: &Handle,
+    name: &str,
+    mtu: u32,
+) -> Result<(), NetlinkError> {
+    if link_by_name(handle, name).await?.is_some() {
+        return Ok(());
+    }
+    match handle
+        .link()
+        .add(LinkBridge::new(name).mtu(mtu).build())
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if is_exists(&e) => Ok(()), // a concurrent ADD made it
+        Err(e) => Err(fail(format!("creating bridge {name}"))(e)),
+    }
+}
+
+/// Waits (up to 5 s: an OVS bridge's interface appears once vswitchd gets to it) for the
+/// bridge's link, brings it up and gives it `gateway/prefix`. Returns its index.
+pub async fn bridge_ready(
     handle: &Handle,
     name: &str,
     gateway: Ipv4Addr,
     prefix: u8,
-    mtu: u32,
 ) -> Result<u32, NetlinkError> {
-    if link_by_name(handle, name).await?.is_none() {
-        match handle
-            .link()
-            .add(LinkBridge::new(name).mtu(mtu).build())
-            .execute()
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if is_exists(&e) => {} // a concurrent ADD made it
-            Err(e) => return Err(fail(format!("creating bridge {name}"))(e)),
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let index = loop {
+        if let Some(link) = link_by_name(handle, name).await? {
+            break link.header.index;
         }
-    }
-    let index = link_by_name(handle, name)
-        .await?
-        .map(|l| l.header.index)
-        .ok_or_else(|| NetlinkError {
-            action: format!("creating bridge {name}"),
-            reason: "bridge vanished after creation".into(),
-        })?;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NetlinkError {
+                action: format!("waiting for bridge interface {name}"),
+                reason: "it did not appear within 5 s".into(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
     set_up(handle, index).await?;
     add_address(handle, index, gateway, prefix).await?;
     Ok(index)
@@ -178,7 +193,7 @@ pub async fn create_veth(
     peer: &str,
     owner: &str,
     mtu: u32,
-    bridge: u32,
+    linux_bridge: Option<u32>,
     netns: &File,
 ) -> Result<(), NetlinkError> {
     use std::os::fd::AsRawFd;
@@ -202,15 +217,13 @@ pub async fn create_veth(
             action: format!("creating veth {peer}"),
             reason: "peer end vanished".into(),
         })?;
+    let mut host_end = LinkUnspec::new_with_index(host_index).alias(owner).up();
+    if let Some(bridge) = linux_bridge {
+        host_end = host_end.controller(bridge);
+    }
     handle
         .link()
-        .set(
-            LinkUnspec::new_with_index(host_index)
-                .controller(bridge)
-                .alias(owner)
-                .up()
-                .build(),
-        )
+        .set(host_end.build())
         .execute()
         .await
         .map_err(fail(format!("attaching {host} to the bridge")))?;

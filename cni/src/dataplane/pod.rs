@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use super::ipam;
 use super::masquerade::Masquerade;
 use super::netlink::{self, NetlinkError};
+use super::ovsdb::{self, Ovsdb, OvsdbError};
 use crate::conf::BridgeType;
 use crate::spec::{code, CniError, Command, Request};
 
@@ -22,6 +23,8 @@ use crate::spec::{code, CniError, Command, Request};
 pub const CODE_INTERFACE_EXISTS: u32 = 100;
 /// A netlink step failed.
 pub const CODE_NETLINK: u32 = 101;
+/// An OVSDB step failed.
+pub const CODE_OVSDB: u32 = 102;
 
 /// The plugin keys of the generated conflist this module reads.
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +46,26 @@ struct PluginConf {
     node_subnet: Option<Ipv4Network>,
     #[serde(default, rename = "podCIDR")]
     pod_cidr: Option<Ipv4Network>,
+    /// OVS datapath: "system" (kernel, production) or "netdev" (userspace).
+    #[serde(default)]
+    ovs_datapath: Option<String>,
+    /// ovsdb-server's socket.
+    #[serde(default)]
+    ovsdb_socket: Option<String>,
+}
+
+impl PluginConf {
+    fn is_ovs(&self) -> bool {
+        self.bridge_type.unwrap_or(BridgeType::Ovs) == BridgeType::Ovs
+    }
+
+    fn ovsdb(&self) -> Ovsdb {
+        Ovsdb::new(
+            self.ovsdb_socket
+                .as_deref()
+                .unwrap_or(ovsdb::DEFAULT_SOCKET),
+        )
+    }
 }
 
 fn default_mtu() -> u32 {
@@ -63,9 +86,22 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     )
 }
 
-/// The host veth's alias: whose interface it is (for GC).
-fn owner_alias(container_id: &str, ifname: &str) -> String {
-    format!("evio:{container_id}/{ifname}")
+/// The host veth's alias (and the OVS port's `evio-owner`): which network and attachment it
+/// belongs to, so GC touches only its own network's leftovers.
+fn owner_alias(request: &Request, ifname: &str) -> String {
+    format!("{}{}/{ifname}", owner_prefix(request), request.container_id)
+}
+
+fn owner_prefix(request: &Request) -> String {
+    format!(
+        "evio:{}:",
+        request.config["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// The (container id, ifname) of an owner string of this request's network.
+fn parse_owner<'a>(owner: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+    owner.strip_prefix(prefix)?.rsplit_once('/')
 }
 
 fn temp_peer_name(container_id: &str, ifname: &str) -> String {
@@ -98,12 +134,14 @@ fn parse_conf(request: &Request) -> Result<PluginConf, CniError> {
             "isIPMasq needs nodeSubnet and podCIDR in the network config",
         ));
     }
-    if conf.bridge_type == Some(BridgeType::Ovs) {
-        return Err(CniError::new(
-            &request.version(),
-            code::INVALID_NETWORK_CONFIG,
-            "bridgeType \"OVS\" is not available in this build yet; use \"LXBR\"",
-        ));
+    if let Some(datapath) = conf.ovs_datapath.as_deref() {
+        if datapath != "system" && datapath != "netdev" {
+            return Err(CniError::new(
+                &request.version(),
+                code::INVALID_NETWORK_CONFIG,
+                format!("invalid ovsDatapath {datapath:?}: \"system\" or \"netdev\""),
+            ));
+        }
     }
     Ok(conf)
 }
@@ -207,11 +245,24 @@ async fn check(handle: &Handle, request: &Request) -> Result<Value, CniError> {
         .await
         .map_err(netlink_error(&version))?
         .ok_or_else(|| failed(format!("bridge {} is missing", conf.bridge)))?;
-    let attached = netlink::links(handle)
-        .await
-        .map_err(netlink_error(&version))?
-        .into_iter()
-        .any(|(name, _, controller)| name == host && controller == Some(bridge.header.index));
+    let attached = if conf.is_ovs() {
+        let owner = owner_alias(request, &request.ifname);
+        conf.ovsdb()
+            .owned_ports()
+            .await
+            .map_err(|e| CniError::new(&version, CODE_OVSDB, e.to_string()))?
+            .contains(&(host.clone(), owner))
+            && netlink::link_by_name(handle, &host)
+                .await
+                .map_err(netlink_error(&version))?
+                .is_some()
+    } else {
+        netlink::links(handle)
+            .await
+            .map_err(netlink_error(&version))?
+            .into_iter()
+            .any(|(name, _, controller)| name == host && controller == Some(bridge.header.index))
+    };
     if !attached {
         return Err(failed(format!(
             "host veth {host} is missing or not on bridge {}",
@@ -267,13 +318,28 @@ async fn gc(handle: &Handle, request: &Request) -> Result<Value, CniError> {
                 .collect()
         })
         .unwrap_or_default();
+    let prefix = owner_prefix(request);
+    if request.config["bridgeType"] != "LXBR" {
+        let socket = request.config["ovsdbSocket"]
+            .as_str()
+            .unwrap_or(ovsdb::DEFAULT_SOCKET);
+        let ovsdb = Ovsdb::new(socket);
+        let ovs_error = |e: OvsdbError| CniError::new(&version, CODE_OVSDB, e.to_string());
+        for (port, owner) in ovsdb.owned_ports().await.map_err(ovs_error)? {
+            let Some((container, ifname)) = parse_owner(&owner, &prefix) else {
+                continue;
+            };
+            if !valid.contains(&(container.to_string(), ifname.to_string())) {
+                tracing::info!(port, container, ifname, "GC: removing stale OVS port");
+                ovsdb.del_port(&port).await.map_err(ovs_error)?;
+            }
+        }
+    }
     for (name, alias, _) in netlink::links(handle)
         .await
         .map_err(netlink_error(&version))?
     {
-        let Some((container, ifname)) =
-            alias.strip_prefix("evio:").and_then(|o| o.rsplit_once('/'))
-        else {
+        let Some((container, ifname)) = parse_owner(&alias, &prefix) else {
             continue;
         };
         if !valid.contains(&(container.to_string(), ifname.to_string())) {
@@ -377,27 +443,50 @@ async fn add(
         ));
     }
 
+    let ovs_error = |e: OvsdbError| CniError::new(&version, CODE_OVSDB, e.to_string());
     let bridge_index = {
         let _serialized = bridge_lock.lock().await;
-        netlink::ensure_bridge(
+        if conf.is_ovs() {
+            let datapath = conf.ovs_datapath.as_deref().unwrap_or("system");
+            conf.ovsdb()
+                .ensure_bridge(&conf.bridge, datapath)
+                .await
+                .map_err(ovs_error)?;
+        } else {
+            netlink::ensure_linux_bridge(handle, &conf.bridge, conf.mtu)
+                .await
+                .map_err(netlink_error(&version))?;
+        }
+        netlink::bridge_ready(
             handle,
             &conf.bridge,
             conf.bridge_ipv4.ip(),
             conf.bridge_ipv4.prefix(),
-            conf.mtu,
         )
         .await
         .map_err(netlink_error(&version))?
     };
     let host = host_veth_name(&request.container_id, &ifname);
     let temp = temp_peer_name(&request.container_id, &ifname);
-    let owner = owner_alias(&request.container_id, &ifname);
-    netlink::create_veth(handle, &host, &temp, &owner, conf.mtu, bridge_index, &netns)
+    let owner = owner_alias(request, &ifname);
+    let linux_bridge = (!conf.is_ovs()).then_some(bridge_index);
+    netlink::create_veth(handle, &host, &temp, &owner, conf.mtu, linux_bridge, &netns)
         .await
         .map_err(netlink_error(&version))?;
 
-    // From here on, a failure undoes the veth (and the IPAM reservation once made).
+    // From here on, a failure undoes the veth, the OVS port and the IPAM reservation.
     let result = async {
+        if conf.is_ovs() {
+            let ids = [
+                ("evio-owner", owner.as_str()),
+                ("container_id", request.container_id.as_str()),
+                ("ifname", ifname.as_str()),
+            ];
+            conf.ovsdb()
+                .add_port(&conf.bridge, &host, &ids)
+                .await
+                .map_err(ovs_error)?;
+        }
         let ipam_result = ipam::delegate(request, Command::Add)?;
         let undo_ipam = |e: CniError| {
             if let Err(del) = ipam::delegate(request, Command::Del) {
@@ -475,6 +564,11 @@ async fn add(
     }
     .await;
     if result.is_err() {
+        if conf.is_ovs() {
+            if let Err(e) = conf.ovsdb().del_port(&host).await {
+                tracing::warn!(error = %e, port = %host, "OVS port rollback failed");
+            }
+        }
         if let Err(e) = netlink::delete_link(handle, &host).await {
             tracing::warn!(error = %e, veth = %host, "veth rollback failed");
         }
@@ -485,6 +579,17 @@ async fn add(
 async fn del(handle: &Handle, request: &Request) -> Result<Value, CniError> {
     let version = request.version();
     let host = host_veth_name(&request.container_id, &request.ifname);
+    // DEL must work with whatever config it gets: OVS unless it says LXBR.
+    let is_lxbr = request.config["bridgeType"] == "LXBR";
+    if !is_lxbr {
+        let socket = request.config["ovsdbSocket"]
+            .as_str()
+            .unwrap_or(ovsdb::DEFAULT_SOCKET);
+        Ovsdb::new(socket)
+            .del_port(&host)
+            .await
+            .map_err(|e| CniError::new(&version, CODE_OVSDB, e.to_string()))?;
+    }
     // Deleting the host end deletes the pod end with it, wherever it lives.
     netlink::delete_link(handle, &host)
         .await
