@@ -30,6 +30,8 @@ pub mod code {
 #[serde(rename_all = "camelCase")]
 #[error("CNI error {code}: {msg}")]
 pub struct CniError {
+    /// Older plugins (e.g. host-local 1.1) leave it out of their errors.
+    #[serde(default)]
     pub cni_version: String,
     pub code: u32,
     pub msg: String,
@@ -98,7 +100,7 @@ impl Command {
 }
 
 /// Orders dotted versions numerically ("0.10.0" > "0.4.0").
-fn version_key(version: &str) -> Vec<u32> {
+pub fn version_key(version: &str) -> Vec<u32> {
     version.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 

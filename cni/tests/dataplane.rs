@@ -363,3 +363,62 @@ async fn scenario(kind: &'static str) {
         "eth0"
     )));
 }
+
+/// kubelet runs many requests at once and speaks every supported version: 8 concurrent ADDs
+/// (versions 0.3.0 to 1.1.0) get distinct addresses and results in their version's format;
+/// 8 concurrent DELs leave no veth and no reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_adds_across_versions() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("LXBR");
+    fx.octet = 97; // its own network, apart from the other tests
+    let pods = std::sync::Arc::new(PodNetwork::new().unwrap_or_else(|e| panic!("{e}")));
+    let versions = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+    let mut requests = Vec::new();
+    for i in 0..8 {
+        let netns = fx.netns(&format!("p{i}"));
+        let mut config = fx.config("3.254");
+        config["cniVersion"] = json!(versions[i % versions.len()]);
+        requests.push(fx.request(Command::Add, &format!("p{i}"), &netns, config));
+    }
+    let adds = requests.iter().cloned().map(|request| {
+        let pods = pods.clone();
+        tokio::spawn(async move { (request.version(), pods.add(&request).await) })
+    });
+    let mut addresses = std::collections::BTreeSet::new();
+    for add in adds.collect::<Vec<_>>() {
+        let (version, result) = add.await.unwrap_or_else(|e| panic!("{e}"));
+        let result = result.unwrap_or_else(|e| panic!("{version}: {e:?}"));
+        assert_eq!(result["cniVersion"], version.as_str());
+        // 0.3.x results name the IP version; later ones do not.
+        assert_eq!(
+            result["ips"][0]["version"].is_string(),
+            version.starts_with("0.3"),
+            "{result}"
+        );
+        addresses.insert(
+            result["ips"][0]["address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert_eq!(addresses.len(), 8, "{addresses:?}");
+    assert_eq!(fx.reservations().len(), 8);
+
+    let dels = requests.into_iter().map(|mut request| {
+        request.command = Command::Del;
+        let pods = pods.clone();
+        tokio::spawn(async move { pods.del(&request).await.map(|_| request.container_id) })
+    });
+    for del in dels.collect::<Vec<_>>() {
+        let container = del
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!link_exists(&pod::host_veth_name(&container, "eth0")));
+    }
+    assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
+}

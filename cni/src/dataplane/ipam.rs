@@ -7,7 +7,52 @@ use std::process::{Command as Process, Stdio};
 
 use serde_json::Value;
 
-use crate::spec::{code, CniError, Command, Request};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::spec::{code, version_key, CniError, Command, Request};
+
+/// The versions each IPAM binary supports (asked once per binary with VERSION).
+static SUPPORTED: Mutex<Option<HashMap<PathBuf, Vec<String>>>> = Mutex::new(None);
+
+fn supported_versions(binary: &Path) -> Vec<String> {
+    let mut cache = SUPPORTED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = cache.get_or_insert_with(HashMap::new).get(binary) {
+        return known.clone();
+    }
+    let versions: Vec<String> = Process::new(binary)
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|out| serde_json::from_slice::<Value>(&out.stdout).ok())
+        .and_then(|v| v["supportedVersions"].as_array().cloned())
+        .map(|list| {
+            list.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    cache
+        .get_or_insert_with(HashMap::new)
+        .insert(binary.to_path_buf(), versions.clone());
+    versions
+}
+
+/// The config version to hand the IPAM plugin: the requested one if it supports it, else the
+/// newest it supports below it (an IPAM result is the same from 1.0.0 on). `None` when the
+/// plugin supports nothing at or below the request.
+fn ipam_version(binary: &Path, requested: &str) -> Option<String> {
+    let supported = supported_versions(binary);
+    if supported.is_empty() || supported.iter().any(|v| v == requested) {
+        return Some(requested.to_string());
+    }
+    supported
+        .into_iter()
+        .filter(|v| version_key(v) <= version_key(requested))
+        .max_by_key(|v| version_key(v))
+}
 
 fn command_name(command: Command) -> &'static str {
     match command {
@@ -76,7 +121,18 @@ pub fn delegate(request: &Request, command: Command) -> Result<Value, CniError> 
             )
             .with_details(e.to_string())
         })?;
-    let config = serde_json::to_vec(&request.config).unwrap_or_default();
+    let mut config = request.config.clone();
+    let ipam_version = ipam_version(&binary, &version).ok_or_else(|| {
+        CniError::new(
+            &version,
+            code::INCOMPATIBLE_VERSION,
+            format!("IPAM plugin {plugin:?} supports no version up to {version}"),
+        )
+    })?;
+    if ipam_version != version {
+        config["cniVersion"] = Value::String(ipam_version);
+    }
+    let config = serde_json::to_vec(&config).unwrap_or_default();
     if let Some(mut stdin) = child.stdin.take() {
         // A plugin that exits before reading its stdin reports why on stdout.
         let _ = stdin.write_all(&config);
