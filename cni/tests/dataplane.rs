@@ -422,3 +422,47 @@ async fn concurrent_adds_across_versions() {
     }
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
 }
+
+/// ADD announces the pod address with a gratuitous ARP: a bridge that accepts unsolicited
+/// ARP learns the pod's neighbour entry before the pod sends any traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_sends_gratuitous_arp() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("LXBR");
+    fx.octet = 96;
+    let created = ip(&["link", "add", &fx.bridge, "type", "bridge"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    std::fs::write(
+        format!("/proc/sys/net/ipv4/conf/{}/arp_accept", fx.bridge),
+        b"1",
+    )
+    .unwrap_or_else(|e| panic!("arp_accept: {e}"));
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let netns = fx.netns("g");
+    let add = fx.request(Command::Add, "g", &netns, fx.config("3.254"));
+    let result = pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let pod_ip = fx.net("3.2");
+    assert_eq!(result["ips"][0]["address"], format!("{pod_ip}/16"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let neigh =
+            String::from_utf8_lossy(&ip(&["neigh", "show", "dev", &fx.bridge]).stdout).to_string();
+        if neigh.lines().any(|l| l.starts_with(&format!("{pod_ip} "))) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no neighbour entry for {pod_ip}: {neigh}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut del = add.clone();
+    del.command = Command::Del;
+    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+}

@@ -298,7 +298,72 @@ pub async fn configure_pod_side(
         }
     }
     let link = link_by_name(&handle, &ifname).await?;
+    let mac = link.as_ref().and_then(mac_bytes);
+    if let Some(mac) = mac {
+        // Neighbours learn the (possibly reused) address now, not on their next ARP timeout.
+        // Best effort: a lost announcement only delays the first packets.
+        if let Err(e) = send_gratuitous_arp(index, mac, addr) {
+            tracing::warn!(error = %e, ifname, "gratuitous ARP failed");
+        }
+    }
     Ok(link.as_ref().map(mac_of).unwrap_or_default())
+}
+
+fn mac_bytes(link: &LinkMessage) -> Option<[u8; 6]> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(mac) => mac.as_slice().try_into().ok(),
+        _ => None,
+    })
+}
+
+/// Broadcasts one gratuitous ARP request (sender = target = `ip`) on interface `index` of
+/// the calling thread's namespace, as the reference bridge plugin does after ADD.
+fn send_gratuitous_arp(index: u32, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Result<()> {
+    use nix::libc;
+    const ETH_P_ARP: u16 = 0x0806;
+    let mut frame = Vec::with_capacity(42);
+    frame.extend_from_slice(&[0xff; 6]); // destination: broadcast
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    frame.extend_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]); // Ethernet/IPv4, request
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&ip.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&ip.octets());
+
+    // SAFETY: plain socket/sendto/close FFI calls with a fully initialised sockaddr_ll and a
+    // frame buffer that outlives the call; the fd is closed on every path.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            i32::from(ETH_P_ARP.to_be()),
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETH_P_ARP.to_be();
+        addr.sll_ifindex = index as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        let result = if sent < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+        libc::close(fd);
+        result
+    }
 }
 
 /// Name, alias and controller (bridge) index of every link in the namespace.
