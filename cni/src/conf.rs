@@ -36,6 +36,8 @@ pub struct NetConf {
     pub mtu: u32,
     /// The evio-node CNI socket the plugin forwards requests to.
     pub socket: String,
+    /// OVS datapath: "system" (kernel) or "netdev" (userspace).
+    pub ovs_datapath: String,
 }
 
 impl Default for NetConf {
@@ -49,7 +51,8 @@ impl Default for NetConf {
             is_default_gateway: true,
             is_ip_masq: true,
             mtu: 1500,
-            socket: "/run/evio/cni.sock".into(),
+            socket: crate::spec::DEFAULT_SOCKET.into(),
+            ovs_datapath: "system".into(),
         }
     }
 }
@@ -72,6 +75,7 @@ pub struct OriginalNetConf {
     pub is_ip_masq: Option<bool>,
     pub mtu: Option<u32>,
     pub socket: Option<String>,
+    pub ovs_datapath: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +119,7 @@ impl OriginalNetConf {
             is_ip_masq: self.is_ip_masq.unwrap_or(d.is_ip_masq),
             mtu: self.mtu.unwrap_or(d.mtu),
             socket: self.socket.clone().unwrap_or(d.socket),
+            ovs_datapath: self.ovs_datapath.clone().unwrap_or(d.ovs_datapath),
         }
     }
 }
@@ -152,6 +157,7 @@ pub fn conflist(conf: &NetConf, lease: &Lease) -> Value {
                 "isIPMasq": conf.is_ip_masq,
                 "mtu": conf.mtu,
                 "socket": conf.socket,
+                "ovsDatapath": conf.ovs_datapath,
                 "bridgeIPv4": format!("{gateway}/{}", pod_cidr.prefix()),
                 "podCIDR": pod_cidr.to_string(),
                 "nodeSubnet": lease.block.subnet.to_string(),
@@ -163,6 +169,7 @@ pub fn conflist(conf: &NetConf, lease: &Lease) -> Value {
                         "rangeEnd": lease.block.range_end.to_string(),
                         "gateway": gateway.to_string(),
                     }]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
                 },
             },
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
@@ -223,6 +230,9 @@ mod tests {
         assert_eq!(range["rangeEnd"], "10.244.3.254");
         assert_eq!(range["gateway"], "10.244.3.1");
         assert_eq!(value["name"], "k8s-pod-network");
+        assert_eq!(plugin["ovsDatapath"], "system");
+        assert_eq!(plugin["socket"], "/run/evio/cni.sock");
+        assert_eq!(value["plugins"][1]["type"], "portmap");
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .cni_socket
         .clone()
         .unwrap_or_else(|| args.data_dir.join("cni.sock"));
+    // Absolute: the conflist names it, and kubelet runs evio-cni from anywhere.
+    let cni_socket = std::path::absolute(&cni_socket)
+        .with_context(|| format!("resolving {}", cni_socket.display()))?;
     let cni = CniService::bind(&cni_socket)?;
     let cni = tokio::spawn(cni.run());
 
@@ -93,7 +96,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         replica.wait_for_leader(Duration::from_secs(30)).await?;
         let (lease, created) = replica.acquire(&node_name, None).await?;
         let net_d = args.data_dir.join("net.d");
-        let written = evio_cni::write_conflist(&net_d, &NetConf::default(), &lease)?;
+        // The conflist names this daemon's socket, so evio-cni reaches this dev instance.
+        let conf = NetConf {
+            socket: cni_socket.to_string_lossy().into_owned(),
+            ..NetConf::default()
+        };
+        let written = evio_cni::write_conflist(&net_d, &conf, &lease)?;
         anyhow::Ok((lease, created, net_d, written))
     };
     let outcome = tokio::select! {
