@@ -80,6 +80,17 @@ where
     })?
 }
 
+/// The index of link `name`, which must exist.
+pub async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetlinkError> {
+    link_by_name(handle, name)
+        .await?
+        .map(|l| l.header.index)
+        .ok_or_else(|| NetlinkError {
+            action: format!("finding link {name}"),
+            reason: "no such link".into(),
+        })
+}
+
 /// The link called `name`, if any.
 pub async fn link_by_name(
     handle: &Handle,
@@ -203,20 +214,8 @@ pub async fn create_veth(
         .execute()
         .await
         .map_err(fail(format!("creating veth {host}/{peer}")))?;
-    let host_index = link_by_name(handle, host)
-        .await?
-        .map(|l| l.header.index)
-        .ok_or_else(|| NetlinkError {
-            action: format!("creating veth {host}"),
-            reason: "host end vanished".into(),
-        })?;
-    let peer_index = link_by_name(handle, peer)
-        .await?
-        .map(|l| l.header.index)
-        .ok_or_else(|| NetlinkError {
-            action: format!("creating veth {peer}"),
-            reason: "peer end vanished".into(),
-        })?;
+    let host_index = link_index(handle, host).await?;
+    let peer_index = link_index(handle, peer).await?;
     let mut host_end = LinkUnspec::new_with_index(host_index).alias(owner).up();
     if let Some(bridge) = linux_bridge {
         host_end = host_end.controller(bridge);
@@ -263,13 +262,7 @@ pub async fn configure_pod_side(
     prefix: u8,
     default_gw: Option<Ipv4Addr>,
 ) -> Result<String, NetlinkError> {
-    let index = link_by_name(&handle, &temp)
-        .await?
-        .map(|l| l.header.index)
-        .ok_or_else(|| NetlinkError {
-            action: format!("finding {temp} in the pod netns"),
-            reason: "not there".into(),
-        })?;
+    let index = link_index(&handle, &temp).await?;
     handle
         .link()
         .set(

@@ -68,6 +68,15 @@ impl PluginConf {
     }
 }
 
+/// The OVSDB the raw config names (DEL and GC must work even when the rest of it is off).
+fn ovsdb_for(request: &Request) -> Ovsdb {
+    Ovsdb::new(
+        request.config["ovsdbSocket"]
+            .as_str()
+            .unwrap_or(ovsdb::DEFAULT_SOCKET),
+    )
+}
+
 fn default_mtu() -> u32 {
     1500
 }
@@ -320,10 +329,7 @@ async fn gc(handle: &Handle, request: &Request) -> Result<Value, CniError> {
         .unwrap_or_default();
     let prefix = owner_prefix(request);
     if request.config["bridgeType"] != "LXBR" {
-        let socket = request.config["ovsdbSocket"]
-            .as_str()
-            .unwrap_or(ovsdb::DEFAULT_SOCKET);
-        let ovsdb = Ovsdb::new(socket);
+        let ovsdb = ovsdb_for(request);
         let ovs_error = |e: OvsdbError| CniError::new(&version, CODE_OVSDB, e.to_string());
         for (port, owner) in ovsdb.owned_ports().await.map_err(ovs_error)? {
             let Some((container, ifname)) = parse_owner(&owner, &prefix) else {
@@ -582,10 +588,7 @@ async fn del(handle: &Handle, request: &Request) -> Result<Value, CniError> {
     // DEL must work with whatever config it gets: OVS unless it says LXBR.
     let is_lxbr = request.config["bridgeType"] == "LXBR";
     if !is_lxbr {
-        let socket = request.config["ovsdbSocket"]
-            .as_str()
-            .unwrap_or(ovsdb::DEFAULT_SOCKET);
-        Ovsdb::new(socket)
+        ovsdb_for(request)
             .del_port(&host)
             .await
             .map_err(|e| CniError::new(&version, CODE_OVSDB, e.to_string()))?;
