@@ -194,28 +194,40 @@ pub async fn add_address(
     }
 }
 
-/// Creates a veth pair in the host namespace: `host` attached to `bridge` and up, `peer`
-/// moved into the namespace open at `netns`.
-/// `owner` (container id and ifname) is kept as the host end's alias, so GC can tell whose
-/// interface it is.
+/// Creates a veth pair whose host end `host` stays here (attached to `linux_bridge` if
+/// given, up, `owner` as its alias) and whose other end is born as `pod_ifname` inside the
+/// namespace open at `netns`: created there directly, never moved (moving a netdev between
+/// namespaces costs a kernel synchronisation of tens of milliseconds).
 pub async fn create_veth(
     handle: &Handle,
     host: &str,
-    peer: &str,
+    pod_ifname: &str,
     owner: &str,
     mtu: u32,
     linux_bridge: Option<u32>,
     netns: &File,
 ) -> Result<(), NetlinkError> {
+    use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+    use rtnetlink::LinkMessageBuilder;
     use std::os::fd::AsRawFd;
+    let pod_end = LinkUnspec::new_with_name(pod_ifname)
+        .mtu(mtu)
+        .setns_by_fd(netns.as_raw_fd())
+        .build();
+    let pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(host.to_string())
+        .mtu(mtu)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(pod_end)))
+        .build();
     handle
         .link()
-        .add(LinkVeth::new(host, peer).mtu(mtu).build())
+        .add(pair)
         .execute()
         .await
-        .map_err(fail(format!("creating veth {host}/{peer}")))?;
+        .map_err(fail(format!(
+            "creating veth {host} with {pod_ifname} in the pod netns"
+        )))?;
     let host_index = link_index(handle, host).await?;
-    let peer_index = link_index(handle, peer).await?;
     let mut host_end = LinkUnspec::new_with_index(host_index).alias(owner).up();
     if let Some(bridge) = linux_bridge {
         host_end = host_end.controller(bridge);
@@ -225,19 +237,7 @@ pub async fn create_veth(
         .set(host_end.build())
         .execute()
         .await
-        .map_err(fail(format!("attaching {host} to the bridge")))?;
-    handle
-        .link()
-        .set(
-            // The MTU given at creation applies to the first end only.
-            LinkUnspec::new_with_index(peer_index)
-                .mtu(mtu)
-                .setns_by_fd(netns.as_raw_fd())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(fail(format!("moving {peer} into the pod netns")))
+        .map_err(fail(format!("attaching {host} to the bridge")))
 }
 
 /// Deletes link `name`; absent is fine (DEL is idempotent). Returns whether it existed.
@@ -252,27 +252,16 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetlinkErr
     }
 }
 
-/// Inside the pod netns: renames `temp` to `ifname`, brings it and `lo` up, adds the address
-/// and (optionally) the default route. Returns the interface's MAC.
+/// Inside the pod netns: brings `ifname` and `lo` up, adds the address and (optionally) the
+/// default route, announces the address. Returns the interface's MAC.
 pub async fn configure_pod_side(
     handle: Handle,
-    temp: String,
     ifname: String,
     addr: Ipv4Addr,
     prefix: u8,
     default_gw: Option<Ipv4Addr>,
 ) -> Result<String, NetlinkError> {
-    let index = link_index(&handle, &temp).await?;
-    handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(index)
-                .name(ifname.clone())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(fail(format!("renaming {temp} to {ifname}")))?;
+    let index = link_index(&handle, &ifname).await?;
     set_up(&handle, index).await?;
     if let Some(lo) = link_by_name(&handle, "lo").await? {
         set_up(&handle, lo.header.index).await?;

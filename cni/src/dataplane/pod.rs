@@ -113,13 +113,6 @@ fn parse_owner<'a>(owner: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
     owner.strip_prefix(prefix)?.rsplit_once('/')
 }
 
-fn temp_peer_name(container_id: &str, ifname: &str) -> String {
-    format!(
-        "evtmp{:010x}",
-        fnv(&format!("peer/{container_id}/{ifname}")) & 0xff_ffff_ffff
-    )
-}
-
 fn parse_conf(request: &Request) -> Result<PluginConf, CniError> {
     let conf: PluginConf = serde_json::from_value(request.config.clone()).map_err(|e| {
         CniError::new(
@@ -473,12 +466,19 @@ async fn add(
         .map_err(netlink_error(&version))?
     };
     let host = host_veth_name(&request.container_id, &ifname);
-    let temp = temp_peer_name(&request.container_id, &ifname);
     let owner = owner_alias(request, &ifname);
     let linux_bridge = (!conf.is_ovs()).then_some(bridge_index);
-    netlink::create_veth(handle, &host, &temp, &owner, conf.mtu, linux_bridge, &netns)
-        .await
-        .map_err(netlink_error(&version))?;
+    netlink::create_veth(
+        handle,
+        &host,
+        &ifname,
+        &owner,
+        conf.mtu,
+        linux_bridge,
+        &netns,
+    )
+    .await
+    .map_err(netlink_error(&version))?;
 
     // From here on, a failure undoes the veth, the OVS port and the IPAM reservation.
     let result = async {
@@ -504,12 +504,11 @@ async fn add(
         let gateway = ipam_gateway.unwrap_or(conf.bridge_ipv4.ip());
         let default_gw = conf.is_default_gateway.then_some(gateway);
         let pod_mac = {
-            let (temp, ifname, path) = (temp.clone(), ifname.clone(), netns_path.clone());
+            let (ifname, path) = (ifname.clone(), netns_path.clone());
             tokio::task::spawn_blocking(move || {
                 netlink::in_netns(&path, move |h| {
                     netlink::configure_pod_side(
                         h,
-                        temp,
                         ifname,
                         address.ip(),
                         address.prefix(),
@@ -627,6 +626,5 @@ mod tests {
             host_veth_name("0123456789abcdef0123456789abcdef", "eth1")
         );
         assert!(a.len() <= 15 && a.starts_with("evio"), "{a}");
-        assert!(temp_peer_name("c", "eth0").len() <= 15);
     }
 }
