@@ -316,11 +316,8 @@ fn send_gratuitous_arp(index: u32, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Resul
     // SAFETY: plain socket/sendto/close FFI calls with a fully initialised sockaddr_ll and a
     // frame buffer that outlives the call; the fd is closed on every path.
     unsafe {
-        let fd = libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW,
-            i32::from(ETH_P_ARP.to_be()),
-        );
+        // Protocol 0: send-only, so no receive hook to unregister on close.
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -343,7 +340,10 @@ fn send_gratuitous_arp(index: u32, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Resul
         } else {
             Ok(())
         };
-        libc::close(fd);
+        // Closing a packet socket waits for an RCU grace period (several ms); the frame is
+        // already queued, so the close need not hold up the pod's ADD.
+        let owned = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        std::thread::spawn(move || drop(owned));
         result
     }
 }
