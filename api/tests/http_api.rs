@@ -440,7 +440,10 @@ async fn readyz_is_503_before_joining_a_cluster() {
 
 #[tokio::test]
 async fn reads_can_be_closed_and_writes_always_need_the_token() {
-    let options = evio_api::ApiOptions { auth_reads: true };
+    let options = evio_api::ApiOptions {
+        auth_reads: true,
+        ..Default::default()
+    };
     let member = Member::start_with(
         "closed",
         pool("10.244.0.0/16", 8),

@@ -30,6 +30,23 @@ pub enum LeaseCommand {
         request_id: String,
         at: u64,
     },
+    /// Hold `block` for `owner` (an imported range, `legacy:...`), so it is never handed to a
+    /// node. Idempotent for the same owner and block; refused when the block is taken.
+    #[serde(rename_all = "camelCase")]
+    Reserve {
+        owner: String,
+        block: u32,
+        request_id: String,
+        at: u64,
+    },
+    /// Give `from`'s block (a reserved range) to `node`, which must hold no other lease.
+    #[serde(rename_all = "camelCase")]
+    Claim {
+        node: String,
+        from: String,
+        request_id: String,
+        at: u64,
+    },
 }
 
 /// What applying a command decided.
@@ -42,9 +59,30 @@ pub enum LeaseOutcome {
     Released { existed: bool },
     #[serde(rename_all = "camelCase")]
     PoolExhausted { blocks: u64 },
+    /// A reservation or claim that cannot be done; nothing changed.
+    #[serde(rename_all = "camelCase")]
+    Refused { reason: Refusal },
     /// Log entries without application data (blank, membership) decide nothing.
     #[default]
     None,
+}
+
+/// Why a `Reserve` or `Claim` changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Refusal {
+    /// The block is outside the pool.
+    #[serde(rename_all = "camelCase")]
+    OutsidePool { block: u32 },
+    /// The block is leased to someone else.
+    #[serde(rename_all = "camelCase")]
+    BlockTaken { block: u32, holder: String },
+    /// The owner (or claiming node) already holds another block.
+    #[serde(rename_all = "camelCase")]
+    OwnerHoldsOther { owner: String, block: u32 },
+    /// The claimed lease does not exist.
+    #[serde(rename_all = "camelCase")]
+    NoSuchLease { owner: String },
 }
 
 /// One node's lease as stored: the block index plus bookkeeping. The subnet and addresses are
@@ -226,6 +264,14 @@ impl LeaseTable {
         leases
     }
 
+    /// Who holds `block`, if anyone (linear: only used on refusals and imports).
+    pub fn holder_of(&self, block: u32) -> Option<&str> {
+        self.by_node
+            .values()
+            .find(|r| r.block == block)
+            .map(|r| r.node.as_str())
+    }
+
     pub fn records(&self) -> impl Iterator<Item = &LeaseRecord> {
         self.by_node.values()
     }
@@ -301,7 +347,95 @@ impl LeaseTable {
                 }
                 None => (LeaseOutcome::Released { existed: false }, Change::Unchanged),
             },
+            LeaseCommand::Reserve {
+                owner, block, at, ..
+            } => self.reserve(owner, *block, *at, revision),
+            LeaseCommand::Claim { node, from, at, .. } => self.claim(node, from, *at, revision),
         }
+    }
+
+    fn refused(reason: Refusal) -> (LeaseOutcome, Change) {
+        (LeaseOutcome::Refused { reason }, Change::Unchanged)
+    }
+
+    fn reserve(
+        &mut self,
+        owner: &str,
+        block: u32,
+        at: u64,
+        revision: u64,
+    ) -> (LeaseOutcome, Change) {
+        if u64::from(block) >= self.pool.block_count() {
+            return Self::refused(Refusal::OutsidePool { block });
+        }
+        if let Some(existing) = self.by_node.get(owner) {
+            if existing.block == block {
+                return (
+                    LeaseOutcome::Acquired {
+                        lease: existing.clone(),
+                        created: false,
+                    },
+                    Change::Unchanged,
+                );
+            }
+            return Self::refused(Refusal::OwnerHoldsOther {
+                owner: owner.to_string(),
+                block: existing.block,
+            });
+        }
+        if !self.free.take(block) {
+            let holder = self.holder_of(block).unwrap_or_default().to_string();
+            return Self::refused(Refusal::BlockTaken { block, holder });
+        }
+        let record = LeaseRecord {
+            node: owner.to_string(),
+            block,
+            host_ip: None,
+            revision,
+            acquired_at: at,
+        };
+        self.by_node.insert(owner.to_string(), record.clone());
+        (
+            LeaseOutcome::Acquired {
+                lease: record.clone(),
+                created: true,
+            },
+            Change::Put(record),
+        )
+    }
+
+    fn claim(&mut self, node: &str, from: &str, at: u64, revision: u64) -> (LeaseOutcome, Change) {
+        let Some(source) = self.by_node.get(from) else {
+            return Self::refused(Refusal::NoSuchLease {
+                owner: from.to_string(),
+            });
+        };
+        if let Some(held) = self.by_node.get(node) {
+            return Self::refused(Refusal::OwnerHoldsOther {
+                owner: node.to_string(),
+                block: held.block,
+            });
+        }
+        // The block moves without passing through the free set: nobody else can take it.
+        let record = LeaseRecord {
+            node: node.to_string(),
+            block: source.block,
+            host_ip: None,
+            revision,
+            acquired_at: at,
+        };
+        self.by_node.remove(from);
+        self.by_node.insert(node.to_string(), record.clone());
+        (
+            LeaseOutcome::Acquired {
+                lease: record.clone(),
+                created: true,
+            },
+            Change::Move {
+                from: from.to_string(),
+                record,
+            },
+        )
     }
 }
 
@@ -311,6 +445,11 @@ pub enum Change {
     Unchanged,
     Put(LeaseRecord),
     Delete(String),
+    /// A lease changed owner: delete `from`'s record, store `record`.
+    Move {
+        from: String,
+        record: LeaseRecord,
+    },
 }
 
 /// Why a node name is not acceptable as a lease key.

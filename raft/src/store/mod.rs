@@ -24,6 +24,14 @@ pub enum StoreError {
     Load { path: String, source: LoadError },
 }
 
+impl StoreError {
+    /// True when another process (a running evio-node) holds the database's file lock.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Open { source: sled::Error::Io(e), .. }
+            if e.to_string().contains("could not acquire lock"))
+    }
+}
+
 /// Opens (or creates) the store at `path`: returns the log store and the state machine.
 pub fn open(
     path: &Path,
