@@ -369,6 +369,40 @@ mod tests {
     }
 
     #[test]
+    fn bad_values_name_key_and_value() {
+        let base = serde_json::json!({"podCIDR": "10.244.0.16/16", "nodeBits": "8"});
+        let cases = [
+            ("nodeBits", serde_json::json!("eight")),
+            ("nodeBits", serde_json::json!(true)),
+            ("podCIDR", serde_json::json!("10.244.0.0/33")),
+            ("podCIDR", serde_json::json!("10.244.0.0/30")),
+            ("bridgeType", serde_json::json!("VXLAN")),
+            ("bridge", serde_json::json!("a-very-long-bridge-name")),
+            ("mtu", serde_json::json!(10)),
+            ("isIPMasq", serde_json::json!("yes")),
+            ("ovsDatapath", serde_json::json!("dpdk")),
+            ("socket", serde_json::json!("relative.sock")),
+        ];
+        for (key, value) in cases {
+            let mut conf = base.clone();
+            conf[key] = value.clone();
+            let err = OriginalNetConf::from_value("net-conf.json", &conf)
+                .map(|_| ())
+                .unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("{key:?}")) && msg.contains(&value.to_string()),
+                "{key}: {msg}"
+            );
+        }
+        let err = OriginalNetConf::from_value("f", &serde_json::json!({"nodeBits": 8}))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("\"podCIDR\""), "{err}");
+        assert!(OriginalNetConf::from_value("f", &base).is_ok());
+    }
+
+    #[test]
     fn write_is_idempotent() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

@@ -667,6 +667,110 @@ mod tests {
         ));
     }
 
+    fn reserve(owner: &str, block: u32) -> LeaseCommand {
+        LeaseCommand::Reserve {
+            owner: owner.into(),
+            block,
+            request_id: format!("res-{owner}"),
+            at: 5,
+        }
+    }
+
+    fn claim(node: &str, from: &str) -> LeaseCommand {
+        LeaseCommand::Claim {
+            node: node.into(),
+            from: from.into(),
+            request_id: format!("claim-{node}"),
+            at: 7,
+        }
+    }
+
+    fn refusal(outcome: &LeaseOutcome) -> &Refusal {
+        match outcome {
+            LeaseOutcome::Refused { reason } => reason,
+            other => panic!("expected Refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reserved_blocks_are_never_handed_out() {
+        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
+        let (o, change) = t.apply(&reserve("legacy:a", 0), 1);
+        assert_eq!(acquired_block(&o), (0, true));
+        assert!(matches!(change, Change::Put(ref r) if r.node == "legacy:a" && r.block == 0));
+        t.apply(&reserve("legacy:b", 2), 2);
+        // acquire skips both reserved blocks
+        let (o, _) = t.apply(&acquire("n1"), 3);
+        assert_eq!(acquired_block(&o), (1, true));
+        let (o, _) = t.apply(&acquire("n2"), 4);
+        assert_eq!(acquired_block(&o), (3, true));
+        assert_eq!(t.free_blocks(), 252);
+        // re-reserving the same block for the same owner is idempotent
+        let (o, change) = t.apply(&reserve("legacy:a", 0), 5);
+        assert_eq!(acquired_block(&o), (0, false));
+        assert_eq!(change, Change::Unchanged);
+        // a taken block, another block for the same owner, a block past the pool: refused
+        let (o, change) = t.apply(&reserve("legacy:c", 1), 6);
+        assert_eq!(
+            refusal(&o),
+            &Refusal::BlockTaken {
+                block: 1,
+                holder: "n1".into()
+            }
+        );
+        assert_eq!(change, Change::Unchanged);
+        let (o, _) = t.apply(&reserve("legacy:a", 9), 7);
+        assert!(matches!(
+            refusal(&o),
+            Refusal::OwnerHoldsOther { block: 0, .. }
+        ));
+        let (o, _) = t.apply(&reserve("legacy:z", 256), 8);
+        assert_eq!(refusal(&o), &Refusal::OutsidePool { block: 256 });
+        assert_eq!(t.free_blocks(), 252);
+        // the free set stays exact: releasing the reservation makes block 0 the lowest again
+        t.apply(&release("legacy:a"), 9);
+        let (o, _) = t.apply(&acquire("n3"), 10);
+        assert_eq!(acquired_block(&o), (0, true));
+    }
+
+    #[test]
+    fn claim_moves_a_reserved_block_to_a_node() {
+        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
+        t.apply(&reserve("legacy:r", 5), 1);
+        t.apply(&acquire("busy"), 2);
+        let free_before = t.free_blocks();
+        let (o, change) = t.apply(&claim("edge-1", "legacy:r"), 3);
+        assert_eq!(acquired_block(&o), (5, true));
+        match change {
+            Change::Move { from, record } => {
+                assert_eq!(from, "legacy:r");
+                assert_eq!(
+                    (record.node.as_str(), record.block, record.revision),
+                    ("edge-1", 5, 3)
+                );
+            }
+            other => panic!("expected Move, got {other:?}"),
+        }
+        assert!(t.get("legacy:r").is_none());
+        assert_eq!(t.get("edge-1").map(|l| l.record.block), Some(5));
+        assert_eq!(t.free_blocks(), free_before);
+        // the source is gone now; a node with a lease cannot claim; nothing changes
+        let (o, change) = t.apply(&claim("edge-2", "legacy:r"), 4);
+        assert!(matches!(refusal(&o), Refusal::NoSuchLease { .. }));
+        assert_eq!(change, Change::Unchanged);
+        t.apply(&reserve("legacy:s", 6), 5);
+        let (o, _) = t.apply(&claim("busy", "legacy:s"), 6);
+        assert!(matches!(
+            refusal(&o),
+            Refusal::OwnerHoldsOther { block: 0, .. }
+        ));
+        assert_eq!(t.get("legacy:s").map(|l| l.record.block), Some(6));
+        // the rebuilt table (what a restart loads) agrees
+        let rebuilt = LeaseTable::from_records(t.pool(), t.records().cloned())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rebuilt.free_blocks(), t.free_blocks());
+    }
+
     #[test]
     fn node_names() {
         for ok in ["node-1", "a", "worker.edge.example.com", "0abc"] {

@@ -53,6 +53,7 @@ pub struct ImportEtcdArgs {
 enum Outcome {
     Imported(String),
     AlreadyImported(String),
+    Ignored(String),
     Skipped(String),
 }
 
@@ -84,6 +85,11 @@ pub async fn run(args: ImportEtcdArgs) -> anyhow::Result<()> {
     let mut outcomes = Vec::new();
     for kv in response.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
+        if key.starts_with(&format!("{}evio-lock/", args.prefix)) {
+            // The original tool's global lock, not a range.
+            outcomes.push(Outcome::Ignored(format!("{key}: the original tool's lock")));
+            continue;
+        }
         if let Some(owner) = mirrored.get(&key) {
             // evio's own mirror wrote it: the block is already a lease.
             outcomes.push(Outcome::AlreadyImported(format!(
@@ -98,6 +104,7 @@ pub async fn run(args: ImportEtcdArgs) -> anyhow::Result<()> {
         match outcome {
             Outcome::Imported(line) => println!("imported  {line}"),
             Outcome::AlreadyImported(line) => println!("present   {line}"),
+            Outcome::Ignored(line) => println!("ignored   {line}"),
             Outcome::Skipped(line) => {
                 skipped += 1;
                 println!("SKIPPED   {line}");
