@@ -139,12 +139,8 @@ async fn local_lease(
     }
     // Refuses a data dir made for another pool, naming both.
     let dir = DataDir::open(data_dir, pool)?;
-    match evio_raft::store::open(&dir.db_path(), pool, evio_raft::store::DEFAULT_CACHE_BYTES) {
-        Ok((logs, state_machine)) => {
-            let lease = state_machine.view().read().table.get(node);
-            drop((logs, state_machine));
-            Ok(lease.map_or(Local::None, Local::Lease))
-        }
+    match evio_raft::store::committed_table(&dir.db_path(), pool).await {
+        Ok(table) => Ok(table.get(node).map_or(Local::None, Local::Lease)),
         Err(e) if e.is_locked() => {
             tracing::info!("the local replica is open in the running evio-node: asking its API");
             let addr_file = data_dir.join(API_ADDRESS_FILE);
