@@ -298,3 +298,69 @@ fn bad_net_conf_names_key_and_value_and_writes_nothing() {
     assert!(stderr(&out).contains("net-conf.json"), "{}", stderr(&out));
     assert!(!cluster.path("net.d").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_writes_and_keeps_its_conflist() {
+    let cluster = Cluster::new();
+    let net_conf = cluster.path("net-conf.json");
+    std::fs::write(
+        &net_conf,
+        ORIGINAL_NET_CONF.replace("\"bridgeType\":\"OVS\"", "\"bridgeType\":\"LXBR\""),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let net_conf = net_conf.to_string_lossy().to_string();
+    let net_d = cluster.path("net.d").to_string_lossy().to_string();
+    let node = cluster.start(
+        "solo",
+        &free_addr(),
+        &[],
+        &["--net-conf", &net_conf, "--cni-conf-dir", &net_d],
+    );
+    let path = cluster.path("net.d/10-evio.conflist");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no conflist:\n{}",
+            node.proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let conflist = read_conflist(&cluster);
+    let plugin = &conflist["plugins"][0];
+    assert_eq!(plugin["bridgeType"], "LXBR");
+    assert_eq!(plugin["nodeSubnet"], "10.244.0.0/24");
+    // the socket is the daemon's own (absolute), since net-conf.json names none
+    let socket = plugin["socket"].as_str().unwrap_or_default();
+    assert!(
+        socket.starts_with('/') && socket.ends_with("solo.cni.sock"),
+        "{socket}"
+    );
+    // Released by an operator while running: the daemon gets its node a lease again and the
+    // file names that lease.
+    let client = node.client();
+    client
+        .release("solo")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lease = client
+            .get_lease("solo", evio_api::Consistency::Local)
+            .await
+            .ok()
+            .flatten();
+        let written = read_conflist(&cluster)["plugins"][0]["nodeSubnet"].clone();
+        if let Some(lease) = lease {
+            if written == lease.subnet.to_string() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "conflist not current: {written}\n{}",
+            node.proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
