@@ -371,3 +371,40 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
         Some(None)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_is_fenced_off_by_the_term_key() {
+    if !have("etcd", "etcd-server") {
+        return;
+    }
+    let cluster = Cluster::new();
+    let etcd = Etcd::start(cluster.dir.path(), "fence");
+    // As if a leader of a much later term had mirrored already.
+    etcd.put("/evio/mirror/term", &format!("{:020}", u64::MAX / 2))
+        .await;
+    let node = cluster.start(
+        "solo",
+        &support::free_addr(),
+        &[],
+        &["--etcd-endpoints", &etcd.client_url],
+    );
+    support::acquire(&node, "n0").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.proc.logs().contains("a later leader wrote etcd") {
+        assert!(
+            Instant::now() < deadline,
+            "not fenced:\n{}",
+            node.proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(etcd.dump("/evio/leases/").await.is_empty());
+    assert!(etcd.dump("/evpn/").await.is_empty());
+    // Once the later term is gone, this leader mirrors again.
+    etcd.client()
+        .await
+        .delete("/evio/mirror/term", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    etcd_holds(&etcd, &expect(&[("n0", 0)]), "after the fence was lifted").await;
+}

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use evio_api::{EtcdMirrorJson, EtcdMirrorStatus, LeaseJson};
 use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
 use evio_raft::Replica;
@@ -23,6 +23,8 @@ use tokio::sync::watch;
 
 use super::{lease_keys, timed, EtcdError, EtcdSettings, LEASES_PREFIX};
 
+/// The Raft term of the last leader that wrote to etcd (zero-padded, so it compares as text).
+pub const TERM_KEY: &str = "/evio/mirror/term";
 /// At most this many operations per etcd transaction (etcd's default limit is 128).
 const OPS_PER_TXN: usize = 64;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -44,6 +46,8 @@ type KeyMap = BTreeMap<String, String>;
 /// Why a session ended without an etcd error.
 enum SessionEnd {
     NotLeader,
+    /// A leader of a later term wrote etcd: this member is deposed but may not know yet.
+    Fenced,
     Stopped,
 }
 
@@ -91,6 +95,14 @@ impl EtcdMirror {
             tracing::info!(endpoints = %self.settings.shown_endpoints(), "leader: mirroring leases to etcd");
             match self.session(&mut stop).await {
                 Ok(SessionEnd::Stopped) => break,
+                Ok(SessionEnd::Fenced) => {
+                    // Raft will tell this member soon; until then, stay out of etcd.
+                    self.update(|s| s.active = false);
+                    tokio::select! {
+                        _ = tokio::time::sleep(MAX_BACKOFF) => {}
+                        _ = crate::etcd::stopped(&mut stop) => break,
+                    }
+                }
                 Ok(SessionEnd::NotLeader) => {
                     tracing::info!("no longer leader: etcd mirror paused");
                     self.update(|s| s.active = false);
@@ -131,7 +143,9 @@ impl EtcdMirror {
     async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<SessionEnd, EtcdError> {
         let endpoints = self.settings.shown_endpoints();
         let mut client = self.settings.connect().await?;
-        let mut known = self.reconcile(&mut client).await?;
+        let Some(mut known) = self.reconcile(&mut client).await? else {
+            return Ok(SessionEnd::Fenced);
+        };
         let mut metrics = self.replica.raft().metrics();
         loop {
             tokio::select! {
@@ -164,7 +178,9 @@ impl EtcdMirror {
             tokio::time::sleep(BATCH_WINDOW).await;
             let (desired, revision) = self.desired();
             let (puts, deletes) = diff(&known, &desired, None);
-            self.apply(&mut client, &puts, &deletes).await?;
+            if !self.apply(&mut client, &puts, &deletes).await? {
+                return Ok(SessionEnd::Fenced);
+            }
             known = desired;
             let keys = known.len() as u64;
             self.update(|s| {
@@ -174,8 +190,12 @@ impl EtcdMirror {
         }
     }
 
-    /// Makes etcd hold exactly the replica's keys (under evio's own prefix); returns them.
-    async fn reconcile(&self, client: &mut etcd_client::Client) -> Result<KeyMap, EtcdError> {
+    /// Makes etcd hold exactly the replica's keys (under evio's own prefix); returns them, or
+    /// `None` when a leader of a later term has written to etcd since (this one is deposed).
+    async fn reconcile(
+        &self,
+        client: &mut etcd_client::Client,
+    ) -> Result<Option<KeyMap>, EtcdError> {
         let endpoints = self.settings.shown_endpoints();
         let mut present = KeyMap::new();
         let own = timed(
@@ -222,7 +242,9 @@ impl EtcdMirror {
             .filter(|k| !removable.contains(*k) && !desired.contains_key(*k))
             .count();
         let (puts, deletes) = diff(&present, &desired, Some(&removable));
-        self.apply(client, &puts, &deletes).await?;
+        if !self.apply(client, &puts, &deletes).await? {
+            return Ok(None);
+        }
         let keys = desired.len() as u64;
         tracing::info!(
             written = puts.len(),
@@ -237,16 +259,21 @@ impl EtcdMirror {
             s.mirrored_revision = revision;
             s.keys = keys;
         });
-        Ok(desired)
+        Ok(Some(desired))
     }
 
+    /// Writes `puts` and `deletes` in transactions fenced by the Raft term: each one only
+    /// goes through while no leader of a later term has written [`TERM_KEY`], so a deposed
+    /// leader that still reaches etcd cannot undo its successor's work. Returns false when
+    /// fenced off.
     async fn apply(
         &self,
         client: &mut etcd_client::Client,
         puts: &[(String, String)],
         deletes: &[String],
-    ) -> Result<(), EtcdError> {
+    ) -> Result<bool, EtcdError> {
         let endpoints = self.settings.shown_endpoints();
+        let term = format!("{:020}", self.replica.metrics().current_term);
         let ops: Vec<TxnOp> = deletes
             .iter()
             .map(|k| TxnOp::delete(k.as_str(), None))
@@ -255,10 +282,28 @@ impl EtcdMirror {
                     .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None)),
             )
             .collect();
-        for chunk in ops.chunks(OPS_PER_TXN) {
-            timed(&endpoints, client.txn(Txn::new().and_then(chunk.to_vec()))).await?;
+        let chunks: Vec<&[TxnOp]> = if ops.is_empty() {
+            // Still claims the term, so an older leader is fenced off from now on.
+            vec![&[]]
+        } else {
+            ops.chunks(OPS_PER_TXN).collect()
+        };
+        for chunk in chunks {
+            let mut writes = chunk.to_vec();
+            writes.push(TxnOp::put(TERM_KEY, term.as_str(), None));
+            let txn = Txn::new()
+                .when([Compare::value(TERM_KEY, CompareOp::Greater, term.as_str())])
+                .or_else(writes);
+            let response = timed(&endpoints, client.txn(txn)).await?;
+            if response.succeeded() {
+                tracing::warn!(
+                    term,
+                    "etcd mirror: a later leader wrote etcd; this member stops mirroring"
+                );
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
