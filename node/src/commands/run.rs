@@ -539,7 +539,17 @@ mod tests {
             &token_arg,
             "--bootstrap",
         ];
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 7] = [
+            (&["--etcd-endpoints", "127.0.0.1:2379"], "127.0.0.1:2379"),
+            (
+                &[
+                    "--etcd-endpoints",
+                    "http://127.0.0.1:2379",
+                    "--etcd-username-file",
+                    "/u",
+                ],
+                "password file",
+            ),
             (&["--voters", "4"], "--voters 4"),
             (&["--voter-grace", "soon"], "soon"),
             (&["--heartbeat-ms", "900"], "--heartbeat-ms 900"),
