@@ -91,8 +91,11 @@ impl EtcdMirror {
             if !became_leader {
                 break;
             }
+            let was_active = self.status.read().is_ok_and(|s| s.active);
             self.update(|s| s.active = true);
-            tracing::info!(endpoints = %self.settings.shown_endpoints(), "leader: mirroring leases to etcd");
+            if !was_active {
+                tracing::info!(endpoints = %self.settings.shown_endpoints(), "leader: mirroring leases to etcd");
+            }
             match self.session(&mut stop).await {
                 Ok(SessionEnd::Stopped) => break,
                 Ok(SessionEnd::Fenced) => {
@@ -134,9 +137,16 @@ impl EtcdMirror {
 
     /// The keys the local replica says etcd should hold, and the applied index they are of.
     fn desired(&self) -> (KeyMap, u64) {
-        let applied = self.replica.local().read();
-        let revision = applied.last_applied.map_or(0, |id| id.index);
-        let keys = applied.table.leases().iter().flat_map(lease_keys).collect();
+        // Copy under the lock, render outside it: the state machine's writer (every lease
+        // grant) waits for this lock.
+        let (table, revision) = {
+            let applied = self.replica.local().read();
+            (
+                applied.table.clone(),
+                applied.last_applied.map_or(0, |id| id.index),
+            )
+        };
+        let keys = table.leases().iter().flat_map(lease_keys).collect();
         (keys, revision)
     }
 
