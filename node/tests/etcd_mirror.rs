@@ -408,3 +408,57 @@ async fn a_deposed_leader_is_fenced_off_by_the_term_key() {
         .unwrap_or_else(|e| panic!("{e}"));
     etcd_holds(&etcd, &expect(&[("n0", 0)]), "after the fence was lifted").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_and_claimed_ranges_are_mirrored_under_their_owner() {
+    if !have("etcd", "etcd-server") {
+        return;
+    }
+    let cluster = Cluster::new();
+    let etcd = Etcd::start(cluster.dir.path(), "claim");
+    let node = cluster.start(
+        "solo",
+        &support::free_addr(),
+        &[],
+        &["--etcd-endpoints", &etcd.client_url],
+    );
+    support::acquire(&node, "known").await;
+    etcd_holds(&etcd, &expect(&[("known", 0)]), "known mirrored").await;
+    etcd.put(&original_key(4), "ok").await;
+    let out = evio_node(&[
+        "import-etcd",
+        "--endpoints",
+        &etcd.client_url,
+        "--api",
+        &node.proc.base,
+        "--token-file",
+        &cluster.token_arg(),
+    ])
+    .output()
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    // The key evio's own mirror wrote for `known` is recognised, not a conflict.
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("mirrored by evio for known"), "{stdout}");
+    let legacy = "legacy:10.244.4.2-10.244.4.254";
+    etcd_holds(
+        &etcd,
+        &expect(&[("known", 0), (legacy, 4)]),
+        "reservation mirrored",
+    )
+    .await;
+    node.client()
+        .claim("edge-4", legacy)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    etcd_holds(
+        &etcd,
+        &expect(&[("known", 0), ("edge-4", 4)]),
+        "claim mirrored",
+    )
+    .await;
+}
