@@ -462,3 +462,36 @@ async fn imported_and_claimed_ranges_are_mirrored_under_their_owner() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_over_tls_with_a_client_certificate() {
+    if !have("etcd", "etcd-server") || !have("openssl", "openssl") {
+        return;
+    }
+    let cluster = Cluster::new();
+    let tls = support::TlsFiles::make(cluster.dir.path());
+    let etcd = Etcd::start_tls(cluster.dir.path(), "tls", tls.clone());
+    let arg = |p: &std::path::Path| p.to_string_lossy().to_string();
+    let (ca, cert, key) = (arg(&tls.ca), arg(&tls.client_cert), arg(&tls.client_key));
+    let node = cluster.start(
+        "solo",
+        &support::free_addr(),
+        &[],
+        &[
+            "--etcd-endpoints",
+            &etcd.client_url,
+            "--etcd-ca-file",
+            &ca,
+            "--etcd-cert-file",
+            &cert,
+            "--etcd-key-file",
+            &key,
+        ],
+    );
+    support::acquire(&node, "n0").await;
+    etcd_holds(&etcd, &expect(&[("n0", 0)]), "mirrored over TLS").await;
+    wait_mirror(&node, "healthy over TLS", |m| {
+        m.healthy && m.lag_revisions == 0
+    })
+    .await;
+}

@@ -210,13 +210,127 @@ pub struct Etcd {
     data: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    tls: Option<TlsFiles>,
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made with
+/// the `openssl` command.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn make(dir: &Path) -> TlsFiles {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap_or_else(|e| panic!("openssl: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend_from_slice(&ec);
+        ca.extend_from_slice(&[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=evio-test-ca",
+        ]);
+        run(&ca);
+        for (name, usage) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            let mut req = vec!["req"];
+            req.extend_from_slice(&ec);
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let pem = format!("{name}.pem");
+            let ext = format!("{name}.ext");
+            req.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
+            run(&req);
+            std::fs::write(dir.join(&ext), usage.replace("\\n", "\n"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
+
+    fn options(&self) -> etcd_client::ConnectOptions {
+        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        etcd_client::ConnectOptions::new().with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)))
+                .identity(etcd_client::Identity::from_pem(
+                    read(&self.client_cert),
+                    read(&self.client_key),
+                )),
+        )
+    }
 }
 
 impl Etcd {
     pub fn start(dir: &Path, name: &str) -> Etcd {
+        Self::start_with(dir, name, None)
+    }
+
+    /// etcd serving clients over TLS only, requiring a client certificate from `tls.ca`.
+    pub fn start_tls(dir: &Path, name: &str, tls: TlsFiles) -> Etcd {
+        Self::start_with(dir, name, Some(tls))
+    }
+
+    fn start_with(dir: &Path, name: &str, tls: Option<TlsFiles>) -> Etcd {
         let data = dir.join(format!("{name}.etcd"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut etcd = Etcd {
-            client_url: format!("http://{}", free_addr()),
+            tls,
+            client_url: format!("{scheme}://{}", free_addr()),
             peer_url: format!("http://{}", free_addr()),
             log: dir.join(format!("{name}.etcd.log")),
             data,
@@ -230,7 +344,20 @@ impl Etcd {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "etcd already running");
         let log = std::fs::File::create(&self.log).unwrap_or_else(|e| panic!("{e}"));
+        let mut tls_args: Vec<String> = Vec::new();
+        if let Some(tls) = &self.tls {
+            for (flag, path) in [
+                ("--cert-file", &tls.server_cert),
+                ("--key-file", &tls.server_key),
+                ("--trusted-ca-file", &tls.ca),
+            ] {
+                tls_args.push(flag.into());
+                tls_args.push(path.to_string_lossy().into());
+            }
+            tls_args.push("--client-cert-auth".into());
+        }
         let child = Command::new("etcd")
+            .args(&tls_args)
             .args([
                 "--name",
                 "evio-test",
@@ -266,6 +393,11 @@ impl Etcd {
     /// etcd's own `/health` on the client URL (plain HTTP/1.0, no client needed).
     fn healthy(&self) -> bool {
         use std::io::{Read, Write};
+        if self.tls.is_some() {
+            // Over TLS: the port being open is enough; readers retry until etcd answers.
+            let addr = self.client_url.trim_start_matches("https://");
+            return std::net::TcpStream::connect(addr).is_ok();
+        }
         let addr = self.client_url.trim_start_matches("http://");
         let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
             return false;
@@ -290,10 +422,24 @@ impl Etcd {
         }
     }
 
+    /// A client, retrying (30 s at most) while etcd finishes starting.
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.client_url.as_str()], None)
-            .await
-            .unwrap_or_else(|e| panic!("connect etcd: {e}"))
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let options = self.tls.as_ref().map(TlsFiles::options);
+            let attempt = async {
+                let mut client =
+                    etcd_client::Client::connect([self.client_url.as_str()], options).await?;
+                client.get("probe", None).await?;
+                Ok::<_, etcd_client::Error>(client)
+            };
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(client)) => return client,
+                Ok(Err(e)) => assert!(Instant::now() < deadline, "connect etcd: {e}"),
+                Err(_) => assert!(Instant::now() < deadline, "connect etcd: timed out"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Every key/value under `prefix`.
