@@ -144,16 +144,17 @@ async fn local_lease(
         Err(e) if e.is_locked() => {
             tracing::info!("the local replica is open in the running evio-node: asking its API");
             let addr_file = data_dir.join(API_ADDRESS_FILE);
-            let addr = std::fs::read_to_string(&addr_file)
-                .with_context(|| {
-                    format!(
-                        "the local replica {} is locked by a running evio-node, and its API address file {} is unreadable",
-                        data_dir.display(),
-                        addr_file.display()
-                    )
-                })?
-                .trim()
-                .to_string();
+            let addr = match std::fs::read_to_string(&addr_file) {
+                Ok(addr) => addr.trim().to_string(),
+                Err(e) => {
+                    tracing::warn!(
+                        file = %addr_file.display(),
+                        error = %e,
+                        "the local replica is locked by a running evio-node whose API address is unknown; trying the cluster"
+                    );
+                    return Ok(Local::None);
+                }
+            };
             let client =
                 Client::new(&format!("http://{addr}"))?.with_token(token.map(str::to_string));
             let answer = tokio::time::timeout(
