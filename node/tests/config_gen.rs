@@ -60,6 +60,17 @@ fn config_gen(
         .unwrap_or_else(|e| panic!("{BIN}: {e}"))
 }
 
+/// Two members nobody answers for: the closed discard port (connection refused) and a
+/// listener that accepts connections but never replies (kept open by the returned handle).
+fn unreachable_members() -> (std::net::TcpListener, Vec<String>) {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let addr = silent
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    (silent, vec!["127.0.0.1:9".to_string(), addr])
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -164,6 +175,10 @@ async fn conflist_from_the_cluster_then_from_the_local_replica_with_all_peers_ki
     // Every peer SIGKILLed: c's daemon, cut off, still answers from its local view.
     nodes[0].proc.signal(Signal::SIGKILL);
     nodes[1].proc.signal(Signal::SIGKILL);
+    // From here on the members named are unreachable for sure (the dead members' ports may
+    // be taken by another test's processes meanwhile): a refusing port and a silent one.
+    let (_silent, unreachable) = unreachable_members();
+    let join = unreachable;
     std::fs::remove_file(cluster.path("net.d/10-evio.conflist")).unwrap_or_else(|e| panic!("{e}"));
     let out = config_gen(&cluster, "c", &cluster.path("c"), &join, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -285,7 +300,13 @@ fn bad_net_conf_names_key_and_value_and_writes_nothing() {
         let text = ORIGINAL_NET_CONF.replace(from, to);
         assert_ne!(text, ORIGINAL_NET_CONF, "{from}");
         std::fs::write(cluster.path("net-conf.json"), text).unwrap_or_else(|e| panic!("{e}"));
-        let out = config_gen(&cluster, "n", &cluster.path("data"), &[free_addr()], &[]);
+        let out = config_gen(
+            &cluster,
+            "n",
+            &cluster.path("data"),
+            &["127.0.0.1:9".to_string()],
+            &[],
+        );
         assert!(!out.status.success(), "{to}");
         let err = stderr(&out);
         assert!(err.contains(key) && err.contains(value), "{to}: {err}");
@@ -293,7 +314,13 @@ fn bad_net_conf_names_key_and_value_and_writes_nothing() {
     }
     std::fs::write(cluster.path("net-conf.json"), "{\"podCIDR\": ")
         .unwrap_or_else(|e| panic!("{e}"));
-    let out = config_gen(&cluster, "n", &cluster.path("data"), &[free_addr()], &[]);
+    let out = config_gen(
+        &cluster,
+        "n",
+        &cluster.path("data"),
+        &["127.0.0.1:9".to_string()],
+        &[],
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("net-conf.json"), "{}", stderr(&out));
     assert!(!cluster.path("net.d").exists());
