@@ -6,7 +6,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::types::{AcquireBody, ClusterJson, Consistency, ErrorBody, LeaseJson};
+use crate::types::{
+    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, LeaseJson, ReserveBody,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -192,6 +194,32 @@ impl Client {
     pub async fn release(&self, node: &str) -> Result<(), ClientError> {
         let url = self.url(&format!("/v1/leases/{node}"));
         self.send(self.http.delete(&url), &url).await.map(|_| ())
+    }
+
+    /// Holds `subnet` for `owner` (an imported `legacy:...` range); `true` when newly reserved.
+    pub async fn reserve(
+        &self,
+        owner: &str,
+        subnet: ipnetwork::Ipv4Network,
+    ) -> Result<(LeaseJson, bool), ClientError> {
+        let url = self.url("/v1/leases/reserve");
+        let body = ReserveBody {
+            owner: owner.to_string(),
+            subnet,
+        };
+        let response = self.send(self.http.post(&url).json(&body), &url).await?;
+        let created = response.status() == StatusCode::CREATED;
+        Ok((Self::json(response, &url).await?, created))
+    }
+
+    /// Gives the reserved range `from` to `node`.
+    pub async fn claim(&self, node: &str, from: &str) -> Result<LeaseJson, ClientError> {
+        let url = self.url(&format!("/v1/leases/{node}/claim"));
+        let body = ClaimBody {
+            from: from.to_string(),
+        };
+        let response = self.send(self.http.post(&url).json(&body), &url).await?;
+        Self::json(response, &url).await
     }
 
     /// Asks this member (forwarded to the leader) to admit a node.

@@ -7,5 +7,8 @@ pub mod server;
 pub mod types;
 
 pub use client::{Client, ClientError};
-pub use server::{router, ApiOptions};
-pub use types::{AcquireBody, ClusterJson, Consistency, ErrorBody, LeaseJson, MemberJson};
+pub use server::{router, ApiOptions, EtcdMirrorStatus};
+pub use types::{
+    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, EtcdMirrorJson, LeaseJson,
+    MemberJson, ReserveBody,
+};

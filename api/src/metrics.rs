@@ -4,6 +4,8 @@
 use std::sync::{Arc, Mutex};
 
 use evio_raft::Replica;
+
+use crate::types::EtcdMirrorJson;
 use openraft::ServerState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -42,6 +44,11 @@ pub struct ApiMetrics {
     last_applied: Gauge,
     last_log_index: Gauge,
     purged: Gauge,
+    mirror_active: Gauge,
+    mirror_healthy: Gauge,
+    mirror_lag: Gauge,
+    mirror_keys: Gauge,
+    mirror_errors: Gauge,
     // Serialises scrapes: gauges are refreshed then encoded as one step.
     scrape: Mutex<()>,
 }
@@ -67,6 +74,36 @@ impl ApiMetrics {
         let last_applied = Gauge::default();
         let last_log_index = Gauge::default();
         let purged = Gauge::default();
+        let mirror_active = Gauge::default();
+        let mirror_healthy = Gauge::default();
+        let mirror_lag = Gauge::default();
+        let mirror_keys = Gauge::default();
+        let mirror_errors = Gauge::default();
+        registry.register(
+            "etcd_mirror_active",
+            "1 while this member (the leader) mirrors leases to etcd",
+            mirror_active.clone(),
+        );
+        registry.register(
+            "etcd_mirror_healthy",
+            "1 when the last etcd mirror call succeeded (0 when not configured)",
+            mirror_healthy.clone(),
+        );
+        registry.register(
+            "etcd_mirror_lag_revisions",
+            "Applied Raft revisions not yet mirrored to etcd",
+            mirror_lag.clone(),
+        );
+        registry.register(
+            "etcd_mirror_keys",
+            "Keys evio holds in etcd",
+            mirror_keys.clone(),
+        );
+        registry.register(
+            "etcd_mirror_errors",
+            "Failed etcd mirror attempts since start",
+            mirror_errors.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -121,6 +158,11 @@ impl ApiMetrics {
             last_applied,
             last_log_index,
             purged,
+            mirror_active,
+            mirror_healthy,
+            mirror_lag,
+            mirror_keys,
+            mirror_errors,
             scrape: Mutex::new(()),
         }
     }
@@ -141,9 +183,20 @@ impl ApiMetrics {
             .observe(seconds);
     }
 
-    /// Refreshes the gauges from `replica` and renders the Prometheus text format.
-    pub fn render(&self, replica: &Arc<Replica>) -> Result<String, std::fmt::Error> {
+    /// Refreshes the gauges from `replica` (and the etcd mirror, when there is one) and
+    /// renders the Prometheus text format.
+    pub fn render(
+        &self,
+        replica: &Arc<Replica>,
+        etcd_mirror: Option<&EtcdMirrorJson>,
+    ) -> Result<String, std::fmt::Error> {
         let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let mirror = etcd_mirror.cloned().unwrap_or_default();
+        self.mirror_active.set(i64::from(mirror.active));
+        self.mirror_healthy.set(i64::from(mirror.healthy));
+        self.mirror_lag.set(gauge_value(mirror.lag_revisions));
+        self.mirror_keys.set(gauge_value(mirror.keys));
+        self.mirror_errors.set(gauge_value(mirror.errors));
         let metrics = replica.metrics();
         {
             let applied = replica.local().read();

@@ -13,12 +13,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use evio_raft::network::{APPEND_PATH, CLUSTER_HEADER, SNAPSHOT_PATH, TARGET_HEADER, VOTE_PATH};
 use evio_raft::types::TypeConfig;
-use evio_raft::{validate_node_name, Replica, RequestError};
+use evio_raft::{validate_node_name, validate_owner, Refusal, Replica, RequestError};
 use evio_raft::{AdmitError, JoinRequest, JoinResponse};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 use crate::metrics::ApiMetrics;
-use crate::types::{AcquireBody, ClusterJson, Consistency, ErrorBody, LeaseJson, MemberJson};
+use crate::types::{
+    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, EtcdMirrorJson, LeaseJson,
+    MemberJson, ReserveBody,
+};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -27,11 +30,35 @@ pub struct ApiState {
     pub options: ApiOptions,
 }
 
+/// The etcd mirror's state, written by the mirror task and read by `/v1/cluster` and
+/// `/metrics`.
+pub type EtcdMirrorStatus = Arc<std::sync::RwLock<EtcdMirrorJson>>;
+
 /// How the API guards itself. Mutating calls and Raft RPC always need the cluster token.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ApiOptions {
     /// Also require the token for lease reads.
     pub auth_reads: bool,
+    /// Set when this member runs an etcd mirror.
+    pub etcd_mirror: Option<EtcdMirrorStatus>,
+}
+
+/// The mirror's state with the lag computed now, so it is never stale.
+pub fn etcd_mirror_now(state: &ApiState) -> Option<EtcdMirrorJson> {
+    let status = state.options.etcd_mirror.as_ref()?;
+    let mut json = status.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let applied = state
+        .replica
+        .local()
+        .read()
+        .last_applied
+        .map_or(0, |id| id.index);
+    json.lag_revisions = if json.active {
+        applied.saturating_sub(json.mirrored_revision)
+    } else {
+        0
+    };
+    Some(json)
 }
 
 /// A member sends at most this many hops to reach the leader.
@@ -133,6 +160,15 @@ impl From<RequestError> for ApiError {
                 }
             },
             RequestError::NoQuorum(_) => ApiError::unavailable("no_quorum", e.to_string()),
+            RequestError::Refused(ref refusal) => {
+                let (status, code) = match refusal {
+                    Refusal::OutsidePool { .. } => (StatusCode::BAD_REQUEST, "outside_pool"),
+                    Refusal::BlockTaken { .. } => (StatusCode::CONFLICT, "block_taken"),
+                    Refusal::OwnerHoldsOther { .. } => (StatusCode::CONFLICT, "holds_other_lease"),
+                    Refusal::NoSuchLease { .. } => (StatusCode::NOT_FOUND, "not_found"),
+                };
+                ApiError::new(status, code, e.to_string())
+            }
             RequestError::Fatal(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }
@@ -182,6 +218,8 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
             "/v1/leases/{node}",
             get(get_lease).put(put_lease).delete(delete_lease),
         )
+        .route("/v1/leases/reserve", post(reserve_lease))
+        .route("/v1/leases/{node}/claim", post(claim_lease))
         .route("/v1/cluster/join", post(join))
         .route_layer(middleware::from_fn_with_state(state.clone(), forwarding));
     let raft_rpc = Router::new()
@@ -437,6 +475,11 @@ fn checked_name(node: &str) -> Result<(), ApiError> {
     validate_node_name(node).map_err(|e| RequestError::from(e).into())
 }
 
+/// A lease owner: a node name or an imported `legacy:...` range.
+fn checked_owner(owner: &str) -> Result<(), ApiError> {
+    validate_owner(owner).map_err(|e| RequestError::from(e).into())
+}
+
 async fn consistent(state: &ApiState, consistency: Consistency) -> Result<(), ApiError> {
     if consistency == Consistency::Linearizable {
         state.replica.linearizable_barrier().await?;
@@ -460,7 +503,7 @@ async fn get_lease(
     Path(node): Path<String>,
     query: RawQuery,
 ) -> Result<Json<LeaseJson>, ApiError> {
-    checked_name(&node)?;
+    checked_owner(&node)?;
     consistent(&state, read_params(query)?).await?;
     let applied = state.replica.local().read();
     applied
@@ -508,9 +551,44 @@ async fn delete_lease(
     State(state): State<ApiState>,
     Path(node): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    checked_name(&node)?;
+    checked_owner(&node)?;
     state.replica.release(&node).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn reserve_lease(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let body: ReserveBody = parse_body(&body, "reserve")?;
+    checked_owner(&body.owner)?;
+    let pool = state.replica.pool();
+    let block = pool.index_of(body.subnet).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "outside_pool",
+            format!(
+                "subnet {} is not a node block of the pool {pool}",
+                body.subnet
+            ),
+        )
+    })?;
+    let (lease, created) = state.replica.reserve(&body.owner, block).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(LeaseJson::from(&lease))).into_response())
+}
+
+async fn claim_lease(
+    State(state): State<ApiState>,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Result<Json<LeaseJson>, ApiError> {
+    checked_name(&node)?;
+    let body: ClaimBody = parse_body(&body, "claim")?;
+    checked_owner(&body.from)?;
+    let lease = state.replica.claim(&node, &body.from).await?;
+    Ok(Json(LeaseJson::from(&lease)))
 }
 
 async fn cluster(State(state): State<ApiState>) -> Json<ClusterJson> {
@@ -546,6 +624,7 @@ async fn cluster(State(state): State<ApiState>) -> Json<ClusterJson> {
         node_bits: replica.pool().node_bits(),
         membership_changing: membership.get_joint_config().len() > 1,
         members,
+        etcd_mirror: etcd_mirror_now(&state),
     })
 }
 
@@ -576,7 +655,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let text = state
         .metrics
-        .render(&state.replica)
+        .render(&state.replica, etcd_mirror_now(&state).as_ref())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok((
         [(

@@ -81,6 +81,47 @@ pub struct ClusterJson {
     #[serde(default)]
     pub membership_changing: bool,
     pub members: Vec<MemberJson>,
+    /// The etcd mirror's state; absent when no etcd is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_mirror: Option<EtcdMirrorJson>,
+}
+
+/// The etcd mirror as `GET /v1/cluster` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdMirrorJson {
+    pub endpoints: Vec<String>,
+    /// True while this member is the Raft leader, the only one that writes to etcd.
+    pub active: bool,
+    /// False after a failed etcd call, until the next full reconcile succeeds.
+    pub healthy: bool,
+    /// The last Raft applied index whose lease state etcd is known to hold.
+    pub mirrored_revision: u64,
+    /// Applied revisions not yet in etcd (0 when not active).
+    pub lag_revisions: u64,
+    /// Keys evio holds in etcd (original layout plus `/evio/leases/`).
+    pub keys: u64,
+    pub errors: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// RFC 3339, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<String>,
+}
+
+/// Body of `POST /v1/leases/reserve`: hold a block for an imported range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveBody {
+    pub owner: String,
+    pub subnet: Ipv4Network,
+}
+
+/// Body of `POST /v1/leases/{node}/claim`: take over a reserved range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBody {
+    pub from: String,
 }
 
 /// Read consistency, `?consistency=local|linearizable`.

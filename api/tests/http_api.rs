@@ -440,7 +440,10 @@ async fn readyz_is_503_before_joining_a_cluster() {
 
 #[tokio::test]
 async fn reads_can_be_closed_and_writes_always_need_the_token() {
-    let options = evio_api::ApiOptions { auth_reads: true };
+    let options = evio_api::ApiOptions {
+        auth_reads: true,
+        ..Default::default()
+    };
     let member = Member::start_with(
         "closed",
         pool("10.244.0.0/16", 8),
@@ -497,4 +500,98 @@ async fn reads_can_be_closed_and_writes_always_need_the_token() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(leases.is_empty());
     member.shutdown().await;
+}
+
+#[tokio::test]
+async fn reserve_and_claim_over_http() {
+    let server = start("10.244.0.0/16", 8, true).await;
+    let base = &server.base;
+    let owner = "legacy:10.244.3.2-10.244.3.254";
+    // without an etcd mirror, /v1/cluster says nothing about one
+    let (status, _, text) = raw(reqwest::Method::GET, &format!("{base}/v1/cluster"), None).await;
+    assert_eq!(status, 200);
+    assert!(!text.contains("etcdMirror"), "{text}");
+    let post = |path: &str, body: &str| {
+        let url = format!("{base}{path}");
+        let body = body.to_string();
+        async move { raw(reqwest::Method::POST, &url, Some(&body)).await }
+    };
+    let reserve = format!(r#"{{"owner":"{owner}","subnet":"10.244.3.0/24"}}"#);
+    let (status, _, body) = post("/v1/leases/reserve", &reserve).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _, _) = post("/v1/leases/reserve", &reserve).await;
+    assert_eq!(status, 200);
+    // bad input: named, 4xx, nothing changes
+    let cases = [
+        (
+            r#"{"owner":"legacy:x","subnet":"10.244.4.0/24"}"#,
+            400,
+            "invalid_node_name",
+        ),
+        (
+            r#"{"owner":"legacy:10.244.4.2-10.244.4.254","subnet":"10.9.4.0/24"}"#,
+            400,
+            "outside_pool",
+        ),
+        (
+            r#"{"owner":"legacy:10.244.4.2-10.244.4.254","subnet":"10.244.4.0/25"}"#,
+            400,
+            "outside_pool",
+        ),
+        (
+            r#"{"owner":"legacy:10.244.9.2-10.244.9.254","subnet":"10.244.3.0/24"}"#,
+            409,
+            "block_taken",
+        ),
+        (r#"{"owner":1}"#, 400, "invalid_body"),
+    ];
+    for (body, want_status, want_code) in cases {
+        let (status, _, text) = post("/v1/leases/reserve", body).await;
+        assert_eq!(
+            (status, error_code(&text).as_str()),
+            (want_status, want_code),
+            "{body}: {text}"
+        );
+    }
+    // a new node never gets the reserved block
+    for i in 0..5 {
+        let (lease, _) = client(&server)
+            .acquire(&format!("n{i}"), None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(lease.subnet.to_string(), "10.244.3.0/24");
+    }
+    let (status, _, text) = post(
+        "/v1/leases/Bad_Name/claim",
+        &format!(r#"{{"from":"{owner}"}}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&text).as_str()),
+        (400, "invalid_node_name")
+    );
+    let (status, _, text) = post("/v1/leases/n0/claim", &format!(r#"{{"from":"{owner}"}}"#)).await;
+    assert_eq!(
+        (status, error_code(&text).as_str()),
+        (409, "holds_other_lease"),
+        "{text}"
+    );
+    let (status, _, text) =
+        post("/v1/leases/edge/claim", &format!(r#"{{"from":"{owner}"}}"#)).await;
+    assert_eq!(status, 200, "{text}");
+    let lease: evio_api::LeaseJson = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (lease.node.as_str(), lease.subnet.to_string().as_str()),
+        ("edge", "10.244.3.0/24")
+    );
+    let (status, _, text) = post(
+        "/v1/leases/edge2/claim",
+        &format!(r#"{{"from":"{owner}"}}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&text).as_str()),
+        (404, "not_found"),
+        "{text}"
+    );
 }

@@ -95,15 +95,114 @@ impl StringOrNumber {
 }
 
 impl OriginalNetConf {
+    /// Reads and checks the file; an error names the bad key and its value.
     pub fn load(path: &Path) -> Result<Self, ConfError> {
+        let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| ConfError::Read {
-            path: path.display().to_string(),
+            path: shown.clone(),
             source,
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| ConfError::Parse {
-            path: path.display().to_string(),
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| ConfError::Parse {
+            path: shown.clone(),
             reason: e.to_string(),
-        })
+        })?;
+        Self::from_value(&shown, &value)
+    }
+
+    /// Checks every known key's type and value (unknown keys such as `dataStore` are kept
+    /// out of the way, as the original tool ignored what it did not use).
+    pub fn from_value(path: &str, value: &Value) -> Result<Self, ConfError> {
+        let Some(object) = value.as_object() else {
+            return Err(ConfError::Parse {
+                path: path.to_string(),
+                reason: "expected a JSON object".into(),
+            });
+        };
+        let invalid = |key: &str, reason: &str| ConfError::Invalid {
+            path: path.to_string(),
+            key: key.to_string(),
+            value: object
+                .get(key)
+                .map_or_else(|| "(missing)".into(), Value::to_string),
+            reason: reason.to_string(),
+        };
+        fn typed<T: serde::de::DeserializeOwned>(
+            object: &serde_json::Map<String, Value>,
+            key: &str,
+        ) -> Result<Option<T>, String> {
+            match object.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => serde_json::from_value(v.clone())
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+            }
+        }
+        macro_rules! field {
+            ($key:literal) => {
+                typed(object, $key).map_err(|reason| invalid($key, &reason))?
+            };
+        }
+        let pod_cidr: String = field!("podCIDR")
+            .ok_or_else(|| invalid("podCIDR", "required, e.g. \"10.244.0.0/16\""))?;
+        let node_bits: StringOrNumber =
+            field!("nodeBits").ok_or_else(|| invalid("nodeBits", "required, e.g. \"8\""))?;
+        let conf = OriginalNetConf {
+            pod_cidr,
+            node_bits,
+            cni_version: field!("cniVersion"),
+            name: field!("name"),
+            bridge: field!("bridge"),
+            bridge_type: field!("bridgeType"),
+            is_gateway: field!("isGateway"),
+            is_default_gateway: field!("isDefaultGateway"),
+            is_ip_masq: field!("isIPMasq"),
+            mtu: field!("mtu"),
+            socket: field!("socket"),
+            ovs_datapath: field!("ovsDatapath"),
+        };
+        let bits = evio_raft::Pool::parse_node_bits(&conf.node_bits.as_string())
+            .map_err(|e| invalid("nodeBits", &e.to_string()))?;
+        evio_raft::Pool::parse(&conf.pod_cidr, bits)
+            .map_err(|e| invalid("podCIDR", &e.to_string()))?;
+        if let Some(bridge) = &conf.bridge {
+            let ok = !bridge.is_empty()
+                && bridge.len() <= 15
+                && !bridge.contains(|c: char| c == '/' || c.is_whitespace());
+            if !ok {
+                return Err(invalid(
+                    "bridge",
+                    "an interface name: 1 to 15 characters, no '/' or spaces",
+                ));
+            }
+        }
+        if conf.mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
+            return Err(invalid("mtu", "expected 68 to 65535"));
+        }
+        if let Some(datapath) = &conf.ovs_datapath {
+            if datapath != "system" && datapath != "netdev" {
+                return Err(invalid("ovsDatapath", "expected \"system\" or \"netdev\""));
+            }
+        }
+        if conf.socket.as_ref().is_some_and(|s| !s.starts_with('/')) {
+            return Err(invalid("socket", "expected an absolute path"));
+        }
+        if conf
+            .cni_version
+            .as_ref()
+            .is_some_and(|v| v.trim().is_empty())
+        {
+            return Err(invalid("cniVersion", "must not be empty"));
+        }
+        if conf.name.as_ref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(invalid("name", "must not be empty"));
+        }
+        Ok(conf)
+    }
+
+    /// The pool this file describes (already checked by `load`).
+    pub fn pool(&self) -> Result<evio_raft::Pool, evio_raft::PoolError> {
+        let bits = evio_raft::Pool::parse_node_bits(&self.node_bits.as_string())?;
+        evio_raft::Pool::parse(&self.pod_cidr, bits)
     }
 
     /// The node-independent CNI settings, defaults where the file is silent.
@@ -133,6 +232,13 @@ pub enum ConfError {
     },
     #[error("{path} is not a valid net-conf.json: {reason}")]
     Parse { path: String, reason: String },
+    #[error("{path}: invalid net-conf.json key {key:?} = {value}: {reason}")]
+    Invalid {
+        path: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
     #[error("writing {path}: {source}")]
     Write {
         path: String,
@@ -260,6 +366,40 @@ mod tests {
         std::fs::write(&path, b"{").unwrap_or_else(|e| panic!("{e}"));
         let err = OriginalNetConf::load(&path).map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("net-conf.json"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let base = serde_json::json!({"podCIDR": "10.244.0.16/16", "nodeBits": "8"});
+        let cases = [
+            ("nodeBits", serde_json::json!("eight")),
+            ("nodeBits", serde_json::json!(true)),
+            ("podCIDR", serde_json::json!("10.244.0.0/33")),
+            ("podCIDR", serde_json::json!("10.244.0.0/30")),
+            ("bridgeType", serde_json::json!("VXLAN")),
+            ("bridge", serde_json::json!("a-very-long-bridge-name")),
+            ("mtu", serde_json::json!(10)),
+            ("isIPMasq", serde_json::json!("yes")),
+            ("ovsDatapath", serde_json::json!("dpdk")),
+            ("socket", serde_json::json!("relative.sock")),
+        ];
+        for (key, value) in cases {
+            let mut conf = base.clone();
+            conf[key] = value.clone();
+            let err = OriginalNetConf::from_value("net-conf.json", &conf)
+                .map(|_| ())
+                .unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("{key:?}")) && msg.contains(&value.to_string()),
+                "{key}: {msg}"
+            );
+        }
+        let err = OriginalNetConf::from_value("f", &serde_json::json!({"nodeBits": 8}))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("\"podCIDR\""), "{err}");
+        assert!(OriginalNetConf::from_value("f", &base).is_ok());
     }
 
     #[test]

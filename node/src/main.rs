@@ -2,12 +2,15 @@
 //!
 //! - `run`: the production daemon, one member of the lease cluster ([`commands::run`]).
 //! - `dev`: the embedded default — a single-member cluster on this host ([`commands::dev`]).
+//! - `config-gen`: the init container — this node's conflist from its lease ([`commands::config_gen`]).
+//! - `import-etcd`: the original Evio ranges in etcd become reserved leases ([`commands::import_etcd`]).
 //! - `leases`, `cluster`: the CLI client for a running member's HTTP API ([`commands::client`]).
 //!
 //! The daemon's HTTP API (and Raft RPC) is served by [`serve`].
 
 mod cni_service;
 mod commands;
+mod etcd;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -44,6 +47,10 @@ enum Command {
     /// Cluster state through a member's API.
     #[command(subcommand)]
     Cluster(commands::client::ClusterCommand),
+    /// Write this node's CNI conflist from its lease (the init container).
+    ConfigGen(commands::config_gen::ConfigGenArgs),
+    /// Import the original Evio ranges from etcd as reserved leases.
+    ImportEtcd(commands::import_etcd::ImportEtcdArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -68,6 +75,8 @@ async fn main() -> std::process::ExitCode {
         Command::Run(args) => commands::run::run(*args).await,
         Command::Leases(cmd) => commands::client::leases(cmd).await,
         Command::Cluster(cmd) => commands::client::cluster(cmd).await,
+        Command::ConfigGen(args) => commands::config_gen::run(args).await,
+        Command::ImportEtcd(args) => commands::import_etcd::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -30,6 +30,23 @@ pub enum LeaseCommand {
         request_id: String,
         at: u64,
     },
+    /// Hold `block` for `owner` (an imported range, `legacy:...`), so it is never handed to a
+    /// node. Idempotent for the same owner and block; refused when the block is taken.
+    #[serde(rename_all = "camelCase")]
+    Reserve {
+        owner: String,
+        block: u32,
+        request_id: String,
+        at: u64,
+    },
+    /// Give `from`'s block (a reserved range) to `node`, which must hold no other lease.
+    #[serde(rename_all = "camelCase")]
+    Claim {
+        node: String,
+        from: String,
+        request_id: String,
+        at: u64,
+    },
 }
 
 /// What applying a command decided.
@@ -42,9 +59,30 @@ pub enum LeaseOutcome {
     Released { existed: bool },
     #[serde(rename_all = "camelCase")]
     PoolExhausted { blocks: u64 },
+    /// A reservation or claim that cannot be done; nothing changed.
+    #[serde(rename_all = "camelCase")]
+    Refused { reason: Refusal },
     /// Log entries without application data (blank, membership) decide nothing.
     #[default]
     None,
+}
+
+/// Why a `Reserve` or `Claim` changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Refusal {
+    /// The block is outside the pool.
+    #[serde(rename_all = "camelCase")]
+    OutsidePool { block: u32 },
+    /// The block is leased to someone else.
+    #[serde(rename_all = "camelCase")]
+    BlockTaken { block: u32, holder: String },
+    /// The owner (or claiming node) already holds another block.
+    #[serde(rename_all = "camelCase")]
+    OwnerHoldsOther { owner: String, block: u32 },
+    /// The claimed lease does not exist.
+    #[serde(rename_all = "camelCase")]
+    NoSuchLease { owner: String },
 }
 
 /// One node's lease as stored: the block index plus bookkeeping. The subnet and addresses are
@@ -226,6 +264,14 @@ impl LeaseTable {
         leases
     }
 
+    /// Who holds `block`, if anyone (linear: only used on refusals and imports).
+    pub fn holder_of(&self, block: u32) -> Option<&str> {
+        self.by_node
+            .values()
+            .find(|r| r.block == block)
+            .map(|r| r.node.as_str())
+    }
+
     pub fn records(&self) -> impl Iterator<Item = &LeaseRecord> {
         self.by_node.values()
     }
@@ -301,7 +347,95 @@ impl LeaseTable {
                 }
                 None => (LeaseOutcome::Released { existed: false }, Change::Unchanged),
             },
+            LeaseCommand::Reserve {
+                owner, block, at, ..
+            } => self.reserve(owner, *block, *at, revision),
+            LeaseCommand::Claim { node, from, at, .. } => self.claim(node, from, *at, revision),
         }
+    }
+
+    fn refused(reason: Refusal) -> (LeaseOutcome, Change) {
+        (LeaseOutcome::Refused { reason }, Change::Unchanged)
+    }
+
+    fn reserve(
+        &mut self,
+        owner: &str,
+        block: u32,
+        at: u64,
+        revision: u64,
+    ) -> (LeaseOutcome, Change) {
+        if u64::from(block) >= self.pool.block_count() {
+            return Self::refused(Refusal::OutsidePool { block });
+        }
+        if let Some(existing) = self.by_node.get(owner) {
+            if existing.block == block {
+                return (
+                    LeaseOutcome::Acquired {
+                        lease: existing.clone(),
+                        created: false,
+                    },
+                    Change::Unchanged,
+                );
+            }
+            return Self::refused(Refusal::OwnerHoldsOther {
+                owner: owner.to_string(),
+                block: existing.block,
+            });
+        }
+        if !self.free.take(block) {
+            let holder = self.holder_of(block).unwrap_or_default().to_string();
+            return Self::refused(Refusal::BlockTaken { block, holder });
+        }
+        let record = LeaseRecord {
+            node: owner.to_string(),
+            block,
+            host_ip: None,
+            revision,
+            acquired_at: at,
+        };
+        self.by_node.insert(owner.to_string(), record.clone());
+        (
+            LeaseOutcome::Acquired {
+                lease: record.clone(),
+                created: true,
+            },
+            Change::Put(record),
+        )
+    }
+
+    fn claim(&mut self, node: &str, from: &str, at: u64, revision: u64) -> (LeaseOutcome, Change) {
+        let Some(source) = self.by_node.get(from) else {
+            return Self::refused(Refusal::NoSuchLease {
+                owner: from.to_string(),
+            });
+        };
+        if let Some(held) = self.by_node.get(node) {
+            return Self::refused(Refusal::OwnerHoldsOther {
+                owner: node.to_string(),
+                block: held.block,
+            });
+        }
+        // The block moves without passing through the free set: nobody else can take it.
+        let record = LeaseRecord {
+            node: node.to_string(),
+            block: source.block,
+            host_ip: None,
+            revision,
+            acquired_at: at,
+        };
+        self.by_node.remove(from);
+        self.by_node.insert(node.to_string(), record.clone());
+        (
+            LeaseOutcome::Acquired {
+                lease: record.clone(),
+                created: true,
+            },
+            Change::Move {
+                from: from.to_string(),
+                record,
+            },
+        )
     }
 }
 
@@ -311,6 +445,11 @@ pub enum Change {
     Unchanged,
     Put(LeaseRecord),
     Delete(String),
+    /// A lease changed owner: delete `from`'s record, store `record`.
+    Move {
+        from: String,
+        record: LeaseRecord,
+    },
 }
 
 /// Why a node name is not acceptable as a lease key.
@@ -526,6 +665,110 @@ mod tests {
             LeaseTable::from_records(p, [rec("a", 256)]),
             Err(TableError::BlockOutsidePool { .. })
         ));
+    }
+
+    fn reserve(owner: &str, block: u32) -> LeaseCommand {
+        LeaseCommand::Reserve {
+            owner: owner.into(),
+            block,
+            request_id: format!("res-{owner}"),
+            at: 5,
+        }
+    }
+
+    fn claim(node: &str, from: &str) -> LeaseCommand {
+        LeaseCommand::Claim {
+            node: node.into(),
+            from: from.into(),
+            request_id: format!("claim-{node}"),
+            at: 7,
+        }
+    }
+
+    fn refusal(outcome: &LeaseOutcome) -> &Refusal {
+        match outcome {
+            LeaseOutcome::Refused { reason } => reason,
+            other => panic!("expected Refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reserved_blocks_are_never_handed_out() {
+        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
+        let (o, change) = t.apply(&reserve("legacy:a", 0), 1);
+        assert_eq!(acquired_block(&o), (0, true));
+        assert!(matches!(change, Change::Put(ref r) if r.node == "legacy:a" && r.block == 0));
+        t.apply(&reserve("legacy:b", 2), 2);
+        // acquire skips both reserved blocks
+        let (o, _) = t.apply(&acquire("n1"), 3);
+        assert_eq!(acquired_block(&o), (1, true));
+        let (o, _) = t.apply(&acquire("n2"), 4);
+        assert_eq!(acquired_block(&o), (3, true));
+        assert_eq!(t.free_blocks(), 252);
+        // re-reserving the same block for the same owner is idempotent
+        let (o, change) = t.apply(&reserve("legacy:a", 0), 5);
+        assert_eq!(acquired_block(&o), (0, false));
+        assert_eq!(change, Change::Unchanged);
+        // a taken block, another block for the same owner, a block past the pool: refused
+        let (o, change) = t.apply(&reserve("legacy:c", 1), 6);
+        assert_eq!(
+            refusal(&o),
+            &Refusal::BlockTaken {
+                block: 1,
+                holder: "n1".into()
+            }
+        );
+        assert_eq!(change, Change::Unchanged);
+        let (o, _) = t.apply(&reserve("legacy:a", 9), 7);
+        assert!(matches!(
+            refusal(&o),
+            Refusal::OwnerHoldsOther { block: 0, .. }
+        ));
+        let (o, _) = t.apply(&reserve("legacy:z", 256), 8);
+        assert_eq!(refusal(&o), &Refusal::OutsidePool { block: 256 });
+        assert_eq!(t.free_blocks(), 252);
+        // the free set stays exact: releasing the reservation makes block 0 the lowest again
+        t.apply(&release("legacy:a"), 9);
+        let (o, _) = t.apply(&acquire("n3"), 10);
+        assert_eq!(acquired_block(&o), (0, true));
+    }
+
+    #[test]
+    fn claim_moves_a_reserved_block_to_a_node() {
+        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
+        t.apply(&reserve("legacy:r", 5), 1);
+        t.apply(&acquire("busy"), 2);
+        let free_before = t.free_blocks();
+        let (o, change) = t.apply(&claim("edge-1", "legacy:r"), 3);
+        assert_eq!(acquired_block(&o), (5, true));
+        match change {
+            Change::Move { from, record } => {
+                assert_eq!(from, "legacy:r");
+                assert_eq!(
+                    (record.node.as_str(), record.block, record.revision),
+                    ("edge-1", 5, 3)
+                );
+            }
+            other => panic!("expected Move, got {other:?}"),
+        }
+        assert!(t.get("legacy:r").is_none());
+        assert_eq!(t.get("edge-1").map(|l| l.record.block), Some(5));
+        assert_eq!(t.free_blocks(), free_before);
+        // the source is gone now; a node with a lease cannot claim; nothing changes
+        let (o, change) = t.apply(&claim("edge-2", "legacy:r"), 4);
+        assert!(matches!(refusal(&o), Refusal::NoSuchLease { .. }));
+        assert_eq!(change, Change::Unchanged);
+        t.apply(&reserve("legacy:s", 6), 5);
+        let (o, _) = t.apply(&claim("busy", "legacy:s"), 6);
+        assert!(matches!(
+            refusal(&o),
+            Refusal::OwnerHoldsOther { block: 0, .. }
+        ));
+        assert_eq!(t.get("legacy:s").map(|l| l.record.block), Some(6));
+        // the rebuilt table (what a restart loads) agrees
+        let rebuilt = LeaseTable::from_records(t.pool(), t.records().cloned())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rebuilt.free_blocks(), t.free_blocks());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod data_dir;
 pub mod lease;
+pub mod legacy;
 pub mod membership;
 pub mod network;
 pub mod pool;
@@ -16,7 +17,10 @@ pub mod replica;
 pub mod store;
 pub mod types;
 
-pub use lease::{validate_node_name, Lease, LeaseCommand, LeaseOutcome, LeaseRecord, LeaseTable};
+pub use lease::{
+    validate_node_name, Lease, LeaseCommand, LeaseOutcome, LeaseRecord, LeaseTable, Refusal,
+};
+pub use legacy::{validate_owner, OriginalRange};
 pub use membership::{AdmitError, JoinRequest, JoinResponse, MembershipController};
 pub use pool::{Block, Pool, PoolError};
 pub use replica::{OpenError, RaftTuning, Replica, ReplicaConfig, RequestError};

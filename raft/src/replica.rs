@@ -13,7 +13,8 @@ use openraft::storage::RaftLogStorage;
 use openraft::{Config, SnapshotPolicy};
 
 use crate::data_dir::{random_hex, DataDir, DataDirError};
-use crate::lease::{validate_node_name, Lease, LeaseCommand, LeaseOutcome, NodeNameError};
+use crate::lease::{validate_node_name, Lease, LeaseCommand, LeaseOutcome, NodeNameError, Refusal};
+use crate::legacy::validate_owner;
 use crate::network::{HttpNetwork, PeerHttp};
 use crate::pool::Pool;
 use crate::store::{self, LocalView, StoreError};
@@ -99,8 +100,23 @@ pub enum RequestError {
     NotLeader { leader: Option<(NodeId, EvioNode)> },
     #[error("no quorum: the request did not complete within {0:?}")]
     NoQuorum(Duration),
+    #[error("{}", describe_refusal(.0))]
+    Refused(Refusal),
     #[error("raft stopped: {0}")]
     Fatal(String),
+}
+
+fn describe_refusal(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::OutsidePool { block } => format!("block {block} is outside the pool"),
+        Refusal::BlockTaken { block, holder } => {
+            format!("block {block} is already leased to {holder}")
+        }
+        Refusal::OwnerHoldsOther { owner, block } => {
+            format!("{owner} already holds another block ({block})")
+        }
+        Refusal::NoSuchLease { owner } => format!("{owner} holds no lease"),
+    }
 }
 
 pub struct Replica {
@@ -337,6 +353,10 @@ impl Replica {
                 at: unix_millis(),
             })
             .await?;
+        self.expand(outcome)
+    }
+
+    fn expand(&self, outcome: LeaseOutcome) -> Result<(Lease, bool), RequestError> {
         match outcome {
             LeaseOutcome::Acquired { lease, created } => {
                 let block = self.pool.block(lease.block).ok_or_else(|| {
@@ -352,13 +372,45 @@ impl Replica {
                 ))
             }
             LeaseOutcome::PoolExhausted { blocks } => Err(RequestError::PoolExhausted { blocks }),
+            LeaseOutcome::Refused { reason } => Err(RequestError::Refused(reason)),
             other => Err(RequestError::Fatal(format!("unexpected outcome {other:?}"))),
         }
     }
 
-    /// Returns `node`'s block to the pool. Ok(false) when it held none.
-    pub async fn release(&self, node: &str) -> Result<bool, RequestError> {
+    /// Holds `block` for `owner` (an imported `legacy:...` range). Returns the lease and
+    /// whether it was newly reserved; a block taken by another owner is refused.
+    pub async fn reserve(&self, owner: &str, block: u32) -> Result<(Lease, bool), RequestError> {
+        validate_owner(owner)?;
+        let outcome = self
+            .write(LeaseCommand::Reserve {
+                owner: owner.to_string(),
+                block,
+                request_id: request_id(),
+                at: unix_millis(),
+            })
+            .await?;
+        self.expand(outcome)
+    }
+
+    /// Gives `from`'s block to `node` (which must hold no lease).
+    pub async fn claim(&self, node: &str, from: &str) -> Result<Lease, RequestError> {
         validate_node_name(node)?;
+        validate_owner(from)?;
+        let outcome = self
+            .write(LeaseCommand::Claim {
+                node: node.to_string(),
+                from: from.to_string(),
+                request_id: request_id(),
+                at: unix_millis(),
+            })
+            .await?;
+        self.expand(outcome).map(|(lease, _)| lease)
+    }
+
+    /// Returns `node`'s block to the pool (a node or a `legacy:...` owner). Ok(false) when it
+    /// held none.
+    pub async fn release(&self, node: &str) -> Result<bool, RequestError> {
+        validate_owner(node)?;
         let outcome = self
             .write(LeaseCommand::Release {
                 node: node.to_string(),

@@ -76,6 +76,15 @@ pub enum LeasesCommand {
         #[arg(long)]
         host_ip: Option<Ipv4Addr>,
     },
+    /// Give a node the range reserved for an imported owner (`legacy:...`).
+    Claim {
+        node: String,
+        /// The reserved owner, e.g. legacy:10.244.3.2-10.244.3.254 (see `leases list`).
+        #[arg(long)]
+        from: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Return a node's block to the pool.
     Release {
         node: String,
@@ -146,6 +155,13 @@ pub async fn leases(cmd: LeasesCommand) -> anyhow::Result<()> {
             let (lease, created) = api.client()?.acquire(&node, host_ip).await?;
             if api.output == Output::Table {
                 eprintln!("{}", if created { "acquired" } else { "already held" });
+            }
+            show_leases(api.output, &[lease])
+        }
+        LeasesCommand::Claim { node, from, api } => {
+            let lease = api.client()?.claim(&node, &from).await?;
+            if api.output == Output::Table {
+                eprintln!("{node} claimed {} from {from}", lease.subnet);
             }
             show_leases(api.output, &[lease])
         }

@@ -14,6 +14,9 @@ use evio_raft::{
 use serde::Deserialize;
 
 use crate::cni_service::CniService;
+use crate::commands::config_gen;
+use crate::etcd::mirror::EtcdMirror;
+use crate::etcd::EtcdSettings;
 use crate::serve::{self, spawn_api, ShutdownSignals};
 
 /// Flags; the same keys (kebab-case) may come from `--config FILE` (JSON). Flags win.
@@ -80,6 +83,27 @@ pub struct RunArgs {
     #[arg(long)]
     #[serde(default)]
     auth_reads: bool,
+    /// Keep this node's CNI conflist (10-evio.conflist) in this dir current with its lease.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// Mirror leases to these etcd endpoints (comma-separated URLs) while leader.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Option<Vec<String>>,
+    /// File with the etcd username (like the original's /etc/credentials/username).
+    #[arg(long)]
+    etcd_username_file: Option<PathBuf>,
+    /// File with the etcd password (like the original's /etc/credentials/password).
+    #[arg(long)]
+    etcd_password_file: Option<PathBuf>,
+    /// CA certificate (PEM) for etcd over TLS.
+    #[arg(long)]
+    etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd over TLS.
+    #[arg(long)]
+    etcd_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for etcd over TLS.
+    #[arg(long)]
+    etcd_key_file: Option<PathBuf>,
 }
 
 /// Settings after merging flags, config file and defaults, all validated.
@@ -97,6 +121,9 @@ struct Settings {
     tuning: RaftTuning,
     auth_reads: bool,
     cni_socket: PathBuf,
+    /// The conflist to keep current, with its node-independent settings.
+    cni_conf: Option<(PathBuf, evio_cni::NetConf)>,
+    etcd: Option<EtcdSettings>,
 }
 
 impl RunArgs {
@@ -132,6 +159,13 @@ impl RunArgs {
             snapshot_keep: self.snapshot_keep.or(file.snapshot_keep),
             auth_reads: self.auth_reads || file.auth_reads,
             cni_socket: self.cni_socket.or(file.cni_socket),
+            cni_conf_dir: self.cni_conf_dir.or(file.cni_conf_dir),
+            etcd_endpoints: self.etcd_endpoints.or(file.etcd_endpoints),
+            etcd_username_file: self.etcd_username_file.or(file.etcd_username_file),
+            etcd_password_file: self.etcd_password_file.or(file.etcd_password_file),
+            etcd_ca_file: self.etcd_ca_file.or(file.etcd_ca_file),
+            etcd_cert_file: self.etcd_cert_file.or(file.etcd_cert_file),
+            etcd_key_file: self.etcd_key_file.or(file.etcd_key_file),
         })
     }
 
@@ -184,6 +218,43 @@ impl RunArgs {
                 "pass --join ADDR[,ADDR] to join a cluster, or --bootstrap for the very first node"
             );
         }
+        let cni_socket = args
+            .cni_socket
+            .unwrap_or_else(|| PathBuf::from(evio_cni::spec::DEFAULT_SOCKET));
+        let cni_conf = match args.cni_conf_dir {
+            Some(dir) => {
+                let socket = std::path::absolute(&cni_socket)
+                    .with_context(|| format!("resolving {}", cni_socket.display()))?;
+                let conf = match &net_conf {
+                    Some(original) if original.socket.is_some() => original.net_conf(),
+                    Some(original) => evio_cni::NetConf {
+                        socket: socket.to_string_lossy().into_owned(),
+                        ..original.net_conf()
+                    },
+                    None => evio_cni::NetConf {
+                        socket: socket.to_string_lossy().into_owned(),
+                        ..Default::default()
+                    },
+                };
+                Some((dir, conf))
+            }
+            None => None,
+        };
+        let etcd = match args.etcd_endpoints {
+            Some(endpoints) => {
+                let settings = EtcdSettings {
+                    endpoints,
+                    username_file: args.etcd_username_file,
+                    password_file: args.etcd_password_file,
+                    ca_file: args.etcd_ca_file,
+                    cert_file: args.etcd_cert_file,
+                    key_file: args.etcd_key_file,
+                };
+                settings.validate().context("--etcd-endpoints")?;
+                Some(settings)
+            }
+            None => None,
+        };
         Ok(Settings {
             node_name,
             data_dir: args
@@ -207,9 +278,9 @@ impl RunArgs {
                     .unwrap_or(defaults.logs_kept_after_snapshot),
             },
             auth_reads: args.auth_reads,
-            cni_socket: args
-                .cni_socket
-                .unwrap_or_else(|| PathBuf::from(evio_cni::spec::DEFAULT_SOCKET)),
+            cni_socket,
+            cni_conf,
+            etcd,
         })
     }
 }
@@ -262,13 +333,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
 
+    // config-gen finds this daemon's API here when the daemon holds the replica's lock.
+    evio_raft::data_dir::write_atomic(
+        &settings.data_dir.join(config_gen::API_ADDRESS_FILE),
+        advertise.as_bytes(),
+        0o644,
+    )
+    .context("recording the API address in the data dir")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mirror = settings
+        .etcd
+        .clone()
+        .map(|etcd| EtcdMirror::new(etcd, replica.clone()));
     let mut server_stop = stop_rx.clone();
     let mut server = spawn_api(
         listener,
         replica.clone(),
         ApiOptions {
             auth_reads: settings.auth_reads,
+            etcd_mirror: mirror.as_ref().map(EtcdMirror::status),
         },
         async move {
             let _ = server_stop.wait_for(|stop| *stop).await;
@@ -286,6 +369,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let controller =
         MembershipController::new(replica.clone(), settings.voters, settings.voter_grace);
     let controller = tokio::spawn(controller.run(stop_rx.clone()));
+    let mirror = mirror.map(|m| tokio::spawn(m.run(stop_rx.clone())));
+    let conflist = settings.cni_conf.clone().map(|(dir, conf)| {
+        tokio::spawn(config_gen::keep_current(
+            replica.clone(),
+            format!("http://{advertise}"),
+            settings.token.clone(),
+            dir,
+            conf,
+            stop_rx.clone(),
+        ))
+    });
 
     let start = async {
         if settings.bootstrap {
@@ -317,6 +411,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = cni.await;
     let _ = tokio::time::timeout(Duration::from_secs(10), &mut server).await;
     let _ = controller.await;
+    for task in [mirror, conflist].into_iter().flatten() {
+        let _ = task.await;
+    }
     replica.shutdown().await;
     outcome
 }
@@ -442,7 +539,17 @@ mod tests {
             &token_arg,
             "--bootstrap",
         ];
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 7] = [
+            (&["--etcd-endpoints", "127.0.0.1:2379"], "127.0.0.1:2379"),
+            (
+                &[
+                    "--etcd-endpoints",
+                    "http://127.0.0.1:2379",
+                    "--etcd-username-file",
+                    "/u",
+                ],
+                "password file",
+            ),
             (&["--voters", "4"], "--voters 4"),
             (&["--voter-grace", "soon"], "soon"),
             (&["--heartbeat-ms", "900"], "--heartbeat-ms 900"),

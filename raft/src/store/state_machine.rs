@@ -229,6 +229,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             batch.insert(lease_key(&record.node), json(&record)?)
                         }
                         Change::Delete(node) => batch.remove(lease_key(&node)),
+                        Change::Move { from, record } => {
+                            batch.remove(lease_key(&from));
+                            batch.insert(lease_key(&record.node), json(&record)?);
+                        }
                     }
                     outcome
                 }

@@ -1,0 +1,320 @@
+//! `evio-node config-gen`: the init container. Reads the original `net-conf.json`, finds this
+//! node's lease and writes the CNI conflist for it.
+//!
+//! Where the lease comes from, in order:
+//! 1. the local replica in the data dir, read straight from its sled database — no network,
+//!    so a node cut off from every peer still gets its config;
+//! 2. when the database is locked because this node's `evio-node run` is up, that daemon's
+//!    API (address recorded in `<data-dir>/api-address`), read with `consistency=local` —
+//!    still the local replica, still no other member needed;
+//! 3. the cluster, through any reachable `--join` member (forwarded to the leader), which
+//!    creates the lease when the node has none.
+//!
+//! Nothing is written unless a lease was found; a conflist that already says the same is
+//! left as is, one that says otherwise is replaced atomically and the change logged.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use evio_api::{Client, ClientError, Consistency, LeaseJson};
+use evio_cni::{NetConf, OriginalNetConf, CONFLIST_FILE};
+use evio_raft::data_dir::DataDir;
+use evio_raft::{Lease, LeaseRecord, Pool};
+
+/// The file `evio-node run` records its API address in, for config-gen to find it.
+pub const API_ADDRESS_FILE: &str = "api-address";
+
+#[derive(clap::Args)]
+pub struct ConfigGenArgs {
+    /// The original Evio net-conf.json (the ConfigMap).
+    #[arg(long)]
+    net_conf: PathBuf,
+    /// Where to write 10-evio.conflist.
+    #[arg(long)]
+    cni_conf_dir: PathBuf,
+    /// This node's evio data dir (its local lease replica).
+    #[arg(long, default_value = "/var/lib/evio")]
+    data_dir: PathBuf,
+    /// This node's name. Default: $NODE_NAME, then the hostname.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Cluster members to ask when the local replica has no lease (host:port, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// The cluster secret (needed to create a lease through the cluster).
+    #[arg(long)]
+    cluster_token_file: Option<PathBuf>,
+    /// How long to keep trying the cluster (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s")]
+    deadline: String,
+    /// This node's host-overlay address, recorded with a new lease.
+    #[arg(long)]
+    host_ip: Option<Ipv4Addr>,
+}
+
+/// What the local replica says about this node.
+enum Local {
+    Lease(Lease),
+    /// The replica exists but holds no lease for this node (or there is no replica).
+    None,
+}
+
+pub async fn run(args: ConfigGenArgs) -> anyhow::Result<()> {
+    let original = OriginalNetConf::load(&args.net_conf)?;
+    let pool = original.pool()?;
+    let conf = original.net_conf();
+    let deadline = humantime::parse_duration(&args.deadline).with_context(|| {
+        format!(
+            "--deadline {:?}: expected a duration like 30s",
+            args.deadline
+        )
+    })?;
+    let node = match args.node_name {
+        Some(name) => name,
+        None => crate::commands::dev::hostname()?,
+    };
+    evio_raft::validate_node_name(&node).context("pass a valid --node-name")?;
+    let token = match &args.cluster_token_file {
+        Some(path) => Some(crate::commands::run::read_token(path)?),
+        None => None,
+    };
+    let started = Instant::now();
+
+    let (lease, source) = match local_lease(&args.data_dir, pool, &node, token.as_deref()).await? {
+        Local::Lease(lease) => (lease, "local replica"),
+        Local::None => {
+            let remaining = deadline.saturating_sub(started.elapsed());
+            let lease =
+                cluster_lease(&args.join, &node, args.host_ip, token, pool, remaining).await?;
+            (lease, "cluster")
+        }
+    };
+    let path = args.cni_conf_dir.join(CONFLIST_FILE);
+    if let Some(previous) = conflist_subnet(&path) {
+        let subnet = lease.block.subnet.to_string();
+        if previous != subnet {
+            tracing::warn!(
+                conflist = %path.display(),
+                was = %previous,
+                now = %subnet,
+                "the existing conflist names another subnet than this node's lease: replacing it"
+            );
+        }
+    }
+    let written = evio_cni::write_conflist(&args.cni_conf_dir, &conf, &lease)?;
+    tracing::info!(
+        node = %node,
+        subnet = %lease.block.subnet,
+        source,
+        conflist = %path.display(),
+        rewritten = written,
+        "conflist {}",
+        if written { "written" } else { "already current" }
+    );
+    Ok(())
+}
+
+/// The subnet an existing conflist was written for, if it is one of ours.
+fn conflist_subnet(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value["plugins"][0]["nodeSubnet"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Reads this node's lease from the data dir: from sled directly, or — when the running
+/// daemon holds sled's lock — from that daemon's local view.
+async fn local_lease(
+    data_dir: &Path,
+    pool: Pool,
+    node: &str,
+    token: Option<&str>,
+) -> anyhow::Result<Local> {
+    if !data_dir.join("identity.json").exists() {
+        tracing::info!(data_dir = %data_dir.display(), "no local replica yet");
+        return Ok(Local::None);
+    }
+    // Refuses a data dir made for another pool, naming both.
+    let dir = DataDir::open(data_dir, pool)?;
+    match evio_raft::store::committed_table(&dir.db_path(), pool).await {
+        Ok(table) => Ok(table.get(node).map_or(Local::None, Local::Lease)),
+        Err(e) if e.is_locked() => {
+            tracing::info!("the local replica is open in the running evio-node: asking its API");
+            let addr_file = data_dir.join(API_ADDRESS_FILE);
+            let addr = match std::fs::read_to_string(&addr_file) {
+                Ok(addr) => addr.trim().to_string(),
+                Err(e) => {
+                    tracing::warn!(
+                        file = %addr_file.display(),
+                        error = %e,
+                        "the local replica is locked by a running evio-node whose API address is unknown; trying the cluster"
+                    );
+                    return Ok(Local::None);
+                }
+            };
+            let client =
+                Client::new(&format!("http://{addr}"))?.with_token(token.map(str::to_string));
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.get_lease(node, Consistency::Local),
+            )
+            .await;
+            match answer {
+                Ok(Ok(Some(json))) => Ok(Local::Lease(lease_from_json(&json, pool)?)),
+                Ok(Ok(None)) => Ok(Local::None),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the local evio-node did not answer; trying the cluster");
+                    Ok(Local::None)
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        addr,
+                        "the local evio-node did not answer within 5 s; trying the cluster"
+                    );
+                    Ok(Local::None)
+                }
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Acquires (or fetches) the lease through any reachable member, until `deadline`.
+async fn cluster_lease(
+    members: &[String],
+    node: &str,
+    host_ip: Option<Ipv4Addr>,
+    token: Option<String>,
+    pool: Pool,
+    deadline: Duration,
+) -> anyhow::Result<Lease> {
+    let until = Instant::now() + deadline;
+    let mut last_error = String::from("no --join member given");
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        for member in members {
+            let remaining = until.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let client = Client::new(&format!("http://{member}"))?.with_token(token.clone());
+            match tokio::time::timeout(remaining, client.acquire(node, host_ip)).await {
+                Ok(Ok((json, created))) => {
+                    tracing::info!(member, created, subnet = %json.subnet, "lease from the cluster");
+                    return lease_from_json(&json, pool);
+                }
+                // Refusals retrying cannot fix: bad token, bad name, pool exhausted.
+                Ok(Err(
+                    e @ ClientError::Api {
+                        status: 400 | 401 | 409,
+                        ..
+                    },
+                )) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("{member} refused the lease for {node}")));
+                }
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => last_error = format!("{member}: no answer before the deadline"),
+            }
+        }
+        let remaining = until.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        tokio::time::sleep(backoff.min(remaining)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    bail!("no lease for {node} and no cluster member reachable within {deadline:?} (last error: {last_error}); the existing conflist, if any, is left untouched")
+}
+
+/// Rebuilds the lease from the API's JSON, refusing one from another pool.
+fn lease_from_json(json: &LeaseJson, pool: Pool) -> anyhow::Result<Lease> {
+    if json.pod_cidr != pool.pod_cidr() {
+        bail!(
+            "the cluster serves podCIDR {}, but net-conf.json says {}",
+            json.pod_cidr,
+            pool.pod_cidr()
+        );
+    }
+    let index = pool
+        .index_of(json.subnet)
+        .with_context(|| format!("lease subnet {} is not a node block of {pool}", json.subnet))?;
+    let block = pool
+        .block(index)
+        .with_context(|| format!("block {index} outside {pool}"))?;
+    Ok(Lease {
+        record: LeaseRecord {
+            node: json.node.clone(),
+            block: index,
+            host_ip: json.host_ip,
+            revision: json.revision,
+            acquired_at: 0,
+        },
+        block,
+        pool,
+    })
+}
+
+/// Keeps `<dir>/10-evio.conflist` in step with this node's lease while `evio-node run` is
+/// up (`--cni-conf-dir`): gets the lease through the API once the node is a member, then
+/// rewrites the file whenever the local replica's lease for the node changes (a claim, or a
+/// re-acquire after an operator released it).
+pub async fn keep_current(
+    replica: std::sync::Arc<evio_raft::Replica>,
+    api: String,
+    token: String,
+    dir: PathBuf,
+    conf: NetConf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut metrics = replica.raft().metrics();
+    let node = replica.node().name.clone();
+    let mut written: Option<u32> = None;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let local = replica.local().read().table.get(&node);
+        match local {
+            Some(lease) if written != Some(lease.record.block) => {
+                match evio_cni::write_conflist(&dir, &conf, &lease) {
+                    Ok(rewritten) => {
+                        tracing::info!(subnet = %lease.block.subnet, rewritten, dir = %dir.display(), "conflist current");
+                        written = Some(lease.record.block);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot write the conflist"),
+                }
+            }
+            Some(_) => {}
+            None if replica.is_ready() => {
+                let acquired = match Client::new(&api) {
+                    Ok(client) => client
+                        .with_token(Some(token.clone()))
+                        .acquire(&node, None)
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                match acquired {
+                    // The write reaches this replica shortly; the loop rewrites then.
+                    Ok(()) => backoff = Duration::from_millis(250),
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot get this node's lease yet");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = crate::etcd::stopped(&mut stop) => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                }
+            }
+            None => {}
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = crate::etcd::stopped(&mut stop) => return,
+        }
+    }
+}

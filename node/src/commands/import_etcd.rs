@@ -1,0 +1,184 @@
+//! `evio-node import-etcd`: ranges the original Evio tool wrote under `/evpn/` become
+//! reserved leases (owner `legacy:<rangeStart>-<rangeEnd>`), so evio never hands them to
+//! another node. An operator then gives each to its node with `evio-node leases claim`.
+//!
+//! Re-running is idempotent (a range already reserved for the same owner is reported as
+//! such). A key that is not a range, a range outside the pool or off its block layout, and a
+//! range leased to someone else are reported and not imported; the command then exits
+//! non-zero after importing everything else.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use etcd_client::GetOptions;
+use evio_api::{Client, ClientError, LeaseJson};
+use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
+use evio_raft::Pool;
+
+use crate::etcd::{timed, EtcdSettings, LEASES_PREFIX};
+
+#[derive(clap::Args)]
+pub struct ImportEtcdArgs {
+    /// etcd endpoints (http://HOST:PORT or https://..., comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// The key prefix the original tool wrote under.
+    #[arg(long, default_value = ORIGINAL_PREFIX)]
+    prefix: String,
+    /// File with the etcd username (the original's /etc/credentials/username).
+    #[arg(long)]
+    username_file: Option<PathBuf>,
+    /// File with the etcd password (the original's /etc/credentials/password).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// CA certificate (PEM) for etcd over TLS.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd over TLS.
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// Client key (PEM) for etcd over TLS.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The evio member's API root.
+    #[arg(long, env = "EVIO_API", default_value = "http://127.0.0.1:7700")]
+    api: String,
+    /// File with the cluster token (reservations change leases).
+    #[arg(long, env = "EVIO_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+/// What happened to one key.
+enum Outcome {
+    Imported(String),
+    AlreadyImported(String),
+    Ignored(String),
+    Skipped(String),
+}
+
+pub async fn run(args: ImportEtcdArgs) -> anyhow::Result<()> {
+    let settings = EtcdSettings {
+        endpoints: args.endpoints.clone(),
+        username_file: args.username_file.clone(),
+        password_file: args.password_file.clone(),
+        ca_file: args.ca_file.clone(),
+        cert_file: args.cert_file.clone(),
+        key_file: args.key_file.clone(),
+    };
+    let token = match &args.token_file {
+        Some(path) => Some(crate::commands::run::read_token(path)?),
+        None => None,
+    };
+    let api = Client::new(&args.api)?.with_token(token);
+    let cluster = api.cluster().await.context("reading the evio pool")?;
+    let pool = Pool::new(cluster.pod_cidr, cluster.node_bits)?;
+
+    let endpoints = settings.shown_endpoints();
+    let mut etcd = settings.connect().await?;
+    let response = timed(
+        &endpoints,
+        etcd.get(args.prefix.as_str(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let mirrored = mirrored_keys(&mut etcd, &endpoints, &args.prefix).await?;
+    let mut outcomes = Vec::new();
+    for kv in response.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        if key.starts_with(&format!("{}evio-lock/", args.prefix)) {
+            // The original tool's global lock, not a range.
+            outcomes.push(Outcome::Ignored(format!("{key}: the original tool's lock")));
+            continue;
+        }
+        if let Some(owner) = mirrored.get(&key) {
+            // evio's own mirror wrote it: the block is already a lease.
+            outcomes.push(Outcome::AlreadyImported(format!(
+                "{key}: mirrored by evio for {owner}"
+            )));
+            continue;
+        }
+        outcomes.push(import_one(&api, &pool, &key, &args.prefix).await?);
+    }
+    let mut skipped = 0;
+    for outcome in &outcomes {
+        match outcome {
+            Outcome::Imported(line) => println!("imported  {line}"),
+            Outcome::AlreadyImported(line) => println!("present   {line}"),
+            Outcome::Ignored(line) => println!("ignored   {line}"),
+            Outcome::Skipped(line) => {
+                skipped += 1;
+                println!("SKIPPED   {line}");
+            }
+        }
+    }
+    if skipped > 0 {
+        bail!(
+            "{skipped} of {} keys under {} were not imported (see above)",
+            outcomes.len(),
+            args.prefix
+        );
+    }
+    Ok(())
+}
+
+/// The original-layout keys evio's mirror wrote (under `prefix`), each with its lease owner.
+async fn mirrored_keys(
+    etcd: &mut etcd_client::Client,
+    endpoints: &str,
+    prefix: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let own = timed(
+        endpoints,
+        etcd.get(LEASES_PREFIX, Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    Ok(own
+        .kvs()
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<LeaseJson>(kv.value()).ok())
+        .map(|lease| {
+            let range = OriginalRange {
+                range_start: lease.range_start,
+                range_end: lease.range_end,
+                gateway: lease.gateway,
+                prefix: lease.pod_cidr.prefix(),
+            };
+            (range.key(prefix), lease.node)
+        })
+        .collect())
+}
+
+async fn import_one(api: &Client, pool: &Pool, key: &str, prefix: &str) -> anyhow::Result<Outcome> {
+    let range = match OriginalRange::parse_key(key, prefix) {
+        Ok(range) => range,
+        Err(e) => return Ok(Outcome::Skipped(e.to_string())),
+    };
+    let block = match range.block_in(pool) {
+        Ok(index) => pool.block(index),
+        Err(e) => return Ok(Outcome::Skipped(format!("{key}: {e}"))),
+    };
+    let Some(block) = block else {
+        return Ok(Outcome::Skipped(format!("{key}: outside the pool {pool}")));
+    };
+    let owner = range.owner();
+    match api.reserve(&owner, block.subnet).await {
+        Ok((_, true)) => Ok(Outcome::Imported(format!(
+            "{key} -> {} as {owner}",
+            block.subnet
+        ))),
+        Ok((_, false)) => Ok(Outcome::AlreadyImported(format!(
+            "{key} -> {} as {owner}",
+            block.subnet
+        ))),
+        Err(
+            e @ ClientError::Api {
+                status: 400 | 404 | 409,
+                ..
+            },
+        ) => {
+            // Conflicts (taken by another owner, outside the pool) are per key: report them.
+            Ok(Outcome::Skipped(format!("{key}: {e}")))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reserving {key}"))),
+    }
+}

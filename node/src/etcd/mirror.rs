@@ -1,0 +1,375 @@
+//! The etcd mirror: while this member is the Raft leader, etcd holds every lease in the
+//! original Evio layout (`/evpn/<rangeStart>,<rangeEnd>,<gateway>/<prefix>` = `ok`) plus
+//! `/evio/leases/<owner>` = the lease JSON.
+//!
+//! It runs in its own task and only reads the local replica, so etcd being down, slow or
+//! refusing the credentials never holds up a lease grant. Each session (on becoming leader,
+//! and after any etcd error, with backoff) starts with a full reconcile: missing keys are
+//! written, and stale `/evio/leases/` keys are deleted together with the `/evpn/` key each of
+//! them recorded. `/evpn/` keys evio never wrote (the original tool's, e.g. its lock) are left
+//! alone: `evio-node import-etcd` turns those into reserved leases. After that, every applied
+//! change is mirrored as a diff.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use evio_api::{EtcdMirrorJson, EtcdMirrorStatus, LeaseJson};
+use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
+use evio_raft::Replica;
+use openraft::ServerState;
+use tokio::sync::watch;
+
+use super::{lease_keys, timed, EtcdError, EtcdSettings, LEASES_PREFIX};
+
+/// The Raft term of the last leader that wrote to etcd (zero-padded, so it compares as text).
+pub const TERM_KEY: &str = "/evio/mirror/term";
+/// At most this many operations per etcd transaction (etcd's default limit is 128).
+const OPS_PER_TXN: usize = 64;
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often an idle session checks that etcd is still there (and reconnects if not).
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Changes arriving this close together are mirrored as one transaction.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+pub struct EtcdMirror {
+    settings: EtcdSettings,
+    replica: Arc<Replica>,
+    status: EtcdMirrorStatus,
+}
+
+/// What the mirror believes etcd holds: key -> value, as of `revision`.
+type KeyMap = BTreeMap<String, String>;
+
+/// Why a session ended without an etcd error.
+enum SessionEnd {
+    NotLeader,
+    /// A leader of a later term wrote etcd: this member is deposed but may not know yet.
+    Fenced,
+    Stopped,
+}
+
+impl EtcdMirror {
+    pub fn new(settings: EtcdSettings, replica: Arc<Replica>) -> Self {
+        let status = Arc::new(std::sync::RwLock::new(EtcdMirrorJson {
+            endpoints: settings.endpoints.clone(),
+            ..Default::default()
+        }));
+        Self {
+            settings,
+            replica,
+            status,
+        }
+    }
+
+    /// The shared status the API shows in `/v1/cluster` and `/metrics`.
+    pub fn status(&self) -> EtcdMirrorStatus {
+        self.status.clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut EtcdMirrorJson)) {
+        let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+        change(&mut status);
+    }
+
+    fn is_leader(&self) -> bool {
+        self.replica.raft().metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Mirrors until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut metrics = self.replica.raft().metrics();
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            // Followers and learners only wait: the leader is the one writer.
+            let became_leader = tokio::select! {
+                r = metrics.wait_for(|m| m.state == ServerState::Leader) => r.is_ok(),
+                _ = crate::etcd::stopped(&mut stop) => false,
+            };
+            if !became_leader {
+                break;
+            }
+            let was_active = self.status.read().is_ok_and(|s| s.active);
+            self.update(|s| s.active = true);
+            if !was_active {
+                tracing::info!(endpoints = %self.settings.shown_endpoints(), "leader: mirroring leases to etcd");
+            }
+            match self.session(&mut stop).await {
+                Ok(SessionEnd::Stopped) => break,
+                Ok(SessionEnd::Fenced) => {
+                    // Raft will tell this member soon; until then, stay out of etcd.
+                    self.update(|s| s.active = false);
+                    tokio::select! {
+                        _ = tokio::time::sleep(MAX_BACKOFF) => {}
+                        _ = crate::etcd::stopped(&mut stop) => break,
+                    }
+                }
+                Ok(SessionEnd::NotLeader) => {
+                    tracing::info!("no longer leader: etcd mirror paused");
+                    self.update(|s| s.active = false);
+                    backoff = MIN_BACKOFF;
+                }
+                Err(e) => {
+                    // One line per attempt: with the backoff that is once per backoff period.
+                    tracing::warn!(error = %e, retry_in = ?backoff, "etcd mirror: etcd unavailable");
+                    let at = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+                    self.update(|s| {
+                        s.healthy = false;
+                        s.errors += 1;
+                        s.last_error = Some(e.to_string());
+                        s.last_error_at = Some(at.to_string());
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = crate::etcd::stopped(&mut stop) => break,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    if !self.is_leader() {
+                        self.update(|s| s.active = false);
+                    }
+                }
+            }
+        }
+        self.update(|s| s.active = false);
+    }
+
+    /// The keys the local replica says etcd should hold, and the applied index they are of.
+    fn desired(&self) -> (KeyMap, u64) {
+        // Copy under the lock, render outside it: the state machine's writer (every lease
+        // grant) waits for this lock.
+        let (table, revision) = {
+            let applied = self.replica.local().read();
+            (
+                applied.table.clone(),
+                applied.last_applied.map_or(0, |id| id.index),
+            )
+        };
+        let keys = table.leases().iter().flat_map(lease_keys).collect();
+        (keys, revision)
+    }
+
+    async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<SessionEnd, EtcdError> {
+        let endpoints = self.settings.shown_endpoints();
+        let mut client = self.settings.connect().await?;
+        let Some(mut known) = self.reconcile(&mut client).await? else {
+            return Ok(SessionEnd::Fenced);
+        };
+        let mut metrics = self.replica.raft().metrics();
+        loop {
+            tokio::select! {
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return Ok(SessionEnd::Stopped);
+                    }
+                }
+                _ = tokio::time::sleep(PROBE_EVERY) => {
+                    // Idle: make sure etcd is still there, so a restart is noticed and
+                    // reconciled even when no lease changes.
+                    let options = GetOptions::new().with_count_only();
+                    timed(&endpoints, client.get(LEASES_PREFIX, Some(options.with_prefix()))).await?;
+                }
+                _ = crate::etcd::stopped(stop) => return Ok(SessionEnd::Stopped),
+            }
+            if !self.is_leader() {
+                return Ok(SessionEnd::NotLeader);
+            }
+            let mirrored = self.status.read().map(|s| s.mirrored_revision).unwrap_or(0);
+            let applied = self
+                .replica
+                .local()
+                .read()
+                .last_applied
+                .map_or(0, |id| id.index);
+            if applied <= mirrored {
+                continue;
+            }
+            tokio::time::sleep(BATCH_WINDOW).await;
+            let (desired, revision) = self.desired();
+            let (puts, deletes) = diff(&known, &desired, None);
+            if !self.apply(&mut client, &puts, &deletes).await? {
+                return Ok(SessionEnd::Fenced);
+            }
+            known = desired;
+            let keys = known.len() as u64;
+            self.update(|s| {
+                s.mirrored_revision = revision;
+                s.keys = keys;
+            });
+        }
+    }
+
+    /// Makes etcd hold exactly the replica's keys (under evio's own prefix); returns them, or
+    /// `None` when a leader of a later term has written to etcd since (this one is deposed).
+    async fn reconcile(
+        &self,
+        client: &mut etcd_client::Client,
+    ) -> Result<Option<KeyMap>, EtcdError> {
+        let endpoints = self.settings.shown_endpoints();
+        let mut present = KeyMap::new();
+        let own = timed(
+            &endpoints,
+            client.get(LEASES_PREFIX, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        // The /evpn/ key each evio record stands for: deleted with a stale record.
+        let mut recorded_original = BTreeMap::new();
+        for kv in own.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let value = String::from_utf8_lossy(kv.value()).into_owned();
+            if let Ok(lease) = serde_json::from_str::<LeaseJson>(&value) {
+                let range = OriginalRange {
+                    range_start: lease.range_start,
+                    range_end: lease.range_end,
+                    gateway: lease.gateway,
+                    prefix: lease.pod_cidr.prefix(),
+                };
+                recorded_original.insert(range.key(ORIGINAL_PREFIX), key.clone());
+            }
+            present.insert(key, value);
+        }
+        let originals = timed(
+            &endpoints,
+            client.get(
+                ORIGINAL_PREFIX,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+        )
+        .await?;
+        for kv in originals.kvs() {
+            // Keys only: the original layout's value is always `ok`.
+            present.insert(String::from_utf8_lossy(kv.key()).into_owned(), "ok".into());
+        }
+        let (desired, revision) = self.desired();
+        let removable: BTreeSet<String> = present
+            .keys()
+            .filter(|k| k.starts_with(LEASES_PREFIX) || recorded_original.contains_key(*k))
+            .cloned()
+            .collect();
+        let foreign = present
+            .keys()
+            .filter(|k| !removable.contains(*k) && !desired.contains_key(*k))
+            .count();
+        let (puts, deletes) = diff(&present, &desired, Some(&removable));
+        if !self.apply(client, &puts, &deletes).await? {
+            return Ok(None);
+        }
+        let keys = desired.len() as u64;
+        tracing::info!(
+            written = puts.len(),
+            deleted = deletes.len(),
+            keys,
+            foreign_original_keys = foreign,
+            revision,
+            "etcd mirror reconciled"
+        );
+        self.update(|s| {
+            s.healthy = true;
+            s.mirrored_revision = revision;
+            s.keys = keys;
+        });
+        Ok(Some(desired))
+    }
+
+    /// Writes `puts` and `deletes` in transactions fenced by the Raft term: each one only
+    /// goes through while no leader of a later term has written [`TERM_KEY`], so a deposed
+    /// leader that still reaches etcd cannot undo its successor's work. Returns false when
+    /// fenced off.
+    async fn apply(
+        &self,
+        client: &mut etcd_client::Client,
+        puts: &[(String, String)],
+        deletes: &[String],
+    ) -> Result<bool, EtcdError> {
+        let endpoints = self.settings.shown_endpoints();
+        let term = format!("{:020}", self.replica.metrics().current_term);
+        let ops: Vec<TxnOp> = deletes
+            .iter()
+            .map(|k| TxnOp::delete(k.as_str(), None))
+            .chain(
+                puts.iter()
+                    .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None)),
+            )
+            .collect();
+        let chunks: Vec<&[TxnOp]> = if ops.is_empty() {
+            // Still claims the term, so an older leader is fenced off from now on.
+            vec![&[]]
+        } else {
+            ops.chunks(OPS_PER_TXN).collect()
+        };
+        for chunk in chunks {
+            let mut writes = chunk.to_vec();
+            writes.push(TxnOp::put(TERM_KEY, term.as_str(), None));
+            let txn = Txn::new()
+                .when([Compare::value(TERM_KEY, CompareOp::Greater, term.as_str())])
+                .or_else(writes);
+            let response = timed(&endpoints, client.txn(txn)).await?;
+            if response.succeeded() {
+                tracing::warn!(
+                    term,
+                    "etcd mirror: a later leader wrote etcd; this member stops mirroring"
+                );
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Puts for keys missing or different in `present`; deletes for keys in `present` that are
+/// not desired and evio's to delete: those in `removable`, or all of them when `present` is
+/// the mirror's own record of what it wrote (`None`).
+fn diff(
+    present: &KeyMap,
+    desired: &KeyMap,
+    removable: Option<&BTreeSet<String>>,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let puts = desired
+        .iter()
+        .filter(|(k, v)| present.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let deletes = present
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .filter(|k| removable.is_none_or(|r| r.contains(*k)))
+        .cloned()
+        .collect();
+    (puts, deletes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> KeyMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn diff_writes_missing_and_deletes_only_removable() {
+        let present = map(&[
+            ("/evpn/a", "ok"),
+            ("/evpn/legacy", "ok"),
+            ("/evio/leases/x", "1"),
+        ]);
+        let desired = map(&[("/evpn/b", "ok"), ("/evio/leases/y", "2")]);
+        let removable: BTreeSet<String> = ["/evpn/a".to_string(), "/evio/leases/x".to_string()]
+            .into_iter()
+            .collect();
+        let (puts, deletes) = diff(&present, &desired, Some(&removable));
+        assert_eq!(puts.len(), 2);
+        assert_eq!(
+            deletes,
+            vec!["/evio/leases/x".to_string(), "/evpn/a".to_string()]
+        );
+        // a changed value is rewritten
+        let (puts, deletes) = diff(&map(&[("/evio/leases/y", "1")]), &desired, None);
+        assert!(puts.contains(&("/evio/leases/y".to_string(), "2".to_string())));
+        assert!(deletes.is_empty());
+    }
+}

@@ -1,0 +1,169 @@
+//! Talking to an etcd cluster: the connection settings shared by the mirror (`run
+//! --etcd-endpoints`) and the importer (`import-etcd`), and the keys evio writes there.
+//!
+//! - [`mirror`]: the Raft leader keeps etcd in step with the lease table.
+
+pub mod mirror;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
+use evio_raft::Lease;
+
+/// evio's own keys: one JSON document per lease owner.
+pub const LEASES_PREFIX: &str = "/evio/leases/";
+
+/// Every etcd call gives up after this; a slow etcd must never hold anything else up.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach etcd: endpoints, optional username/password (files, like the original's
+/// `/etc/credentials/*`) and optional TLS.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub username_file: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("reading {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Settings(String),
+    #[error("etcd at {endpoints}: {source}")]
+    Etcd {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+    #[error("etcd at {endpoints}: no answer within {CALL_TIMEOUT:?}")]
+    Timeout { endpoints: String },
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, EtcdError> {
+    std::fs::read(path).map_err(|source| EtcdError::Read {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+impl EtcdSettings {
+    /// Checks the combination of flags (reading nothing yet).
+    pub fn validate(&self) -> Result<(), EtcdError> {
+        if self.endpoints.is_empty() {
+            return Err(EtcdError::Settings("no etcd endpoint given".into()));
+        }
+        for endpoint in &self.endpoints {
+            let ok = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+            if !ok {
+                return Err(EtcdError::Settings(format!(
+                    "etcd endpoint {endpoint:?}: expected http://HOST:PORT or https://HOST:PORT"
+                )));
+            }
+        }
+        if self.username_file.is_some() != self.password_file.is_some() {
+            return Err(EtcdError::Settings(
+                "etcd credentials need both a username file and a password file".into(),
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(EtcdError::Settings(
+                "an etcd client certificate needs both a cert file and a key file".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn shown_endpoints(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    fn options(&self) -> Result<etcd_client::ConnectOptions, EtcdError> {
+        let mut options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(CALL_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT);
+        if let (Some(user), Some(password)) = (&self.username_file, &self.password_file) {
+            let user = String::from_utf8_lossy(&read_file("etcd username file", user)?)
+                .trim()
+                .to_string();
+            let password = String::from_utf8_lossy(&read_file("etcd password file", password)?)
+                .trim()
+                .to_string();
+            options = options.with_user(user, password);
+        }
+        let tls = self.ca_file.is_some() || self.cert_file.is_some();
+        if tls {
+            let mut config = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.ca_file {
+                config = config.ca_certificate(etcd_client::Certificate::from_pem(read_file(
+                    "etcd CA file",
+                    ca,
+                )?));
+            }
+            if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+                config = config.identity(etcd_client::Identity::from_pem(
+                    read_file("etcd cert file", cert)?,
+                    read_file("etcd key file", key)?,
+                ));
+            }
+            options = options.with_tls(config);
+        }
+        Ok(options)
+    }
+
+    /// Connects (and authenticates, when credentials are set), within [`CALL_TIMEOUT`].
+    pub async fn connect(&self) -> Result<etcd_client::Client, EtcdError> {
+        self.validate()?;
+        let options = self.options()?;
+        let endpoints = self.shown_endpoints();
+        timed(
+            &endpoints,
+            etcd_client::Client::connect(&self.endpoints, Some(options)),
+        )
+        .await
+    }
+}
+
+/// Runs an etcd call with [`CALL_TIMEOUT`], naming the endpoints in any error.
+pub async fn timed<T>(
+    endpoints: &str,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Err(_) => Err(EtcdError::Timeout {
+            endpoints: endpoints.to_string(),
+        }),
+        Ok(Err(source)) => Err(EtcdError::Etcd {
+            endpoints: endpoints.to_string(),
+            source,
+        }),
+        Ok(Ok(value)) => Ok(value),
+    }
+}
+
+/// The keys (and values) a lease is mirrored as: the original layout
+/// `/evpn/<rangeStart>,<rangeEnd>,<gateway>/<podCIDR prefix>` = `ok`, and
+/// `/evio/leases/<owner>` = the lease as the API shows it.
+pub fn lease_keys(lease: &Lease) -> [(String, String); 2] {
+    let original = OriginalRange::of_block(&lease.pool, &lease.block).key(ORIGINAL_PREFIX);
+    let json = serde_json::to_string(&evio_api::LeaseJson::from(lease)).unwrap_or_default();
+    [
+        (original, "ok".to_string()),
+        (format!("{LEASES_PREFIX}{}", lease.record.node), json),
+    ]
+}
+
+/// Resolves once `stop` turns true (or its sender is gone). Returns nothing, so no watch
+/// guard is held across an await.
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
