@@ -8,6 +8,7 @@
 
 mod cni_service;
 mod commands;
+mod kube;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};

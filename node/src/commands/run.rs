@@ -80,6 +80,23 @@ pub struct RunArgs {
     #[arg(long)]
     #[serde(default)]
     auth_reads: bool,
+    /// Kubernetes integration: annotate this node's Node with its pod subnet and API address,
+    /// and (while leader) release the leases of deleted Nodes.
+    #[arg(long)]
+    #[serde(default)]
+    kubernetes: bool,
+    /// Find members to join through from the Nodes' `evio.io/api-address` annotations
+    /// (added to --join).
+    #[arg(long)]
+    #[serde(default)]
+    join_from_kubernetes: bool,
+    /// kubeconfig for the Kubernetes API. Default: in-cluster service account, else
+    /// $KUBECONFIG, else ~/.kube/config.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Release the lease of a Node deleted for longer than this (e.g. 10m). Default: 10m.
+    #[arg(long)]
+    node_gc_grace: Option<String>,
 }
 
 /// Settings after merging flags, config file and defaults, all validated.
@@ -97,6 +114,10 @@ struct Settings {
     tuning: RaftTuning,
     auth_reads: bool,
     cni_socket: PathBuf,
+    kubernetes: bool,
+    join_from_kubernetes: bool,
+    kubeconfig: Option<PathBuf>,
+    node_gc_grace: Duration,
 }
 
 impl RunArgs {
@@ -132,6 +153,10 @@ impl RunArgs {
             snapshot_keep: self.snapshot_keep.or(file.snapshot_keep),
             auth_reads: self.auth_reads || file.auth_reads,
             cni_socket: self.cni_socket.or(file.cni_socket),
+            kubernetes: self.kubernetes || file.kubernetes,
+            join_from_kubernetes: self.join_from_kubernetes || file.join_from_kubernetes,
+            kubeconfig: self.kubeconfig.or(file.kubeconfig),
+            node_gc_grace: self.node_gc_grace.or(file.node_gc_grace),
         })
     }
 
@@ -165,6 +190,12 @@ impl RunArgs {
             })?,
             None => Duration::from_secs(60),
         };
+        let node_gc_grace = match &args.node_gc_grace {
+            Some(text) => humantime::parse_duration(text).with_context(|| {
+                format!("--node-gc-grace {text:?}: expected a duration like 10m or 1h")
+            })?,
+            None => Duration::from_secs(600),
+        };
         let defaults = RaftTuning::default();
         let election_min = args
             .election_timeout_ms
@@ -179,9 +210,9 @@ impl RunArgs {
         };
         evio_raft::validate_node_name(&node_name).context("pass a valid --node-name")?;
         let join = args.join.unwrap_or_default();
-        if !args.bootstrap && join.is_empty() {
+        if !args.bootstrap && join.is_empty() && !args.join_from_kubernetes {
             bail!(
-                "pass --join ADDR[,ADDR] to join a cluster, or --bootstrap for the very first node"
+                "pass --join ADDR[,ADDR] (or --join-from-kubernetes) to join a cluster, or --bootstrap for the very first node"
             );
         }
         Ok(Settings {
@@ -210,6 +241,10 @@ impl RunArgs {
             cni_socket: args
                 .cni_socket
                 .unwrap_or_else(|| PathBuf::from(evio_cni::spec::DEFAULT_SOCKET)),
+            kubernetes: args.kubernetes,
+            join_from_kubernetes: args.join_from_kubernetes,
+            kubeconfig: args.kubeconfig,
+            node_gc_grace,
         })
     }
 }
@@ -262,6 +297,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
 
+    let kube_client = if settings.kubernetes || settings.join_from_kubernetes {
+        match crate::kube::client(settings.kubeconfig.as_deref()).await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                replica.shutdown().await;
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut server_stop = stop_rx.clone();
     let mut server = spawn_api(
@@ -286,13 +333,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let controller =
         MembershipController::new(replica.clone(), settings.voters, settings.voter_grace);
     let controller = tokio::spawn(controller.run(stop_rx.clone()));
+    let mut kube_tasks = Vec::new();
+    if let (true, Some(client)) = (settings.kubernetes, &kube_client) {
+        kube_tasks.push(tokio::spawn(crate::kube::annotate::run(
+            client.clone(),
+            replica.clone(),
+            settings.node_name.clone(),
+            advertise.clone(),
+            stop_rx.clone(),
+        )));
+        kube_tasks.push(tokio::spawn(crate::kube::node_gc::run(
+            client.clone(),
+            replica.clone(),
+            settings.node_gc_grace,
+            stop_rx.clone(),
+        )));
+    }
 
     let start = async {
         if settings.bootstrap {
             replica.bootstrap_single().await?;
             tracing::info!(cluster = ?replica.cluster_id(), "bootstrapped a new cluster");
         } else if !initialized {
-            join(&replica, &settings).await?;
+            join(&replica, &settings, kube_client.as_ref()).await?;
         }
         anyhow::Ok(())
     };
@@ -317,13 +380,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = cni.await;
     let _ = tokio::time::timeout(Duration::from_secs(10), &mut server).await;
     let _ = controller.await;
+    for task in kube_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     replica.shutdown().await;
     outcome
 }
 
 /// Asks the listed peers, in turn and with backoff, to admit this node; returns once it is a
 /// member. Refusals that retrying cannot fix (wrong pool, name in use, bad token) end it.
-async fn join(replica: &Replica, settings: &Settings) -> anyhow::Result<()> {
+async fn join(
+    replica: &Replica,
+    settings: &Settings,
+    kube_client: Option<&kube::Client>,
+) -> anyhow::Result<()> {
     let request = JoinRequest {
         node_id: replica.node_id(),
         name: settings.node_name.clone(),
@@ -333,7 +403,16 @@ async fn join(replica: &Replica, settings: &Settings) -> anyhow::Result<()> {
     };
     let mut backoff = Duration::from_millis(250);
     loop {
-        for peer in &settings.join {
+        let peers = if settings.join_from_kubernetes {
+            crate::kube::peers::join_candidates(&settings.join, kube_client, &settings.node_name)
+                .await
+        } else {
+            settings.join.clone()
+        };
+        if peers.is_empty() {
+            tracing::warn!(retry_in = ?backoff, "join: no Node is annotated with an evio API address yet");
+        }
+        for peer in &peers {
             let client =
                 Client::new(&format!("http://{peer}"))?.with_token(Some(settings.token.clone()));
             match client.join(&request).await {

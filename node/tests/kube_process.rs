@@ -1,0 +1,293 @@
+//! The Kubernetes integration of real `evio-node run` processes: Node annotations,
+//! `--join-from-kubernetes`, and the leader's release of deleted Nodes' leases.
+//!
+//! No Kubernetes API server can be installed on the test machines, so these tests run
+//! against a small local HTTP stand-in (`common/kube_standin.rs`) that serves the real API
+//! paths and JSON (`/api/v1/nodes` list and watch streams, `/api/v1/nodes/{name}` GET and
+//! merge-patch PATCH, `Status` errors); evio-node reaches it through a kubeconfig file,
+//! exactly as it would reach a real cluster.
+
+mod common;
+#[path = "common/kube_standin.rs"]
+mod kube_standin;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{evio_node, Proc};
+use evio_api::{Client, Consistency};
+use kube_standin::KubeStandIn;
+use nix::sys::signal::Signal;
+
+const TOKEN: &str = "kube-test-token";
+const SUBNET: &str = "evio.io/pod-subnet";
+const API_ADDRESS: &str = "evio.io/api-address";
+
+fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    token_file: PathBuf,
+    kubeconfig: PathBuf,
+    kube: KubeStandIn,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
+        let kube = KubeStandIn::start();
+        let kubeconfig = kube.write_kubeconfig(dir.path());
+        Env {
+            dir,
+            token_file,
+            kubeconfig,
+            kube,
+        }
+    }
+
+    /// `evio-node run` for `name` on `addr` with the stand-in's kubeconfig, plus `extra`.
+    fn start(&self, name: &str, addr: &str, extra: &[&str]) -> Proc {
+        let data = self.dir.path().join(name).to_string_lossy().to_string();
+        let cni_socket = format!("{data}.cni.sock");
+        let token = self.token_file.to_string_lossy().to_string();
+        let kubeconfig = self.kubeconfig.to_string_lossy().to_string();
+        let mut args = vec![
+            "run",
+            "--node-name",
+            name,
+            "--data-dir",
+            &data,
+            "--listen",
+            addr,
+            "--pod-cidr",
+            "10.244.0.0/16",
+            "--node-bits",
+            "8",
+            "--cluster-token-file",
+            &token,
+            "--cni-socket",
+            &cni_socket,
+            "--kubeconfig",
+            &kubeconfig,
+            "--voters",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = evio_node(&args);
+        cmd.env_remove("KUBECONFIG");
+        Proc::spawn(cmd).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+}
+
+/// Polls `check` until it returns Some (30 s at most), else panics with `what` and `logs`.
+async fn eventually<T, F, Fut>(what: &str, logs: impl Fn() -> String, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}:\n{}", logs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn lease_subnet(client: &Client, node: &str) -> Option<String> {
+    client
+        .get_lease(node, Consistency::Local)
+        .await
+        .unwrap_or_else(|e| panic!("get lease {node}: {e}"))
+        .map(|l| l.subnet.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
+    let env = Env::new();
+    env.kube.add_node("kn-a");
+    env.kube.add_node("kn-b");
+    let addr_a = free_addr();
+    let a = env.start("kn-a", &addr_a, &["--bootstrap", "--kubernetes"]);
+    let api_a = a.client(Some(TOKEN));
+
+    // Without a lease: the API address only.
+    eventually(
+        "kn-a's api-address annotation",
+        || a.logs(),
+        || async {
+            env.kube
+                .annotation("kn-a", API_ADDRESS)
+                .filter(|v| *v == addr_a)
+        },
+    )
+    .await;
+    assert_eq!(env.kube.annotation("kn-a", SUBNET), None);
+
+    // A lease shows up as the subnet annotation.
+    let (lease_a, _) = api_a
+        .acquire("kn-a", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let subnet_a = lease_a.subnet.to_string();
+    eventually(
+        "kn-a's pod-subnet annotation",
+        || a.logs(),
+        || async {
+            env.kube
+                .annotation("kn-a", SUBNET)
+                .filter(|v| *v == subnet_a)
+        },
+    )
+    .await;
+
+    // kn-b knows no member address: only kn-a's annotation leads it to the cluster.
+    let addr_b = free_addr();
+    let b = env.start("kn-b", &addr_b, &["--join-from-kubernetes", "--kubernetes"]);
+    let api_b = b.client(Some(TOKEN));
+    let cluster = api_b.cluster().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut names: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["kn-a", "kn-b"], "{cluster:?}");
+    let (lease_b, _) = api_b
+        .acquire("kn-b", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(lease_b.subnet, lease_a.subnet);
+    let subnet_b = lease_b.subnet.to_string();
+    eventually(
+        "kn-b's annotations",
+        || b.logs(),
+        || async {
+            let subnet = env.kube.annotation("kn-b", SUBNET)?;
+            let addr = env.kube.annotation("kn-b", API_ADDRESS)?;
+            (subnet == subnet_b && addr == addr_b).then_some(())
+        },
+    )
+    .await;
+
+    // Releasing kn-a's lease removes its subnet annotation (the address stays).
+    api_b
+        .release("kn-a")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually(
+        "kn-a's pod-subnet annotation removed",
+        || a.logs(),
+        || async { env.kube.annotation("kn-a", SUBNET).is_none().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        env.kube.annotation("kn-a", API_ADDRESS),
+        Some(addr_a.clone())
+    );
+    a.assert_no_panics();
+    b.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
+    let env = Env::new();
+    for name in ["gc-a", "gc-b", "gc-c", "gc-d"] {
+        env.kube.add_node(name);
+    }
+    let addr_a = free_addr();
+    let a = env.start(
+        "gc-a",
+        &addr_a,
+        &["--bootstrap", "--kubernetes", "--node-gc-grace", "2s"],
+    );
+    let api = a.client(Some(TOKEN));
+
+    // gc-c runs evio-node, holds a lease, then dies and goes NotReady: its Node stays.
+    let addr_c = free_addr();
+    let mut c = env.start("gc-c", &addr_c, &["--join", &addr_a]);
+    let (lease_c, _) = c
+        .client(Some(TOKEN))
+        .acquire("gc-c", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.signal(Signal::SIGKILL);
+    env.kube.set_not_ready("gc-c");
+
+    let mut subnets = std::collections::BTreeMap::new();
+    for name in ["gc-a", "gc-b", "gc-d", "gc-ghost"] {
+        let (lease, _) = api
+            .acquire(name, None)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        subnets.insert(name, lease.subnet.to_string());
+    }
+    // gc-d is deleted and re-created at once, well within the grace; gc-b is deleted for
+    // good; gc-ghost never had a Node at all.
+    env.kube.delete_node("gc-d");
+    env.kube.add_node("gc-d");
+    env.kube.delete_node("gc-b");
+
+    for gone in ["gc-b", "gc-ghost"] {
+        eventually(
+            &format!("{gone}'s lease released"),
+            || a.logs(),
+            || async { lease_subnet(&api, gone).await.is_none().then_some(()) },
+        )
+        .await;
+    }
+    // Any wrong release of the others would have happened by now (gc-d was deleted before
+    // gc-b); wait two more grace periods to be sure they are kept.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        lease_subnet(&api, "gc-c").await,
+        Some(lease_c.subnet.to_string()),
+        "a Node whose evio-node died keeps its lease:\n{}",
+        a.logs()
+    );
+    for kept in ["gc-a", "gc-d"] {
+        assert_eq!(
+            lease_subnet(&api, kept).await.as_ref(),
+            subnets.get(kept),
+            "{kept} keeps its lease:\n{}",
+            a.logs()
+        );
+    }
+
+    let logs = a.logs();
+    let released: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "released the lease of a deleted Node")
+        .collect();
+    assert_eq!(released.len(), 2, "{logs}");
+    for entry in &released {
+        let node = entry["fields"]["node"].as_str().unwrap_or_default();
+        assert!(node == "gc-b" || node == "gc-ghost", "{entry}");
+        assert_eq!(
+            entry["fields"]["subnet"].as_str(),
+            subnets.get(node).map(String::as_str),
+            "{entry}"
+        );
+        assert!(entry["fields"]["gone_for"].as_str().is_some(), "{entry}");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", a.base))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        metrics.contains("evio_node_gc_releases_total 2"),
+        "{metrics}"
+    );
+    a.assert_no_panics();
+}
