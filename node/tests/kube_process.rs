@@ -56,14 +56,25 @@ impl Env {
 
     /// `evio-node run` for `name` on `addr` with the stand-in's kubeconfig, plus `extra`.
     fn start(&self, name: &str, addr: &str, extra: &[&str]) -> Proc {
+        let mut cmd = self.command(name, addr, extra);
+        cmd.args(["--node-name", name]);
+        Proc::spawn(cmd).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// Like `start`, with the node name only in `$NODE_NAME` (the downward API's way).
+    fn start_named_by_env(&self, name: &str, addr: &str, extra: &[&str]) -> Proc {
+        let mut cmd = self.command(name, addr, extra);
+        cmd.env("NODE_NAME", name);
+        Proc::spawn(cmd).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn command(&self, name: &str, addr: &str, extra: &[&str]) -> std::process::Command {
         let data = self.dir.path().join(name).to_string_lossy().to_string();
         let cni_socket = format!("{data}.cni.sock");
         let token = self.token_file.to_string_lossy().to_string();
         let kubeconfig = self.kubeconfig.to_string_lossy().to_string();
         let mut args = vec![
             "run",
-            "--node-name",
-            name,
             "--data-dir",
             &data,
             "--listen",
@@ -76,15 +87,16 @@ impl Env {
             &token,
             "--cni-socket",
             &cni_socket,
-            "--kubeconfig",
-            &kubeconfig,
             "--voters",
             "1",
         ];
+        if !extra.contains(&"--kubeconfig") {
+            args.extend_from_slice(&["--kubeconfig", &kubeconfig]);
+        }
         args.extend_from_slice(extra);
         let mut cmd = evio_node(&args);
         cmd.env_remove("KUBECONFIG");
-        Proc::spawn(cmd).unwrap_or_else(|e| panic!("{name}: {e}"))
+        cmd
     }
 }
 
@@ -153,9 +165,10 @@ async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
     )
     .await;
 
-    // kn-b knows no member address: only kn-a's annotation leads it to the cluster.
+    // kn-b knows no member address: only kn-a's annotation leads it to the cluster. Its
+    // name comes from $NODE_NAME, as the DaemonSet's downward API sets it.
     let addr_b = free_addr();
-    let b = env.start("kn-b", &addr_b, &["--join-from-kubernetes", "--kubernetes"]);
+    let b = env.start_named_by_env("kn-b", &addr_b, &["--join-from-kubernetes", "--kubernetes"]);
     let api_b = b.client(Some(TOKEN));
     let cluster = api_b.cluster().await.unwrap_or_else(|e| panic!("{e}"));
     let mut names: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
@@ -290,4 +303,22 @@ async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
         "{metrics}"
     );
     a.assert_no_panics();
+}
+
+#[test]
+fn an_unreadable_kubeconfig_is_refused_naming_it() {
+    let env = Env::new();
+    let missing = env.dir.path().join("no-such-kubeconfig");
+    let missing_arg = missing.to_string_lossy().to_string();
+    let mut cmd = env.command(
+        "kn-x",
+        &free_addr(),
+        &["--bootstrap", "--kubernetes", "--kubeconfig", &missing_arg],
+    );
+    cmd.args(["--node-name", "kn-x"]);
+    let out = cmd.output().unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&missing_arg), "{stderr}");
+    assert!(!env.dir.path().join("kn-x").exists(), "nothing written");
 }

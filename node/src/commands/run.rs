@@ -277,6 +277,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
     let (listener, bound) = serve::bind(&settings.listen).await?;
     let advertise = advertise_addr(&settings, bound)?;
+    // Before anything is written: a bad kubeconfig leaves no data dir behind.
+    let kube_client = if settings.kubernetes || settings.join_from_kubernetes {
+        Some(crate::kube::client(settings.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
 
     let mut config = ReplicaConfig::new(
         settings.data_dir.clone(),
@@ -296,18 +302,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             replica.cluster_id().unwrap_or_else(|| "(unnamed)".into())
         );
     }
-
-    let kube_client = if settings.kubernetes || settings.join_from_kubernetes {
-        match crate::kube::client(settings.kubeconfig.as_deref()).await {
-            Ok(client) => Some(client),
-            Err(e) => {
-                replica.shutdown().await;
-                return Err(e.into());
-            }
-        }
-    } else {
-        None
-    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut server_stop = stop_rx.clone();
@@ -521,8 +515,9 @@ mod tests {
             &token_arg,
             "--bootstrap",
         ];
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 6] = [
             (&["--voters", "4"], "--voters 4"),
+            (&["--node-gc-grace", "soon"], "--node-gc-grace \"soon\""),
             (&["--voter-grace", "soon"], "soon"),
             (&["--heartbeat-ms", "900"], "--heartbeat-ms 900"),
             (&["--node-bits", "x"], "\"x\""),

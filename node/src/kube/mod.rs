@@ -20,12 +20,12 @@ pub const API_ADDRESS_ANNOTATION: &str = "evio.io/api-address";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("reading kubeconfig {path}: {source}")]
+    #[error("reading kubeconfig {path}")]
     Kubeconfig {
         path: String,
         source: kube::config::KubeconfigError,
     },
-    #[error("no Kubernetes configuration found (in-cluster service account, $KUBECONFIG or ~/.kube/config): {0}")]
+    #[error("no Kubernetes configuration found (in-cluster service account, $KUBECONFIG or ~/.kube/config); pass --kubeconfig")]
     Infer(#[from] kube::config::InferConfigError),
     #[error("Kubernetes client: {0}")]
     Client(#[source] kube::Error),
