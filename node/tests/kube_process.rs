@@ -131,6 +131,16 @@ async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
     let env = Env::new();
     env.kube.add_node("kn-a");
     env.kube.add_node("kn-b");
+    env.kube.add_node("kn-c");
+    // kn-c starts first, when no Node carries an address yet: it keeps re-reading them.
+    let addr_c = free_addr();
+    let mut early = env.command("kn-c", &addr_c, &["--join-from-kubernetes"]);
+    early.args(["--node-name", "kn-c"]);
+    let early = tokio::task::spawn_blocking(move || Proc::spawn(early));
+    eventually("kn-c's first Node list", String::new, || async {
+        (env.kube.lists() > 0).then_some(())
+    })
+    .await;
     let addr_a = free_addr();
     let a = env.start("kn-a", &addr_a, &["--bootstrap", "--kubernetes"]);
     let api_a = a.client(Some(TOKEN));
@@ -165,6 +175,11 @@ async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
     )
     .await;
 
+    let c = early
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("kn-c: {e}"));
+
     // kn-b knows no member address: only kn-a's annotation leads it to the cluster. Its
     // name comes from $NODE_NAME, as the DaemonSet's downward API sets it.
     let addr_b = free_addr();
@@ -173,7 +188,7 @@ async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
     let cluster = api_b.cluster().await.unwrap_or_else(|e| panic!("{e}"));
     let mut names: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
     names.sort();
-    assert_eq!(names, ["kn-a", "kn-b"], "{cluster:?}");
+    assert_eq!(names, ["kn-a", "kn-b", "kn-c"], "{cluster:?}");
     let (lease_b, _) = api_b
         .acquire("kn-b", None)
         .await
@@ -208,6 +223,7 @@ async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
     );
     a.assert_no_panics();
     b.assert_no_panics();
+    c.assert_no_panics();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,7 @@ struct Cluster {
     history: Vec<(u64, String)>,
     watchers: Vec<mpsc::UnboundedSender<String>>,
     patches: u64,
+    lists: u64,
 }
 
 impl Cluster {
@@ -170,6 +171,11 @@ impl KubeStandIn {
             .map(str::to_string)
     }
 
+    /// How many Node lists were served.
+    pub fn lists(&self) -> u64 {
+        lock(&self.shared).lists
+    }
+
     /// How many merge patches were applied.
     pub fn patches(&self) -> u64 {
         lock(&self.shared).patches
@@ -208,7 +214,8 @@ async fn list_or_watch(
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
     if query.get("watch").map(String::as_str) != Some("true") {
-        let cluster = lock(&shared);
+        let mut cluster = lock(&shared);
+        cluster.lists += 1;
         let items: Vec<&Value> = cluster.nodes.values().collect();
         let body = json!({
             "kind": "NodeList", "apiVersion": "v1",
