@@ -229,7 +229,7 @@ async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
     let env = Env::new();
-    for name in ["gc-a", "gc-b", "gc-c", "gc-d"] {
+    for name in ["gc-a", "gc-b", "gc-c", "gc-d", "gc-e"] {
         env.kube.add_node(name);
     }
     let addr_a = free_addr();
@@ -252,7 +252,7 @@ async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
     env.kube.set_not_ready("gc-c");
 
     let mut subnets = std::collections::BTreeMap::new();
-    for name in ["gc-a", "gc-b", "gc-d", "gc-ghost"] {
+    for name in ["gc-a", "gc-b", "gc-d", "gc-e", "gc-ghost"] {
         let (lease, _) = api
             .acquire(name, None)
             .await
@@ -260,12 +260,14 @@ async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
         subnets.insert(name, lease.subnet.to_string());
     }
     // gc-d is deleted and re-created at once, well within the grace; gc-b is deleted for
-    // good; gc-ghost never had a Node at all.
+    // good; gc-e is deleted while the watch is cut and the history compacted (only the
+    // relist after 410 Gone shows it); gc-ghost never had a Node at all.
     env.kube.delete_node("gc-d");
     env.kube.add_node("gc-d");
     env.kube.delete_node("gc-b");
+    env.kube.delete_node_unseen("gc-e");
 
-    for gone in ["gc-b", "gc-ghost"] {
+    for gone in ["gc-b", "gc-e", "gc-ghost"] {
         eventually(
             &format!("{gone}'s lease released"),
             || a.logs(),
@@ -297,10 +299,10 @@ async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["fields"]["message"] == "released the lease of a deleted Node")
         .collect();
-    assert_eq!(released.len(), 2, "{logs}");
+    assert_eq!(released.len(), 3, "{logs}");
     for entry in &released {
         let node = entry["fields"]["node"].as_str().unwrap_or_default();
-        assert!(node == "gc-b" || node == "gc-ghost", "{entry}");
+        assert!(["gc-b", "gc-e", "gc-ghost"].contains(&node), "{entry}");
         assert_eq!(
             entry["fields"]["subnet"].as_str(),
             subnets.get(node).map(String::as_str),
@@ -315,7 +317,7 @@ async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        metrics.contains("evio_node_gc_releases_total 2"),
+        metrics.contains("evio_node_gc_releases_total 3"),
         "{metrics}"
     );
     a.assert_no_panics();

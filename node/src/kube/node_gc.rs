@@ -172,7 +172,7 @@ impl Session {
                     continue;
                 }
             };
-            self.backoff.reset();
+            let watch_started = Instant::now();
             loop {
                 tokio::select! {
                     event = events.next() => match event {
@@ -207,6 +207,15 @@ impl Session {
                     _ = tick.tick() => self.release_due().await,
                     _ = stopped(stop) => return,
                 }
+            }
+            // A watch that ends at once again and again must not become a busy loop.
+            if watch_started.elapsed() < Duration::from_secs(1) {
+                let delay = self.backoff.next_delay();
+                if sleep_or_stop(delay, stop).await {
+                    return;
+                }
+            } else {
+                self.backoff.reset();
             }
         }
     }

@@ -4,7 +4,7 @@
 //! - `GET /api/v1/nodes`: a `NodeList` with `metadata.resourceVersion`;
 //! - `GET /api/v1/nodes?watch=true&resourceVersion=N`: newline-delimited `WatchEvent`s
 //!   (`ADDED`, `MODIFIED`, `DELETED`, and a `BOOKMARK` at the start), replaying everything
-//!   after `N`, then live;
+//!   after `N`, then live; an `ERROR` event with a 410 `Status` when `N` was compacted;
 //! - `GET /api/v1/nodes/{name}`: the Node, or 404 with a `Status` body;
 //! - `PATCH /api/v1/nodes/{name}`: JSON merge patch (RFC 7386); any other content type gets
 //!   415, an unknown node 404 (both with a `Status` body).
@@ -36,6 +36,8 @@ struct Cluster {
     watchers: Vec<mpsc::UnboundedSender<String>>,
     patches: u64,
     lists: u64,
+    /// Watches from before this resource version get `410 Gone` (history compacted).
+    compacted: u64,
 }
 
 impl Cluster {
@@ -147,6 +149,17 @@ impl KubeStandIn {
         }
     }
 
+    /// Deletes a Node while every watcher is disconnected and the history is compacted, so
+    /// no watcher ever sees the DELETED event: only a relist shows the Node is gone.
+    pub fn delete_node_unseen(&self, name: &str) {
+        let mut cluster = lock(&self.shared);
+        cluster.bump();
+        cluster.nodes.remove(name);
+        cluster.compacted = cluster.version;
+        cluster.history.clear();
+        cluster.watchers.clear(); // ends the open watch streams
+    }
+
     /// Marks a Node NotReady (a node that stopped answering still exists).
     pub fn set_not_ready(&self, name: &str) {
         let mut cluster = lock(&self.shared);
@@ -238,16 +251,25 @@ async fn list_or_watch(
     let (tx, rx) = mpsc::unbounded_channel::<String>();
     {
         let mut cluster = lock(&shared);
-        let bookmark = json!({"type": "BOOKMARK", "object": {
+        if from < cluster.compacted {
+            let gone = json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {from} ({})", cluster.compacted),
+                "reason": "Expired", "code": 410}});
+            let _ = tx.send(format!("{gone}\n"));
+            drop(tx); // the stream ends after the error, as the API server's does
+        } else {
+            let bookmark = json!({"type": "BOOKMARK", "object": {
             "kind": "Node", "apiVersion": "v1",
             "metadata": {"resourceVersion": from.to_string()}}});
-        let _ = tx.send(format!("{bookmark}\n"));
-        for (version, line) in &cluster.history {
-            if *version > from {
-                let _ = tx.send(line.clone());
+            let _ = tx.send(format!("{bookmark}\n"));
+            for (version, line) in &cluster.history {
+                if *version > from {
+                    let _ = tx.send(line.clone());
+                }
             }
+            cluster.watchers.push(tx);
         }
-        cluster.watchers.push(tx);
     }
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let line = rx.recv().await?;
