@@ -483,6 +483,8 @@ mod tests {
             "node-name": "from-file", "listen": "127.0.0.1:7999", "join": ["10.10.0.1:7700"],
             "pod-cidr": "10.244.0.0/16", "node-bits": "8", "voters": 5,
             "cluster-token-file": token, "voter-grace": "2m",
+            "kubernetes": true, "join-from-kubernetes": true, "kubeconfig": "/etc/evio/kubeconfig",
+            "node-gc-grace": "15m",
         });
         std::fs::write(&config, body.to_string()).unwrap_or_else(|e| panic!("{e}"));
         let config_arg = config.to_string_lossy().to_string();
@@ -496,6 +498,9 @@ mod tests {
         assert_eq!(s.token, "s3cret");
         assert_eq!(s.voter_grace, Duration::from_secs(120));
         assert_eq!(s.pool.block_count(), 256);
+        assert!(s.kubernetes && s.join_from_kubernetes);
+        assert_eq!(s.kubeconfig, Some(PathBuf::from("/etc/evio/kubeconfig")));
+        assert_eq!(s.node_gc_grace, Duration::from_secs(900));
     }
 
     #[test]
