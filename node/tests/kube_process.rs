@@ -87,9 +87,10 @@ impl Env {
             &token,
             "--cni-socket",
             &cni_socket,
-            "--voters",
-            "1",
         ];
+        if !extra.contains(&"--voters") {
+            args.extend_from_slice(&["--voters", "1"]);
+        }
         if !extra.contains(&"--kubeconfig") {
             args.extend_from_slice(&["--kubeconfig", &kubeconfig]);
         }
@@ -339,4 +340,99 @@ fn an_unreadable_kubeconfig_is_refused_naming_it() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains(&missing_arg), "{stderr}");
     assert!(!env.dir.path().join("kn-x").exists(), "nothing written");
+}
+
+/// A new leader takes over the node GC: the timer of a Node deleted under the old leader
+/// restarts when the new leader first sees it missing, and its lease is released then; the
+/// dead leader's own Node still exists, so its lease stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_releases_what_the_old_one_did_not_get_to() {
+    let env = Env::new();
+    for name in ["lf-a", "lf-b", "lf-c", "lf-gone"] {
+        env.kube.add_node(name);
+    }
+    let gc = ["--kubernetes", "--node-gc-grace", "2s", "--voters", "3"];
+    let addr_a = free_addr();
+    let mut first = vec!["--bootstrap"];
+    first.extend_from_slice(&gc);
+    let mut procs = vec![env.start("lf-a", &addr_a, &first)];
+    let mut rest = vec!["--join", addr_a.as_str()];
+    rest.extend_from_slice(&gc);
+    for name in ["lf-b", "lf-c"] {
+        procs.push(env.start(name, &free_addr(), &rest));
+    }
+    let api = procs[0].client(Some(TOKEN));
+    eventually(
+        "three voters",
+        || procs[0].logs(),
+        || async {
+            let cluster = api.cluster().await.ok()?;
+            let voters = cluster
+                .members
+                .iter()
+                .filter(|m| m.role == "leader" || m.role == "voter")
+                .count();
+            (voters == 3).then_some(())
+        },
+    )
+    .await;
+    let mut subnets = std::collections::BTreeMap::new();
+    for name in ["lf-a", "lf-b", "lf-c", "lf-gone"] {
+        let (lease, _) = api
+            .acquire(name, None)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        subnets.insert(name, lease.subnet.to_string());
+    }
+
+    // lf-gone's Node goes away and the leader dies before the grace is over.
+    let cluster = api.cluster().await.unwrap_or_else(|e| panic!("{e}"));
+    let leader = cluster
+        .members
+        .iter()
+        .find(|m| m.role == "leader")
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| panic!("no leader: {cluster:?}"));
+    env.kube.delete_node("lf-gone");
+    let dead = procs
+        .iter()
+        .position(|p| p.base.ends_with(&leader_addr(&cluster, &leader)))
+        .unwrap_or_else(|| panic!("leader {leader} is not one of ours"));
+    let mut dead_proc = procs.remove(dead);
+    dead_proc.signal(Signal::SIGKILL);
+
+    let survivor = procs[0].client(Some(TOKEN));
+    eventually(
+        "lf-gone's lease released by the new leader",
+        || procs[0].logs(),
+        || async {
+            match survivor.get_lease("lf-gone", Consistency::Local).await {
+                Ok(None) => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let released_by: Vec<&Proc> = procs
+        .iter()
+        .filter(|p| p.logs().contains("released the lease of a deleted Node"))
+        .collect();
+    assert_eq!(released_by.len(), 1, "exactly one new leader released it");
+    assert_eq!(
+        lease_subnet(&survivor, &leader).await.as_ref(),
+        subnets.get(leader.as_str()),
+        "the dead leader's Node still exists: its lease stays"
+    );
+    for p in &procs {
+        p.assert_no_panics();
+    }
+}
+
+fn leader_addr(cluster: &evio_api::ClusterJson, leader: &str) -> String {
+    cluster
+        .members
+        .iter()
+        .find(|m| m.name == leader)
+        .map(|m| m.addr.clone())
+        .unwrap_or_default()
 }
