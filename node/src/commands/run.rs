@@ -196,6 +196,9 @@ impl RunArgs {
             })?,
             None => Duration::from_secs(600),
         };
+        if node_gc_grace.is_zero() {
+            bail!("--node-gc-grace 0: the grace must be above 0 (a deleted Node's lease would go at once)");
+        }
         let defaults = RaftTuning::default();
         let election_min = args
             .election_timeout_ms
@@ -520,9 +523,10 @@ mod tests {
             &token_arg,
             "--bootstrap",
         ];
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 7] = [
             (&["--voters", "4"], "--voters 4"),
             (&["--node-gc-grace", "soon"], "--node-gc-grace \"soon\""),
+            (&["--node-gc-grace", "0s"], "--node-gc-grace 0"),
             (&["--voter-grace", "soon"], "soon"),
             (&["--heartbeat-ms", "900"], "--heartbeat-ms 900"),
             (&["--node-bits", "x"], "\"x\""),
