@@ -69,6 +69,17 @@ impl Env {
     }
 
     fn command(&self, name: &str, addr: &str, extra: &[&str]) -> std::process::Command {
+        self.command_with(name, addr, extra, true)
+    }
+
+    /// `command`, with the kubeconfig passed as `--kubeconfig` or else in `$KUBECONFIG`.
+    fn command_with(
+        &self,
+        name: &str,
+        addr: &str,
+        extra: &[&str],
+        kubeconfig_flag: bool,
+    ) -> std::process::Command {
         let data = self.dir.path().join(name).to_string_lossy().to_string();
         let cni_socket = format!("{data}.cni.sock");
         let token = self.token_file.to_string_lossy().to_string();
@@ -91,12 +102,16 @@ impl Env {
         if !extra.contains(&"--voters") {
             args.extend_from_slice(&["--voters", "1"]);
         }
-        if !extra.contains(&"--kubeconfig") {
+        if kubeconfig_flag && !extra.contains(&"--kubeconfig") {
             args.extend_from_slice(&["--kubeconfig", &kubeconfig]);
         }
         args.extend_from_slice(extra);
         let mut cmd = evio_node(&args);
-        cmd.env_remove("KUBECONFIG");
+        if kubeconfig_flag {
+            cmd.env_remove("KUBECONFIG");
+        } else {
+            cmd.env("KUBECONFIG", &kubeconfig);
+        }
         cmd
     }
 }
@@ -119,6 +134,20 @@ where
     }
 }
 
+/// Acquires `node`'s lease, retrying while the cluster has no leader yet (503).
+async fn acquire(client: &Client, node: &str) -> evio_api::LeaseJson {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.acquire(node, None).await {
+            Ok((lease, _)) => return lease,
+            Err(e) if e.status() == Some(503) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("acquire {node}: {e}"),
+        }
+    }
+}
+
 async fn lease_subnet(client: &Client, node: &str) -> Option<String> {
     client
         .get_lease(node, Consistency::Local)
@@ -133,9 +162,10 @@ async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
     env.kube.add_node("kn-a");
     env.kube.add_node("kn-b");
     env.kube.add_node("kn-c");
-    // kn-c starts first, when no Node carries an address yet: it keeps re-reading them.
+    // kn-c starts first, when no Node carries an address yet: it keeps re-reading them. It
+    // finds the API through $KUBECONFIG.
     let addr_c = free_addr();
-    let mut early = env.command("kn-c", &addr_c, &["--join-from-kubernetes"]);
+    let mut early = env.command_with("kn-c", &addr_c, &["--join-from-kubernetes"], false);
     early.args(["--node-name", "kn-c"]);
     let early = tokio::task::spawn_blocking(move || Proc::spawn(early));
     eventually("kn-c's first Node list", String::new, || async {
@@ -160,10 +190,7 @@ async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
     assert_eq!(env.kube.annotation("kn-a", SUBNET), None);
 
     // A lease shows up as the subnet annotation.
-    let (lease_a, _) = api_a
-        .acquire("kn-a", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let lease_a = acquire(&api_a, "kn-a").await;
     let subnet_a = lease_a.subnet.to_string();
     eventually(
         "kn-a's pod-subnet annotation",
@@ -190,10 +217,7 @@ async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
     let mut names: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
     names.sort();
     assert_eq!(names, ["kn-a", "kn-b", "kn-c"], "{cluster:?}");
-    let (lease_b, _) = api_b
-        .acquire("kn-b", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let lease_b = acquire(&api_b, "kn-b").await;
     assert_ne!(lease_b.subnet, lease_a.subnet);
     let subnet_b = lease_b.subnet.to_string();
     eventually(
@@ -244,20 +268,13 @@ async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
     // gc-c runs evio-node, holds a lease, then dies and goes NotReady: its Node stays.
     let addr_c = free_addr();
     let mut c = env.start("gc-c", &addr_c, &["--join", &addr_a]);
-    let (lease_c, _) = c
-        .client(Some(TOKEN))
-        .acquire("gc-c", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let lease_c = acquire(&c.client(Some(TOKEN)), "gc-c").await;
     c.signal(Signal::SIGKILL);
     env.kube.set_not_ready("gc-c");
 
     let mut subnets = std::collections::BTreeMap::new();
     for name in ["gc-a", "gc-b", "gc-d", "gc-e", "gc-ghost"] {
-        let (lease, _) = api
-            .acquire(name, None)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let lease = acquire(&api, name).await;
         subnets.insert(name, lease.subnet.to_string());
     }
     // gc-d is deleted and re-created at once, well within the grace; gc-b is deleted for
@@ -378,10 +395,7 @@ async fn a_new_leader_releases_what_the_old_one_did_not_get_to() {
     .await;
     let mut subnets = std::collections::BTreeMap::new();
     for name in ["lf-a", "lf-b", "lf-c", "lf-gone"] {
-        let (lease, _) = api
-            .acquire(name, None)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let lease = acquire(&api, name).await;
         subnets.insert(name, lease.subnet.to_string());
     }
 
