@@ -407,7 +407,7 @@ async fn join(
             settings.join.clone()
         };
         if peers.is_empty() {
-            tracing::warn!(retry_in = ?backoff, "join: no Node is annotated with an evio API address yet");
+            tracing::warn!(retry_in = ?backoff, "join: no member to try yet (no --join given and no other Node carries an evio.io/api-address annotation)");
         }
         for peer in &peers {
             let client =
