@@ -32,6 +32,15 @@ pub struct LeaderLabels {
     pub leader_id: String,
 }
 
+/// Leases released because their Kubernetes Node was deleted (`evio-node run --kubernetes`).
+/// Process-wide: the node GC increments it, every registry exports it.
+static NODE_GC_RELEASES: std::sync::LazyLock<Counter> = std::sync::LazyLock::new(Counter::default);
+
+/// The counter of leases released for deleted Nodes.
+pub fn node_gc_releases() -> Counter {
+    NODE_GC_RELEASES.clone()
+}
+
 pub struct ApiMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -145,6 +154,11 @@ impl ApiMetrics {
             "raft_purged_index",
             "Last log index purged from the local log (covered by a snapshot)",
             purged.clone(),
+        );
+        registry.register(
+            "node_gc_releases",
+            "Leases released because their Kubernetes Node was deleted for longer than the grace",
+            node_gc_releases(),
         );
         Self {
             registry,

@@ -11,6 +11,7 @@
 mod cni_service;
 mod commands;
 mod etcd;
+mod kube;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -104,6 +104,23 @@ pub struct RunArgs {
     /// Client key (PEM) for etcd over TLS.
     #[arg(long)]
     etcd_key_file: Option<PathBuf>,
+    /// Kubernetes integration: annotate this node's Node with its pod subnet and API address,
+    /// and (while leader) release the leases of deleted Nodes.
+    #[arg(long)]
+    #[serde(default)]
+    kubernetes: bool,
+    /// Find members to join through from the Nodes' `evio.io/api-address` annotations
+    /// (added to --join).
+    #[arg(long)]
+    #[serde(default)]
+    join_from_kubernetes: bool,
+    /// kubeconfig for the Kubernetes API. Default: in-cluster service account, else
+    /// $KUBECONFIG, else ~/.kube/config.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Release the lease of a Node deleted for longer than this (e.g. 10m). Default: 10m.
+    #[arg(long)]
+    node_gc_grace: Option<String>,
 }
 
 /// Settings after merging flags, config file and defaults, all validated.
@@ -124,6 +141,10 @@ struct Settings {
     /// The conflist to keep current, with its node-independent settings.
     cni_conf: Option<(PathBuf, evio_cni::NetConf)>,
     etcd: Option<EtcdSettings>,
+    kubernetes: bool,
+    join_from_kubernetes: bool,
+    kubeconfig: Option<PathBuf>,
+    node_gc_grace: Duration,
 }
 
 impl RunArgs {
@@ -166,6 +187,10 @@ impl RunArgs {
             etcd_ca_file: self.etcd_ca_file.or(file.etcd_ca_file),
             etcd_cert_file: self.etcd_cert_file.or(file.etcd_cert_file),
             etcd_key_file: self.etcd_key_file.or(file.etcd_key_file),
+            kubernetes: self.kubernetes || file.kubernetes,
+            join_from_kubernetes: self.join_from_kubernetes || file.join_from_kubernetes,
+            kubeconfig: self.kubeconfig.or(file.kubeconfig),
+            node_gc_grace: self.node_gc_grace.or(file.node_gc_grace),
         })
     }
 
@@ -199,6 +224,15 @@ impl RunArgs {
             })?,
             None => Duration::from_secs(60),
         };
+        let node_gc_grace = match &args.node_gc_grace {
+            Some(text) => humantime::parse_duration(text).with_context(|| {
+                format!("--node-gc-grace {text:?}: expected a duration like 10m or 1h")
+            })?,
+            None => Duration::from_secs(600),
+        };
+        if node_gc_grace.is_zero() {
+            bail!("--node-gc-grace 0: the grace must be above 0 (a deleted Node's lease would go at once)");
+        }
         let defaults = RaftTuning::default();
         let election_min = args
             .election_timeout_ms
@@ -213,9 +247,9 @@ impl RunArgs {
         };
         evio_raft::validate_node_name(&node_name).context("pass a valid --node-name")?;
         let join = args.join.unwrap_or_default();
-        if !args.bootstrap && join.is_empty() {
+        if !args.bootstrap && join.is_empty() && !args.join_from_kubernetes {
             bail!(
-                "pass --join ADDR[,ADDR] to join a cluster, or --bootstrap for the very first node"
+                "pass --join ADDR[,ADDR] (or --join-from-kubernetes) to join a cluster, or --bootstrap for the very first node"
             );
         }
         let cni_socket = args
@@ -281,6 +315,10 @@ impl RunArgs {
             cni_socket,
             cni_conf,
             etcd,
+            kubernetes: args.kubernetes,
+            join_from_kubernetes: args.join_from_kubernetes,
+            kubeconfig: args.kubeconfig,
+            node_gc_grace,
         })
     }
 }
@@ -313,6 +351,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
     let (listener, bound) = serve::bind(&settings.listen).await?;
     let advertise = advertise_addr(&settings, bound)?;
+    // Before anything is written: a bad kubeconfig leaves no data dir behind.
+    let kube_client = if settings.kubernetes || settings.join_from_kubernetes {
+        Some(crate::kube::client(settings.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
 
     let mut config = ReplicaConfig::new(
         settings.data_dir.clone(),
@@ -380,13 +424,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             stop_rx.clone(),
         ))
     });
+    let mut kube_tasks = Vec::new();
+    if let (true, Some(client)) = (settings.kubernetes, &kube_client) {
+        kube_tasks.push(tokio::spawn(crate::kube::annotate::run(
+            client.clone(),
+            replica.clone(),
+            settings.node_name.clone(),
+            advertise.clone(),
+            stop_rx.clone(),
+        )));
+        kube_tasks.push(tokio::spawn(crate::kube::node_gc::run(
+            client.clone(),
+            replica.clone(),
+            settings.node_gc_grace,
+            stop_rx.clone(),
+        )));
+    }
 
     let start = async {
         if settings.bootstrap {
             replica.bootstrap_single().await?;
             tracing::info!(cluster = ?replica.cluster_id(), "bootstrapped a new cluster");
         } else if !initialized {
-            join(&replica, &settings).await?;
+            join(&replica, &settings, kube_client.as_ref()).await?;
         }
         anyhow::Ok(())
     };
@@ -414,13 +474,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for task in [mirror, conflist].into_iter().flatten() {
         let _ = task.await;
     }
+    for task in kube_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     replica.shutdown().await;
     outcome
 }
 
 /// Asks the listed peers, in turn and with backoff, to admit this node; returns once it is a
 /// member. Refusals that retrying cannot fix (wrong pool, name in use, bad token) end it.
-async fn join(replica: &Replica, settings: &Settings) -> anyhow::Result<()> {
+async fn join(
+    replica: &Replica,
+    settings: &Settings,
+    kube_client: Option<&kube::Client>,
+) -> anyhow::Result<()> {
     let request = JoinRequest {
         node_id: replica.node_id(),
         name: settings.node_name.clone(),
@@ -430,7 +497,16 @@ async fn join(replica: &Replica, settings: &Settings) -> anyhow::Result<()> {
     };
     let mut backoff = Duration::from_millis(250);
     loop {
-        for peer in &settings.join {
+        let peers = if settings.join_from_kubernetes {
+            crate::kube::peers::join_candidates(&settings.join, kube_client, &settings.node_name)
+                .await
+        } else {
+            settings.join.clone()
+        };
+        if peers.is_empty() {
+            tracing::warn!(retry_in = ?backoff, "join: no member to try yet (no --join given and no other Node carries an evio.io/api-address annotation)");
+        }
+        for peer in &peers {
             let client =
                 Client::new(&format!("http://{peer}"))?.with_token(Some(settings.token.clone()));
             match client.join(&request).await {
@@ -507,6 +583,8 @@ mod tests {
             "node-name": "from-file", "listen": "127.0.0.1:7999", "join": ["10.10.0.1:7700"],
             "pod-cidr": "10.244.0.0/16", "node-bits": "8", "voters": 5,
             "cluster-token-file": token, "voter-grace": "2m",
+            "kubernetes": true, "join-from-kubernetes": true, "kubeconfig": "/etc/evio/kubeconfig",
+            "node-gc-grace": "15m",
         });
         std::fs::write(&config, body.to_string()).unwrap_or_else(|e| panic!("{e}"));
         let config_arg = config.to_string_lossy().to_string();
@@ -520,6 +598,9 @@ mod tests {
         assert_eq!(s.token, "s3cret");
         assert_eq!(s.voter_grace, Duration::from_secs(120));
         assert_eq!(s.pool.block_count(), 256);
+        assert!(s.kubernetes && s.join_from_kubernetes);
+        assert_eq!(s.kubeconfig, Some(PathBuf::from("/etc/evio/kubeconfig")));
+        assert_eq!(s.node_gc_grace, Duration::from_secs(900));
     }
 
     #[test]
@@ -539,7 +620,7 @@ mod tests {
             &token_arg,
             "--bootstrap",
         ];
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 9] = [
             (&["--etcd-endpoints", "127.0.0.1:2379"], "127.0.0.1:2379"),
             (
                 &[
@@ -551,6 +632,8 @@ mod tests {
                 "password file",
             ),
             (&["--voters", "4"], "--voters 4"),
+            (&["--node-gc-grace", "soon"], "--node-gc-grace \"soon\""),
+            (&["--node-gc-grace", "0s"], "--node-gc-grace 0"),
             (&["--voter-grace", "soon"], "soon"),
             (&["--heartbeat-ms", "900"], "--heartbeat-ms 900"),
             (&["--node-bits", "x"], "\"x\""),

@@ -1,0 +1,126 @@
+//! Keeps this node's Node object annotated with its pod subnet and evio's API address
+//! (JSON merge patch on `/api/v1/nodes/NAME`). Re-applied whenever the local replica's lease
+//! for this node changes, and every few minutes in case someone removed it; failures are
+//! retried with backoff and never block the daemon.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use evio_raft::Replica;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{json, Value};
+
+use super::{
+    sleep_or_stop, stopped, Backoff, KubeError, API_ADDRESS_ANNOTATION, POD_SUBNET_ANNOTATION,
+};
+
+/// Re-applied this often even when nothing changed (annotations edited by hand come back).
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What the annotations should say now: the subnet (None: no lease, annotation removed) and
+/// the API address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub pod_subnet: Option<String>,
+    pub api_address: String,
+}
+
+impl Desired {
+    /// The merge patch: `null` removes the subnet annotation of a node without a lease.
+    pub fn patch(&self) -> Value {
+        json!({"metadata": {"annotations": {
+            POD_SUBNET_ANNOTATION: self.pod_subnet,
+            API_ADDRESS_ANNOTATION: self.api_address,
+        }}})
+    }
+}
+
+fn desired(replica: &Replica, node_name: &str, api_address: &str) -> Desired {
+    let pod_subnet = replica
+        .local()
+        .read()
+        .table
+        .get(node_name)
+        .map(|lease| lease.block.subnet.to_string());
+    Desired {
+        pod_subnet,
+        api_address: api_address.to_string(),
+    }
+}
+
+async fn apply(client: &kube::Client, node_name: &str, want: &Desired) -> Result<(), KubeError> {
+    Api::<Node>::all(client.clone())
+        .patch(
+            node_name,
+            &PatchParams::default(),
+            &Patch::Merge(want.patch()),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Runs until `stop` turns true (or Raft stops).
+pub async fn run(
+    client: kube::Client,
+    replica: Arc<Replica>,
+    node_name: String,
+    api_address: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut raft_metrics = replica.raft().metrics();
+    let mut applied: Option<Desired> = None;
+    let mut backoff = Backoff::default();
+    loop {
+        let want = desired(&replica, &node_name, &api_address);
+        if applied.as_ref() != Some(&want) {
+            match apply(&client, &node_name, &want).await {
+                Ok(()) => {
+                    tracing::info!(node = %node_name, pod_subnet = ?want.pod_subnet, api_address = %want.api_address, "annotated the Node");
+                    applied = Some(want);
+                    backoff.reset();
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(node = %node_name, error = %e, retry_in = ?delay, "cannot annotate the Node");
+                    if sleep_or_stop(delay, &mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        // Raft metrics change whenever something is applied: the lease may have changed.
+        tokio::select! {
+            changed = raft_metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(RESYNC) => applied = None,
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_sets_both_annotations_and_removes_a_lost_subnet() {
+        let with = Desired {
+            pod_subnet: Some("10.244.3.0/24".into()),
+            api_address: "10.10.0.3:7700".into(),
+        };
+        assert_eq!(
+            with.patch(),
+            json!({"metadata": {"annotations": {
+                "evio.io/pod-subnet": "10.244.3.0/24", "evio.io/api-address": "10.10.0.3:7700"}}})
+        );
+        let without = Desired {
+            pod_subnet: None,
+            ..with
+        };
+        assert_eq!(
+            without.patch()["metadata"]["annotations"]["evio.io/pod-subnet"],
+            Value::Null
+        );
+    }
+}

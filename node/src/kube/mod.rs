@@ -1,0 +1,103 @@
+//! Kubernetes integration (`evio-node run --kubernetes`, `--join-from-kubernetes`):
+//!
+//! - [`annotate`]: this node's Node object carries its pod subnet and evio's API address;
+//! - [`peers`]: other members found through those annotations, for joining;
+//! - [`node_gc`]: the Raft leader returns the leases of deleted Nodes to the pool.
+//!
+//! Kubernetes is only ever a hint source: nothing here blocks the daemon or a lease grant.
+
+pub mod annotate;
+pub mod node_gc;
+pub mod peers;
+
+use std::path::Path;
+use std::time::Duration;
+
+/// The Node annotation holding this node's pod subnet (`10.244.3.0/24`).
+pub const POD_SUBNET_ANNOTATION: &str = "evio.io/pod-subnet";
+/// The Node annotation holding evio's API address (`host:port`, what peers dial).
+pub const API_ADDRESS_ANNOTATION: &str = "evio.io/api-address";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("reading kubeconfig {path}")]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no Kubernetes configuration found (in-cluster service account, $KUBECONFIG or ~/.kube/config); pass --kubeconfig")]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// A client from `kubeconfig` when given, else in-cluster (service account) or $KUBECONFIG /
+/// ~/.kube/config, as `kube::Config::infer` finds them.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let err = |source| KubeError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(err)?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(err)?
+        }
+        None => kube::Config::infer().await?,
+    };
+    kube::Client::try_from(config).map_err(KubeError::Client)
+}
+
+/// Exponential backoff for retrying Kubernetes calls: 500 ms doubling to 30 s.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(500))
+    }
+}
+
+impl Backoff {
+    /// The delay to wait now; the next one is twice as long (at most 30 s).
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+        delay
+    }
+
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// Sleeps `delay`, or less when `stop` turns true; returns whether to stop.
+pub async fn sleep_or_stop(delay: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = stopped(stop) => return true,
+    }
+    *stop.borrow()
+}
+
+/// Resolves once `stop` turns true (or its sender is gone). Holds no borrow across awaits,
+/// so the futures using it stay `Send`.
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Resolves once this member's Raft state is (`leader`) or is not (`!leader`) Leader; false
+/// when Raft stopped.
+pub async fn leadership(
+    raft_metrics: &mut tokio::sync::watch::Receiver<evio_raft::types::RaftMetrics>,
+    leader: bool,
+) -> bool {
+    raft_metrics
+        .wait_for(|m| (m.state == openraft::ServerState::Leader) == leader)
+        .await
+        .is_ok()
+}

@@ -1,0 +1,460 @@
+//! The Kubernetes integration of real `evio-node run` processes: Node annotations,
+//! `--join-from-kubernetes`, and the leader's release of deleted Nodes' leases.
+//!
+//! No Kubernetes API server can be installed on the test machines, so these tests run
+//! against a small local HTTP stand-in (`common/kube_standin.rs`) that serves the real API
+//! paths and JSON (`/api/v1/nodes` list and watch streams, `/api/v1/nodes/{name}` GET and
+//! merge-patch PATCH, `Status` errors); evio-node reaches it through a kubeconfig file,
+//! exactly as it would reach a real cluster.
+
+mod common;
+#[path = "common/kube_standin.rs"]
+mod kube_standin;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{evio_node, Proc};
+use evio_api::{Client, Consistency};
+use kube_standin::KubeStandIn;
+use nix::sys::signal::Signal;
+
+const TOKEN: &str = "kube-test-token";
+const SUBNET: &str = "evio.io/pod-subnet";
+const API_ADDRESS: &str = "evio.io/api-address";
+
+fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    token_file: PathBuf,
+    kubeconfig: PathBuf,
+    kube: KubeStandIn,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
+        let kube = KubeStandIn::start();
+        let kubeconfig = kube.write_kubeconfig(dir.path());
+        Env {
+            dir,
+            token_file,
+            kubeconfig,
+            kube,
+        }
+    }
+
+    /// `evio-node run` for `name` on `addr` with the stand-in's kubeconfig, plus `extra`.
+    fn start(&self, name: &str, addr: &str, extra: &[&str]) -> Proc {
+        let mut cmd = self.command(name, addr, extra);
+        cmd.args(["--node-name", name]);
+        Proc::spawn(cmd).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// Like `start`, with the node name only in `$NODE_NAME` (the downward API's way).
+    fn start_named_by_env(&self, name: &str, addr: &str, extra: &[&str]) -> Proc {
+        let mut cmd = self.command(name, addr, extra);
+        cmd.env("NODE_NAME", name);
+        Proc::spawn(cmd).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn command(&self, name: &str, addr: &str, extra: &[&str]) -> std::process::Command {
+        self.command_with(name, addr, extra, true)
+    }
+
+    /// `command`, with the kubeconfig passed as `--kubeconfig` or else in `$KUBECONFIG`.
+    fn command_with(
+        &self,
+        name: &str,
+        addr: &str,
+        extra: &[&str],
+        kubeconfig_flag: bool,
+    ) -> std::process::Command {
+        let data = self.dir.path().join(name).to_string_lossy().to_string();
+        let cni_socket = format!("{data}.cni.sock");
+        let token = self.token_file.to_string_lossy().to_string();
+        let kubeconfig = self.kubeconfig.to_string_lossy().to_string();
+        let mut args = vec![
+            "run",
+            "--data-dir",
+            &data,
+            "--listen",
+            addr,
+            "--pod-cidr",
+            "10.244.0.0/16",
+            "--node-bits",
+            "8",
+            "--cluster-token-file",
+            &token,
+            "--cni-socket",
+            &cni_socket,
+        ];
+        if !extra.contains(&"--voters") {
+            args.extend_from_slice(&["--voters", "1"]);
+        }
+        if kubeconfig_flag && !extra.contains(&"--kubeconfig") {
+            args.extend_from_slice(&["--kubeconfig", &kubeconfig]);
+        }
+        args.extend_from_slice(extra);
+        let mut cmd = evio_node(&args);
+        if kubeconfig_flag {
+            cmd.env_remove("KUBECONFIG");
+        } else {
+            cmd.env("KUBECONFIG", &kubeconfig);
+        }
+        cmd
+    }
+}
+
+/// Polls `check` until it returns Some (30 s at most), else panics with `what` and `logs`.
+async fn eventually<T, F, Fut>(what: &str, logs: impl Fn() -> String, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}:\n{}", logs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Acquires `node`'s lease, retrying while the cluster has no leader yet (503).
+async fn acquire(client: &Client, node: &str) -> evio_api::LeaseJson {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.acquire(node, None).await {
+            Ok((lease, _)) => return lease,
+            Err(e) if e.status() == Some(503) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("acquire {node}: {e}"),
+        }
+    }
+}
+
+async fn lease_subnet(client: &Client, node: &str) -> Option<String> {
+    client
+        .get_lease(node, Consistency::Local)
+        .await
+        .unwrap_or_else(|e| panic!("get lease {node}: {e}"))
+        .map(|l| l.subnet.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
+    let env = Env::new();
+    env.kube.add_node("kn-a");
+    env.kube.add_node("kn-b");
+    env.kube.add_node("kn-c");
+    // kn-c starts first, when no Node carries an address yet: it keeps re-reading them. It
+    // finds the API through $KUBECONFIG.
+    let addr_c = free_addr();
+    let mut early = env.command_with("kn-c", &addr_c, &["--join-from-kubernetes"], false);
+    early.args(["--node-name", "kn-c"]);
+    let early = tokio::task::spawn_blocking(move || Proc::spawn(early));
+    eventually("kn-c's first Node list", String::new, || async {
+        (env.kube.lists() > 0).then_some(())
+    })
+    .await;
+    let addr_a = free_addr();
+    let a = env.start("kn-a", &addr_a, &["--bootstrap", "--kubernetes"]);
+    let api_a = a.client(Some(TOKEN));
+
+    // Without a lease: the API address only.
+    eventually(
+        "kn-a's api-address annotation",
+        || a.logs(),
+        || async {
+            env.kube
+                .annotation("kn-a", API_ADDRESS)
+                .filter(|v| *v == addr_a)
+        },
+    )
+    .await;
+    assert_eq!(env.kube.annotation("kn-a", SUBNET), None);
+
+    // A lease shows up as the subnet annotation.
+    let lease_a = acquire(&api_a, "kn-a").await;
+    let subnet_a = lease_a.subnet.to_string();
+    eventually(
+        "kn-a's pod-subnet annotation",
+        || a.logs(),
+        || async {
+            env.kube
+                .annotation("kn-a", SUBNET)
+                .filter(|v| *v == subnet_a)
+        },
+    )
+    .await;
+
+    let c = early
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("kn-c: {e}"));
+
+    // kn-b knows no member address: only kn-a's annotation leads it to the cluster. Its
+    // name comes from $NODE_NAME, as the DaemonSet's downward API sets it.
+    let addr_b = free_addr();
+    let b = env.start_named_by_env("kn-b", &addr_b, &["--join-from-kubernetes", "--kubernetes"]);
+    let api_b = b.client(Some(TOKEN));
+    let cluster = api_b.cluster().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut names: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["kn-a", "kn-b", "kn-c"], "{cluster:?}");
+    let lease_b = acquire(&api_b, "kn-b").await;
+    assert_ne!(lease_b.subnet, lease_a.subnet);
+    let subnet_b = lease_b.subnet.to_string();
+    eventually(
+        "kn-b's annotations",
+        || b.logs(),
+        || async {
+            let subnet = env.kube.annotation("kn-b", SUBNET)?;
+            let addr = env.kube.annotation("kn-b", API_ADDRESS)?;
+            (subnet == subnet_b && addr == addr_b).then_some(())
+        },
+    )
+    .await;
+
+    // Releasing kn-a's lease removes its subnet annotation (the address stays).
+    api_b
+        .release("kn-a")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually(
+        "kn-a's pod-subnet annotation removed",
+        || a.logs(),
+        || async { env.kube.annotation("kn-a", SUBNET).is_none().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        env.kube.annotation("kn-a", API_ADDRESS),
+        Some(addr_a.clone())
+    );
+    a.assert_no_panics();
+    b.assert_no_panics();
+    c.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
+    let env = Env::new();
+    for name in ["gc-a", "gc-b", "gc-c", "gc-d", "gc-e"] {
+        env.kube.add_node(name);
+    }
+    let addr_a = free_addr();
+    let a = env.start(
+        "gc-a",
+        &addr_a,
+        &["--bootstrap", "--kubernetes", "--node-gc-grace", "2s"],
+    );
+    let api = a.client(Some(TOKEN));
+
+    // gc-c runs evio-node, holds a lease, then dies and goes NotReady: its Node stays.
+    let addr_c = free_addr();
+    let mut c = env.start("gc-c", &addr_c, &["--join", &addr_a]);
+    let lease_c = acquire(&c.client(Some(TOKEN)), "gc-c").await;
+    c.signal(Signal::SIGKILL);
+    env.kube.set_not_ready("gc-c");
+
+    let mut subnets = std::collections::BTreeMap::new();
+    for name in ["gc-a", "gc-b", "gc-d", "gc-e", "gc-ghost"] {
+        let lease = acquire(&api, name).await;
+        subnets.insert(name, lease.subnet.to_string());
+    }
+    // gc-d is deleted and re-created at once, well within the grace; gc-b is deleted for
+    // good; gc-e is deleted while the watch is cut and the history compacted (only the
+    // relist after 410 Gone shows it); gc-ghost never had a Node at all.
+    env.kube.delete_node("gc-d");
+    env.kube.add_node("gc-d");
+    env.kube.delete_node("gc-b");
+    env.kube.delete_node_unseen("gc-e");
+
+    for gone in ["gc-b", "gc-e", "gc-ghost"] {
+        eventually(
+            &format!("{gone}'s lease released"),
+            || a.logs(),
+            || async { lease_subnet(&api, gone).await.is_none().then_some(()) },
+        )
+        .await;
+    }
+    // Any wrong release of the others would have happened by now (gc-d was deleted before
+    // gc-b); wait two more grace periods to be sure they are kept.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        lease_subnet(&api, "gc-c").await,
+        Some(lease_c.subnet.to_string()),
+        "a Node whose evio-node died keeps its lease:\n{}",
+        a.logs()
+    );
+    for kept in ["gc-a", "gc-d"] {
+        assert_eq!(
+            lease_subnet(&api, kept).await.as_ref(),
+            subnets.get(kept),
+            "{kept} keeps its lease:\n{}",
+            a.logs()
+        );
+    }
+
+    let logs = a.logs();
+    let released: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "released the lease of a deleted Node")
+        .collect();
+    assert_eq!(released.len(), 3, "{logs}");
+    for entry in &released {
+        let node = entry["fields"]["node"].as_str().unwrap_or_default();
+        assert!(["gc-b", "gc-e", "gc-ghost"].contains(&node), "{entry}");
+        assert_eq!(
+            entry["fields"]["subnet"].as_str(),
+            subnets.get(node).map(String::as_str),
+            "{entry}"
+        );
+        assert!(entry["fields"]["gone_for"].as_str().is_some(), "{entry}");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", a.base))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        metrics.contains("evio_node_gc_releases_total 3"),
+        "{metrics}"
+    );
+    a.assert_no_panics();
+}
+
+#[test]
+fn an_unreadable_kubeconfig_is_refused_naming_it() {
+    let env = Env::new();
+    let missing = env.dir.path().join("no-such-kubeconfig");
+    let missing_arg = missing.to_string_lossy().to_string();
+    let mut cmd = env.command(
+        "kn-x",
+        &free_addr(),
+        &["--bootstrap", "--kubernetes", "--kubeconfig", &missing_arg],
+    );
+    cmd.args(["--node-name", "kn-x"]);
+    let out = cmd.output().unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&missing_arg), "{stderr}");
+    assert!(!env.dir.path().join("kn-x").exists(), "nothing written");
+}
+
+/// A new leader takes over the node GC: the timer of a Node deleted under the old leader
+/// restarts when the new leader first sees it missing, and its lease is released then; the
+/// dead leader's own Node still exists, so its lease stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_releases_what_the_old_one_did_not_get_to() {
+    let env = Env::new();
+    for name in ["lf-a", "lf-b", "lf-c", "lf-gone"] {
+        env.kube.add_node(name);
+    }
+    let gc = ["--kubernetes", "--node-gc-grace", "2s", "--voters", "3"];
+    let addr_a = free_addr();
+    let mut first = vec!["--bootstrap"];
+    first.extend_from_slice(&gc);
+    let mut procs = vec![env.start("lf-a", &addr_a, &first)];
+    let mut rest = vec!["--join", addr_a.as_str()];
+    rest.extend_from_slice(&gc);
+    for name in ["lf-b", "lf-c"] {
+        procs.push(env.start(name, &free_addr(), &rest));
+    }
+    let api = procs[0].client(Some(TOKEN));
+    eventually(
+        "three voters",
+        || procs[0].logs(),
+        || async {
+            let cluster = api.cluster().await.ok()?;
+            let voters = cluster
+                .members
+                .iter()
+                .filter(|m| m.role == "leader" || m.role == "voter")
+                .count();
+            (voters == 3).then_some(())
+        },
+    )
+    .await;
+    let mut subnets = std::collections::BTreeMap::new();
+    for name in ["lf-a", "lf-b", "lf-c", "lf-gone"] {
+        let lease = acquire(&api, name).await;
+        subnets.insert(name, lease.subnet.to_string());
+    }
+
+    // lf-gone's Node goes away and the leader dies before the grace is over.
+    let cluster = api.cluster().await.unwrap_or_else(|e| panic!("{e}"));
+    let leader = cluster
+        .members
+        .iter()
+        .find(|m| m.role == "leader")
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| panic!("no leader: {cluster:?}"));
+    env.kube.delete_node("lf-gone");
+    let dead = procs
+        .iter()
+        .position(|p| p.base.ends_with(&leader_addr(&cluster, &leader)))
+        .unwrap_or_else(|| panic!("leader {leader} is not one of ours"));
+    let mut dead_proc = procs.remove(dead);
+    dead_proc.signal(Signal::SIGKILL);
+
+    let survivor = procs[0].client(Some(TOKEN));
+    eventually(
+        "lf-gone's lease released by the new leader",
+        || procs[0].logs(),
+        || async {
+            match survivor.get_lease("lf-gone", Consistency::Local).await {
+                Ok(None) => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    // The log line may reach the test's log reader a moment after the release applies.
+    eventually(
+        "the release log line of the new leader",
+        || procs.iter().map(Proc::logs).collect(),
+        || async {
+            let released_by = procs
+                .iter()
+                .filter(|p| p.logs().contains("released the lease of a deleted Node"))
+                .count();
+            (released_by == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        lease_subnet(&survivor, &leader).await.as_ref(),
+        subnets.get(leader.as_str()),
+        "the dead leader's Node still exists: its lease stays"
+    );
+    for p in &procs {
+        p.assert_no_panics();
+    }
+}
+
+fn leader_addr(cluster: &evio_api::ClusterJson, leader: &str) -> String {
+    cluster
+        .members
+        .iter()
+        .find(|m| m.name == leader)
+        .map(|m| m.addr.clone())
+        .unwrap_or_default()
+}
