@@ -1,0 +1,606 @@
+//! deploy/ stays valid and in step with the binaries:
+//! - every manifest validates against the Kubernetes 1.27 (minimum) and 1.30 schemas
+//!   (kubernetes-validate, strict, offline) and passes yamllint;
+//! - every subcommand and `--flag` the DaemonSet passes to evio-node exists in that
+//!   subcommand's `--help` of the built binary, and every `$(VAR)` it uses is defined;
+//! - the paths it passes and mounts are the ones the binaries use by default (CNI socket,
+//!   conflist dir, data dir, OVSDB socket, host-local state, CNI bin dir);
+//! - the container build copies binaries and files that exist, and the install script
+//!   installs every plugin the conflist names, atomically.
+//!
+//! The Python tools come from scripts/install-py-tools.sh (run by scripts/install-deps.sh);
+//! YAML is read through the same venv's PyYAML, so no YAML crate is needed. Under CI=true a
+//! missing tool fails the test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_evio-node");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or_else(|| panic!("node/ has a parent"))
+        .to_path_buf()
+}
+
+fn deploy() -> PathBuf {
+    repo().join("deploy")
+}
+
+/// The venv with kubernetes-validate, yamllint and PyYAML; None (and a note) outside CI.
+fn py_tools() -> Option<PathBuf> {
+    let dir = match std::env::var_os("EVIO_PY_TOOLS") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/evio/py-tools")
+        }
+    };
+    if dir.join("bin/kubernetes-validate").exists() && dir.join("bin/yamllint").exists() {
+        return Some(dir);
+    }
+    let msg = format!(
+        "kubernetes-validate/yamllint not found in {}: run scripts/install-py-tools.sh",
+        dir.display()
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// The manifests `kubectl apply -k deploy/` applies (the kustomization's resources).
+fn manifest_files(tools: &Path) -> Vec<PathBuf> {
+    let kustomization = &load_yaml(tools, &deploy().join("kustomization.yaml"))[0];
+    kustomization["resources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("kustomization.yaml has no resources"))
+        .iter()
+        .map(|r| deploy().join(r.as_str().unwrap_or_else(|| panic!("resource {r}"))))
+        .collect()
+}
+
+/// All documents of a YAML file, as JSON.
+fn load_yaml(tools: &Path, path: &Path) -> Vec<Value> {
+    let out = Command::new(tools.join("bin/python"))
+        .args([
+            "-c",
+            "import json, sys, yaml\n\
+             print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]))",
+        ])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("python: {e}"));
+    assert!(
+        out.status.success(),
+        "{} is not valid YAML: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn daemonset(tools: &Path) -> Value {
+    let docs = load_yaml(tools, &deploy().join("daemonset.yaml"));
+    docs.into_iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .unwrap_or_else(|| panic!("daemonset.yaml holds no DaemonSet"))
+}
+
+fn containers(ds: &Value) -> Vec<&Value> {
+    let spec = &ds["spec"]["template"]["spec"];
+    let mut all: Vec<&Value> = Vec::new();
+    for key in ["initContainers", "containers"] {
+        if let Some(list) = spec[key].as_array() {
+            all.extend(list);
+        }
+    }
+    all
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn validate(tools: &Path, version: &str, files: &[PathBuf]) -> std::process::Output {
+    Command::new(tools.join("bin/kubernetes-validate"))
+        .args(["--strict", "--no-warn", "-k", version])
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("kubernetes-validate: {e}"))
+}
+
+#[test]
+fn manifests_validate_offline_against_kubernetes_schemas() {
+    let Some(tools) = py_tools() else { return };
+    let files = manifest_files(&tools);
+    // Every manifest in deploy/ is applied: none forgotten in the kustomization.
+    let mut on_disk: Vec<PathBuf> = std::fs::read_dir(deploy())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .filter(|p| !p.ends_with("kustomization.yaml") && !p.ends_with(".yamllint.yaml"))
+        .collect();
+    on_disk.sort();
+    let mut listed = files.clone();
+    listed.sort();
+    assert_eq!(
+        listed, on_disk,
+        "kustomization.yaml resources vs deploy/*.yaml"
+    );
+
+    for version in ["1.27.0", "1.30.0"] {
+        let out = validate(&tools, version, &files);
+        assert!(
+            out.status.success(),
+            "manifests invalid for Kubernetes {version}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The validator really rejects a bad manifest (an unknown field, a wrong type): a
+    // validator that passes everything would prove nothing.
+    let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut bad = load_yaml(&tools, &deploy().join("daemonset.yaml"))
+        .into_iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .unwrap_or_else(|| panic!("no DaemonSet"));
+    bad["spec"]["template"]["spec"]["hostNetwork"] = Value::from("yes");
+    let bad_file = scratch.path().join("bad.json");
+    std::fs::write(&bad_file, bad.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let out = validate(&tools, "1.30.0", &[bad_file]);
+    assert!(
+        !out.status.success(),
+        "kubernetes-validate accepted hostNetwork: \"yes\""
+    );
+}
+
+#[test]
+fn manifests_pass_yamllint() {
+    let Some(tools) = py_tools() else { return };
+    let mut files = manifest_files(&tools);
+    files.push(deploy().join("kustomization.yaml"));
+    let out = Command::new(tools.join("bin/yamllint"))
+        .arg("-s")
+        .arg("-c")
+        .arg(deploy().join(".yamllint.yaml"))
+        .args(&files)
+        .output()
+        .unwrap_or_else(|e| panic!("yamllint: {e}"));
+    assert!(
+        out.status.success(),
+        "yamllint:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// One evio-node invocation in the DaemonSet: container, subcommand, flags (name -> value).
+struct Invocation {
+    container: String,
+    subcommand: String,
+    flags: Vec<(String, Option<String>)>,
+}
+
+/// Flags in `tokens`: `--name=value`, `--name value` or a bare `--name`.
+fn parse_flags(tokens: &[String]) -> Vec<(String, Option<String>)> {
+    let mut flags = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        let token = &tokens[i];
+        assert!(
+            token.starts_with("--"),
+            "unexpected positional argument {token:?} in {tokens:?}"
+        );
+        if let Some((name, value)) = token.split_once('=') {
+            flags.push((name.to_string(), Some(value.to_string())));
+        } else if tokens
+            .get(i + 1)
+            .is_some_and(|next| !next.starts_with("--"))
+        {
+            flags.push((token.clone(), Some(tokens[i + 1].clone())));
+            i += 1;
+        } else {
+            flags.push((token.clone(), None));
+        }
+        i += 1;
+    }
+    flags
+}
+
+/// The evio-node calls of every container: a direct `evio-node SUB ...` command, or a shell
+/// script (`sh -c SCRIPT NAME` with the flags in `args`) that execs
+/// `/usr/local/bin/evio-node SUB "$@"` and
+/// may add flags itself (`set -- --flag "$@"`).
+fn invocations(ds: &Value) -> Vec<Invocation> {
+    let mut found = Vec::new();
+    for c in containers(ds) {
+        let name = c["name"].as_str().unwrap_or_default().to_string();
+        let command = strings(&c["command"]);
+        let args = strings(&c["args"]);
+        if command.first().is_some_and(|c| c.ends_with("/evio-node")) {
+            let mut tokens: Vec<String> = command[1..].to_vec();
+            tokens.extend(args);
+            let subcommand = tokens.remove(0);
+            found.push(Invocation {
+                container: name,
+                subcommand,
+                flags: parse_flags(&tokens),
+            });
+        } else if command.len() >= 3 && command[0].ends_with("sh") && command[1] == "-c" {
+            let script = &command[2];
+            let subs: BTreeSet<String> = script
+                .split("/bin/evio-node ")
+                .skip(1)
+                .filter_map(|rest| rest.split_whitespace().next().map(String::from))
+                .collect();
+            if subs.is_empty() {
+                continue;
+            }
+            assert_eq!(subs.len(), 1, "{name}: one evio-node call per script");
+            let mut flags = parse_flags(&args);
+            // flags the script adds itself
+            for word in script.split_whitespace() {
+                let word = word.trim_matches(|c| c == '"' || c == '\'');
+                if word.starts_with("--") && word.len() > 2 {
+                    flags.push((word.to_string(), None));
+                }
+            }
+            found.push(Invocation {
+                container: name,
+                subcommand: subs.into_iter().next().unwrap_or_default(),
+                flags,
+            });
+        }
+    }
+    found
+}
+
+#[test]
+fn every_flag_the_daemonset_passes_exists_in_evio_node_help() {
+    let Some(tools) = py_tools() else { return };
+    let ds = daemonset(&tools);
+    let calls = invocations(&ds);
+    let subcommands: BTreeSet<&str> = calls.iter().map(|c| c.subcommand.as_str()).collect();
+    assert!(
+        subcommands.contains("run") && subcommands.contains("config-gen"),
+        "the DaemonSet runs evio-node run and config-gen: {subcommands:?}"
+    );
+    let mut missing = Vec::new();
+    for call in &calls {
+        let out = Command::new(BIN)
+            .args([&call.subcommand, "--help"])
+            .output()
+            .unwrap_or_else(|e| panic!("{BIN}: {e}"));
+        if !out.status.success() {
+            missing.push(format!(
+                "{}: evio-node has no subcommand {:?}",
+                call.container, call.subcommand
+            ));
+            continue;
+        }
+        let help = String::from_utf8_lossy(&out.stdout);
+        for (flag, _) in &call.flags {
+            let known = help.match_indices(flag.as_str()).any(|(at, _)| {
+                let after = help[at + flag.len()..].chars().next();
+                !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+            if !known {
+                missing.push(format!(
+                    "{}: evio-node {} has no {flag}",
+                    call.container, call.subcommand
+                ));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "flags the manifests pass but the binary lacks:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn every_variable_the_daemonset_expands_is_defined() {
+    let Some(tools) = py_tools() else { return };
+    let ds = daemonset(&tools);
+    for c in containers(&ds) {
+        let defined: BTreeSet<String> = c["env"]
+            .as_array()
+            .map(|env| {
+                env.iter()
+                    .filter_map(|e| e["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut words = strings(&c["command"]);
+        words.extend(strings(&c["args"]));
+        for word in &words {
+            // Kubernetes leaves an undefined $(VAR) as it is: the binary would get it literally.
+            for part in word.split("$(").skip(1) {
+                let var = part.split(')').next().unwrap_or_default();
+                assert!(
+                    defined.contains(var),
+                    "{}: $({var}) is not in its env",
+                    c["name"]
+                );
+            }
+            // ${VAR} in a script is the shell's: it must come from the env too.
+            for part in word.split("${").skip(1) {
+                let var = part.split(['}', ':']).next().unwrap_or_default();
+                assert!(
+                    defined.contains(var),
+                    "{}: ${{{var}}} is not in its env",
+                    c["name"]
+                );
+            }
+        }
+    }
+}
+
+/// container path -> host path, for a container's hostPath mounts.
+fn host_mounts(ds: &Value, container: &Value) -> BTreeMap<String, String> {
+    let volumes = &ds["spec"]["template"]["spec"]["volumes"];
+    let mut mounts = BTreeMap::new();
+    for m in container["volumeMounts"].as_array().into_iter().flatten() {
+        let name = m["name"].as_str().unwrap_or_default();
+        let volume = volumes
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == name))
+            .unwrap_or_else(|| panic!("{}: volume {name} is not defined", container["name"]));
+        if let Some(host) = volume["hostPath"]["path"].as_str() {
+            let at = m["mountPath"].as_str().unwrap_or_default();
+            mounts.insert(at.to_string(), host.to_string());
+        }
+    }
+    mounts
+}
+
+fn flag_value<'a>(call: &'a Invocation, flag: &str) -> &'a str {
+    call.flags
+        .iter()
+        .find(|(f, _)| f == flag)
+        .and_then(|(_, v)| v.as_deref())
+        .unwrap_or_else(|| panic!("{}: no {flag} value", call.container))
+}
+
+#[test]
+fn mounted_paths_are_the_ones_the_binaries_use() {
+    let Some(tools) = py_tools() else { return };
+    let ds = daemonset(&tools);
+    let calls = invocations(&ds);
+    let node = containers(&ds)
+        .into_iter()
+        .find(|c| c["name"] == "evio-node")
+        .unwrap_or_else(|| panic!("no evio-node container"));
+    let mounts = host_mounts(&ds, node);
+    let run = calls
+        .iter()
+        .find(|c| c.subcommand == "run")
+        .unwrap_or_else(|| panic!("no evio-node run"));
+
+    // The socket evio-cni (on the host) dials is the default in every conflist and the
+    // daemon serves it inside a host directory at the same path.
+    let socket = flag_value(run, "--cni-socket");
+    assert_eq!(socket, evio_cni::spec::DEFAULT_SOCKET);
+    let socket_dir = Path::new(socket).parent().and_then(Path::to_str);
+    assert_eq!(
+        socket_dir.and_then(|d| mounts.get(d)).map(String::as_str),
+        socket_dir,
+        "the CNI socket's directory is the host's"
+    );
+    // Same host paths at the same container paths for everything the host shares with the
+    // daemon: the data dir (its default), the conflist dir kubelet reads, the pod netns,
+    // host-local's state (it is exec'd by the daemon), the OVSDB socket's dir, the CNI bin dir.
+    let data_dir = flag_value(run, "--data-dir");
+    assert_eq!(data_dir, "/var/lib/evio");
+    let help = Command::new(BIN)
+        .args(["run", "--help"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("Default: /var/lib/evio"),
+        "evio-node run's default data dir changed: update deploy/"
+    );
+    let ovsdb_dir = "/run/openvswitch"; // ovsdbSocket default /run/openvswitch/db.sock
+    for dir in [
+        data_dir,
+        flag_value(run, "--cni-conf-dir"),
+        "/etc/cni/net.d",
+        "/opt/cni/bin",
+        "/var/lib/cni",
+        "/run/netns",
+        "/var/run/netns",
+        ovsdb_dir,
+    ] {
+        assert_eq!(
+            mounts.get(dir).map(String::as_str),
+            Some(dir),
+            "evio-node must see the host's {dir} at {dir}"
+        );
+    }
+    // config-gen writes where the daemon and kubelet read, from the same data dir.
+    let config_gen = calls
+        .iter()
+        .find(|c| c.subcommand == "config-gen")
+        .unwrap_or_else(|| panic!("no evio-node config-gen"));
+    let init = containers(&ds)
+        .into_iter()
+        .find(|c| c["name"] == config_gen.container.as_str())
+        .unwrap_or_else(|| panic!("no {}", config_gen.container));
+    let init_mounts = host_mounts(&ds, init);
+    for flag in ["--cni-conf-dir", "--data-dir"] {
+        let dir = flag_value(config_gen, flag);
+        assert_eq!(flag_value(run, flag), dir, "{flag}: config-gen vs run");
+        assert_eq!(
+            init_mounts.get(dir).map(String::as_str),
+            Some(dir),
+            "{flag}"
+        );
+    }
+    assert_eq!(
+        flag_value(config_gen, "--net-conf"),
+        flag_value(run, "--net-conf")
+    );
+}
+
+#[test]
+fn configmap_net_conf_is_the_original_format_and_parses() {
+    let Some(tools) = py_tools() else { return };
+    let docs = load_yaml(&tools, &deploy().join("configmap.yaml"));
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .unwrap_or_else(|| panic!("no ConfigMap"));
+    let text = cm["data"]["net-conf.json"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no net-conf.json key"));
+    let raw: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("net-conf.json: {e}"));
+    // The original's keys, with nodeBits as the string the original tool wrote.
+    for key in [
+        "cniVersion",
+        "name",
+        "type",
+        "bridge",
+        "bridgeType",
+        "isGateway",
+        "isDefaultGateway",
+        "isIPMasq",
+        "nodeBits",
+        "podCIDR",
+        "dataStore",
+        "auth",
+    ] {
+        assert!(
+            !raw[key].is_null(),
+            "net-conf.json lacks the original key {key}"
+        );
+    }
+    assert!(raw["nodeBits"].is_string());
+    let conf: evio_cni::OriginalNetConf =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("net-conf.json: {e}"));
+    let bits = evio_raft::Pool::parse_node_bits(&conf.node_bits.as_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    evio_raft::Pool::parse(&conf.pod_cidr, bits).unwrap_or_else(|e| panic!("{e}"));
+    let voters: usize = cm["data"]["voters"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("voters is not a number"));
+    assert!(voters % 2 == 1, "voters must be odd");
+}
+
+/// The Containerfile copies what exists, the DaemonSet runs what it installs, and the
+/// install script installs every plugin a conflist names.
+#[test]
+fn container_build_matches_the_workspace_and_the_daemonset() {
+    let containerfile = std::fs::read_to_string(deploy().join("Containerfile"))
+        .unwrap_or_else(|e| panic!("Containerfile: {e}"));
+    let installer = deploy().join("image/evio-install-cni");
+    assert!(containerfile
+        .contains("COPY deploy/image/evio-install-cni /usr/local/bin/evio-install-cni"));
+    // the packages it builds and the binaries it copies
+    for (package, bin) in [("evio-node", "evio-node"), ("evio-cni", "evio-cni")] {
+        assert!(
+            containerfile.contains(&format!("-p {package}")),
+            "{package}"
+        );
+        assert!(
+            containerfile.contains(&format!("release/{bin}\"")),
+            "copies {bin}"
+        );
+    }
+    assert!(repo().join("cni/src/bin/evio-cni.rs").exists());
+    assert!(BIN.ends_with("/evio-node"));
+    // the reference plugins' path in Debian's containernetworking-plugins
+    assert!(
+        containerfile.contains("/usr/lib/cni/host-local /usr/lib/cni/portmap /opt/evio/cni-bin/")
+    );
+    assert!(containerfile.contains("/opt/evio/cni-bin/evio-cni"));
+    let script = std::fs::read_to_string(&installer).unwrap_or_else(|e| panic!("{e}"));
+    assert!(script.contains("/opt/evio/cni-bin"));
+    for plugin in [evio_cni::conf::PLUGIN_TYPE, "host-local", "portmap"] {
+        assert!(
+            script.contains(&format!(" {plugin}")),
+            "evio-install-cni does not install {plugin}"
+        );
+    }
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore"))
+        .unwrap_or_else(|e| panic!(".dockerignore: {e}"));
+    assert!(ignore.lines().any(|l| l == "target/"));
+}
+
+/// evio-install-cni over a scratch "host" dir: every binary lands executable, replacing the
+/// old one; no temp file stays; a missing source fails and keeps what was installed.
+#[test]
+fn install_script_replaces_binaries_atomically() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let src = scratch.path().join("src");
+    let dest = scratch.path().join("opt-cni-bin");
+    std::fs::create_dir_all(&src).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&dest).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dest.join("host-local"), "old").unwrap_or_else(|e| panic!("{e}"));
+    let plugins = ["evio-cni", "host-local", "portmap"];
+    for p in plugins {
+        std::fs::write(src.join(p), format!("new {p}")).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let install = |src: &Path| {
+        Command::new(deploy().join("image/evio-install-cni"))
+            .arg(&dest)
+            .env("EVIO_CNI_SRC", src)
+            .output()
+            .unwrap_or_else(|e| panic!("evio-install-cni: {e}"))
+    };
+    let out = install(&src);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+            .collect()
+    };
+    assert_eq!(
+        listing(&dest),
+        plugins.iter().map(|p| p.to_string()).collect()
+    );
+    for p in plugins {
+        let path = dest.join(p);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap_or_default(),
+            format!("new {p}")
+        );
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        assert_eq!(mode & 0o777, 0o755, "{p}");
+    }
+    // portmap missing from the image: the run fails, evio-cni and host-local are the new
+    // ones already, portmap stays the installed one and no temp file is left behind.
+    std::fs::remove_file(src.join("portmap")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dest.join("portmap"), "installed").unwrap_or_else(|e| panic!("{e}"));
+    let out = install(&src);
+    assert!(!out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(dest.join("portmap")).unwrap_or_default(),
+        "installed"
+    );
+    assert_eq!(
+        listing(&dest),
+        plugins.iter().map(|p| p.to_string()).collect()
+    );
+}
