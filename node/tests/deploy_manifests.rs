@@ -91,6 +91,45 @@ fn daemonset(tools: &Path) -> Value {
         .unwrap_or_else(|| panic!("daemonset.yaml holds no DaemonSet"))
 }
 
+/// RFC 6902 `add` (the only op the overlays use): append with `/-`, else set the member.
+fn apply_json_patch(doc: &mut Value, ops: &[Value]) {
+    for op in ops {
+        assert_eq!(op["op"], "add", "unsupported patch op {op}");
+        let path = op["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("patch path {op}"));
+        let (parent, last) = path.rsplit_once('/').unwrap_or_else(|| panic!("{path}"));
+        let target = doc
+            .pointer_mut(parent)
+            .unwrap_or_else(|| panic!("patch target {parent} does not exist"));
+        if last == "-" {
+            target
+                .as_array_mut()
+                .unwrap_or_else(|| panic!("{parent} is not a list"))
+                .push(op["value"].clone());
+        } else {
+            target[last] = op["value"].clone();
+        }
+    }
+}
+
+/// The DaemonSet as the base and as each overlay renders it: (overlay dir, DaemonSet).
+fn daemonsets(tools: &Path) -> Vec<(&'static str, Value)> {
+    let base = daemonset(tools);
+    let overlay = deploy().join("etcd-mirror");
+    let kustomization = &load_yaml(tools, &overlay.join("kustomization.yaml"))[0];
+    assert_eq!(kustomization["resources"], serde_json::json!(["../"]));
+    let mut etcd = base.clone();
+    for patch in kustomization["patches"].as_array().into_iter().flatten() {
+        assert_eq!(patch["target"]["kind"], "DaemonSet");
+        let file = patch["path"].as_str().unwrap_or_else(|| panic!("{patch}"));
+        let ops = load_yaml(tools, &overlay.join(file));
+        let ops = ops[0].as_array().cloned().unwrap_or_else(|| ops.clone());
+        apply_json_patch(&mut etcd, &ops);
+    }
+    vec![("deploy", base), ("deploy/etcd-mirror", etcd)]
+}
+
 fn containers(ds: &Value) -> Vec<&Value> {
     let spec = &ds["spec"]["template"]["spec"];
     let mut all: Vec<&Value> = Vec::new();
@@ -140,6 +179,15 @@ fn manifests_validate_offline_against_kubernetes_schemas() {
         "kustomization.yaml resources vs deploy/*.yaml"
     );
 
+    let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut files = files;
+    for (overlay, ds) in daemonsets(&tools).into_iter().skip(1) {
+        let rendered = scratch
+            .path()
+            .join(format!("{}.json", overlay.replace('/', "-")));
+        std::fs::write(&rendered, ds.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        files.push(rendered);
+    }
     for version in ["1.27.0", "1.30.0"] {
         let out = validate(&tools, version, &files);
         assert!(
@@ -152,7 +200,6 @@ fn manifests_validate_offline_against_kubernetes_schemas() {
 
     // The validator really rejects a bad manifest (an unknown field, a wrong type): a
     // validator that passes everything would prove nothing.
-    let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut bad = load_yaml(&tools, &deploy().join("daemonset.yaml"))
         .into_iter()
         .find(|d| d["kind"] == "DaemonSet")
@@ -172,6 +219,9 @@ fn manifests_pass_yamllint() {
     let Some(tools) = py_tools() else { return };
     let mut files = manifest_files(&tools);
     files.push(deploy().join("kustomization.yaml"));
+    for file in ["kustomization.yaml", "daemonset-etcd.yaml"] {
+        files.push(deploy().join("etcd-mirror").join(file));
+    }
     let out = Command::new(tools.join("bin/yamllint"))
         .arg("-s")
         .arg("-c")
@@ -270,40 +320,42 @@ fn invocations(ds: &Value) -> Vec<Invocation> {
 #[test]
 fn every_flag_the_daemonset_passes_exists_in_evio_node_help() {
     let Some(tools) = py_tools() else { return };
-    let ds = daemonset(&tools);
-    let calls = invocations(&ds);
-    let subcommands: BTreeSet<&str> = calls.iter().map(|c| c.subcommand.as_str()).collect();
-    assert!(
-        subcommands.contains("run") && subcommands.contains("config-gen"),
-        "the DaemonSet runs evio-node run and config-gen: {subcommands:?}"
-    );
     let mut missing = Vec::new();
-    for call in &calls {
-        let out = Command::new(BIN)
-            .args([&call.subcommand, "--help"])
-            .output()
-            .unwrap_or_else(|e| panic!("{BIN}: {e}"));
-        if !out.status.success() {
-            missing.push(format!(
-                "{}: evio-node has no subcommand {:?}",
-                call.container, call.subcommand
-            ));
-            continue;
-        }
-        let help = String::from_utf8_lossy(&out.stdout);
-        for (flag, _) in &call.flags {
-            let known = help.match_indices(flag.as_str()).any(|(at, _)| {
-                let after = help[at + flag.len()..].chars().next();
-                !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
-            });
-            if !known {
+    for (overlay, ds) in daemonsets(&tools) {
+        let calls = invocations(&ds);
+        let subcommands: BTreeSet<&str> = calls.iter().map(|c| c.subcommand.as_str()).collect();
+        assert!(
+            subcommands.contains("run") && subcommands.contains("config-gen"),
+            "the DaemonSet runs evio-node run and config-gen: {subcommands:?}"
+        );
+        for call in &calls {
+            let out = Command::new(BIN)
+                .args([&call.subcommand, "--help"])
+                .output()
+                .unwrap_or_else(|e| panic!("{BIN}: {e}"));
+            if !out.status.success() {
                 missing.push(format!(
-                    "{}: evio-node {} has no {flag}",
+                    "{overlay}: {}: evio-node has no subcommand {:?}",
                     call.container, call.subcommand
                 ));
+                continue;
+            }
+            let help = String::from_utf8_lossy(&out.stdout);
+            for (flag, _) in &call.flags {
+                let known = help.match_indices(flag.as_str()).any(|(at, _)| {
+                    let after = help[at + flag.len()..].chars().next();
+                    !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+                if !known {
+                    missing.push(format!(
+                        "{overlay}: {}: evio-node {} has no {flag}",
+                        call.container, call.subcommand
+                    ));
+                }
             }
         }
     }
+    missing.dedup();
     assert!(
         missing.is_empty(),
         "flags the manifests pass but the binary lacks:\n{}",
@@ -314,36 +366,37 @@ fn every_flag_the_daemonset_passes_exists_in_evio_node_help() {
 #[test]
 fn every_variable_the_daemonset_expands_is_defined() {
     let Some(tools) = py_tools() else { return };
-    let ds = daemonset(&tools);
-    for c in containers(&ds) {
-        let defined: BTreeSet<String> = c["env"]
-            .as_array()
-            .map(|env| {
-                env.iter()
-                    .filter_map(|e| e["name"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut words = strings(&c["command"]);
-        words.extend(strings(&c["args"]));
-        for word in &words {
-            // Kubernetes leaves an undefined $(VAR) as it is: the binary would get it literally.
-            for part in word.split("$(").skip(1) {
-                let var = part.split(')').next().unwrap_or_default();
-                assert!(
-                    defined.contains(var),
-                    "{}: $({var}) is not in its env",
-                    c["name"]
-                );
-            }
-            // ${VAR} in a script is the shell's: it must come from the env too.
-            for part in word.split("${").skip(1) {
-                let var = part.split(['}', ':']).next().unwrap_or_default();
-                assert!(
-                    defined.contains(var),
-                    "{}: ${{{var}}} is not in its env",
-                    c["name"]
-                );
+    for (_, ds) in daemonsets(&tools) {
+        for c in containers(&ds) {
+            let defined: BTreeSet<String> = c["env"]
+                .as_array()
+                .map(|env| {
+                    env.iter()
+                        .filter_map(|e| e["name"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut words = strings(&c["command"]);
+            words.extend(strings(&c["args"]));
+            for word in &words {
+                // Kubernetes leaves an undefined $(VAR) as it is: the binary would get it literally.
+                for part in word.split("$(").skip(1) {
+                    let var = part.split(')').next().unwrap_or_default();
+                    assert!(
+                        defined.contains(var),
+                        "{}: $({var}) is not in its env",
+                        c["name"]
+                    );
+                }
+                // ${VAR} in a script is the shell's: it must come from the env too.
+                for part in word.split("${").skip(1) {
+                    let var = part.split(['}', ':']).next().unwrap_or_default();
+                    assert!(
+                        defined.contains(var),
+                        "{}: ${{{var}}} is not in its env",
+                        c["name"]
+                    );
+                }
             }
         }
     }
