@@ -657,3 +657,42 @@ fn install_script_replaces_binaries_atomically() {
         plugins.iter().map(|p| p.to_string()).collect()
     );
 }
+
+/// The scripts decide "this node's data dir already belongs to a cluster" (skip bootstrap;
+/// config-gen can work offline) with a grep on identity.json: that check follows the real data
+/// dir format — false for a fresh data dir, true once it has joined or bootstrapped.
+#[test]
+fn scripts_recognise_a_data_dir_that_belongs_to_a_cluster() {
+    let Some(tools) = py_tools() else { return };
+    const CHECK: &str = "grep -qs '\"clusterId\"' /var/lib/evio/identity.json";
+    let ds = daemonset(&tools);
+    for name in ["config-gen", "evio-node"] {
+        let container = containers(&ds)
+            .into_iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no container {name}"));
+        assert!(
+            strings(&container["command"])
+                .iter()
+                .any(|w| w.contains(CHECK)),
+            "{name}: the script's cluster check changed: update this test"
+        );
+    }
+    let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pool = evio_raft::pool::Pool::parse("10.244.0.0/16", 8).unwrap_or_else(|e| panic!("{e}"));
+    let belongs = || {
+        let script = CHECK.replace("/var/lib/evio", &scratch.path().to_string_lossy());
+        Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap_or_else(|e| panic!("sh: {e}"))
+            .success()
+    };
+    assert!(!belongs(), "no data dir yet");
+    let mut dir =
+        evio_raft::data_dir::DataDir::open(scratch.path(), pool).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!belongs(), "a fresh data dir belongs to no cluster");
+    dir.set_cluster_id("c0ffee")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(belongs(), "a data dir with a cluster id belongs to it");
+}
