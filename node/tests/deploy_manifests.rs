@@ -588,6 +588,22 @@ fn container_build_matches_the_workspace_and_the_daemonset() {
             "evio-install-cni does not install {plugin}"
         );
     }
+    // what the DaemonSet execs is where the image puts it
+    assert!(containerfile.contains("COPY --from=build /out/evio-node /usr/local/bin/evio-node"));
+    if let Some(tools) = py_tools() {
+        let ds = daemonset(&tools);
+        for c in containers(&ds) {
+            let command = strings(&c["command"]).join(" ");
+            let execs_known_path = command.starts_with("/usr/local/bin/evio-install-cni ")
+                || command.contains("exec /usr/local/bin/evio-node ");
+            assert!(execs_known_path, "{}: runs {command:?}", c["name"]);
+            assert_eq!(
+                c["image"], "evio:0.1.0",
+                "{}: the image kustomize sets",
+                c["name"]
+            );
+        }
+    }
     let ignore = std::fs::read_to_string(repo().join(".dockerignore"))
         .unwrap_or_else(|e| panic!(".dockerignore: {e}"));
     assert!(ignore.lines().any(|l| l == "target/"));
