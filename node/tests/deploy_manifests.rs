@@ -712,3 +712,68 @@ fn scripts_recognise_a_data_dir_that_belongs_to_a_cluster() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(belongs(), "a data dir with a cluster id belongs to it");
 }
+
+/// The DaemonSet's scripts, run by sh with `echo` in place of evio-node and a scratch data dir:
+/// `--bootstrap` is added only on the bootstrap node and only while its data dir belongs to no
+/// cluster (also when the ConfigMap key is absent: the env var is then unset); config-gen runs
+/// only once the data dir belongs to a cluster, and a first start passes without it.
+#[test]
+fn daemonset_scripts_bootstrap_once_and_config_gen_only_with_a_replica() {
+    let Some(tools) = py_tools() else { return };
+    let ds = daemonset(&tools);
+    let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = scratch.path().join("evio");
+    std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
+    let script_of = |name: &str| -> String {
+        let c = containers(&ds)
+            .into_iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no container {name}"));
+        strings(&c["command"])[2]
+            .replace("/usr/local/bin/evio-node", "echo evio-node")
+            .replace("/var/lib/evio", &data.to_string_lossy())
+    };
+    let run = |script: &str, env: &[(&str, &str)]| -> String {
+        let out = Command::new("sh")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(env.iter().copied())
+            .args(["-c", script, "sh", "--data-dir=/var/lib/evio"])
+            .output()
+            .unwrap_or_else(|e| panic!("sh: {e}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let main = script_of("evio-node");
+    let config_gen = script_of("config-gen");
+    let first = [("NODE_NAME", "edge-1"), ("EVIO_BOOTSTRAP_NODE", "edge-1")];
+    let other = [("NODE_NAME", "edge-2"), ("EVIO_BOOTSTRAP_NODE", "edge-1")];
+    let unset = [("NODE_NAME", "edge-1")];
+
+    assert_eq!(
+        run(&main, &first),
+        "evio-node run --bootstrap --data-dir=/var/lib/evio"
+    );
+    assert_eq!(run(&main, &other), "evio-node run --data-dir=/var/lib/evio");
+    assert_eq!(run(&main, &unset), "evio-node run --data-dir=/var/lib/evio");
+    let skipped = run(&config_gen, &first);
+    assert!(!skipped.contains("evio-node config-gen"), "{skipped}");
+
+    let pool = evio_raft::pool::Pool::parse("10.244.0.0/16", 8).unwrap_or_else(|e| panic!("{e}"));
+    let mut dir = evio_raft::data_dir::DataDir::open(&data, pool).unwrap_or_else(|e| panic!("{e}"));
+    dir.set_cluster_id("c0ffee")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        run(&main, &first),
+        "evio-node run --data-dir=/var/lib/evio",
+        "bootstrap twice"
+    );
+    assert_eq!(
+        run(&config_gen, &first),
+        "evio-node config-gen --data-dir=/var/lib/evio"
+    );
+}
