@@ -569,7 +569,8 @@ fn container_build_matches_the_workspace_and_the_daemonset() {
             "{package}"
         );
         assert!(
-            containerfile.contains(&format!("release/{bin}\"")),
+            containerfile.contains(&format!("release/{bin} "))
+                || containerfile.contains(&format!("release/{bin}\" ")),
             "copies {bin}"
         );
     }
