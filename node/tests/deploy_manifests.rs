@@ -20,6 +20,10 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evio-node");
 
+fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -46,7 +50,7 @@ fn py_tools() -> Option<PathBuf> {
         "kubernetes-validate/yamllint not found in {}: run scripts/install-py-tools.sh",
         dir.display()
     );
-    if std::env::var("CI").as_deref() == Ok("true") {
+    if in_ci() {
         panic!("{msg}");
     }
     eprintln!("SKIPPED: {msg}");
@@ -113,12 +117,13 @@ fn apply_json_patch(doc: &mut Value, ops: &[Value]) {
     }
 }
 
-/// The DaemonSet as the base and as each overlay renders it: (overlay dir, DaemonSet).
+/// The DaemonSet as the base and with each component: (component dir, DaemonSet). Rendered
+/// here without kustomize; `kustomize_renders_a_complete_install` checks it against kubectl.
 fn daemonsets(tools: &Path) -> Vec<(&'static str, Value)> {
     let base = daemonset(tools);
     let overlay = deploy().join("etcd-mirror");
     let kustomization = &load_yaml(tools, &overlay.join("kustomization.yaml"))[0];
-    assert_eq!(kustomization["resources"], serde_json::json!(["../"]));
+    assert_eq!(kustomization["kind"], "Component");
     let mut etcd = base.clone();
     for patch in kustomization["patches"].as_array().into_iter().flatten() {
         assert_eq!(patch["target"]["kind"], "DaemonSet");
@@ -317,9 +322,26 @@ fn invocations(ds: &Value) -> Vec<Invocation> {
     found
 }
 
+/// `flag` as a whole word in `--help` output (so `--data-dir` does not match `--data-dirs`).
+fn help_has_flag(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(at, _)| {
+        let after = help[at + flag.len()..].chars().next();
+        !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+    })
+}
+
 #[test]
 fn every_flag_the_daemonset_passes_exists_in_evio_node_help() {
     let Some(tools) = py_tools() else { return };
+    // The matcher itself: a real flag is found, a prefix or an invented one is not.
+    let run_help = Command::new(BIN)
+        .args(["run", "--help"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let run_help = String::from_utf8_lossy(&run_help.stdout);
+    assert!(help_has_flag(&run_help, "--data-dir"));
+    assert!(!help_has_flag(&run_help, "--data"));
+    assert!(!help_has_flag(&run_help, "--no-such-flag"));
     let mut missing = Vec::new();
     for (overlay, ds) in daemonsets(&tools) {
         let calls = invocations(&ds);
@@ -342,11 +364,7 @@ fn every_flag_the_daemonset_passes_exists_in_evio_node_help() {
             }
             let help = String::from_utf8_lossy(&out.stdout);
             for (flag, _) in &call.flags {
-                let known = help.match_indices(flag.as_str()).any(|(at, _)| {
-                    let after = help[at + flag.len()..].chars().next();
-                    !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
-                });
-                if !known {
+                if !help_has_flag(&help, flag) {
                     missing.push(format!(
                         "{overlay}: {}: evio-node {} has no {flag}",
                         call.container, call.subcommand
@@ -777,4 +795,147 @@ fn daemonset_scripts_bootstrap_once_and_config_gen_only_with_a_replica() {
         run(&config_gen, &first),
         "evio-node config-gen --data-dir=/var/lib/evio"
     );
+}
+
+/// `kubectl kustomize` (kustomize v5, part of this machine image's kubectl) renders what
+/// `kubectl apply -k deploy/` applies: refused without the cluster token file (no install with
+/// a shared default secret); with it, every object valid for Kubernetes 1.27 and 1.30, in
+/// kube-system, the token in the Secret; with the etcd-mirror component, exactly the
+/// DaemonSet the other tests check (their JSON-patch rendering) plus the credentials Secret.
+#[test]
+fn kustomize_renders_a_complete_install() {
+    let Some(tools) = py_tools() else { return };
+    let kubectl_present = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !kubectl_present {
+        let msg = "kubectl (with kustomize) not found: it renders deploy/ for this test";
+        assert!(!in_ci(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let copy = scratch.path().join("deploy");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(deploy())
+        .arg(&copy)
+        .status()
+        .unwrap_or_else(|e| panic!("cp: {e}"));
+    assert!(status.success());
+    for stray in [
+        "cluster-token",
+        "etcd-mirror/username",
+        "etcd-mirror/password",
+    ] {
+        let _ = std::fs::remove_file(copy.join(stray));
+    }
+    let kustomize = |dir: &Path| {
+        Command::new("kubectl")
+            .arg("kustomize")
+            .arg(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("kubectl kustomize: {e}"))
+    };
+    let refused = kustomize(&copy);
+    assert!(
+        !refused.status.success(),
+        "rendered without a cluster token"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cluster-token"));
+
+    std::fs::write(copy.join("cluster-token"), "t0ken").unwrap_or_else(|e| panic!("{e}"));
+    let render = |name: &str| -> (PathBuf, Vec<Value>) {
+        let out = kustomize(&copy);
+        assert!(
+            out.status.success(),
+            "kubectl kustomize: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = scratch.path().join(name);
+        std::fs::write(&file, &out.stdout).unwrap_or_else(|e| panic!("{e}"));
+        let docs = load_yaml(&tools, &file);
+        (file, docs)
+    };
+    let (base_file, base) = render("base.yaml");
+    let kinds: BTreeSet<String> = base
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap_or(""),
+                d["metadata"]["name"]
+            )
+        })
+        .collect();
+    for want in [
+        "ServiceAccount/\"evio\"",
+        "ClusterRole/\"evio\"",
+        "ClusterRoleBinding/\"evio\"",
+        "ConfigMap/\"evio-config\"",
+        "Secret/\"evio-cluster-token\"",
+        "Service/\"evio\"",
+        "DaemonSet/\"evio\"",
+    ] {
+        assert!(kinds.contains(want), "{want} not rendered: {kinds:?}");
+    }
+    for doc in &base {
+        if !doc["kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("Cluster"))
+        {
+            assert_eq!(
+                doc["metadata"]["namespace"], "kube-system",
+                "{}",
+                doc["kind"]
+            );
+        }
+    }
+    let secret = base
+        .iter()
+        .find(|d| d["kind"] == "Secret")
+        .unwrap_or_else(|| panic!("no Secret"));
+    assert_eq!(secret["data"]["cluster-token"], "dDBrZW4="); // base64("t0ken")
+    let rendered_ds = base
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .unwrap_or_else(|| panic!("no DaemonSet"));
+    let ours = daemonsets(&tools);
+    assert_eq!(
+        rendered_ds["spec"], ours[0].1["spec"],
+        "kustomize changed the DaemonSet"
+    );
+
+    // the etcd-mirror component, enabled as the README says
+    let kustomization = copy.join("kustomization.yaml");
+    let text = std::fs::read_to_string(&kustomization).unwrap_or_else(|e| panic!("{e}"));
+    let enabled = text
+        .replace("# components:", "components:")
+        .replace("#   - etcd-mirror", "  - etcd-mirror");
+    assert_ne!(
+        text, enabled,
+        "kustomization.yaml lost its commented etcd-mirror component"
+    );
+    std::fs::write(&kustomization, enabled).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(copy.join("etcd-mirror/username"), "u").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(copy.join("etcd-mirror/password"), "p").unwrap_or_else(|e| panic!("{e}"));
+    let (etcd_file, etcd) = render("etcd.yaml");
+    assert!(etcd.iter().any(|d| d["kind"] == "Secret"
+        && d["metadata"]["name"] == "evio-etcd-credentials"
+        && d["metadata"]["namespace"] == "kube-system"));
+    let etcd_ds = etcd
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .unwrap_or_else(|| panic!("no DaemonSet"));
+    assert_eq!(etcd_ds["spec"], ours[1].1["spec"]);
+
+    for version in ["1.27.0", "1.30.0"] {
+        let out = validate(&tools, version, &[base_file.clone(), etcd_file.clone()]);
+        assert!(
+            out.status.success(),
+            "rendered install invalid for Kubernetes {version}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }
