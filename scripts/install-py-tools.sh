@@ -5,7 +5,7 @@
 # Needs the network only when the venv is missing or the pins changed. Idempotent.
 set -euo pipefail
 
-dir="${EVIO_PY_TOOLS:-$HOME/.cache/evio/py-tools}"
+dir="${EVIO_PY_TOOLS:-${HOME:-/root}/.cache/evio/py-tools}"
 pins=(kubernetes-validate==1.37.0 yamllint==1.38.0)
 stamp="$dir/.pins"
 

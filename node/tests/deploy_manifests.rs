@@ -6,7 +6,10 @@
 //! - the paths it passes and mounts are the ones the binaries use by default (CNI socket,
 //!   conflist dir, data dir, OVSDB socket, host-local state, CNI bin dir);
 //! - the container build copies binaries and files that exist, and the install script
-//!   installs every plugin the conflist names, atomically.
+//!   installs every plugin the conflist names, atomically;
+//! - the DaemonSet's shell scripts bootstrap only once and run config-gen only with a replica;
+//! - `kubectl kustomize deploy/` (with and without the etcd-mirror component) renders a
+//!   complete, valid install, and refuses to without a cluster token.
 //!
 //! The Python tools come from scripts/install-py-tools.sh (run by scripts/install-deps.sh);
 //! YAML is read through the same venv's PyYAML, so no YAML crate is needed. Under CI=true a
@@ -39,9 +42,9 @@ fn deploy() -> PathBuf {
 fn py_tools() -> Option<PathBuf> {
     let dir = match std::env::var_os("EVIO_PY_TOOLS") {
         Some(dir) => PathBuf::from(dir),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/evio/py-tools")
-        }
+        // as scripts/install-py-tools.sh: ${HOME:-/root}/.cache/evio/py-tools
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".cache/evio/py-tools"),
     };
     if dir.join("bin/kubernetes-validate").exists() && dir.join("bin/yamllint").exists() {
         return Some(dir);
