@@ -16,3 +16,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# Python tools for the deploy/ manifest checks (pinned, in a venv).
+"$(dirname "$0")/install-py-tools.sh"
