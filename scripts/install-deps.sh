@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the tests need on Debian (run as root): the CNI reference plugins (host-local),
 # ping (traffic checks between test pods), Open vSwitch,
-# nftables and iproute2. Idempotent; `apt-get update` runs once, only when something is missing.
+# nftables and iproute2; etcd (the benchmarks' anchor) and protoc (to build the etcd client). Idempotent; `apt-get update` runs once, only when something is missing.
 set -euo pipefail
 
-packages=(containernetworking-plugins nftables iproute2 iputils-ping openvswitch-switch)
+packages=(containernetworking-plugins nftables iproute2 iputils-ping openvswitch-switch
+    etcd-server etcd-client protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
