@@ -236,14 +236,27 @@ impl EvioCluster {
     ) -> Result<ClusterJson> {
         let client = self.client(index)?;
         let check = &check;
-        wait_for("a healthy evio cluster", Duration::from_secs(60), || {
+        let last = std::sync::Mutex::new(String::new());
+        let last = &last;
+        let healthy = wait_for("a healthy evio cluster", Duration::from_secs(60), || {
             let client = client.clone();
             async move {
-                let c = client.cluster().await.ok()?;
+                let c = client.cluster().await;
+                if let Ok(mut seen) = last.lock() {
+                    *seen = format!("{c:?}");
+                }
+                let c = c.ok()?;
                 (c.leader_id.is_some() && check(&c)).then_some(c)
             }
         })
-        .await
+        .await;
+        healthy.map_err(|e| {
+            let seen = last.lock().map(|s| s.clone()).unwrap_or_default();
+            anyhow!(
+                "{e}; member {index} last answered {seen}\n{}",
+                self.members[index].process.log_tail()
+            )
+        })
     }
 
     /// The index of the member the cluster calls its leader.
@@ -375,13 +388,22 @@ impl EtcdCluster {
 
     /// A client of the given members only.
     pub async fn client(&self, indexes: &[usize]) -> Result<etcd_client::Client> {
+        self.client_with_timeout(indexes, Duration::from_secs(5)).await
+    }
+
+    /// A client of the given members whose every request gives up after `timeout`.
+    pub async fn client_with_timeout(
+        &self,
+        indexes: &[usize],
+        timeout: Duration,
+    ) -> Result<etcd_client::Client> {
         let endpoints: Vec<&str> = indexes
             .iter()
             .map(|&i| self.members[i].client_url.as_str())
             .collect();
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
-            .with_timeout(Duration::from_secs(2));
+            .with_timeout(timeout);
         etcd_client::Client::connect(&endpoints, Some(options))
             .await
             .with_context(|| format!("connect to etcd at {endpoints:?}"))

@@ -13,6 +13,9 @@ use crate::Bins;
 /// Gives up on a trial after this long without a successful write.
 const TRIAL_LIMIT: Duration = Duration::from_secs(30);
 const RETRY_EVERY: Duration = Duration::from_millis(10);
+/// Each write attempt gives up after this long (on both sides alike), so a request stuck on
+/// the dead leader does not hide the moment a new one could have answered.
+const ATTEMPT_LIMIT: Duration = Duration::from_millis(100);
 
 async fn evio_trial(cluster: &mut EvioCluster, trial: usize) -> Result<Duration> {
     let leader = cluster.leader_index().await?;
@@ -20,7 +23,12 @@ async fn evio_trial(cluster: &mut EvioCluster, trial: usize) -> Result<Duration>
     cluster.members[leader].process.kill()?;
     let killed = Instant::now();
     let name = format!("failover-{trial}");
-    while let Err(e) = survivor.acquire(&name, None).await {
+    loop {
+        let e = match tokio::time::timeout(ATTEMPT_LIMIT, survivor.acquire(&name, None)).await {
+            Ok(Ok(_)) => break,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {ATTEMPT_LIMIT:?}"),
+        };
         if killed.elapsed() > TRIAL_LIMIT {
             bail!("evio: no write within {TRIAL_LIMIT:?} after killing the leader: {e}");
         }
@@ -34,7 +42,9 @@ async fn evio_trial(cluster: &mut EvioCluster, trial: usize) -> Result<Duration>
 async fn etcd_trial(cluster: &mut EtcdCluster, trial: usize) -> Result<Duration> {
     let leader = cluster.leader_index().await?;
     let survivors: Vec<usize> = (0..cluster.members.len()).filter(|i| *i != leader).collect();
-    let mut client = cluster.client(&survivors).await?;
+    let mut client = cluster
+        .client_with_timeout(&survivors, ATTEMPT_LIMIT)
+        .await?;
     cluster.members[leader].process.kill()?;
     let killed = Instant::now();
     let key = format!("/bench/failover-{trial}");

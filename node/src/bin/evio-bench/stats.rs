@@ -6,6 +6,7 @@ use serde::Serialize;
 
 /// Milliseconds of a set of samples, nearest-rank percentiles.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub count: usize,
     pub p50_ms: f64,
