@@ -307,6 +307,25 @@ impl EvioCluster {
     }
 }
 
+impl EvioCluster {
+    /// Waits until every member agrees on the leader and has applied the same log index.
+    pub async fn wait_caught_up(&self) -> Result<()> {
+        let clients: Vec<Client> = (0..self.members.len())
+            .map(|i| self.client(i))
+            .collect::<Result<_>>()?;
+        let clients = &clients;
+        wait_for("evio members to catch up", Duration::from_secs(60), || async move {
+            let mut seen = Vec::new();
+            for client in clients {
+                let c = client.cluster().await.ok()?;
+                seen.push((c.leader_id?, c.last_applied?));
+            }
+            seen.windows(2).all(|w| w[0] == w[1]).then_some(())
+        })
+        .await
+    }
+}
+
 fn voter_count(c: &ClusterJson) -> usize {
     c.members
         .iter()
