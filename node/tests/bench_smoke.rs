@@ -65,7 +65,10 @@ fn lease_quick() {
     let v = quick("lease");
     assert_eq!(v["figure"], "lease");
     let phases = v["phases"].as_array().unwrap_or_else(|| panic!("{v}"));
-    let clients: Vec<u64> = phases.iter().filter_map(|p| p["clients"].as_u64()).collect();
+    let clients: Vec<u64> = phases
+        .iter()
+        .filter_map(|p| p["clients"].as_u64())
+        .collect();
     assert_eq!(clients, [1, 16]);
     for p in phases {
         let ops = p["ops"].as_u64().unwrap_or_else(|| panic!("{p}"));
@@ -107,7 +110,10 @@ fn memory_quick() {
             let rss = s[side].as_array().unwrap_or_else(|| panic!("{s}"));
             assert_eq!(rss.len(), 3, "{s}");
             // A live member of either kind is more than 1 MiB and less than 1 GiB resident.
-            assert!(rss.iter().all(|r| (1.0..1024.0).contains(&num(r, side))), "{s}");
+            assert!(
+                rss.iter().all(|r| (1.0..1024.0).contains(&num(r, side))),
+                "{s}"
+            );
         }
     }
 }

@@ -83,7 +83,9 @@ impl Process {
         if let Some(mut child) = self.child.take() {
             kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)
                 .with_context(|| format!("SIGKILL {}", self.name))?;
-            child.wait().with_context(|| format!("reap {}", self.name))?;
+            child
+                .wait()
+                .with_context(|| format!("reap {}", self.name))?;
         }
         Ok(())
     }
@@ -99,7 +101,9 @@ impl Process {
 
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> Result<u64> {
-        let pid = self.pid().ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
             .lines()
@@ -205,10 +209,14 @@ impl EvioCluster {
             });
             // Each joins once the one before it is serving, as an operator would.
             let client = cluster.client(i)?;
-            wait_for(&format!("evio member {i} API"), Duration::from_secs(60), || {
-                let client = client.clone();
-                async move { client.cluster().await.ok() }
-            })
+            wait_for(
+                &format!("evio member {i} API"),
+                Duration::from_secs(60),
+                || {
+                    let client = client.clone();
+                    async move { client.cluster().await.ok() }
+                },
+            )
             .await
             .map_err(|e| anyhow!("{e}\n{}", cluster.members[i].process.log_tail()))?;
         }
@@ -301,8 +309,10 @@ impl EvioCluster {
         args.extend(["--join".to_string(), others.join(",")]);
         member.process.restart(Some(args))?;
         let voters = self.members.len().min(3);
-        self.wait_healthy(index, |c| voter_count(c) == voters && !c.membership_changing)
-            .await?;
+        self.wait_healthy(index, |c| {
+            voter_count(c) == voters && !c.membership_changing
+        })
+        .await?;
         Ok(())
     }
 }
@@ -314,14 +324,18 @@ impl EvioCluster {
             .map(|i| self.client(i))
             .collect::<Result<_>>()?;
         let clients = &clients;
-        wait_for("evio members to catch up", Duration::from_secs(60), || async move {
-            let mut seen = Vec::new();
-            for client in clients {
-                let c = client.cluster().await.ok()?;
-                seen.push((c.leader_id?, c.last_applied?));
-            }
-            seen.windows(2).all(|w| w[0] == w[1]).then_some(())
-        })
+        wait_for(
+            "evio members to catch up",
+            Duration::from_secs(60),
+            || async move {
+                let mut seen = Vec::new();
+                for client in clients {
+                    let c = client.cluster().await.ok()?;
+                    seen.push((c.leader_id?, c.last_applied?));
+                }
+                seen.windows(2).all(|w| w[0] == w[1]).then_some(())
+            },
+        )
         .await
     }
 }
@@ -398,16 +412,18 @@ impl EtcdCluster {
             });
         }
         for i in 0..size {
-            cluster.wait_healthy(i).await.map_err(|e| {
-                anyhow!("{e}\n{}", cluster.members[i].process.log_tail())
-            })?;
+            cluster
+                .wait_healthy(i)
+                .await
+                .map_err(|e| anyhow!("{e}\n{}", cluster.members[i].process.log_tail()))?;
         }
         Ok(cluster)
     }
 
     /// A client of the given members only.
     pub async fn client(&self, indexes: &[usize]) -> Result<etcd_client::Client> {
-        self.client_with_timeout(indexes, Duration::from_secs(5)).await
+        self.client_with_timeout(indexes, Duration::from_secs(5))
+            .await
     }
 
     /// A client of the given members whose every request gives up after `timeout`.

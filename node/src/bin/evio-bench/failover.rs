@@ -47,7 +47,9 @@ async fn evio_trial(cluster: &mut EvioCluster, trial: usize) -> Result<Duration>
 
 async fn etcd_trial(cluster: &mut EtcdCluster, trial: usize) -> Result<Duration> {
     let leader = cluster.leader_index().await?;
-    let survivors: Vec<usize> = (0..cluster.members.len()).filter(|i| *i != leader).collect();
+    let survivors: Vec<usize> = (0..cluster.members.len())
+        .filter(|i| *i != leader)
+        .collect();
     let mut client = cluster
         .client_with_timeout(&survivors, ATTEMPT_LIMIT)
         .await?;

@@ -19,7 +19,11 @@ use crate::Bins;
 
 /// Runs `ops` calls of `op(i)` from `clients` concurrent workers; each call's latency and the
 /// batch's wall time.
-pub async fn run_batch<F, Fut>(clients: usize, ops: usize, op: F) -> Result<(Vec<Duration>, Duration)>
+pub async fn run_batch<F, Fut>(
+    clients: usize,
+    ops: usize,
+    op: F,
+) -> Result<(Vec<Duration>, Duration)>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send,
@@ -51,7 +55,11 @@ where
 }
 
 /// Acquires leases for `names` through `client`, `clients` at a time.
-pub async fn evio_acquire_all(client: &Client, clients: usize, names: Vec<String>) -> Result<(Vec<Duration>, Duration)> {
+pub async fn evio_acquire_all(
+    client: &Client,
+    clients: usize,
+    names: Vec<String>,
+) -> Result<(Vec<Duration>, Duration)> {
     let names = Arc::new(names);
     let client = client.clone();
     run_batch(clients, names.len(), move |i| {
@@ -108,7 +116,10 @@ pub async fn run(bins: &Bins, quick: bool) -> Result<Value> {
 
     let mut phases = Vec::new();
     let mut goals_met = true;
-    for (clients, ops) in [(1, if quick { 4 } else { 100 }), (16, if quick { 16 } else { 160 })] {
+    for (clients, ops) in [
+        (1, if quick { 4 } else { 100 }),
+        (16, if quick { 16 } else { 160 }),
+    ] {
         let rounds = if quick { 1 } else { 4 };
         let per_round = ops / rounds;
         let (mut evio_side, mut original_side) = (Side::new(), Side::new());

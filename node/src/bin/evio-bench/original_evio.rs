@@ -62,7 +62,13 @@ impl OriginalEvio {
             let txn = Txn::new()
                 .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key.as_str(), "ok", None)]);
-            if self.client.txn(txn).await.context("put-if-absent")?.succeeded() {
+            if self
+                .client
+                .txn(txn)
+                .await
+                .context("put-if-absent")?
+                .succeeded()
+            {
                 selected = Some(key.clone());
                 break;
             }
@@ -81,7 +87,10 @@ impl OriginalEvio {
     /// Deletes every range key (between benchmark phases).
     pub async fn clear(&mut self) -> Result<()> {
         self.client
-            .delete(KEY_PREFIX, Some(etcd_client::DeleteOptions::new().with_prefix()))
+            .delete(
+                KEY_PREFIX,
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
             .await
             .context("delete /evpn/")?;
         Ok(())

@@ -61,7 +61,10 @@ mod tests {
     fn nearest_rank() {
         let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         let s = Summary::of(&samples);
-        assert_eq!((s.count, s.p50_ms, s.p99_ms, s.max_ms), (100, 50.0, 99.0, 100.0));
+        assert_eq!(
+            (s.count, s.p50_ms, s.p99_ms, s.max_ms),
+            (100, 50.0, 99.0, 100.0)
+        );
         assert_eq!(Summary::of(&[]).p50_ms, 0.0);
     }
 }
