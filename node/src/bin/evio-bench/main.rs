@@ -102,7 +102,14 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    // On Ctrl-C the benchmark future is dropped: its clusters kill their processes and remove
+    // their directories on the way out.
+    let result = tokio::select! {
+        result = run(cli) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("evio-bench: error: {e:#}");
