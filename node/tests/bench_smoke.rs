@@ -20,10 +20,16 @@ fn etcd_available() -> bool {
 
 /// Runs `evio-bench <figure> --quick --json FILE` and returns the JSON.
 fn quick(figure: &str) -> Value {
+    quick_with(&[], figure)
+}
+
+fn quick_with(global: &[&str], figure: &str) -> Value {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let json = dir.path().join(format!("{figure}.json"));
     let out = Command::new(BENCH)
-        .args(["--evio-node", EVIO_NODE, figure, "--quick", "--json"])
+        .args(["--evio-node", EVIO_NODE])
+        .args(global)
+        .args([figure, "--quick", "--json"])
         .arg(&json)
         .output()
         .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
@@ -120,13 +126,26 @@ fn memory_quick() {
 
 #[test]
 fn scale_quick() {
-    let v = quick("scale");
+    // Also passes Raft tuning through to every `evio-node run`.
+    let v = quick_with(&["--evio-run-arg=--heartbeat-ms=50"], "scale");
     assert_eq!(v["figure"], "scale");
     let samples = v["samples"].as_u64().unwrap_or_else(|| panic!("{v}"));
     assert_latency(&v["small"]["latency"], samples, "small");
     assert_latency(&v["large"]["latency"], samples, "large");
     assert_eq!(v["large"]["leases"].as_u64(), Some(64), "{v}");
     assert!(v["goalMet"].is_boolean(), "{v}");
+}
+
+#[test]
+fn a_bad_evio_run_arg_fails_with_the_members_error() {
+    let out = Command::new(BENCH)
+        .args(["--evio-node", EVIO_NODE, "--evio-run-arg=--heartbeat-ms=0"])
+        .args(["scale", "--quick"])
+        .output()
+        .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--heartbeat-ms 0"), "{stderr}");
 }
 
 #[test]

@@ -14,6 +14,8 @@ use evio_api::{Client, ClusterJson};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::Bins;
+
 const TOKEN: &str = "evio-bench-token";
 
 /// A free 127.0.0.1 port (bound and released; nothing else on this machine races for it long).
@@ -82,6 +84,16 @@ impl Process {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// How it ended, if it has.
+    pub fn exit_status(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child
+                .try_wait()
+                .with_context(|| format!("wait {}", self.name))?),
+            None => Ok(None),
+        }
     }
 
     pub fn running(&self) -> bool {
@@ -171,7 +183,8 @@ pub struct EvioCluster {
 }
 
 impl EvioCluster {
-    pub async fn start(bin: &Path, size: usize, pod_cidr: &str, node_bits: u8) -> Result<Self> {
+    pub async fn start(bins: &Bins, size: usize, pod_cidr: &str, node_bits: u8) -> Result<Self> {
+        let bin = bins.evio_node.as_path();
         let dir = scratch_dir("evio")?;
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, TOKEN).context("write the cluster token")?;
@@ -205,6 +218,7 @@ impl EvioCluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            args.extend(bins.evio_run_args.iter().cloned());
             if i == 0 {
                 args.push("--bootstrap".into());
             } else {
@@ -219,16 +233,20 @@ impl EvioCluster {
             });
             // Each joins once the one before it is serving, as an operator would.
             let client = cluster.client(i)?;
-            wait_for(
-                &format!("evio member {i} API"),
-                Duration::from_secs(60),
-                || {
-                    let client = client.clone();
-                    async move { client.cluster().await.ok() }
-                },
-            )
-            .await
-            .map_err(|e| anyhow!("{e}\n{}", cluster.members[i].process.log_tail()))?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while client.cluster().await.is_err() {
+                let process = &mut cluster.members[i].process;
+                if let Some(status) = process.exit_status()? {
+                    bail!("evio member {i} exited ({status}):\n{}", process.log_tail());
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "evio member {i} API not up after 60 s:\n{}",
+                        process.log_tail()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         let voters = size.min(3);
         cluster

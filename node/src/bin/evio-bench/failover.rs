@@ -70,7 +70,7 @@ async fn etcd_trial(cluster: &mut EtcdCluster, trial: usize) -> Result<Duration>
 
 pub async fn run(bins: &Bins, quick: bool) -> Result<Value> {
     let trials = if quick { 2 } else { 20 };
-    let mut evio = EvioCluster::start(&bins.evio_node, 3, "10.244.0.0/16", 8).await?;
+    let mut evio = EvioCluster::start(bins, 3, "10.244.0.0/16", 8).await?;
     let mut etcd = EtcdCluster::start(&bins.etcd, 3).await?;
     let (mut evio_outages, mut etcd_outages) = (Vec::new(), Vec::new());
     for trial in 0..trials {

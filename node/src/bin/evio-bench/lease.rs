@@ -107,7 +107,7 @@ pub async fn run(bins: &Bins, quick: bool) -> Result<Value> {
     // ranges are taken, not on the pool size.
     let (cidr, node_bits) = ("10.0.0.0/8", 12);
     let pool = Pool::parse(cidr, node_bits)?;
-    let evio = EvioCluster::start(&bins.evio_node, 3, cidr, node_bits).await?;
+    let evio = EvioCluster::start(bins, 3, cidr, node_bits).await?;
     let etcd = EtcdCluster::start(&bins.etcd, 3).await?;
     // Both sides are driven through their leader: no forwarding hop on either.
     let evio_client = evio.client(evio.leader_index().await?)?;

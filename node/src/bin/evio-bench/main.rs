@@ -24,6 +24,10 @@ struct Cli {
     /// The etcd server binary (Debian `etcd-server`).
     #[arg(long, global = true, default_value = "etcd")]
     etcd: PathBuf,
+    /// An extra argument for every `evio-node run` started (repeat it), e.g.
+    /// `--evio-run-arg=--election-timeout-ms=200`.
+    #[arg(long = "evio-run-arg", global = true, allow_hyphen_values = true)]
+    evio_run_args: Vec<String>,
     #[command(subcommand)]
     bench: Bench,
 }
@@ -55,6 +59,7 @@ struct Common {
 pub struct Bins {
     pub evio_node: PathBuf,
     pub etcd: PathBuf,
+    pub evio_run_args: Vec<String>,
 }
 
 fn resolve_bins(cli: &Cli) -> Result<Bins> {
@@ -73,6 +78,7 @@ fn resolve_bins(cli: &Cli) -> Result<Bins> {
     Ok(Bins {
         evio_node,
         etcd: cli.etcd.clone(),
+        evio_run_args: cli.evio_run_args.clone(),
     })
 }
 

@@ -42,7 +42,7 @@ pub async fn memory(bins: &Bins, quick: bool) -> Result<Value> {
     let (small, large) = sizes(quick);
     let pool = evio_raft::Pool::parse(CIDR, NODE_BITS)?;
     let keys = range_keys(&pool);
-    let evio = EvioCluster::start(&bins.evio_node, 3, CIDR, NODE_BITS).await?;
+    let evio = EvioCluster::start(bins, 3, CIDR, NODE_BITS).await?;
     let etcd = EtcdCluster::start(&bins.etcd, 3).await?;
     let evio_client = evio.client(evio.leader_index().await?)?;
     let mut etcd_client = etcd.client(&[etcd.leader_index().await?]).await?;
@@ -98,8 +98,8 @@ pub async fn scale(bins: &Bins, quick: bool) -> Result<Value> {
     let (small, large) = sizes(quick);
     let samples = if quick { 5 } else { 200 };
     // Two clusters side by side, so the two fills can be sampled alternately.
-    let few = EvioCluster::start(&bins.evio_node, 3, CIDR, NODE_BITS).await?;
-    let many = EvioCluster::start(&bins.evio_node, 3, CIDR, NODE_BITS).await?;
+    let few = EvioCluster::start(bins, 3, CIDR, NODE_BITS).await?;
+    let many = EvioCluster::start(bins, 3, CIDR, NODE_BITS).await?;
     let few_client = few.client(few.leader_index().await?)?;
     let many_client = many.client(many.leader_index().await?)?;
     fill(&few_client, 0, small - 1).await?;
