@@ -1,0 +1,160 @@
+//! `evio-bench <figure> --quick` keeps working: each subcommand runs its real processes (evio
+//! members, etcd members) at tiny sizes, exits 0 and writes JSON with the expected fields and
+//! sane values. No timing goal is asserted here: the figures are for docs/benchmarks.md.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_evio-bench");
+const EVIO_NODE: &str = env!("CARGO_BIN_EXE_evio-node");
+
+fn etcd_available() -> bool {
+    let found = Command::new("etcd").arg("--version").output().is_ok();
+    if !found && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("etcd is not installed (scripts/install-deps.sh installs etcd-server)");
+    }
+    found
+}
+
+/// Runs `evio-bench <figure> --quick --json FILE` and returns the JSON.
+fn quick(figure: &str) -> Value {
+    quick_with(&[], figure)
+}
+
+fn quick_with(global: &[&str], figure: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let json = dir.path().join(format!("{figure}.json"));
+    let out = Command::new(BENCH)
+        .args(["--evio-node", EVIO_NODE])
+        .args(global)
+        .args([figure, "--quick", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
+    assert!(
+        out.status.success(),
+        "evio-bench {figure} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read_json(&json)
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn num(v: &Value, what: &str) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"))
+}
+
+/// A latency summary with `count` samples, positive and ordered.
+fn assert_latency(v: &Value, count: u64, what: &str) {
+    assert_eq!(v["count"].as_u64(), Some(count), "{what}: {v}");
+    let (p50, p99, max) = (
+        num(&v["p50Ms"], what),
+        num(&v["p99Ms"], what),
+        num(&v["maxMs"], what),
+    );
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{what}: {v}");
+}
+
+#[test]
+fn lease_quick() {
+    if !etcd_available() {
+        return;
+    }
+    let v = quick("lease");
+    assert_eq!(v["figure"], "lease");
+    let phases = v["phases"].as_array().unwrap_or_else(|| panic!("{v}"));
+    let clients: Vec<u64> = phases
+        .iter()
+        .filter_map(|p| p["clients"].as_u64())
+        .collect();
+    assert_eq!(clients, [1, 16]);
+    for p in phases {
+        let ops = p["ops"].as_u64().unwrap_or_else(|| panic!("{p}"));
+        for side in ["evio", "original"] {
+            assert_latency(&p[side]["latency"], ops, side);
+            assert!(num(&p[side]["throughputPerSec"], side) > 0.0, "{p}");
+        }
+        assert!(num(&p["throughputRatio"], "ratio") > 0.0, "{p}");
+        assert!(p["goalThroughputMet"].is_boolean(), "{p}");
+    }
+}
+
+#[test]
+fn failover_quick() {
+    if !etcd_available() {
+        return;
+    }
+    let v = quick("failover");
+    assert_eq!(v["figure"], "failover");
+    let trials = v["trials"].as_u64().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(trials, 2);
+    assert_latency(&v["evio"], trials, "evio");
+    assert_latency(&v["etcd"], trials, "etcd");
+    assert!(v["goalP99Met"].is_boolean(), "{v}");
+}
+
+#[test]
+fn memory_quick() {
+    if !etcd_available() {
+        return;
+    }
+    let v = quick("memory");
+    assert_eq!(v["figure"], "memory");
+    let stages = v["stages"].as_array().unwrap_or_else(|| panic!("{v}"));
+    let leases: Vec<u64> = stages.iter().filter_map(|s| s["leases"].as_u64()).collect();
+    assert_eq!(leases, [16, 64]);
+    for s in stages {
+        for side in ["evioRssMiB", "etcdRssMiB"] {
+            let rss = s[side].as_array().unwrap_or_else(|| panic!("{s}"));
+            assert_eq!(rss.len(), 3, "{s}");
+            // A live member of either kind is more than 1 MiB and less than 1 GiB resident.
+            assert!(
+                rss.iter().all(|r| (1.0..1024.0).contains(&num(r, side))),
+                "{s}"
+            );
+        }
+    }
+}
+
+#[test]
+fn scale_quick() {
+    // Also passes Raft tuning through to every `evio-node run`.
+    let v = quick_with(&["--evio-run-arg=--heartbeat-ms=50"], "scale");
+    assert_eq!(v["figure"], "scale");
+    let samples = v["samples"].as_u64().unwrap_or_else(|| panic!("{v}"));
+    assert_latency(&v["small"]["latency"], samples, "small");
+    assert_latency(&v["large"]["latency"], samples, "large");
+    assert_eq!(v["large"]["leases"].as_u64(), Some(64), "{v}");
+    assert!(v["goalMet"].is_boolean(), "{v}");
+}
+
+#[test]
+fn a_bad_evio_run_arg_fails_with_the_members_error() {
+    let out = Command::new(BENCH)
+        .args(["--evio-node", EVIO_NODE, "--evio-run-arg=--heartbeat-ms=0"])
+        .args(["scale", "--quick"])
+        .output()
+        .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--heartbeat-ms 0"), "{stderr}");
+}
+
+#[test]
+fn missing_evio_node_is_named() {
+    let out = Command::new(BENCH)
+        .args(["--evio-node", "/nonexistent/evio-node", "scale", "--quick"])
+        .output()
+        .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/evio-node"), "{stderr}");
+}
