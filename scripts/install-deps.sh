@@ -4,7 +4,7 @@
 # nftables and iproute2. Idempotent; `apt-get update` runs once, only when something is missing.
 set -euo pipefail
 
-packages=(containernetworking-plugins nftables iproute2 iputils-ping openvswitch-switch)
+packages=(containernetworking-plugins nftables iproute2 iputils-ping openvswitch-switch iptables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
