@@ -5,5 +5,9 @@
 //! few short seeds in CI.
 
 pub mod checkers;
+pub mod cluster;
+pub mod faults;
 pub mod history;
 pub mod linearizability;
+pub mod run;
+pub mod workload;
