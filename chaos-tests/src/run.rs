@@ -56,6 +56,8 @@ pub struct Report {
     pub samples: usize,
     pub probes: usize,
     pub fault_windows: Vec<FaultWindow>,
+    /// Members that were running but failed /healthz at a heal and were restarted.
+    pub supervisor_restarts: Vec<String>,
     pub replay: String,
 }
 
@@ -88,6 +90,12 @@ impl Report {
             for v in &r.violations {
                 out.push_str(&format!("       {v}\n"));
             }
+        }
+        if !self.supervisor_restarts.is_empty() {
+            out.push_str(&format!(
+                "note: restarted on failed /healthz (Raft stopped): {}\n",
+                self.supervisor_restarts.join("; ")
+            ));
         }
         if !self.passed {
             out.push_str(&format!(
@@ -285,7 +293,11 @@ async fn apply(
 
 /// Undoes every fault: rules flushed, paused members continued, filler removed, dead members
 /// restarted (and waited for).
-async fn heal(cluster: &mut Cluster, restart: &[usize]) -> Result<(), RunError> {
+async fn heal(
+    cluster: &mut Cluster,
+    restart: &[usize],
+    supervisor_restarts: &mut Vec<usize>,
+) -> Result<(), RunError> {
     let n = cluster.nodes.len();
     for i in 0..n {
         cluster.flush_rules(i)?;
@@ -298,7 +310,19 @@ async fn heal(cluster: &mut Cluster, restart: &[usize]) -> Result<(), RunError> 
     }
     let mut started = Vec::new();
     for i in 0..n {
-        if restart.contains(&i) || !cluster.alive(i) {
+        // What a liveness probe on /healthz does in Kubernetes: a member whose Raft stopped
+        // (e.g. on a storage error) is restarted.
+        let unhealthy = cluster.alive(i)
+            && !restart.contains(&i)
+            && !http_ok(&format!("{}/healthz", cluster.nodes[i].base_url())).await;
+        if unhealthy {
+            tracing::warn!(
+                member = i,
+                "/healthz failed: restarting it like a liveness probe"
+            );
+            supervisor_restarts.push(i);
+        }
+        if restart.contains(&i) || !cluster.alive(i) || unhealthy {
             cluster.kill(i);
             cluster.start(i, false)?;
             started.push(i);
@@ -480,6 +504,7 @@ pub async fn run(cluster: &mut Cluster, options: &Options) -> Result<Report, Run
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut outcome = Ok(());
+    let mut supervisor_restarts = Vec::new();
     for step in &steps {
         if started.elapsed() + Duration::from_millis(step.hold_ms) > options.duration {
             break;
@@ -496,7 +521,12 @@ pub async fn run(cluster: &mut Cluster, options: &Options) -> Result<Report, Run
         tokio::time::sleep(Duration::from_millis(step.hold_ms)).await;
         window.end_ms = recorder.now_ms();
         recorder.record(|h| h.faults.push(window));
-        if let Err(e) = heal(cluster, &restart).await {
+        let mut by_supervisor = Vec::new();
+        let healed = heal(cluster, &restart, &mut by_supervisor).await;
+        for member in by_supervisor {
+            supervisor_restarts.push(format!("member {member} after {}", step.fault.name()));
+        }
+        if let Err(e) = healed {
             outcome = Err(e);
             break;
         }
@@ -507,7 +537,11 @@ pub async fn run(cluster: &mut Cluster, options: &Options) -> Result<Report, Run
         let _ = task.await;
     }
     let healed_at = Instant::now();
-    let healed = heal(cluster, &[]).await;
+    let mut by_supervisor = Vec::new();
+    let healed = heal(cluster, &[], &mut by_supervisor).await;
+    for member in by_supervisor {
+        supervisor_restarts.push(format!("member {member} at the final heal"));
+    }
     outcome?;
     healed?;
     let (final_states, recovery_ms) = converge(cluster, healed_at).await;
@@ -540,6 +574,7 @@ pub async fn run(cluster: &mut Cluster, options: &Options) -> Result<Report, Run
         samples: history.samples.len(),
         probes: history.probes.len(),
         fault_windows: history.faults.clone(),
+        supervisor_restarts,
         replay: format!(
             "evio-chaos --nodes {} --seed {} --duration {}s --faults {}",
             cluster.nodes.len(),
