@@ -143,7 +143,7 @@ pub fn schedule(seed: u64, enabled: &[Fault], nodes: usize, steps: usize) -> Vec
         order.shuffle(&mut rng);
         out.push(Step {
             fault,
-            hold_ms: rng.random_range(2_000..4_500),
+            hold_ms: rng.random_range(1_500..3_500),
             order,
         });
     }

@@ -127,7 +127,8 @@ pub fn check_key(key: &str, ops: &[Op]) -> Verdict {
     }
 }
 
-/// Checks every key; returns one verdict per key that is not linearizable (or inconclusive).
+/// Checks every key; returns the number of keys and one verdict per key that is not
+/// linearizable (or inconclusive).
 pub fn check(ops: &[Op]) -> (usize, Vec<Verdict>) {
     let mut keys: Vec<&str> = ops.iter().map(|op| op.key.as_str()).collect();
     keys.sort_unstable();

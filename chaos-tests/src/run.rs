@@ -530,7 +530,7 @@ pub async fn run(cluster: &mut Cluster, options: &Options) -> Result<Report, Run
             outcome = Err(e);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
     }
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
