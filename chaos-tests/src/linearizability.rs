@@ -1,0 +1,304 @@
+//! Per-key linearizability of the lease history, by a Wing & Gong / Lowe style search:
+//! repeatedly pick a pending operation that may take effect next (no other pending operation
+//! completed before it was invoked), apply it to a sequential model of one lease, backtrack on
+//! contradiction, and memoise (set of linearized ops, model state) to cut repeats.
+//!
+//! Definite failures are dropped (never applied). Unknown writes may take effect at any time
+//! after their invocation, or never; unknown reads are dropped (they observed nothing).
+
+use std::collections::HashSet;
+
+use ipnetwork::Ipv4Network;
+
+use crate::history::{Op, OpKind, Outcome};
+
+/// The sequential model of one lease key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Model {
+    Absent,
+    Held(Ipv4Network),
+    /// Held with a subnet nobody has observed yet (an unknown acquire took effect).
+    HeldUnseen,
+}
+
+fn step(model: Model, op: &Op) -> Option<Model> {
+    match (op.kind, op.outcome) {
+        (OpKind::Acquire, Outcome::Ok) => {
+            let got = op.value?;
+            match model {
+                Model::Absent | Model::HeldUnseen => Some(Model::Held(got)),
+                Model::Held(held) if held == got => Some(model),
+                Model::Held(_) => None,
+            }
+        }
+        (OpKind::Acquire, _) => Some(match model {
+            Model::Absent => Model::HeldUnseen,
+            held => held,
+        }),
+        (OpKind::Release, _) => Some(Model::Absent),
+        (OpKind::Read, _) => match (model, op.value) {
+            (Model::Absent, None) => Some(model),
+            (Model::Held(held), Some(seen)) if held == seen => Some(model),
+            (Model::HeldUnseen, Some(seen)) => Some(Model::Held(seen)),
+            _ => None,
+        },
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Linearizable,
+    /// No order explains the history; the ids of the ops involved (all of the key's ops).
+    NotLinearizable {
+        key: String,
+        ops: Vec<u64>,
+    },
+    /// The search gave up after this many states (reported, never counted as a pass).
+    Inconclusive {
+        key: String,
+        states: usize,
+    },
+}
+
+/// States explored per key before giving up.
+pub const SEARCH_BUDGET: usize = 2_000_000;
+
+/// Checks one key's operations (all with the same key).
+pub fn check_key(key: &str, ops: &[Op]) -> Verdict {
+    let mut ops: Vec<&Op> = ops
+        .iter()
+        .filter(|op| match op.outcome {
+            Outcome::Fail => false,
+            Outcome::Unknown => op.kind != OpKind::Read,
+            Outcome::Ok => true,
+        })
+        .collect();
+    ops.sort_by_key(|op| op.invoke_ms);
+    let n = ops.len();
+    // Unknown ops never complete: they constrain nothing and need not be linearized.
+    let complete: Vec<u64> = ops
+        .iter()
+        .map(|op| match op.outcome {
+            Outcome::Ok => op.complete_ms,
+            _ => u64::MAX,
+        })
+        .collect();
+    let required = ops.iter().filter(|op| op.outcome == Outcome::Ok).count();
+    let words = n.div_ceil(64).max(1);
+
+    let mut seen: HashSet<(Vec<u64>, Model)> = HashSet::new();
+    // Depth-first: (linearized set, model, number of required ops done).
+    let mut stack: Vec<(Vec<u64>, Model, usize)> = vec![(vec![0; words], Model::Absent, 0)];
+    while let Some((done, model, required_done)) = stack.pop() {
+        if required_done == required {
+            return Verdict::Linearizable;
+        }
+        if seen.len() >= SEARCH_BUDGET {
+            return Verdict::Inconclusive {
+                key: key.to_string(),
+                states: seen.len(),
+            };
+        }
+        if !seen.insert((done.clone(), model)) {
+            continue;
+        }
+        let is_done = |i: usize| done[i / 64] & (1 << (i % 64)) != 0;
+        // The earliest completion among pending ops bounds which ops may go next.
+        let horizon = (0..n)
+            .filter(|&i| !is_done(i))
+            .map(|i| complete[i])
+            .min()
+            .unwrap_or(u64::MAX);
+        for i in (0..n).rev() {
+            if is_done(i) || ops[i].invoke_ms > horizon {
+                continue;
+            }
+            if let Some(next) = step(model, ops[i]) {
+                let mut next_done = done.clone();
+                next_done[i / 64] |= 1 << (i % 64);
+                let bump = usize::from(ops[i].outcome == Outcome::Ok);
+                stack.push((next_done, next, required_done + bump));
+            }
+        }
+    }
+    Verdict::NotLinearizable {
+        key: key.to_string(),
+        ops: ops.iter().map(|op| op.id).collect(),
+    }
+}
+
+/// Checks every key; returns the number of keys and one verdict per key that is not
+/// linearizable (or inconclusive).
+pub fn check(ops: &[Op]) -> (usize, Vec<Verdict>) {
+    let mut keys: Vec<&str> = ops.iter().map(|op| op.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut bad = Vec::new();
+    for key in &keys {
+        let of_key: Vec<Op> = ops.iter().filter(|op| op.key == *key).cloned().collect();
+        match check_key(key, &of_key) {
+            Verdict::Linearizable => {}
+            verdict => bad.push(verdict),
+        }
+    }
+    (keys.len(), bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Option<Ipv4Network> {
+        Some(s.parse().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn op(
+        id: u64,
+        kind: OpKind,
+        span: (u64, u64),
+        outcome: Outcome,
+        value: Option<Ipv4Network>,
+    ) -> Op {
+        Op {
+            id,
+            client: 0,
+            member: 0,
+            key: "k".into(),
+            kind,
+            invoke_ms: span.0,
+            complete_ms: span.1,
+            outcome,
+            value,
+        }
+    }
+
+    #[test]
+    fn sequential_history_is_linearizable() {
+        let ops = [
+            op(1, OpKind::Read, (0, 1), Outcome::Ok, None),
+            op(2, OpKind::Acquire, (2, 3), Outcome::Ok, net("10.0.1.0/24")),
+            op(3, OpKind::Read, (4, 5), Outcome::Ok, net("10.0.1.0/24")),
+            op(4, OpKind::Acquire, (6, 7), Outcome::Ok, net("10.0.1.0/24")),
+            op(5, OpKind::Release, (8, 9), Outcome::Ok, None),
+            op(6, OpKind::Read, (10, 11), Outcome::Ok, None),
+            op(
+                7,
+                OpKind::Acquire,
+                (12, 13),
+                Outcome::Ok,
+                net("10.0.2.0/24"),
+            ),
+        ];
+        assert_eq!(check_key("k", &ops), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn stale_read_after_acknowledged_acquire_is_not_linearizable() {
+        // The acquire completed at 3; a read invoked at 4 that sees no lease is stale.
+        let ops = [
+            op(1, OpKind::Acquire, (0, 3), Outcome::Ok, net("10.0.1.0/24")),
+            op(2, OpKind::Read, (4, 5), Outcome::Ok, None),
+        ];
+        assert!(matches!(
+            check_key("k", &ops),
+            Verdict::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn concurrent_read_may_see_either_side() {
+        let ops = [
+            op(1, OpKind::Acquire, (0, 10), Outcome::Ok, net("10.0.1.0/24")),
+            op(2, OpKind::Read, (1, 2), Outcome::Ok, None),
+            op(3, OpKind::Read, (3, 4), Outcome::Ok, net("10.0.1.0/24")),
+        ];
+        assert_eq!(check_key("k", &ops), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn read_going_back_in_time_is_not_linearizable() {
+        // Both reads overlap the acquire, but once one saw it a later read cannot miss it.
+        let ops = [
+            op(1, OpKind::Acquire, (0, 10), Outcome::Ok, net("10.0.1.0/24")),
+            op(2, OpKind::Read, (1, 2), Outcome::Ok, net("10.0.1.0/24")),
+            op(3, OpKind::Read, (3, 4), Outcome::Ok, None),
+        ];
+        assert!(matches!(
+            check_key("k", &ops),
+            Verdict::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn changed_subnet_without_release_is_not_linearizable() {
+        let ops = [
+            op(1, OpKind::Acquire, (0, 1), Outcome::Ok, net("10.0.1.0/24")),
+            op(2, OpKind::Acquire, (2, 3), Outcome::Ok, net("10.0.2.0/24")),
+        ];
+        assert!(matches!(
+            check_key("k", &ops),
+            Verdict::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_release_may_or_may_not_have_happened() {
+        let ops = [
+            op(1, OpKind::Acquire, (0, 1), Outcome::Ok, net("10.0.1.0/24")),
+            op(2, OpKind::Release, (2, 3), Outcome::Unknown, None),
+            op(3, OpKind::Read, (4, 5), Outcome::Ok, net("10.0.1.0/24")),
+            op(4, OpKind::Read, (6, 7), Outcome::Ok, None),
+        ];
+        assert_eq!(check_key("k", &ops), Verdict::Linearizable);
+        // ... but it cannot undo itself.
+        let ops = [
+            op(1, OpKind::Acquire, (0, 1), Outcome::Ok, net("10.0.1.0/24")),
+            op(2, OpKind::Release, (2, 3), Outcome::Unknown, None),
+            op(3, OpKind::Read, (4, 5), Outcome::Ok, None),
+            op(4, OpKind::Read, (6, 7), Outcome::Ok, net("10.0.1.0/24")),
+        ];
+        assert!(matches!(
+            check_key("k", &ops),
+            Verdict::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_acquire_binds_its_subnet_at_first_sight() {
+        let ops = [
+            op(1, OpKind::Acquire, (0, 1), Outcome::Unknown, None),
+            op(2, OpKind::Read, (4, 5), Outcome::Ok, net("10.0.3.0/24")),
+            op(3, OpKind::Read, (6, 7), Outcome::Ok, net("10.0.4.0/24")),
+        ];
+        assert!(matches!(
+            check_key("k", &ops),
+            Verdict::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn failed_ops_are_never_applied() {
+        let ops = [
+            op(1, OpKind::Acquire, (0, 1), Outcome::Fail, None),
+            op(2, OpKind::Read, (2, 3), Outcome::Ok, net("10.0.1.0/24")),
+        ];
+        assert!(matches!(
+            check_key("k", &ops),
+            Verdict::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn check_reports_only_bad_keys() {
+        let mut ops = vec![
+            op(1, OpKind::Acquire, (0, 3), Outcome::Ok, net("10.0.1.0/24")),
+            op(2, OpKind::Read, (4, 5), Outcome::Ok, None),
+        ];
+        let mut good = op(3, OpKind::Read, (0, 1), Outcome::Ok, None);
+        good.key = "other".into();
+        ops.push(good);
+        let (keys, bad) = check(&ops);
+        assert_eq!(keys, 2);
+        assert_eq!(bad.len(), 1);
+    }
+}

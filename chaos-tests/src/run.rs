@@ -1,0 +1,591 @@
+//! One chaos run: start the cluster, run the workload under the seeded fault schedule, heal,
+//! wait for convergence, check every invariant, report.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use evio_api::types::{Consistency, LeaseJson};
+use evio_api::Client;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use crate::checkers::{self, InvariantResult};
+use crate::cluster::{Cluster, ClusterError, ELECTION_TIMEOUT_MS};
+use crate::faults::{schedule, Fault, Step};
+use crate::history::{FaultWindow, History, MemberState, Outcome};
+use crate::workload::{self, Member, Recorder};
+
+pub struct Options {
+    pub seed: u64,
+    pub duration: Duration,
+    pub faults: Vec<Fault>,
+    pub clients: usize,
+    pub keys: usize,
+}
+
+/// Convergence after the final heal must happen within this.
+pub const RECOVERY_BOUND: Duration = Duration::from_secs(45);
+const READY_TIMEOUT: Duration = Duration::from_secs(40);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("setup: {0}")]
+    Setup(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpCounts {
+    pub ok: usize,
+    pub fail: usize,
+    pub unknown: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub nodes: usize,
+    pub duration_s: u64,
+    pub faults_enabled: Vec<&'static str>,
+    pub passed: bool,
+    pub invariants: Vec<InvariantResult>,
+    pub recovery_ms: Option<u64>,
+    pub ops: OpCounts,
+    pub samples: usize,
+    pub probes: usize,
+    pub fault_windows: Vec<FaultWindow>,
+    /// Members that were running but failed /healthz at a heal and were restarted.
+    pub supervisor_restarts: Vec<String>,
+    pub replay: String,
+}
+
+impl Report {
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "evio-chaos seed {} ({} nodes, {} s): {} ops ({} ok, {} fail, {} unknown), {} samples, {} probes, {} faults, recovery {}\n",
+            self.seed,
+            self.nodes,
+            self.duration_s,
+            self.ops.ok + self.ops.fail + self.ops.unknown,
+            self.ops.ok,
+            self.ops.fail,
+            self.ops.unknown,
+            self.samples,
+            self.probes,
+            self.fault_windows.len(),
+            self.recovery_ms
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_else(|| "none".into()),
+        );
+        for r in &self.invariants {
+            out.push_str(&format!(
+                "{} {:<48} checked {:>6}, violations {}\n",
+                if r.passed { "PASS" } else { "FAIL" },
+                r.name,
+                r.checked,
+                r.violation_count
+            ));
+            for v in &r.violations {
+                out.push_str(&format!("       {v}\n"));
+            }
+        }
+        if !self.supervisor_restarts.is_empty() {
+            out.push_str(&format!(
+                "note: restarted on failed /healthz (Raft stopped): {}\n",
+                self.supervisor_restarts.join("; ")
+            ));
+        }
+        if !self.passed {
+            out.push_str(&format!(
+                "VIOLATION with seed {}; replay: {}\n",
+                self.seed, self.replay
+            ));
+        }
+        out
+    }
+}
+
+async fn http_ok(url: &str) -> bool {
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+    else {
+        return false;
+    };
+    matches!(client.get(url).send().await, Ok(r) if r.status().is_success())
+}
+
+async fn wait_ready(cluster: &mut Cluster, index: usize) -> Result<(), RunError> {
+    let url = format!("{}/readyz", cluster.nodes[index].base_url());
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while Instant::now() < deadline {
+        if http_ok(&url).await {
+            return Ok(());
+        }
+        if !cluster.alive(index) {
+            return Err(RunError::Setup(format!(
+                "member {index} exited before it was ready; its log:\n{}",
+                tail(&cluster.log_text(index), 20)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(RunError::Setup(format!(
+        "member {index} not ready after {READY_TIMEOUT:?}; its log:\n{}",
+        tail(&cluster.log_text(index), 20)
+    )))
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The member the most members name as leader (None when nobody answers).
+async fn find_leader(cluster: &Cluster) -> Option<usize> {
+    for node in &cluster.nodes {
+        let Ok(client) = Client::new(&node.base_url()) else {
+            continue;
+        };
+        let Ok(Ok(info)) = tokio::time::timeout(Duration::from_secs(1), client.cluster()).await
+        else {
+            continue;
+        };
+        let Some(leader) = info.leader_id else {
+            continue;
+        };
+        let addr = info
+            .members
+            .iter()
+            .find(|m| m.id == leader)
+            .map(|m| m.addr.clone())?;
+        return cluster.nodes.iter().position(|n| n.addr() == addr);
+    }
+    None
+}
+
+/// Applies a fault; returns its window (end filled in by the caller) and the members to
+/// restart at heal.
+async fn apply(
+    cluster: &mut Cluster,
+    step: &Step,
+    now_ms: u64,
+) -> Result<(FaultWindow, Vec<usize>), RunError> {
+    let n = cluster.nodes.len();
+    let order = &step.order;
+    let mut restart = Vec::new();
+    let mut minority = Vec::new();
+    let detail: String;
+    let cut = |cluster: &Cluster, a: &[usize], b: &[usize]| -> Result<(), ClusterError> {
+        for &x in a {
+            for &y in b {
+                cluster.block(x, y, true)?;
+                cluster.block(y, x, true)?;
+            }
+        }
+        Ok(())
+    };
+    match step.fault {
+        Fault::Isolate => {
+            let rest: Vec<usize> = order[1..].to_vec();
+            cut(cluster, &order[..1], &rest)?;
+            minority = vec![order[0]];
+            detail = format!("member {} alone", order[0]);
+        }
+        Fault::LeaderMinority => {
+            let leader = find_leader(cluster).await.unwrap_or(order[0]);
+            let buddy = *order.iter().find(|&&i| i != leader).unwrap_or(&leader);
+            minority = vec![leader, buddy];
+            let rest: Vec<usize> = (0..n).filter(|i| !minority.contains(i)).collect();
+            cut(cluster, &minority, &rest)?;
+            detail = format!("leader {leader} with {buddy} | {rest:?}");
+        }
+        Fault::Split => {
+            let small = (n - 1) / 2;
+            minority = order[..small].to_vec();
+            cut(cluster, &order[..small], &order[small..])?;
+            detail = format!("{:?} | {:?}", &order[..small], &order[small..]);
+        }
+        Fault::Bridge => {
+            // order[0] is the bridge; the rest split in two halves that cannot see each other.
+            let rest = &order[1..];
+            let half = rest.len() / 2;
+            cut(cluster, &rest[..half], &rest[half..])?;
+            minority = rest[..half].to_vec();
+            detail = format!(
+                "{:?} | {:?}, bridged by {}",
+                &rest[..half],
+                &rest[half..],
+                order[0]
+            );
+        }
+        Fault::OneWay => {
+            for peer in 0..n {
+                if peer != order[0] {
+                    cluster.block(order[0], peer, false)?;
+                }
+            }
+            minority = vec![order[0]];
+            detail = format!("member {} hears nobody", order[0]);
+        }
+        Fault::Loss => {
+            for i in 0..n {
+                cluster.lossy(i, 0.3)?;
+            }
+            detail = "30% loss between all nodes".into();
+        }
+        Fault::Kill => {
+            cluster.kill(order[0]);
+            restart.push(order[0]);
+            detail = format!("SIGKILL member {}", order[0]);
+        }
+        Fault::KillLeader => {
+            let leader = find_leader(cluster).await.unwrap_or(order[0]);
+            cluster.kill(leader);
+            restart.push(leader);
+            detail = format!("SIGKILL leader {leader}");
+        }
+        Fault::KillAll => {
+            for i in 0..n {
+                cluster.kill(i);
+                restart.push(i);
+            }
+            detail = "SIGKILL every member".into();
+        }
+        Fault::Pause | Fault::PauseLeader => {
+            let target = if step.fault == Fault::PauseLeader {
+                find_leader(cluster).await.unwrap_or(order[0])
+            } else {
+                order[0]
+            };
+            cluster.signal(target, Signal::SIGSTOP);
+            detail = format!(
+                "SIGSTOP member {target} for {} ms (election timeout {ELECTION_TIMEOUT_MS} ms)",
+                step.hold_ms
+            );
+        }
+        Fault::Wipe => {
+            cluster.kill(order[0]);
+            cluster.wipe(order[0])?;
+            restart.push(order[0]);
+            detail = format!("SIGKILL member {}, wiped its data dir", order[0]);
+        }
+        Fault::DiskFull => {
+            let target = n - 1;
+            cluster.fill_disk(target)?;
+            detail = format!("filled member {target}'s tmpfs data dir");
+        }
+    }
+    Ok((
+        FaultWindow {
+            name: step.fault.name().into(),
+            detail,
+            start_ms: now_ms,
+            end_ms: now_ms,
+            partition: step.fault.is_network(),
+            minority,
+        },
+        restart,
+    ))
+}
+
+/// Undoes every fault: rules flushed, paused members continued, filler removed, dead members
+/// restarted (and waited for).
+async fn heal(
+    cluster: &mut Cluster,
+    restart: &[usize],
+    supervisor_restarts: &mut Vec<usize>,
+) -> Result<(), RunError> {
+    let n = cluster.nodes.len();
+    for i in 0..n {
+        cluster.flush_rules(i)?;
+        if cluster.nodes[i].paused {
+            cluster.signal(i, Signal::SIGCONT);
+        }
+        if cluster.nodes[i].tmpfs {
+            let _ = std::fs::remove_file(cluster.nodes[i].data_dir.join("chaos-filler"));
+        }
+    }
+    let mut started = Vec::new();
+    for i in 0..n {
+        // What a liveness probe on /healthz does in Kubernetes: a member whose Raft stopped
+        // (e.g. on a storage error) is restarted.
+        let unhealthy = cluster.alive(i)
+            && !restart.contains(&i)
+            && !http_ok(&format!("{}/healthz", cluster.nodes[i].base_url())).await;
+        if unhealthy {
+            tracing::warn!(
+                member = i,
+                "/healthz failed: restarting it like a liveness probe"
+            );
+            supervisor_restarts.push(i);
+        }
+        if restart.contains(&i) || !cluster.alive(i) || unhealthy {
+            cluster.kill(i);
+            cluster.start(i, false)?;
+            started.push(i);
+        }
+    }
+    for i in started {
+        wait_ready(cluster, i).await?;
+    }
+    Ok(())
+}
+
+async fn member_state(base: &str, member: usize) -> Option<MemberState> {
+    let client = Client::new(base).ok()?;
+    let info = tokio::time::timeout(Duration::from_secs(2), client.cluster())
+        .await
+        .ok()?
+        .ok()?;
+    let leases = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.list_leases(Consistency::Local),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(MemberState {
+        member,
+        node_id: info.node_id,
+        leader_id: info.leader_id,
+        is_leader: info.leader_id == Some(info.node_id),
+        last_applied: info.last_applied,
+        leases: leases.into_iter().map(|l| (l.node, l.subnet)).collect(),
+    })
+}
+
+/// Polls every member until the convergence checker passes or the bound runs out.
+async fn converge(cluster: &Cluster, healed_at: Instant) -> (Vec<MemberState>, Option<u64>) {
+    let mut last = Vec::new();
+    while healed_at.elapsed() < RECOVERY_BOUND {
+        let mut states = Vec::new();
+        for node in &cluster.nodes {
+            if let Some(s) = member_state(&node.base_url(), node.index).await {
+                states.push(s);
+            }
+        }
+        if states.len() == cluster.nodes.len() {
+            let probe = History {
+                final_states: states.clone(),
+                recovery_ms: Some(0),
+                recovery_bound_ms: 1,
+                ..History::default()
+            };
+            if checkers::converged_after_heal(&probe).passed {
+                return (states, Some(healed_at.elapsed().as_millis() as u64));
+            }
+        }
+        last = states;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (last, None)
+}
+
+async fn acquire_host_leases(cluster: &Cluster, token: &str) -> Result<Vec<LeaseJson>, RunError> {
+    let mut leases = Vec::new();
+    for node in &cluster.nodes {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let client = Client::new(&cluster.nodes[0].base_url())
+                .map_err(|e| RunError::Setup(e.to_string()))?
+                .with_token(Some(token.to_string()));
+            match client.acquire(&node.name, Some(node.ip)).await {
+                Ok((lease, _)) => {
+                    leases.push(lease);
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    return Err(RunError::Setup(format!("host lease {}: {e}", node.name)))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    // Every member must hold every host lease locally before faults start.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for node in &cluster.nodes {
+        loop {
+            let state = member_state(&node.base_url(), node.index).await;
+            let has_all = state.is_some_and(|s| {
+                leases
+                    .iter()
+                    .all(|l| s.leases.contains(&(l.node.clone(), l.subnet)))
+            });
+            if has_all {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(RunError::Setup(format!(
+                    "member {} never replicated the host leases",
+                    node.index
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(leases)
+}
+
+pub async fn run(cluster: &mut Cluster, options: &Options) -> Result<Report, RunError> {
+    let token = std::fs::read_to_string(&cluster.token_file)
+        .map_err(|e| RunError::Setup(format!("token: {e}")))?;
+    cluster.start(0, true)?;
+    wait_ready(cluster, 0).await?;
+    for i in 1..cluster.nodes.len() {
+        cluster.start(i, false)?;
+        wait_ready(cluster, i).await?;
+    }
+    let host_leases = acquire_host_leases(cluster, &token).await?;
+    tracing::info!(
+        nodes = cluster.nodes.len(),
+        "cluster up, host leases replicated"
+    );
+
+    let recorder = Recorder::new();
+    recorder.record(|h| {
+        h.host_leases = host_leases
+            .iter()
+            .map(|l| (l.node.clone(), l.subnet))
+            .collect()
+    });
+    let members: Arc<Vec<Member>> = Arc::new(
+        cluster
+            .nodes
+            .iter()
+            .zip(&host_leases)
+            .map(|(node, lease)| Member {
+                index: node.index,
+                base_url: node.base_url(),
+                cni_socket: node.cni_socket.clone(),
+                ipam_dir: node.ipam_dir.clone(),
+                host_lease: lease.clone(),
+            })
+            .collect(),
+    );
+    let keys: Arc<Vec<String>> = Arc::new((0..options.keys).map(|k| format!("k{k}")).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..options.clients {
+        tasks.push(tokio::spawn(workload::lease_client(
+            c,
+            options.seed,
+            members.clone(),
+            keys.clone(),
+            token.trim().to_string(),
+            recorder.clone(),
+            stop.clone(),
+        )));
+    }
+    for member in members.iter() {
+        tasks.push(tokio::spawn(workload::sampler(
+            member.clone(),
+            recorder.clone(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(workload::pod_loop(
+            member.clone(),
+            cluster.tag.clone(),
+            cluster.bins.evio_cni.clone(),
+            cluster.pod_namespaces.clone(),
+            recorder.clone(),
+            stop.clone(),
+        )));
+    }
+
+    let started = Instant::now();
+    let steps = schedule(
+        options.seed,
+        &options.faults,
+        cluster.nodes.len(),
+        (options.duration.as_secs() as usize).max(1),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut outcome = Ok(());
+    let mut supervisor_restarts = Vec::new();
+    for step in &steps {
+        if started.elapsed() + Duration::from_millis(step.hold_ms) > options.duration {
+            break;
+        }
+        let start_ms = recorder.now_ms();
+        let (mut window, restart) = match apply(cluster, step, start_ms).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        tracing::info!(fault = %window.name, detail = %window.detail, "fault");
+        tokio::time::sleep(Duration::from_millis(step.hold_ms)).await;
+        window.end_ms = recorder.now_ms();
+        recorder.record(|h| h.faults.push(window));
+        let mut by_supervisor = Vec::new();
+        let healed = heal(cluster, &restart, &mut by_supervisor).await;
+        for member in by_supervisor {
+            supervisor_restarts.push(format!("member {member} after {}", step.fault.name()));
+        }
+        if let Err(e) = healed {
+            outcome = Err(e);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let healed_at = Instant::now();
+    let mut by_supervisor = Vec::new();
+    let healed = heal(cluster, &[], &mut by_supervisor).await;
+    for member in by_supervisor {
+        supervisor_restarts.push(format!("member {member} at the final heal"));
+    }
+    outcome?;
+    healed?;
+    let (final_states, recovery_ms) = converge(cluster, healed_at).await;
+
+    let mut history = match recorder.history.lock() {
+        Ok(mut h) => std::mem::take(&mut *h),
+        Err(_) => return Err(RunError::Setup("history lock poisoned".into())),
+    };
+    history.final_states = final_states;
+    history.recovery_ms = recovery_ms;
+    history.recovery_bound_ms = RECOVERY_BOUND.as_millis() as u64;
+    history.logs = (0..cluster.nodes.len())
+        .map(|i| (i, cluster.log_text(i)))
+        .collect();
+    let invariants = checkers::check_all(&history);
+    let count = |o: Outcome| history.ops.iter().filter(|op| op.outcome == o).count();
+    Ok(Report {
+        seed: options.seed,
+        nodes: cluster.nodes.len(),
+        duration_s: options.duration.as_secs(),
+        faults_enabled: options.faults.iter().map(|f| f.name()).collect(),
+        passed: invariants.iter().all(|r| r.passed),
+        invariants,
+        recovery_ms,
+        ops: OpCounts {
+            ok: count(Outcome::Ok),
+            fail: count(Outcome::Fail),
+            unknown: count(Outcome::Unknown),
+        },
+        samples: history.samples.len(),
+        probes: history.probes.len(),
+        fault_windows: history.faults.clone(),
+        supervisor_restarts,
+        replay: format!(
+            "evio-chaos --nodes {} --seed {} --duration {}s --faults {}",
+            cluster.nodes.len(),
+            options.seed,
+            options.duration.as_secs(),
+            options
+                .faults
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    })
+}
