@@ -158,3 +158,72 @@ fn missing_evio_node_is_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/evio-node"), "{stderr}");
 }
+
+/// The pod benchmarks need root and the reference plugins; under CI they must run.
+fn pod_bench_prerequisites() -> Option<std::path::PathBuf> {
+    let evio_cni = Path::new(BENCH).with_file_name("evio-cni");
+    let root = nix::unistd::geteuid().is_root();
+    let plugins = Path::new("/usr/lib/cni/bridge").is_file();
+    if root && plugins && evio_cni.is_file() {
+        return Some(evio_cni);
+    }
+    let why = format!(
+        "root={root} /usr/lib/cni/bridge={plugins} {}={}",
+        evio_cni.display(),
+        evio_cni.is_file()
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "pod benchmark prerequisites missing under CI: {why}"
+    );
+    eprintln!("skipping the pod benchmarks outside CI: {why}");
+    None
+}
+
+/// `pods` and `fill` (Linux bridge: OVS is covered by the CNI tests) through the real
+/// `evio-cni` and Debian's `bridge` plugin: every pod ADDed and DELeted, nothing left behind.
+#[test]
+fn pods_and_fill_quick() {
+    let Some(evio_cni) = pod_bench_prerequisites() else {
+        return;
+    };
+    let cni = evio_cni.to_string_lossy().into_owned();
+    for figure in ["pods", "fill"] {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let json = dir.path().join("out.json");
+        let out = Command::new(BENCH)
+            .args([
+                "--evio-node",
+                EVIO_NODE,
+                figure,
+                "--quick",
+                "--kind",
+                "lxbr",
+            ])
+            .args(["--evio-cni", &cni, "--json"])
+            .arg(&json)
+            .output()
+            .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
+        assert!(
+            out.status.success(),
+            "evio-bench {figure} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = read_json(&json);
+        assert_eq!(v["figure"], figure, "{v}");
+        let rows = v["plugins"].as_array().unwrap_or_else(|| panic!("{v}"));
+        let labels: Vec<&str> = rows.iter().filter_map(|r| r["plugin"].as_str()).collect();
+        assert_eq!(labels, ["evio LXBR", "bridge"], "{v}");
+        for row in rows {
+            assert_eq!(row["leftovers"].as_u64(), Some(0), "{row}");
+            if figure == "pods" {
+                assert_latency(&row["add"], 3, "pods add");
+                assert_latency(&row["del"], 3, "pods del");
+            } else {
+                assert_eq!(row["failures"].as_u64(), Some(0), "{row}");
+                assert!(num(&row["addAllMs"], "addAllMs") > 0.0, "{row}");
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@ mod failover;
 mod lease;
 mod memory;
 mod original_evio;
+mod pods;
 mod stats;
 
 use std::path::PathBuf;
@@ -43,6 +44,47 @@ enum Bench {
     Memory(Common),
     /// Acquire latency at 256 vs 65,536 leases.
     Scale(Common),
+    /// Pod ADD/DEL latency, sequential: evio-cni (OVS netdev, LXBR) vs the reference bridge plugin.
+    Pods(PodArgs),
+    /// Node fill: 253 pods, 8 concurrent ADDs, then DEL all: evio-cni vs the bridge plugin.
+    Fill(PodArgs),
+}
+
+#[derive(Args)]
+struct PodArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The evio-cni binary (default: the one beside this executable).
+    #[arg(long)]
+    evio_cni: Option<PathBuf>,
+    /// Which evio bridge types to measure: ovs, lxbr or both (OVS needs ovs-vswitchd running).
+    #[arg(long, default_value = "both")]
+    kind: String,
+    /// Pods per plugin (default: 200 for pods, 253 for fill).
+    #[arg(long)]
+    pods: Option<usize>,
+    /// Concurrent ADDs/DELs (fill).
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+}
+
+impl PodArgs {
+    fn evio_cni(&self) -> Result<PathBuf> {
+        match &self.evio_cni {
+            Some(path) => Ok(path.clone()),
+            None => Ok(std::env::current_exe()
+                .context("locate evio-bench")?
+                .with_file_name("evio-cni")),
+        }
+    }
+
+    fn count(&self, full: usize) -> usize {
+        match (self.pods, self.common.quick) {
+            (Some(n), _) => n,
+            (None, true) => 3,
+            (None, false) => full,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -89,6 +131,14 @@ async fn run(cli: Cli) -> Result<()> {
         Bench::Failover(c) => (c, failover::run(&bins, c.quick).await?),
         Bench::Memory(c) => (c, memory::memory(&bins, c.quick).await?),
         Bench::Scale(c) => (c, memory::scale(&bins, c.quick).await?),
+        Bench::Pods(a) => (
+            &a.common,
+            pods::pods(&bins, &a.evio_cni()?, &a.kind, a.count(200)).await?,
+        ),
+        Bench::Fill(a) => (
+            &a.common,
+            pods::fill(&bins, &a.evio_cni()?, &a.kind, a.count(253), a.parallel).await?,
+        ),
     };
     if let Some(path) = &common.json {
         let mut bytes = serde_json::to_vec_pretty(&figures)?;

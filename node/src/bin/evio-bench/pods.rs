@@ -1,0 +1,434 @@
+//! Pod ADD/DEL through the real plugin binaries, evio against Debian's reference `bridge`
+//! plugin, in one run: `pods` (N sequential ADDs then DELs, the three plugins interleaved per
+//! pod) and `fill` (a node's 253 pods, 8 ADDs at a time, then DEL all). Both use the same
+//! host-local IPAM and masquerade. evio runs as `evio-node dev` with its CNI socket; each
+//! plugin gets its own /16 and bridge so they never share state. Needs root (and OVS running
+//! for the OVS figure: scripts/ovs-start.sh).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::cluster::{free_addr, scratch_dir, wait_for, Process};
+use crate::stats::{met, ratio, Summary};
+use crate::Bins;
+
+/// Where Debian installs the reference plugins (host-local, bridge).
+const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+/// One plugin under test: its binary, its network config and its own pod namespaces.
+struct Plugin {
+    label: &'static str,
+    binary: PathBuf,
+    config: Value,
+    ipam_dir: PathBuf,
+    bridge: String,
+}
+
+/// Everything a run created on the host, removed on drop (also on error).
+struct Scratch {
+    namespaces: Vec<String>,
+    bridges: Vec<String>,
+    ovs_bridges: Vec<String>,
+    subnets: Vec<ipnetwork::Ipv4Network>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        for bridge in &self.ovs_bridges {
+            let _ = Command::new("ovs-vsctl")
+                .args(["--if-exists", "del-br", bridge])
+                .output();
+        }
+        for bridge in &self.bridges {
+            let _ = Command::new("ip").args(["link", "del", bridge]).output();
+        }
+        for subnet in &self.subnets {
+            let _ = evio_cni::dataplane::masquerade::remove(*subnet);
+        }
+    }
+}
+
+/// `10.<octet>.3.0/24` is the node block of a plugin's `10.<octet>.0.0/16`.
+fn evio_config(
+    name: &str,
+    bridge: &str,
+    kind: &str,
+    octet: u8,
+    socket: &Path,
+    ipam: &Path,
+) -> Value {
+    json!({
+        "cniVersion": "1.0.0", "name": name, "type": "evio-cni",
+        "bridge": bridge, "bridgeType": kind, "ovsDatapath": "netdev",
+        "bridgeIPv4": format!("10.{octet}.3.1/16"),
+        "isGateway": true, "isDefaultGateway": true, "isIPMasq": true, "mtu": 1500,
+        "nodeSubnet": format!("10.{octet}.3.0/24"), "podCIDR": format!("10.{octet}.0.0/16"),
+        "socket": socket,
+        "ipam": host_local(octet, ipam),
+    })
+}
+
+fn bridge_config(name: &str, bridge: &str, octet: u8, ipam: &Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0", "name": name, "type": "bridge",
+        "bridge": bridge, "isGateway": true, "isDefaultGateway": true, "ipMasq": true, "mtu": 1500,
+        // isDefaultGateway adds the default route itself; an IPAM one too would collide.
+        "ipam": {"type": "host-local", "dataDir": ipam, "ranges": host_local(octet, ipam)["ranges"]},
+    })
+}
+
+fn host_local(octet: u8, data_dir: &Path) -> Value {
+    json!({
+        "type": "host-local", "dataDir": data_dir,
+        "ranges": [[{"subnet": format!("10.{octet}.0.0/16"), "rangeStart": format!("10.{octet}.3.2"),
+                     "rangeEnd": format!("10.{octet}.3.254"), "gateway": format!("10.{octet}.3.1")}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+    })
+}
+
+/// Runs one CNI command through the plugin binary, as a runtime does; returns its wall time.
+fn exec(plugin: &Plugin, command: &str, container: &str, netns: &str) -> Result<Duration> {
+    let cni_path = format!(
+        "{}:{CNI_PLUGIN_DIR}",
+        plugin
+            .binary
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    );
+    let config = serde_json::to_vec(&plugin.config)?;
+    let started = Instant::now();
+    let mut child = Command::new(&plugin.binary)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", &cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("exec {}", plugin.binary.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&config)?;
+    }
+    let out = child.wait_with_output()?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{} {command} {container}: {}{}",
+            plugin.label,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(took)
+}
+
+/// Links, OVS ports and host-local reservations a plugin left behind after its DELs.
+fn leftovers(plugin: &Plugin) -> Result<usize> {
+    let reservations = std::fs::read_dir(
+        plugin
+            .ipam_dir
+            .join(plugin.config["name"].as_str().unwrap_or_default()),
+    )
+    .map(|dir| {
+        dir.filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .parse::<std::net::IpAddr>()
+                    .is_ok()
+            })
+            .count()
+    })
+    .unwrap_or(0);
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "master", &plugin.bridge])
+        .output()
+        .context("ip link show master")?;
+    let linux_ports = String::from_utf8_lossy(&out.stdout).lines().count();
+    let ovs_ports = if plugin.config["bridgeType"] == "OVS" {
+        let out = Command::new("ovs-vsctl")
+            .args(["list-ports", &plugin.bridge])
+            .output()
+            .context("ovs-vsctl list-ports")?;
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    } else {
+        0
+    };
+    Ok(reservations + linux_ports + ovs_ports)
+}
+
+struct Setup {
+    socket: PathBuf,
+    plugins: Vec<Plugin>,
+    scratch: Scratch,
+    _daemon: Process,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(bins: &Bins, evio_cni: &Path, kinds: &[&'static str]) -> Result<Setup> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("pod benchmarks need root (network namespaces, bridges)");
+    }
+    let reference = Path::new(CNI_PLUGIN_DIR).join("bridge");
+    for needed in [
+        reference.as_path(),
+        &Path::new(CNI_PLUGIN_DIR).join("host-local"),
+        evio_cni,
+    ] {
+        if !needed.is_file() {
+            bail!("{} not found (scripts/install-deps.sh installs the reference plugins; build evio-cni)", needed.display());
+        }
+    }
+    let dir = scratch_dir("pods")?;
+    let socket = dir.path().join("cni.sock");
+    let daemon = Process::start(
+        "evio-node dev",
+        &bins.evio_node,
+        vec![
+            "dev".into(),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "--listen".into(),
+            free_addr()?,
+            "--pod-cidr".into(),
+            "10.210.0.0/16".into(),
+            "--node-name".into(),
+            "bench".into(),
+            "--cni-socket".into(),
+            socket.display().to_string(),
+        ],
+        dir.path().join("evio-node.log"),
+    )?;
+    let tag = format!("{:05x}", std::process::id() & 0xfffff);
+    let mut scratch = Scratch {
+        namespaces: Vec::new(),
+        bridges: Vec::new(),
+        ovs_bridges: Vec::new(),
+        subnets: Vec::new(),
+    };
+    let mut plugins = Vec::new();
+    for (i, kind) in kinds.iter().enumerate() {
+        let octet = 211 + i as u8;
+        let bridge = format!("evb{}{tag}", &kind[..1].to_lowercase());
+        let ipam_dir = dir.path().join(format!("ipam-{kind}"));
+        let name = format!("evio-bench-{}", kind.to_lowercase());
+        let (label, binary, config) = if *kind == "bridge" {
+            scratch.bridges.push(bridge.clone());
+            (
+                "bridge",
+                reference.clone(),
+                bridge_config(&name, &bridge, octet, &ipam_dir),
+            )
+        } else {
+            if *kind == "OVS" {
+                scratch.ovs_bridges.push(bridge.clone());
+            }
+            scratch.bridges.push(bridge.clone());
+            scratch.subnets.push(format!("10.{octet}.3.0/24").parse()?);
+            let label = if *kind == "OVS" {
+                "evio OVS netdev"
+            } else {
+                "evio LXBR"
+            };
+            (
+                label,
+                evio_cni.to_path_buf(),
+                evio_config(&name, &bridge, kind, octet, &socket, &ipam_dir),
+            )
+        };
+        plugins.push(Plugin {
+            label,
+            binary,
+            config,
+            ipam_dir,
+            bridge,
+        });
+    }
+    Ok(Setup {
+        socket,
+        plugins,
+        scratch,
+        _daemon: daemon,
+        _dir: dir,
+    })
+}
+
+/// Pod namespaces `count` per plugin, created before the clock starts.
+fn namespaces(scratch: &mut Scratch, plugin: usize, count: usize) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let name = format!("evb-{}-{plugin}-{i}", std::process::id());
+        let status = Command::new("ip").args(["netns", "add", &name]).output()?;
+        if !status.status.success() {
+            bail!(
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&status.stderr)
+            );
+        }
+        scratch.namespaces.push(name.clone());
+        out.push(format!("/run/netns/{name}"));
+    }
+    Ok(out)
+}
+
+async fn wait_for_socket(path: &Path) -> Result<()> {
+    wait_for(
+        "evio-node dev's CNI socket",
+        Duration::from_secs(30),
+        || async { path.exists().then_some(()) },
+    )
+    .await
+}
+
+fn kinds(kind: &str) -> Result<Vec<&'static str>> {
+    match kind {
+        "both" => Ok(vec!["OVS", "LXBR", "bridge"]),
+        "ovs" | "OVS" => Ok(vec!["OVS", "bridge"]),
+        "lxbr" | "LXBR" => Ok(vec!["LXBR", "bridge"]),
+        other => Err(anyhow!("--kind {other:?}: ovs, lxbr or both")),
+    }
+}
+
+/// `pods`: sequential ADD then DEL of `count` pods per plugin, plugins interleaved per pod.
+pub async fn pods(bins: &Bins, evio_cni: &Path, kind: &str, count: usize) -> Result<Value> {
+    let kinds = kinds(kind)?;
+    let mut setup = setup(bins, evio_cni, &kinds)?;
+    wait_for_socket(&setup.socket).await?;
+    let mut netns = Vec::new();
+    for i in 0..setup.plugins.len() {
+        netns.push(namespaces(&mut setup.scratch, i, count)?);
+    }
+    let plugins = &setup.plugins;
+    let mut add = vec![Vec::with_capacity(count); plugins.len()];
+    let mut del = vec![Vec::with_capacity(count); plugins.len()];
+    let order = |pod: usize| -> Vec<usize> {
+        // Rotate who goes first, so no plugin always runs on a warm or cold cache.
+        (0..plugins.len())
+            .map(|k| (k + pod) % plugins.len())
+            .collect()
+    };
+    // Per pod, its namespace under each plugin.
+    let by_pod: Vec<Vec<&str>> = (0..count)
+        .map(|pod| netns.iter().map(|n| n[pod].as_str()).collect())
+        .collect();
+    for (command, samples) in [("ADD", &mut add), ("DEL", &mut del)] {
+        for (pod, spaces) in by_pod.iter().enumerate() {
+            for p in order(pod) {
+                let container = format!("bench-{p}-{pod}");
+                samples[p].push(exec(&plugins[p], command, &container, spaces[p])?);
+            }
+        }
+    }
+    let reference = plugins.len() - 1;
+    let ref_add = Summary::of(&add[reference]);
+    let ref_del = Summary::of(&del[reference]);
+    println!("pod ADD/DEL, {count} sequential pods per plugin, host-local, masquerade on");
+    println!(
+        "{:<18} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "plugin", "ADD p50", "ADD p99", "DEL p50", "DEL p99", "ADD x", "DEL x"
+    );
+    let mut rows = Vec::new();
+    for (p, plugin) in plugins.iter().enumerate() {
+        let (a, d) = (Summary::of(&add[p]), Summary::of(&del[p]));
+        let (add_x, del_x) = (
+            ratio(ref_add.p50_ms, a.p50_ms),
+            ratio(ref_del.p50_ms, d.p50_ms),
+        );
+        println!(
+            "{:<18} {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.1}x {:>8.1}x",
+            plugin.label, a.p50_ms, a.p99_ms, d.p50_ms, d.p99_ms, add_x, del_x
+        );
+        let left = leftovers(plugin)?;
+        if p != reference {
+            println!(
+                "  goals: ADD p50 <= 7 ms: {}; ADD >= 5x bridge: {}; DEL >= 15x bridge: {}; leftovers {left}",
+                met(a.p50_ms <= 7.0),
+                met(add_x >= 5.0),
+                met(del_x >= 15.0)
+            );
+        }
+        rows.push(json!({"plugin": plugin.label, "add": a, "del": d,
+                         "addSpeedup": add_x, "delSpeedup": del_x, "leftovers": left}));
+    }
+    Ok(json!({"figure": "pods", "pods": count, "plugins": rows}))
+}
+
+/// `fill`: `count` pods per plugin (a node block holds 253), `parallel` ADDs at a time, then
+/// DEL all the same way; wall time, failures and leftovers.
+pub async fn fill(
+    bins: &Bins,
+    evio_cni: &Path,
+    kind: &str,
+    count: usize,
+    parallel: usize,
+) -> Result<Value> {
+    let kinds = kinds(kind)?;
+    let mut setup = setup(bins, evio_cni, &kinds)?;
+    wait_for_socket(&setup.socket).await?;
+    let mut netns = Vec::new();
+    for i in 0..setup.plugins.len() {
+        netns.push(namespaces(&mut setup.scratch, i, count)?);
+    }
+    println!("node fill: {count} pods per plugin, {parallel} concurrent, then DEL all");
+    println!(
+        "{:<18} {:>10} {:>10} {:>9} {:>10}",
+        "plugin", "ADD all", "DEL all", "failures", "leftovers"
+    );
+    let mut rows = Vec::new();
+    for (p, plugin) in setup.plugins.iter().enumerate() {
+        let run = |command: &'static str| -> (Duration, usize) {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let failures = std::sync::atomic::AtomicUsize::new(0);
+            let started = Instant::now();
+            std::thread::scope(|scope| {
+                for _ in 0..parallel {
+                    scope.spawn(|| loop {
+                        let pod = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if pod >= count {
+                            return;
+                        }
+                        if let Err(e) =
+                            exec(plugin, command, &format!("fill-{p}-{pod}"), &netns[p][pod])
+                        {
+                            eprintln!("{e:#}");
+                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            (started.elapsed(), failures.into_inner())
+        };
+        let (add_all, add_failed) = run("ADD");
+        let (del_all, del_failed) = run("DEL");
+        let left = leftovers(plugin)?;
+        let failures = add_failed + del_failed;
+        println!(
+            "{:<18} {:>8.0}ms {:>8.0}ms {:>9} {:>10}",
+            plugin.label,
+            add_all.as_secs_f64() * 1000.0,
+            del_all.as_secs_f64() * 1000.0,
+            failures,
+            left
+        );
+        if plugin.label != "bridge" {
+            println!(
+                "  goal: ADD all <= 2 s, 0 failures, 0 leftovers: {}",
+                met(add_all <= Duration::from_secs(2) && failures == 0 && left == 0)
+            );
+        }
+        rows.push(json!({"plugin": plugin.label, "addAllMs": add_all.as_secs_f64() * 1000.0,
+                         "delAllMs": del_all.as_secs_f64() * 1000.0, "failures": failures, "leftovers": left}));
+    }
+    Ok(json!({"figure": "fill", "pods": count, "parallel": parallel, "plugins": rows}))
+}
