@@ -364,20 +364,57 @@ async fn scenario(kind: &'static str) {
     )));
 }
 
-/// kubelet runs many requests at once and speaks every supported version: 8 concurrent ADDs
+/// kubelet runs many requests at once and speaks every supported version: 50 concurrent ADDs
 /// (versions 0.3.0 to 1.1.0) get distinct addresses and results in their version's format;
-/// 8 concurrent DELs leave no veth and no reservation.
+/// 50 concurrent DELs leave no veth, no bridge port and no reservation. Linux bridge here, OVS
+/// below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_adds_across_versions() {
     if !prerequisites() {
         return;
     }
-    let mut fx = Fixture::new("LXBR");
-    fx.octet = 97; // its own network, apart from the other tests
+    concurrent_adds_and_dels("LXBR", 97).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_adds_across_versions_ovs() {
+    if !prerequisites() {
+        return;
+    }
+    let ovs = Path::new("/run/openvswitch/db.sock").exists();
+    assert!(
+        ovs || std::env::var("CI").as_deref() != Ok("true"),
+        "ovsdb-server is not running under CI (scripts/ovs-start.sh starts it)"
+    );
+    if ovs {
+        concurrent_adds_and_dels("OVS", 94).await;
+    } else {
+        eprintln!("skipping OVS test outside CI: /run/openvswitch/db.sock missing");
+    }
+}
+
+/// Ports on the fixture's bridge, Linux or OVS.
+fn bridge_ports(fx: &Fixture) -> usize {
+    let out = if fx.kind == "OVS" {
+        Process::new("ovs-vsctl")
+            .args(["list-ports", &fx.bridge])
+            .output()
+            .unwrap_or_else(|e| panic!("ovs-vsctl: {e}"))
+    } else {
+        ip(&["-o", "link", "show", "master", &fx.bridge])
+    };
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+const CONCURRENT_PODS: usize = 50;
+
+async fn concurrent_adds_and_dels(kind: &'static str, octet: u8) {
+    let mut fx = Fixture::new(kind);
+    fx.octet = octet; // its own network, apart from the other tests
     let pods = std::sync::Arc::new(PodNetwork::new().unwrap_or_else(|e| panic!("{e}")));
     let versions = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
     let mut requests = Vec::new();
-    for i in 0..8 {
+    for i in 0..CONCURRENT_PODS {
         let netns = fx.netns(&format!("p{i}"));
         let mut config = fx.config("3.254");
         config["cniVersion"] = json!(versions[i % versions.len()]);
@@ -405,8 +442,9 @@ async fn concurrent_adds_across_versions() {
                 .to_string(),
         );
     }
-    assert_eq!(addresses.len(), 8, "{addresses:?}");
-    assert_eq!(fx.reservations().len(), 8);
+    assert_eq!(addresses.len(), CONCURRENT_PODS, "{addresses:?}");
+    assert_eq!(fx.reservations().len(), CONCURRENT_PODS);
+    assert_eq!(bridge_ports(&fx), CONCURRENT_PODS);
 
     let dels = requests.into_iter().map(|mut request| {
         request.command = Command::Del;
@@ -421,6 +459,7 @@ async fn concurrent_adds_across_versions() {
         assert!(!link_exists(&pod::host_veth_name(&container, "eth0")));
     }
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
+    assert_eq!(bridge_ports(&fx), 0);
 }
 
 /// ADD announces the pod address with a gratuitous ARP: a bridge that accepts unsolicited

@@ -60,26 +60,40 @@ impl Masquerade {
         if installed.contains(&node_subnet) {
             return Ok(());
         }
-        // `add table/chain` are no-ops when they exist; the rule is added only if missing.
-        nft(
-            &["-f", "-"],
-            Some(&format!(
-                "add table ip {TABLE}\nadd chain ip {TABLE} {CHAIN} {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
-            )),
-        )?;
-        let listing = nft(&["list", "chain", "ip", TABLE, CHAIN], None)?;
-        if !listing.contains(&format!("\"{}\"", marker(node_subnet))) {
-            nft(
-                &["-f", "-"],
-                Some(&format!(
-                    "add rule ip {TABLE} {CHAIN} ip saddr {node_subnet} ip daddr != {pod_cidr} masquerade comment \"{}\"\n",
-                    marker(node_subnet)
-                )),
-            )?;
+        // Another evio process removing its last rule may drop the table between our steps
+        // (`remove`); the whole sequence is idempotent, so run it again.
+        let mut attempt = 0;
+        while let Err(e) = install(node_subnet, pod_cidr) {
+            attempt += 1;
+            if attempt == 3 {
+                return Err(e);
+            }
         }
         installed.insert(node_subnet);
         Ok(())
     }
+}
+
+/// Table, chain and (unless present) the rule of `node_subnet`.
+fn install(node_subnet: Ipv4Network, pod_cidr: Ipv4Network) -> Result<(), MasqueradeError> {
+    // `add table/chain` are no-ops when they exist; the rule is added only if missing.
+    nft(
+        &["-f", "-"],
+        Some(&format!(
+            "add table ip {TABLE}\nadd chain ip {TABLE} {CHAIN} {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
+        )),
+    )?;
+    let listing = nft(&["list", "chain", "ip", TABLE, CHAIN], None)?;
+    if !listing.contains(&format!("\"{}\"", marker(node_subnet))) {
+        nft(
+            &["-f", "-"],
+            Some(&format!(
+                "add rule ip {TABLE} {CHAIN} ip saddr {node_subnet} ip daddr != {pod_cidr} masquerade comment \"{}\"\n",
+                marker(node_subnet)
+            )),
+        )?;
+    }
+    Ok(())
 }
 
 /// Removes the rule of `node_subnet` (e.g. when its lease is released), and evio's table once

@@ -179,7 +179,13 @@ pub struct PodNetwork {
     handle: Handle,
     bridge_lock: tokio::sync::Mutex<()>,
     masquerade: Masquerade,
+    /// Bounds the requests in flight on the shared netlink socket: with ~50 at once its
+    /// receive buffer overflowed and an answer was lost (an ADD then waited forever).
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// Requests served at once; more wait their turn (kubelet may send dozens together).
+const MAX_IN_FLIGHT: usize = 8;
 
 impl PodNetwork {
     /// Must be called inside a tokio runtime (the netlink connection runs on it).
@@ -187,23 +193,34 @@ impl PodNetwork {
         Ok(Self {
             handle: netlink::connect()?,
             bridge_lock: tokio::sync::Mutex::new(()),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             masquerade: Masquerade::default(),
         })
     }
 
+    async fn turn(&self, request: &Request) -> Result<tokio::sync::SemaphorePermit<'_>, CniError> {
+        self.in_flight
+            .acquire()
+            .await
+            .map_err(|_| CniError::new(&request.version(), code::TRY_AGAIN_LATER, "shutting down"))
+    }
+
     /// Sets up the pod interface; returns the CNI result for the config's version.
     pub async fn add(&self, request: &Request) -> Result<Value, CniError> {
+        let _turn = self.turn(request).await?;
         add(&self.handle, &self.bridge_lock, &self.masquerade, request).await
     }
 
     /// Removes the pod interface and releases its address. Idempotent; needs no netns.
     pub async fn del(&self, request: &Request) -> Result<Value, CniError> {
+        let _turn = self.turn(request).await?;
         del(&self.handle, request).await
     }
 
     /// Verifies the pod's interface, address, default route and bridge port against
     /// `prevResult`, then delegates CHECK to IPAM.
     pub async fn check(&self, request: &Request) -> Result<Value, CniError> {
+        let _turn = self.turn(request).await?;
         check(&self.handle, request).await
     }
 
@@ -220,6 +237,7 @@ impl PodNetwork {
     /// Removes evio veths and host-local reservations of attachments not listed in
     /// `cni.dev/valid-attachments`.
     pub async fn gc(&self, request: &Request) -> Result<Value, CniError> {
+        let _turn = self.turn(request).await?;
         gc(&self.handle, request).await
     }
 }
