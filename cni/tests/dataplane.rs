@@ -172,6 +172,21 @@ fn link_exists(name: &str) -> bool {
     ip(&["link", "show", name]).status.success()
 }
 
+/// Right after DEL a host veth is gone or retired: down, marked for the reaper.
+fn assert_cut_off(name: &str) {
+    let out = ip(&["-d", "link", "show", name]);
+    if !out.status.success() {
+        return; // already deleted
+    }
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    let flags = shown.split(['<', '>']).nth(1).unwrap_or_default();
+    assert!(
+        !flags.split(',').any(|f| f == "UP")
+            && shown.contains(&format!("alias {}", evio_cni::dataplane::reaper::RETIRED)),
+        "{name} is not cut off after DEL: {shown}"
+    );
+}
+
 fn ping_from(netns_path: &str, target: &str) -> bool {
     let ns = netns_path.trim_start_matches("/run/netns/");
     Process::new("ip")
@@ -352,7 +367,9 @@ async fn scenario(kind: &'static str) {
     // DEL: idempotent, and fine once the netns is gone.
     let del_a = fx.request(Command::Del, "a", &ns_a, fx.config("3.254"));
     pods.del(&del_a).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_cut_off(&pod::host_veth_name(&del_a.container_id, "eth0"));
     pods.del(&del_a).await.unwrap_or_else(|e| panic!("{e:?}"));
+    pods.settled().await;
     assert!(!link_exists(&pod::host_veth_name(
         &del_a.container_id,
         "eth0"
@@ -363,6 +380,7 @@ async fn scenario(kind: &'static str) {
     let del_b = fx.request(Command::Del, "b", &ns_b, fx.config("3.254"));
     pods.del(&del_b).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
+    pods.settled().await;
     assert!(!link_exists(&pod::host_veth_name(
         &del_b.container_id,
         "eth0"
@@ -451,15 +469,21 @@ async fn concurrent_adds_and_dels(kind: &'static str, octet: u8) {
         let pods = pods.clone();
         tokio::spawn(async move { pods.del(&request).await.map(|_| request.container_id) })
     });
+    let mut deleted = Vec::new();
     for del in dels.collect::<Vec<_>>() {
         let container = del
             .await
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|e| panic!("{e:?}"));
-        assert!(!link_exists(&pod::host_veth_name(&container, "eth0")));
+        assert_cut_off(&pod::host_veth_name(&container, "eth0"));
+        deleted.push(container);
     }
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
+    pods.settled().await;
     assert_eq!(bridge_ports(&fx), 0);
+    for container in deleted {
+        assert!(!link_exists(&pod::host_veth_name(&container, "eth0")));
+    }
 }
 
 /// ADD announces the pod address with a gratuitous ARP: a bridge that accepts unsolicited
@@ -504,4 +528,71 @@ async fn add_sends_gratuitous_arp() {
     let mut del = add.clone();
     del.command = Command::Del;
     pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+}
+
+/// DEL answers before the kernel has deleted the veth pair: the veth is retired at once, an
+/// ADD of the same attachment right after DEL works, the queue deletes it, and a veth retired
+/// before a daemon restart is deleted by the next daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_veths_never_block_an_add_and_are_deleted() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("LXBR");
+    fx.octet = 95;
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let ns = fx.netns("a");
+    let add = fx.request(Command::Add, "a", &ns, fx.config("3.254"));
+    let host = pod::host_veth_name(&add.container_id, "eth0");
+    pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let mut del = add.clone();
+    del.command = Command::Del;
+    for _ in 0..5 {
+        pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_cut_off(&host);
+        let pod_links = ip(&["-n", ns.trim_start_matches("/run/netns/"), "-o", "link"]);
+        let pod_links = String::from_utf8_lossy(&pod_links.stdout).to_string();
+        assert!(
+            !pod_links.contains(" eth0@"),
+            "eth0 still taken after DEL: {pod_links}"
+        );
+        // The runtime retries the same sandbox at once: the retired veth must not be in the way.
+        let again = pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(again["ips"][0]["address"].is_string(), "{again}");
+        assert!(ping_from(&ns, &fx.net("3.1")));
+    }
+    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+    pods.settled().await;
+    assert!(!link_exists(&host));
+    assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
+
+    // A veth retired by a daemon that stopped before deleting it: the next one deletes it.
+    let orphan = format!("evr{}", fx.tag);
+    let retired_alias = format!("{}evio:x:orphan/eth0", evio_cni::dataplane::reaper::RETIRED);
+    let created = ip(&[
+        "link",
+        "add",
+        &orphan,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{orphan}p"),
+    ]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(ip(&["link", "set", &orphan, "alias", &retired_alias])
+        .status
+        .success());
+    let next = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    next.settled().await;
+    let left = link_exists(&orphan);
+    let _ = ip(&["link", "del", &orphan]);
+    assert!(
+        !left,
+        "the retired veth {orphan} survived a new daemon's start"
+    );
 }

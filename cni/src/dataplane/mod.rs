@@ -6,5 +6,6 @@ pub mod masquerade;
 pub mod netlink;
 pub mod ovsdb;
 pub mod pod;
+pub mod reaper;
 
 pub use pod::PodNetwork;

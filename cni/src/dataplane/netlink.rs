@@ -45,39 +45,103 @@ pub fn connect() -> Result<Handle, NetlinkError> {
     Ok(handle)
 }
 
-/// Runs `work` with a netlink handle inside the network namespace at `netns`, on a thread of
-/// its own (a namespace switch is per thread and must not leak into the daemon's runtime).
-pub fn in_netns<T, F, Fut>(netns: &Path, work: F) -> Result<T, NetlinkError>
-where
-    T: Send + 'static,
-    F: FnOnce(Handle) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T, NetlinkError>>,
-{
-    let ns_file = File::open(netns).map_err(|e| NetlinkError {
-        action: format!("opening netns {}", netns.display()),
-        reason: e.to_string(),
-    })?;
-    let shown = netns.display().to_string();
-    let thread = std::thread::spawn(move || {
-        nix::sched::setns(ns_file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-            NetlinkError {
-                action: format!("entering netns {shown}"),
-                reason: e.to_string(),
-            }
+/// Netlink (and, for ADD, a packet socket to announce the pod's address) inside a pod's
+/// network namespace, served by the daemon's runtime. A socket belongs to the namespace it was
+/// created in, so only the creation needs a thread inside the pod netns: a short-lived one,
+/// because a namespace switch is per thread and must not leak into the runtime's workers.
+pub struct PodNetns {
+    pub handle: Handle,
+    announce: Option<std::os::fd::OwnedFd>,
+}
+
+impl PodNetns {
+    /// Opens the sockets in the namespace at `netns`; `announce` also opens the packet socket
+    /// `configure_pod_side` sends its gratuitous ARP from.
+    pub async fn open(netns: &Path, announce: bool) -> Result<Self, NetlinkError> {
+        let ns_file = File::open(netns).map_err(|e| NetlinkError {
+            action: format!("opening netns {}", netns.display()),
+            reason: e.to_string(),
         })?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| NetlinkError {
-                action: "starting a namespace runtime".into(),
-                reason: e.to_string(),
-            })?;
-        runtime.block_on(async move { work(connect()?).await })
-    });
-    thread.join().map_err(|_| NetlinkError {
-        action: "namespace worker".into(),
-        reason: "panicked".into(),
-    })?
+        let shown = netns.display().to_string();
+        let runtime = tokio::runtime::Handle::current();
+        let (reply, opened) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let sockets = (|| {
+                nix::sched::setns(ns_file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |e| NetlinkError {
+                        action: format!("entering netns {shown}"),
+                        reason: e.to_string(),
+                    },
+                )?;
+                // The socket registers with the daemon's reactor, not a runtime of this thread.
+                let _runtime = runtime.enter();
+                let (connection, handle, _) =
+                    rtnetlink::new_connection().map_err(|e| NetlinkError {
+                        action: format!("opening a netlink socket in {shown}"),
+                        reason: e.to_string(),
+                    })?;
+                let announce = announce.then(packet_socket).transpose()?;
+                Ok((connection, handle, announce))
+            })();
+            // The receiver is gone only if the request was dropped; the sockets close with it.
+            let _ = reply.send(sockets);
+        });
+        let (connection, handle, announce) = opened.await.map_err(|_| NetlinkError {
+            action: format!("entering netns {}", netns.display()),
+            reason: "namespace thread ended without an answer".into(),
+        })??;
+        tokio::spawn(connection);
+        Ok(Self { handle, announce })
+    }
+}
+
+impl PodNetns {
+    /// Neighbours learn the (possibly reused) address now, not on their next ARP timeout:
+    /// gratuitous ARPs (sender = target = `ip`) from interface `index`, as the reference
+    /// bridge plugin sends. Repeated off the request's path: the first one can beat the
+    /// bridge port's move to forwarding (the carrier event is handled asynchronously), and
+    /// closing a packet socket waits for an RCU grace period. Best effort: a lost
+    /// announcement only delays the first packets.
+    pub fn announce(&self, index: u32, mac: [u8; 6], ip: Ipv4Addr) {
+        let Some(socket) = self.announce.as_ref().and_then(|s| s.try_clone().ok()) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            for pause_ms in [0, 20, 200] {
+                std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+                if let Err(e) = send_gratuitous_arp(&socket, index, mac, ip) {
+                    tracing::debug!(error = %e, index, "gratuitous ARP failed");
+                    break;
+                }
+            }
+        });
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        // Closing a packet socket waits for an RCU grace period (several ms): not on the
+        // request's path.
+        if let Some(fd) = self.announce.take() {
+            std::thread::spawn(move || drop(fd));
+        }
+    }
+}
+
+/// A send-only packet socket (protocol 0: no receive hook) of the calling thread's namespace.
+fn packet_socket() -> Result<std::os::fd::OwnedFd, NetlinkError> {
+    use nix::libc;
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2); a valid descriptor is owned by the OwnedFd from here on.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(NetlinkError {
+            action: "opening a packet socket".into(),
+            reason: std::io::Error::last_os_error().to_string(),
+        });
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// The index of link `name`, which must exist.
@@ -101,6 +165,19 @@ pub async fn link_by_name(
         Ok(link) => Ok(link),
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(fail(format!("looking up link {name}"))(e)),
+    }
+}
+
+/// The link with `index`, if any.
+pub async fn link_by_index(
+    handle: &Handle,
+    index: u32,
+) -> Result<Option<LinkMessage>, NetlinkError> {
+    let mut links = handle.link().get().match_index(index).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(fail(format!("looking up link {index}"))(e)),
     }
 }
 
@@ -252,21 +329,97 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetlinkErr
     }
 }
 
+/// Deletes the link with `index`; absent is fine. An index, unlike a name, is never handed to
+/// a newer link soon after (the kernel allocates them cyclically).
+pub async fn delete_index(handle: &Handle, index: u32) -> Result<bool, NetlinkError> {
+    match handle.link().del(index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(fail(format!("deleting link {index}"))(e)),
+    }
+}
+
+/// Takes link `index` down and sets its alias to `alias`: traffic stops at once (a bridge
+/// port whose device is down forwards nothing), and the alias marks it for deletion should
+/// the daemon stop before it. It stays on its bridge: leaving one waits for an RCU grace
+/// period under the RTNL lock, which the deletion pays anyway.
+pub async fn retire(handle: &Handle, index: u32, alias: &str) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .down()
+                .alias(alias)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(fail(format!("taking link {index} down")))
+}
+
+/// Inside the pod netns: takes `ifname` down and renames it to `retired_name`, if it is the
+/// peer of host link `peer_index` (never someone else's interface of that name). The name is
+/// free for the runtime at once; the pair is deleted later. Returns whether it did.
+pub async fn retire_pod_end(
+    pod: &PodNetns,
+    ifname: &str,
+    peer_index: u32,
+    retired_name: &str,
+) -> Result<bool, NetlinkError> {
+    let handle = &pod.handle;
+    let Some(link) = link_by_name(handle, ifname).await? else {
+        return Ok(false);
+    };
+    let is_peer = link
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::Link(index) if *index == peer_index));
+    if !is_peer {
+        return Ok(false);
+    }
+    let index = link.header.index;
+    // A link must be down to be renamed; the kernel applies a name before flags, so two steps.
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).down().build())
+        .execute()
+        .await
+        .map_err(fail(format!("taking {ifname} down")))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).name(retired_name).build())
+        .execute()
+        .await
+        .map_err(fail(format!("renaming {ifname} to {retired_name}")))?;
+    Ok(true)
+}
+
+pub fn alias_of(link: &LinkMessage) -> &str {
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfAlias(alias) => Some(alias.as_str()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 /// Inside the pod netns: brings `ifname` and `lo` up, adds the address and (optionally) the
 /// default route, announces the address. Returns the interface's MAC.
 pub async fn configure_pod_side(
-    handle: Handle,
-    ifname: String,
+    pod: &PodNetns,
+    ifname: &str,
     addr: Ipv4Addr,
     prefix: u8,
     default_gw: Option<Ipv4Addr>,
 ) -> Result<String, NetlinkError> {
-    let index = link_index(&handle, &ifname).await?;
-    set_up(&handle, index).await?;
-    if let Some(lo) = link_by_name(&handle, "lo").await? {
-        set_up(&handle, lo.header.index).await?;
+    let handle = &pod.handle;
+    let index = link_index(handle, ifname).await?;
+    set_up(handle, index).await?;
+    if let Some(lo) = link_by_name(handle, "lo").await? {
+        set_up(handle, lo.header.index).await?;
     }
-    add_address(&handle, index, addr, prefix).await?;
+    add_address(handle, index, addr, prefix).await?;
     if let Some(gw) = default_gw {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
@@ -279,14 +432,10 @@ pub async fn configure_pod_side(
             Err(e) => return Err(fail(format!("adding default route via {gw}"))(e)),
         }
     }
-    let link = link_by_name(&handle, &ifname).await?;
+    let link = link_by_name(handle, ifname).await?;
     let mac = link.as_ref().and_then(mac_bytes);
     if let Some(mac) = mac {
-        // Neighbours learn the (possibly reused) address now, not on their next ARP timeout.
-        // Best effort: a lost announcement only delays the first packets.
-        if let Err(e) = send_gratuitous_arp(index, mac, addr) {
-            tracing::warn!(error = %e, ifname, "gratuitous ARP failed");
-        }
+        pod.announce(index, mac, addr);
     }
     Ok(link.as_ref().map(mac_of).unwrap_or_default())
 }
@@ -299,9 +448,15 @@ fn mac_bytes(link: &LinkMessage) -> Option<[u8; 6]> {
 }
 
 /// Broadcasts one gratuitous ARP request (sender = target = `ip`) on interface `index` of
-/// the calling thread's namespace, as the reference bridge plugin does after ADD.
-fn send_gratuitous_arp(index: u32, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Result<()> {
+/// the socket's namespace, as the reference bridge plugin does after ADD.
+fn send_gratuitous_arp(
+    socket: &std::os::fd::OwnedFd,
+    index: u32,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+) -> std::io::Result<()> {
     use nix::libc;
+    use std::os::fd::AsRawFd;
     const ETH_P_ARP: u16 = 0x0806;
     let mut frame = Vec::with_capacity(42);
     frame.extend_from_slice(&[0xff; 6]); // destination: broadcast
@@ -313,39 +468,28 @@ fn send_gratuitous_arp(index: u32, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Resul
     frame.extend_from_slice(&[0; 6]);
     frame.extend_from_slice(&ip.octets());
 
-    // SAFETY: plain socket/sendto/close FFI calls with a fully initialised sockaddr_ll and a
-    // frame buffer that outlives the call; the fd is closed on every path.
-    unsafe {
-        // Protocol 0: send-only, so no receive hook to unregister on close.
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    // SAFETY: zeroed sockaddr_ll is a valid value; sendto gets a fully initialised address
+    // and a frame buffer that outlive the call, on a descriptor the OwnedFd keeps open.
+    let sent = unsafe {
         let mut addr: libc::sockaddr_ll = std::mem::zeroed();
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_protocol = ETH_P_ARP.to_be();
         addr.sll_ifindex = index as i32;
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-        let sent = libc::sendto(
-            fd,
+        libc::sendto(
+            socket.as_raw_fd(),
             frame.as_ptr().cast(),
             frame.len(),
             0,
             (&addr as *const libc::sockaddr_ll).cast(),
             std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        );
-        let result = if sent < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        };
-        // Closing a packet socket waits for an RCU grace period (several ms); the frame is
-        // already queued, so the close need not hold up the pod's ADD.
-        let owned = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        std::thread::spawn(move || drop(owned));
-        result
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// Name, alias and controller (bridge) index of every link in the namespace.
@@ -372,12 +516,12 @@ pub async fn links(handle: &Handle) -> Result<Vec<(String, String, Option<u32>)>
 /// What CHECK verifies inside the pod netns: the interface's IPv4 addresses and the default
 /// route's gateway. `None` when the interface is missing.
 pub async fn pod_side_state(
-    handle: Handle,
-    ifname: String,
+    handle: &Handle,
+    ifname: &str,
 ) -> Result<Option<(Vec<(Ipv4Addr, u8)>, Option<Ipv4Addr>)>, NetlinkError> {
     use rtnetlink::packet_route::address::AddressAttribute;
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-    let Some(link) = link_by_name(&handle, &ifname).await? else {
+    let Some(link) = link_by_name(handle, ifname).await? else {
         return Ok(None);
     };
     let index = link.header.index;

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::Path;
 
 use ipnetwork::Ipv4Network;
 use rtnetlink::Handle;
@@ -16,6 +16,7 @@ use super::ipam;
 use super::masquerade::Masquerade;
 use super::netlink::{self, NetlinkError};
 use super::ovsdb::{self, Ovsdb, OvsdbError};
+use super::reaper::{Reaper, RETIRED};
 use crate::conf::BridgeType;
 use crate::spec::{code, CniError, Command, Request};
 
@@ -182,6 +183,7 @@ pub struct PodNetwork {
     /// Bounds the requests in flight on the shared netlink socket: with ~50 at once its
     /// receive buffer overflowed and an answer was lost (an ADD then waited forever).
     in_flight: tokio::sync::Semaphore,
+    reaper: Reaper,
 }
 
 /// Requests served at once; more wait their turn (kubelet may send dozens together).
@@ -190,8 +192,10 @@ const MAX_IN_FLIGHT: usize = 8;
 impl PodNetwork {
     /// Must be called inside a tokio runtime (the netlink connection runs on it).
     pub fn new() -> Result<Self, NetlinkError> {
+        let handle = netlink::connect()?;
         Ok(Self {
-            handle: netlink::connect()?,
+            reaper: Reaper::start(handle.clone()),
+            handle,
             bridge_lock: tokio::sync::Mutex::new(()),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             masquerade: Masquerade::default(),
@@ -214,7 +218,12 @@ impl PodNetwork {
     /// Removes the pod interface and releases its address. Idempotent; needs no netns.
     pub async fn del(&self, request: &Request) -> Result<Value, CniError> {
         let _turn = self.turn(request).await?;
-        del(&self.handle, request).await
+        del(&self.handle, &self.reaper, request).await
+    }
+
+    /// Waits until the veths of deleted pods are gone (DEL leaves their deletion to a queue).
+    pub async fn settled(&self) {
+        self.reaper.drained().await
     }
 
     /// Verifies the pod's interface, address, default route and bridge port against
@@ -290,15 +299,12 @@ async fn check(handle: &Handle, request: &Request) -> Result<Value, CniError> {
         )));
     }
     let state = {
-        let (ifname, path) = (request.ifname.clone(), PathBuf::from(&request.netns));
-        tokio::task::spawn_blocking(move || {
-            netlink::in_netns(&path, move |h| netlink::pod_side_state(h, ifname))
-        })
-        .await
-        .map_err(|e| {
-            CniError::new(&version, CODE_NETLINK, "netns worker").with_details(e.to_string())
-        })?
-        .map_err(netlink_error(&version))?
+        let pod = netlink::PodNetns::open(Path::new(&request.netns), false)
+            .await
+            .map_err(netlink_error(&version))?;
+        netlink::pod_side_state(&pod.handle, &request.ifname)
+            .await
+            .map_err(netlink_error(&version))?
     };
     let Some((addresses, default_gw)) = state else {
         return Err(failed(format!(
@@ -366,6 +372,15 @@ async fn gc(handle: &Handle, request: &Request) -> Result<Value, CniError> {
                 .map_err(netlink_error(&version))?;
         }
     }
+    // Retired veths are no attachment's: normally the reaper's, but GC makes sure.
+    for index in super::reaper::retired_links(handle)
+        .await
+        .map_err(netlink_error(&version))?
+    {
+        netlink::delete_index(handle, index)
+            .await
+            .map_err(netlink_error(&version))?;
+    }
     gc_host_local(request, &valid).map_err(|e| {
         CniError::new(&version, code::IO_FAILURE, "GC of host-local reservations")
             .with_details(e.to_string())
@@ -420,6 +435,14 @@ fn gc_host_local(
     Ok(())
 }
 
+/// What an ADD has done so far, undone in reverse when a later step fails.
+#[derive(Default)]
+struct AddUndo {
+    veth: bool,
+    ovs_port: bool,
+    ipam: bool,
+}
+
 async fn add(
     handle: &Handle,
     bridge_lock: &tokio::sync::Mutex<()>,
@@ -428,8 +451,8 @@ async fn add(
 ) -> Result<Value, CniError> {
     let version = request.version();
     let conf = parse_conf(request)?;
-    let netns_path = PathBuf::from(&request.netns);
-    let netns = File::open(&netns_path).map_err(|e| {
+    let netns_path = Path::new(&request.netns);
+    let netns = File::open(netns_path).map_err(|e| {
         CniError::new(
             &version,
             code::INVALID_ENVIRONMENT,
@@ -437,22 +460,35 @@ async fn add(
         )
         .with_details(e.to_string())
     })?;
-    let ifname = request.ifname.clone();
-    let taken = {
-        let ifname = ifname.clone();
-        let path = netns_path.clone();
-        tokio::task::spawn_blocking(move || {
-            netlink::in_netns(&path, move |h| async move {
-                Ok(netlink::link_by_name(&h, &ifname).await?.is_some())
-            })
-        })
+    let ifname = request.ifname.as_str();
+    let host = host_veth_name(&request.container_id, ifname);
+    if let Some(existing) = netlink::link_by_name(handle, &host)
         .await
-        .map_err(|e| {
-            CniError::new(&version, CODE_NETLINK, "netns worker").with_details(e.to_string())
-        })?
         .map_err(netlink_error(&version))?
-    };
-    if taken {
+    {
+        if !netlink::alias_of(&existing).starts_with(RETIRED) {
+            return Err(CniError::new(
+                &version,
+                CODE_INTERFACE_EXISTS,
+                format!(
+                    "container {} already has {ifname} on this network (host veth {host})",
+                    request.container_id
+                ),
+            ));
+        }
+        // A DEL of this attachment retired it and its deletion is still queued.
+        netlink::delete_index(handle, existing.header.index)
+            .await
+            .map_err(netlink_error(&version))?;
+    }
+    let pod = netlink::PodNetns::open(netns_path, true)
+        .await
+        .map_err(netlink_error(&version))?;
+    if netlink::link_by_name(&pod.handle, ifname)
+        .await
+        .map_err(netlink_error(&version))?
+        .is_some()
+    {
         return Err(CniError::new(
             &version,
             CODE_INTERFACE_EXISTS,
@@ -460,6 +496,60 @@ async fn add(
         ));
     }
 
+    // host-local's exec is most of an ADD: it runs while the links are built.
+    let ipam = {
+        let request = request.clone();
+        tokio::task::spawn_blocking(move || ipam::delegate(&request, Command::Add))
+    };
+    let mut undo = AddUndo::default();
+    let links = add_links(
+        handle,
+        bridge_lock,
+        &conf,
+        request,
+        &host,
+        &netns,
+        &mut undo,
+    )
+    .await;
+    let ipam_result = ipam.await.map_err(|e| {
+        CniError::new(&version, code::IO_FAILURE, "IPAM worker").with_details(e.to_string())
+    });
+    undo.ipam = matches!(ipam_result, Ok(Ok(_)));
+    let result = match (links, ipam_result) {
+        (Ok(bridge_index), Ok(Ok(ipam_result))) => {
+            configure(
+                handle,
+                masquerade,
+                &conf,
+                request,
+                &pod,
+                &host,
+                bridge_index,
+                &ipam_result,
+            )
+            .await
+        }
+        (Err(e), _) | (_, Err(e)) | (_, Ok(Err(e))) => Err(e),
+    };
+    if result.is_err() {
+        roll_back(handle, &conf, request, &host, &undo).await;
+    }
+    result
+}
+
+/// The host side: bridge, veth pair (pod end born in the pod netns), OVS port. Returns the
+/// bridge's index.
+async fn add_links(
+    handle: &Handle,
+    bridge_lock: &tokio::sync::Mutex<()>,
+    conf: &PluginConf,
+    request: &Request,
+    host: &str,
+    netns: &File,
+    undo: &mut AddUndo,
+) -> Result<u32, CniError> {
+    let version = request.version();
     let ovs_error = |e: OvsdbError| CniError::new(&version, CODE_OVSDB, e.to_string());
     let bridge_index = {
         let _serialized = bridge_lock.lock().await;
@@ -483,123 +573,121 @@ async fn add(
         .await
         .map_err(netlink_error(&version))?
     };
-    let host = host_veth_name(&request.container_id, &ifname);
-    let owner = owner_alias(request, &ifname);
+    let owner = owner_alias(request, &request.ifname);
     let linux_bridge = (!conf.is_ovs()).then_some(bridge_index);
     netlink::create_veth(
         handle,
-        &host,
-        &ifname,
+        host,
+        &request.ifname,
         &owner,
         conf.mtu,
         linux_bridge,
-        &netns,
+        netns,
     )
     .await
     .map_err(netlink_error(&version))?;
-
-    // From here on, a failure undoes the veth, the OVS port and the IPAM reservation.
-    let result = async {
-        if conf.is_ovs() {
-            let ids = [
-                ("evio-owner", owner.as_str()),
-                ("container_id", request.container_id.as_str()),
-                ("ifname", ifname.as_str()),
-            ];
-            conf.ovsdb()
-                .add_port(&conf.bridge, &host, &ids)
-                .await
-                .map_err(ovs_error)?;
-        }
-        let ipam_result = ipam::delegate(request, Command::Add)?;
-        let undo_ipam = |e: CniError| {
-            if let Err(del) = ipam::delegate(request, Command::Del) {
-                tracing::warn!(error = %del, "IPAM DEL during rollback failed");
-            }
-            e
-        };
-        let (address, ipam_gateway) = ipam_address(&ipam_result, &version).map_err(undo_ipam)?;
-        let gateway = ipam_gateway.unwrap_or(conf.bridge_ipv4.ip());
-        let default_gw = conf.is_default_gateway.then_some(gateway);
-        let pod_mac = {
-            let (ifname, path) = (ifname.clone(), netns_path.clone());
-            tokio::task::spawn_blocking(move || {
-                netlink::in_netns(&path, move |h| {
-                    netlink::configure_pod_side(
-                        h,
-                        ifname,
-                        address.ip(),
-                        address.prefix(),
-                        default_gw,
-                    )
-                })
-            })
+    undo.veth = true;
+    if conf.is_ovs() {
+        let ids = [
+            ("evio-owner", owner.as_str()),
+            ("container_id", request.container_id.as_str()),
+            ("ifname", request.ifname.as_str()),
+        ];
+        undo.ovs_port = true; // a failed add may still have committed
+        conf.ovsdb()
+            .add_port(&conf.bridge, host, &ids)
             .await
-            .map_err(|e| {
-                CniError::new(&version, CODE_NETLINK, "netns worker").with_details(e.to_string())
-            })
-            .and_then(|r| r.map_err(netlink_error(&version)))
-            .map_err(undo_ipam)?
-        };
-        enable_forwarding();
-        if let (true, Some(subnet), Some(cidr)) = (conf.is_ip_masq, conf.node_subnet, conf.pod_cidr)
-        {
-            masquerade
-                .ensure(subnet, cidr)
-                .map_err(|e| {
-                    CniError::new(&version, CODE_NETLINK, "installing the masquerade rule")
-                        .with_details(e.0)
-                })
-                .map_err(undo_ipam)?;
-        }
-        let host_mac = netlink::link_by_name(handle, &host)
-            .await
-            .ok()
-            .flatten()
-            .map(|l| netlink::mac_of(&l))
-            .unwrap_or_default();
-        let bridge_mac = netlink::link_by_name(handle, &conf.bridge)
-            .await
-            .ok()
-            .flatten()
-            .map(|l| netlink::mac_of(&l))
-            .unwrap_or_default();
-        let mut ip =
-            json!({"address": address.to_string(), "gateway": gateway.to_string(), "interface": 2});
-        if version.starts_with("0.3") {
-            ip["version"] = json!("4");
-        }
-        let mut result = json!({
-            "cniVersion": version,
-            "interfaces": [
-                {"name": conf.bridge, "mac": bridge_mac},
-                {"name": host, "mac": host_mac},
-                {"name": ifname, "mac": pod_mac, "sandbox": request.netns},
-            ],
-            "ips": [ip],
-            "routes": [],
-            "dns": ipam_result.get("dns").cloned().unwrap_or_else(|| json!({})),
-        });
-        if let Some(gw) = default_gw {
-            result["routes"] = json!([{"dst": "0.0.0.0/0", "gw": gw.to_string()}]);
-        }
-        Ok(result)
+            .map_err(ovs_error)?;
     }
-    .await;
-    if result.is_err() {
-        if conf.is_ovs() {
-            if let Err(e) = conf.ovsdb().del_port(&host).await {
-                tracing::warn!(error = %e, port = %host, "OVS port rollback failed");
-            }
+    Ok(bridge_index)
+}
+
+/// The pod side and the node-wide rules, once the links and the address exist; builds the
+/// result.
+#[allow(clippy::too_many_arguments)]
+async fn configure(
+    handle: &Handle,
+    masquerade: &Masquerade,
+    conf: &PluginConf,
+    request: &Request,
+    pod: &netlink::PodNetns,
+    host: &str,
+    bridge_index: u32,
+    ipam_result: &Value,
+) -> Result<Value, CniError> {
+    let version = request.version();
+    let ifname = request.ifname.as_str();
+    let (address, ipam_gateway) = ipam_address(ipam_result, &version)?;
+    let gateway = ipam_gateway.unwrap_or(conf.bridge_ipv4.ip());
+    let default_gw = conf.is_default_gateway.then_some(gateway);
+    let pod_mac =
+        netlink::configure_pod_side(pod, ifname, address.ip(), address.prefix(), default_gw)
+            .await
+            .map_err(netlink_error(&version))?;
+    enable_forwarding();
+    if let (true, Some(subnet), Some(cidr)) = (conf.is_ip_masq, conf.node_subnet, conf.pod_cidr) {
+        masquerade.ensure(subnet, cidr).map_err(|e| {
+            CniError::new(&version, CODE_NETLINK, "installing the masquerade rule")
+                .with_details(e.0)
+        })?;
+    }
+    let mac_of = |link: Option<rtnetlink::packet_route::link::LinkMessage>| {
+        link.map(|l| netlink::mac_of(&l)).unwrap_or_default()
+    };
+    let host_mac = mac_of(netlink::link_by_name(handle, host).await.ok().flatten());
+    let bridge_mac = mac_of(
+        netlink::link_by_index(handle, bridge_index)
+            .await
+            .ok()
+            .flatten(),
+    );
+    let mut ip =
+        json!({"address": address.to_string(), "gateway": gateway.to_string(), "interface": 2});
+    if version.starts_with("0.3") {
+        ip["version"] = json!("4");
+    }
+    let mut result = json!({
+        "cniVersion": version,
+        "interfaces": [
+            {"name": conf.bridge, "mac": bridge_mac},
+            {"name": host, "mac": host_mac},
+            {"name": ifname, "mac": pod_mac, "sandbox": request.netns},
+        ],
+        "ips": [ip],
+        "routes": [],
+        "dns": ipam_result.get("dns").cloned().unwrap_or_else(|| json!({})),
+    });
+    if let Some(gw) = default_gw {
+        result["routes"] = json!([{"dst": "0.0.0.0/0", "gw": gw.to_string()}]);
+    }
+    Ok(result)
+}
+
+async fn roll_back(
+    handle: &Handle,
+    conf: &PluginConf,
+    request: &Request,
+    host: &str,
+    undo: &AddUndo,
+) {
+    if undo.ipam {
+        if let Err(e) = ipam::delegate(request, Command::Del) {
+            tracing::warn!(error = %e, "IPAM DEL during rollback failed");
         }
-        if let Err(e) = netlink::delete_link(handle, &host).await {
+    }
+    if undo.ovs_port {
+        if let Err(e) = conf.ovsdb().del_port(host).await {
+            tracing::warn!(error = %e, port = %host, "OVS port rollback failed");
+        }
+    }
+    if undo.veth {
+        if let Err(e) = netlink::delete_link(handle, host).await {
             tracing::warn!(error = %e, veth = %host, "veth rollback failed");
         }
     }
-    result
 }
 
-async fn del(handle: &Handle, request: &Request) -> Result<Value, CniError> {
+async fn del(handle: &Handle, reaper: &Reaper, request: &Request) -> Result<Value, CniError> {
     let version = request.version();
     let host = host_veth_name(&request.container_id, &request.ifname);
     // DEL must work with whatever config it gets: OVS unless it says LXBR.
@@ -610,14 +698,45 @@ async fn del(handle: &Handle, request: &Request) -> Result<Value, CniError> {
             .await
             .map_err(|e| CniError::new(&version, CODE_OVSDB, e.to_string()))?;
     }
-    // Deleting the host end deletes the pod end with it, wherever it lives.
-    netlink::delete_link(handle, &host)
+    // The pod is cut off and its interface name freed before its address is released; the
+    // kernel's slow part (deleting the pair) happens after the answer (see `reaper`).
+    if let Some(link) = netlink::link_by_name(handle, &host)
         .await
-        .map_err(netlink_error(&version))?;
+        .map_err(netlink_error(&version))?
+    {
+        let alias = netlink::alias_of(&link);
+        if !alias.starts_with(RETIRED) {
+            let index = link.header.index;
+            netlink::retire(handle, index, &format!("{RETIRED}{alias}"))
+                .await
+                .map_err(netlink_error(&version))?;
+            reaper.delete_later(index);
+            retire_pod_end(request, index).await;
+        }
+    }
     if request.config["ipam"]["type"].is_string() {
         ipam::delegate(request, Command::Del)?;
     }
     Ok(Value::Null)
+}
+
+/// Frees `CNI_IFNAME` in the pod netns (renamed, down) so the runtime may reuse it at once.
+/// Best effort: the netns may be gone, and the reaper deletes the pair either way.
+async fn retire_pod_end(request: &Request, host_index: u32) {
+    if request.netns.is_empty() || !Path::new(&request.netns).exists() {
+        return;
+    }
+    let retired_name = format!(
+        "evr{}",
+        &host_veth_name(&request.container_id, &request.ifname)[4..]
+    );
+    let outcome = match netlink::PodNetns::open(Path::new(&request.netns), false).await {
+        Ok(pod) => netlink::retire_pod_end(&pod, &request.ifname, host_index, &retired_name).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = outcome {
+        tracing::warn!(error = %e, netns = %request.netns, "retiring the pod interface failed");
+    }
 }
 
 /// Pods route through the host: forwarding must be on. Failing to set it is logged, not
