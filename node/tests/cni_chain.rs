@@ -62,27 +62,18 @@ fn iptables_nat(args: &str) {
 }
 
 /// portmap creates CNI-HOSTPORT-{DNAT,SETMARK,MASQ} and jumps to them from PREROUTING,
-/// OUTPUT and POSTROUTING on its first ADD and never removes them; iptables-nft creates the
-/// `ip nat` and `ip6 nat` nftables tables holding them. What was not there before the test
-/// is removed on drop, once no port mapping uses it.
+/// OUTPUT and POSTROUTING on its first ADD and never removes them. If they were not there
+/// before the test and no port mapping uses them afterwards, they are removed on drop. (The
+/// nat tables iptables-nft created for them stay: empty, and shared with anything else on the
+/// host that uses iptables' nat table.)
 struct PortmapLeftovers {
     chains_before: bool,
-    /// ("ip" | "ip6", whether its nat table existed before)
-    tables_before: [(&'static str, bool); 2],
-}
-
-fn nat_table_exists(family: &str) -> bool {
-    Command::new("nft")
-        .args(["list", "table", family, "nat"])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 impl PortmapLeftovers {
     fn note() -> PortmapLeftovers {
         PortmapLeftovers {
             chains_before: nat_rules().contains("-N CNI-HOSTPORT-DNAT"),
-            tables_before: ["ip", "ip6"].map(|family| (family, nat_table_exists(family))),
         }
     }
 }
@@ -111,27 +102,6 @@ impl Drop for PortmapLeftovers {
         ] {
             iptables_nat(&format!("-F {chain}"));
             iptables_nat(&format!("-X {chain}"));
-        }
-        for (family, existed) in self.tables_before {
-            let tool = if family == "ip" {
-                "iptables"
-            } else {
-                "ip6tables"
-            };
-            let empty = Command::new(tool)
-                .args(["-w", "-t", "nat", "-S"])
-                .output()
-                .is_ok_and(|o| {
-                    o.status.success()
-                        && String::from_utf8_lossy(&o.stdout)
-                            .lines()
-                            .all(|l| l.starts_with("-P "))
-                });
-            if !existed && empty {
-                let _ = Command::new("nft")
-                    .args(["delete", "table", family, "nat"])
-                    .output();
-            }
         }
     }
 }
