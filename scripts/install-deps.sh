@@ -4,8 +4,8 @@
 # nftables and iproute2; etcd-server (the etcd mirror tests and the benchmarks' anchor), etcd-client
 # (etcdctl), protobuf-compiler (protoc, which the etcd-client crate needs at build time, with
 # libprotobuf-dev for its well-known .proto files), openssl (certificates for the etcd TLS test),
-# iptables (chaos tests' partitions). Idempotent; `apt-get update` runs once, only when something
-# is missing.
+# iptables (chaos tests' partitions; Debian's portmap, run by the CNI chain test, writes its
+# rules with it). Idempotent; `apt-get update` runs once, only when something is missing.
 set -euo pipefail
 
 packages=(containernetworking-plugins nftables iproute2 iputils-ping openvswitch-switch

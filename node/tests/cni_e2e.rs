@@ -2,141 +2,44 @@
 //! real `evio-node dev` daemon behind its unix socket, an OVS bridge (real ovsdb-server and
 //! ovs-vswitchd), a veth into a real netns and the real host-local plugin. Needs root (fails loudly under CI=true without it).
 
+#[path = "common/cni.rs"]
+mod cni_support;
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
-use common::{evio_node, Proc};
-use serde_json::{json, Value};
-
-fn evio_cni_binary() -> PathBuf {
-    // Built by `cargo test --workspace` next to evio-node.
-    let path = Path::new(common::BIN).with_file_name("evio-cni");
-    assert!(
-        path.is_file(),
-        "{} missing: build the workspace (cargo build -p evio-cni)",
-        path.display()
-    );
-    path
-}
-
-fn prerequisites() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let host_local = Path::new("/usr/lib/cni/host-local").is_file();
-    let ovs = Path::new("/run/openvswitch/db.sock").exists();
-    if root && host_local && ovs {
-        return true;
-    }
-    let why = format!(
-        "root={root} host-local={host_local} ovsdb={ovs} (run scripts/install-deps.sh and scripts/ovs-start.sh as root)"
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CNI e2e prerequisites missing under CI: {why}"
-    );
-    eprintln!("skipping CNI e2e test outside CI: {why}");
-    false
-}
-
-fn cni(command: &str, container: &str, netns: &str, config: &Value) -> (i32, Value) {
-    let mut child = Command::new(evio_cni_binary())
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(config.to_string().as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), value)
-}
-
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// Removes the masquerade rule the daemon installed for its node subnet.
-struct MasqueradeRule(ipnetwork::Ipv4Network);
-
-impl Drop for MasqueradeRule {
-    fn drop(&mut self) {
-        let _ = evio_cni::dataplane::masquerade::remove(self.0);
-    }
-}
-
-struct OvsBridge(String);
-
-impl Drop for OvsBridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ovs-vsctl")
-            .args(["--if-exists", "del-br", &self.0])
-            .output();
-    }
-}
+use cni_support::{cni, is_root, prerequisites, DevNode, MasqueradeRule, Netns, OvsBridge};
+use serde_json::json;
 
 #[test]
 fn evio_cni_add_and_del_through_the_daemon() {
-    if !prerequisites() {
+    let checks = [
+        ("root", is_root()),
+        ("host-local", Path::new("/usr/lib/cni/host-local").is_file()),
+        ("ovsdb", Path::new("/run/openvswitch/db.sock").exists()),
+    ];
+    if !prerequisites("CNI e2e", &checks) {
         return;
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let data = dir.path().join("data");
-    let socket = dir.path().join("cni.sock");
-    let data_arg = data.to_string_lossy().to_string();
-    let socket_arg = socket.to_string_lossy().to_string();
-    let daemon = Proc::spawn(evio_node(&[
-        "dev",
-        "--data-dir",
-        &data_arg,
-        "--listen",
-        "127.0.0.1:0",
-        "--node-name",
-        "cni-host",
-        "--cni-socket",
-        &socket_arg,
-    ]))
-    .unwrap_or_else(|e| panic!("{e}"));
+    let node = DevNode::start(dir.path(), "cni-host", None);
+    let daemon = &node.daemon;
 
-    // The conflist dev generated for its lease (OVS bridge by default), on the userspace
-    // datapath: these machines have no openvswitch kernel module.
-    let conflist: Value = serde_json::from_slice(
-        &std::fs::read(data.join("net.d/10-evio.conflist")).unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
     let tag = std::process::id();
     let bridge = format!("eve{tag}");
     let _bridge = OvsBridge(bridge.clone());
-    let mut config = conflist["plugins"][0].clone();
-    config["cniVersion"] = conflist["cniVersion"].clone();
-    config["name"] = json!(format!("evio-e2e-{tag}"));
+    // The conflist dev generated for its lease (OVS bridge by default), on the userspace
+    // datapath: these machines have no openvswitch kernel module.
+    let mut config = node.plugin_config(0, &format!("evio-e2e-{tag}"));
     config["bridge"] = json!(bridge);
     config["ovsDatapath"] = json!("netdev");
     // dev names its own socket in the conflist it writes
-    assert_eq!(config["socket"], socket_arg.as_str());
+    assert_eq!(config["socket"], node.socket.as_str());
     config["ipam"]["dataDir"] = json!(dir.path().join("ipam"));
 
-    let ns = Netns(format!("evio-e2e-{tag}"));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false));
-    let netns = format!("/run/netns/{}", ns.0);
+    let ns = Netns::create(format!("evio-e2e-{tag}"));
+    let netns = ns.path();
     let container = format!("e2e-{tag}");
 
     let subnet: ipnetwork::Ipv4Network = config["nodeSubnet"]

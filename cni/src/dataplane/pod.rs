@@ -18,6 +18,7 @@ use super::netlink::{self, NetlinkError};
 use super::ovsdb::{self, Ovsdb, OvsdbError};
 use super::reaper::{Reaper, RETIRED};
 use crate::conf::BridgeType;
+use crate::result;
 use crate::spec::{code, CniError, Command, Request};
 
 /// Interface-name collisions in the pod netns (plugin-specific code, as the spec allows).
@@ -268,7 +269,17 @@ async fn check(handle: &Handle, request: &Request) -> Result<Value, CniError> {
             "CHECK needs prevResult",
         ));
     }
-    let (address, gateway) = ipam_address(prev, &version)?;
+    // In a chain, prevResult also lists other plugins' addresses: check ours.
+    let ours = result::ips_of(prev, &request.ifname, &request.netns);
+    if ours.is_empty() {
+        return Err(CniError::new(
+            &version,
+            code::INVALID_NETWORK_CONFIG,
+            format!("prevResult has no address for {}", request.ifname),
+        )
+        .with_details(prev.to_string()));
+    }
+    let (address, gateway) = ipam_address(&json!({ "ips": ours }), &version)?;
     let host = host_veth_name(&request.container_id, &request.ifname);
     let bridge = netlink::link_by_name(handle, &conf.bridge)
         .await
@@ -451,6 +462,8 @@ async fn add(
 ) -> Result<Value, CniError> {
     let version = request.version();
     let conf = parse_conf(request)?;
+    // Not first in the chain: what the plugins before us did is answered with ours.
+    let prev = result::prev_result(&request.config, &version)?;
     let netns_path = Path::new(&request.netns);
     let netns = File::open(netns_path).map_err(|e| {
         CniError::new(
@@ -527,6 +540,7 @@ async fn add(
                 &host,
                 bridge_index,
                 &ipam_result,
+                prev.as_ref(),
             )
             .await
         }
@@ -614,6 +628,7 @@ async fn configure(
     host: &str,
     bridge_index: u32,
     ipam_result: &Value,
+    prev: Option<&Value>,
 ) -> Result<Value, CniError> {
     let version = request.version();
     let ifname = request.ifname.as_str();
@@ -641,12 +656,9 @@ async fn configure(
             .ok()
             .flatten(),
     );
-    let mut ip =
+    let ip =
         json!({"address": address.to_string(), "gateway": gateway.to_string(), "interface": 2});
-    if version.starts_with("0.3") {
-        ip["version"] = json!("4");
-    }
-    let mut result = json!({
+    let mut own = json!({
         "cniVersion": version,
         "interfaces": [
             {"name": conf.bridge, "mac": bridge_mac},
@@ -658,9 +670,9 @@ async fn configure(
         "dns": ipam_result.get("dns").cloned().unwrap_or_else(|| json!({})),
     });
     if let Some(gw) = default_gw {
-        result["routes"] = json!([{"dst": "0.0.0.0/0", "gw": gw.to_string()}]);
+        own["routes"] = json!([{"dst": "0.0.0.0/0", "gw": gw.to_string()}]);
     }
-    Ok(result)
+    Ok(result::chain(prev, &own, &version))
 }
 
 async fn roll_back(

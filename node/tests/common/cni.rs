@@ -1,0 +1,233 @@
+//! CNI plugins exec'd the way a container runtime does (`CNI_*` environment, config on
+//! stdin), a real `evio-node dev` daemon behind the shim's socket, and guards that remove
+//! what a test created (netns, masquerade rule, OVS bridge) even when it panics.
+//! Include with `#[path = "common/cni.rs"] mod cni_support;` next to `mod common;`.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::common::{evio_node, Proc, BIN};
+
+/// Where Debian's containernetworking-plugins installs host-local, portmap, ...
+pub const PLUGIN_DIR: &str = "/usr/lib/cni";
+
+pub fn evio_cni_binary() -> PathBuf {
+    // Built by `cargo test --workspace` next to evio-node.
+    let path = Path::new(BIN).with_file_name("evio-cni");
+    assert!(
+        path.is_file(),
+        "{} missing: build the workspace (cargo build -p evio-cni)",
+        path.display()
+    );
+    path
+}
+
+pub fn plugin(name: &str) -> PathBuf {
+    Path::new(PLUGIN_DIR).join(name)
+}
+
+/// Whether the test can run here: all `checks` hold. Under CI=true a missing one fails the
+/// test loudly; elsewhere the test is skipped with the reason.
+pub fn prerequisites(test: &str, checks: &[(&str, bool)]) -> bool {
+    if checks.iter().all(|(_, ok)| *ok) {
+        return true;
+    }
+    let why = checks
+        .iter()
+        .map(|(what, ok)| format!("{what}={ok}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let why = format!("{why} (run scripts/install-deps.sh and scripts/ovs-start.sh as root)");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} prerequisites missing under CI: {why}"
+    );
+    eprintln!("skipping {test} outside CI: {why}");
+    false
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Runs one CNI plugin binary as a runtime does: `CNI_*` in a clean environment, the
+/// config on stdin. Returns the exit code and stdout as JSON (null when empty).
+pub fn exec_plugin(
+    binary: &Path,
+    command: &str,
+    container: &str,
+    netns: &str,
+    ifname: &str,
+    config: &Value,
+) -> (i32, Value) {
+    let mut child = Command::new(binary)
+        .env_clear()
+        // plugins that exec iptables find it on the runtime's PATH
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", PLUGIN_DIR)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(config.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        if out.stdout.is_empty() {
+            Value::Null
+        } else {
+            json!({
+                "unparsed stdout": String::from_utf8_lossy(&out.stdout),
+                "stderr": String::from_utf8_lossy(&out.stderr),
+            })
+        }
+    });
+    (out.status.code().unwrap_or(-1), value)
+}
+
+/// The real `evio-cni` shim with `CNI_IFNAME=eth0`.
+pub fn cni(command: &str, container: &str, netns: &str, config: &Value) -> (i32, Value) {
+    exec_plugin(
+        &evio_cni_binary(),
+        command,
+        container,
+        netns,
+        "eth0",
+        config,
+    )
+}
+
+/// `ip ARGS`, asserting success.
+pub fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a link of that name exists in the host netns.
+pub fn link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn create(name: String) -> Netns {
+        ip(&["netns", "add", &name]);
+        Netns(name)
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Removes the masquerade rule the daemon installed for its node subnet.
+pub struct MasqueradeRule(pub ipnetwork::Ipv4Network);
+
+impl Drop for MasqueradeRule {
+    fn drop(&mut self) {
+        let _ = evio_cni::dataplane::masquerade::remove(self.0);
+    }
+}
+
+pub struct OvsBridge(pub String);
+
+impl Drop for OvsBridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ovs-vsctl")
+            .args(["--if-exists", "del-br", &self.0])
+            .output();
+    }
+}
+
+/// A Linux bridge, deleted on drop (LXBR mode creates it on the first ADD).
+pub struct LinuxBridge(pub String);
+
+impl Drop for LinuxBridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", "dev", &self.0])
+            .output();
+    }
+}
+
+/// A running `evio-node dev` with its data dir, CNI socket and the conflist it wrote.
+pub struct DevNode {
+    pub daemon: Proc,
+    pub conflist: Value,
+    pub socket: String,
+}
+
+impl DevNode {
+    /// `evio-node dev` under `dir`; `pod_cidr` None keeps dev's default.
+    pub fn start(dir: &Path, node_name: &str, pod_cidr: Option<&str>) -> DevNode {
+        let data = dir.join("data");
+        let socket = dir.join("cni.sock").to_string_lossy().to_string();
+        let data_arg = data.to_string_lossy().to_string();
+        let mut args = vec![
+            "dev",
+            "--data-dir",
+            &data_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--node-name",
+            node_name,
+            "--cni-socket",
+            &socket,
+        ];
+        if let Some(cidr) = pod_cidr {
+            args.extend(["--pod-cidr", cidr]);
+        }
+        let daemon = Proc::spawn(evio_node(&args)).unwrap_or_else(|e| panic!("{e}"));
+        let conflist: Value = serde_json::from_slice(
+            &std::fs::read(data.join("net.d/10-evio.conflist")).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        DevNode {
+            daemon,
+            conflist,
+            socket,
+        }
+    }
+
+    /// Plugin `index` of the conflist as a runtime hands it over: with the list's
+    /// `cniVersion` and `name` (here `name`, unique per test).
+    pub fn plugin_config(&self, index: usize, name: &str) -> Value {
+        let mut config = self.conflist["plugins"][index].clone();
+        assert!(config.is_object(), "no plugin {index}: {}", self.conflist);
+        config["cniVersion"] = self.conflist["cniVersion"].clone();
+        config["name"] = json!(name);
+        config
+    }
+}
