@@ -573,6 +573,9 @@ fn two_hosts(mode: Mode) {
             "{result}"
         );
         assert_eq!(result["ips"][0]["gateway"], gateway.as_str(), "{result}");
+        // The reservation DEL must release, in this host's own host-local data dir.
+        let reservation = host.ipam_dir().join(&network).join(address);
+        assert!(reservation.is_file(), "{} missing", reservation.display());
         attachments.push((container, netns));
     }
     for host in &hosts {
