@@ -38,6 +38,9 @@ pub struct NetConf {
     pub socket: String,
     /// OVS datapath: "system" (kernel) or "netdev" (userspace).
     pub ovs_datapath: String,
+    /// ovsdb-server's socket when not the default `/run/openvswitch/db.sock`; written to the
+    /// conflist only when set.
+    pub ovsdb_socket: Option<String>,
 }
 
 impl Default for NetConf {
@@ -53,6 +56,7 @@ impl Default for NetConf {
             mtu: 1500,
             socket: crate::spec::DEFAULT_SOCKET.into(),
             ovs_datapath: "system".into(),
+            ovsdb_socket: None,
         }
     }
 }
@@ -76,6 +80,7 @@ pub struct OriginalNetConf {
     pub mtu: Option<u32>,
     pub socket: Option<String>,
     pub ovs_datapath: Option<String>,
+    pub ovsdb_socket: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,6 +164,7 @@ impl OriginalNetConf {
             mtu: field!("mtu"),
             socket: field!("socket"),
             ovs_datapath: field!("ovsDatapath"),
+            ovsdb_socket: field!("ovsdbSocket"),
         };
         let bits = evio_raft::Pool::parse_node_bits(&conf.node_bits.as_string())
             .map_err(|e| invalid("nodeBits", &e.to_string()))?;
@@ -185,6 +191,13 @@ impl OriginalNetConf {
         }
         if conf.socket.as_ref().is_some_and(|s| !s.starts_with('/')) {
             return Err(invalid("socket", "expected an absolute path"));
+        }
+        if conf
+            .ovsdb_socket
+            .as_ref()
+            .is_some_and(|s| !s.starts_with('/'))
+        {
+            return Err(invalid("ovsdbSocket", "expected an absolute path"));
         }
         if conf
             .cni_version
@@ -219,6 +232,7 @@ impl OriginalNetConf {
             mtu: self.mtu.unwrap_or(d.mtu),
             socket: self.socket.clone().unwrap_or(d.socket),
             ovs_datapath: self.ovs_datapath.clone().unwrap_or(d.ovs_datapath),
+            ovsdb_socket: self.ovsdb_socket.clone().or(d.ovsdb_socket),
         }
     }
 }
@@ -250,7 +264,7 @@ pub enum ConfError {
 pub fn conflist(conf: &NetConf, lease: &Lease) -> Value {
     let pod_cidr = lease.pool.pod_cidr();
     let gateway = lease.block.gateway;
-    json!({
+    let mut value = json!({
         "cniVersion": conf.cni_version,
         "name": conf.name,
         "plugins": [
@@ -280,7 +294,11 @@ pub fn conflist(conf: &NetConf, lease: &Lease) -> Value {
             },
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
         ],
-    })
+    });
+    if let Some(socket) = &conf.ovsdb_socket {
+        value["plugins"][0]["ovsdbSocket"] = json!(socket);
+    }
+    value
 }
 
 /// Writes the conflist into `dir` atomically (mode 0644). Returns false when the file already
@@ -382,6 +400,7 @@ mod tests {
             ("isIPMasq", serde_json::json!("yes")),
             ("ovsDatapath", serde_json::json!("dpdk")),
             ("socket", serde_json::json!("relative.sock")),
+            ("ovsdbSocket", serde_json::json!("run/db.sock")),
         ];
         for (key, value) in cases {
             let mut conf = base.clone();
@@ -400,6 +419,24 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("\"podCIDR\""), "{err}");
         assert!(OriginalNetConf::from_value("f", &base).is_ok());
+    }
+
+    #[test]
+    fn ovsdb_socket_reaches_the_conflist_only_when_set() {
+        let lease = lease_at_block_3();
+        let plain = conflist(&NetConf::default(), &lease);
+        assert!(plain["plugins"][0].get("ovsdbSocket").is_none(), "{plain}");
+        let original = OriginalNetConf::from_value(
+            "net-conf.json",
+            &serde_json::json!({"podCIDR": "10.244.0.0/16", "nodeBits": 8,
+                                "ovsdbSocket": "/run/ovs-host-1/db.sock"}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let value = conflist(&original.net_conf(), &lease);
+        assert_eq!(
+            value["plugins"][0]["ovsdbSocket"],
+            "/run/ovs-host-1/db.sock"
+        );
     }
 
     #[test]

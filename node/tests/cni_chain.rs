@@ -6,9 +6,9 @@
 //! Linux-bridge mode, pod network 10.90.0.0/16. Needs root; under CI=true a missing
 //! prerequisite fails the test.
 
-#[path = "common/cni.rs"]
-mod cni_support;
 mod common;
+
+use common::cni as cni_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -250,7 +250,7 @@ fn portmap_after_evio_forwards_a_host_port_into_the_pod() {
     portmap["runtimeConfig"] = json!({"portMappings": [
         {"hostPort": host_port, "containerPort": CONTAINER_PORT, "protocol": "tcp"}]});
 
-    let ns = Netns::create(format!("evio-chain-p{pid}"));
+    let ns = Netns::add(format!("evio-chain-p{pid}"));
     let netns = ns.path();
     let container = format!("chain-p-{pid}");
     let _portmap_rules = PortmapAttachment {
@@ -366,7 +366,7 @@ fn evio_after_another_plugin_answers_the_merged_result() {
     let _masquerade = MasqueradeRule(node_subnet(&base));
 
     // The earlier plugin's interface really exists in the pod; evio must leave it alone.
-    let ns = Netns::create(format!("evio-chain-m{pid}"));
+    let ns = Netns::add(format!("evio-chain-m{pid}"));
     let netns = ns.path();
     // (a veth pair inside the pod: this kernel has no dummy links)
     ip(&[

@@ -2,9 +2,9 @@
 //! real `evio-node dev` daemon behind its unix socket, an OVS bridge (real ovsdb-server and
 //! ovs-vswitchd), a veth into a real netns and the real host-local plugin. Needs root (fails loudly under CI=true without it).
 
-#[path = "common/cni.rs"]
-mod cni_support;
 mod common;
+
+use common::cni as cni_support;
 
 use std::path::Path;
 use std::process::Command;
@@ -38,7 +38,7 @@ fn evio_cni_add_and_del_through_the_daemon() {
     assert_eq!(config["socket"], node.socket.as_str());
     config["ipam"]["dataDir"] = json!(dir.path().join("ipam"));
 
-    let ns = Netns::create(format!("evio-e2e-{tag}"));
+    let ns = Netns::add(format!("evio-e2e-{tag}"));
     let netns = ns.path();
     let container = format!("e2e-{tag}");
 

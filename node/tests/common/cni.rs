@@ -1,17 +1,19 @@
 //! CNI plugins exec'd the way a container runtime does (`CNI_*` environment, config on
-//! stdin), a real `evio-node dev` daemon behind the shim's socket, and guards that remove
-//! what a test created (netns, masquerade rule, OVS bridge) even when it panics.
-//! Include with `#[path = "common/cni.rs"] mod cni_support;` next to `mod common;`.
+//! stdin), inside a node's namespace if need be, a real `evio-node dev` daemon behind the
+//! shim's socket, and guards that remove what a test created (netns, links, masquerade rule,
+//! OVS bridge) even when it panics. `common::cni` (`use common::cni as cni_support;`).
 
 #![allow(dead_code)] // each test binary uses a different part
 
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::common::{evio_node, Proc, BIN};
+use super::{evio_node, Proc, BIN};
 
 /// Where Debian's containernetworking-plugins installs host-local, portmap, ...
 pub const PLUGIN_DIR: &str = "/usr/lib/cni";
@@ -55,6 +57,33 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Root, host-local and a running ovsdb-server: what most evio-cni tests need.
+pub fn evio_cni_prerequisites(test: &str) -> bool {
+    prerequisites(
+        test,
+        &[
+            ("root", is_root()),
+            ("host-local", plugin("host-local").is_file()),
+            ("ovsdb", Path::new("/run/openvswitch/db.sock").exists()),
+        ],
+    )
+}
+
+/// Runs `cmd` inside the network namespace at `netns` (joined in the child before exec, so
+/// the child's pid is the program's own and killing it needs no wrapper).
+pub fn in_netns(cmd: &mut Command, netns: impl AsRef<Path>) -> &mut Command {
+    let netns = netns.as_ref();
+    let file = File::open(netns).unwrap_or_else(|e| panic!("{}: {e}", netns.display()));
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // async-signal-safe setns(2) call on a descriptor opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
 /// Runs one CNI plugin binary as a runtime does: `CNI_*` in a clean environment, the
 /// config on stdin. Returns the exit code and stdout as JSON (null when empty).
 pub fn exec_plugin(
@@ -65,7 +94,24 @@ pub fn exec_plugin(
     ifname: &str,
     config: &Value,
 ) -> (i32, Value) {
-    let mut child = Command::new(binary)
+    exec_plugin_in(None, binary, command, container, netns, ifname, config)
+}
+
+/// `exec_plugin` inside the network namespace `host` (a node's), if given.
+pub fn exec_plugin_in(
+    host: Option<&str>,
+    binary: &Path,
+    command: &str,
+    container: &str,
+    netns: &str,
+    ifname: &str,
+    config: &Value,
+) -> (i32, Value) {
+    let mut cmd = Command::new(binary);
+    if let Some(host) = host {
+        in_netns(&mut cmd, host);
+    }
+    let mut child = cmd
         .env_clear()
         // plugins that exec iptables find it on the runtime's PATH
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -110,6 +156,48 @@ pub fn cni(command: &str, container: &str, netns: &str, config: &Value) -> (i32,
     )
 }
 
+/// Like `cni`, with `evio-cni` exec'd inside the network namespace `host` (a node's).
+pub fn cni_in(
+    host: Option<&str>,
+    command: &str,
+    container: &str,
+    netns: &str,
+    config: &Value,
+) -> (i32, Value) {
+    exec_plugin_in(
+        host,
+        &evio_cni_binary(),
+        command,
+        container,
+        netns,
+        "eth0",
+        config,
+    )
+}
+
+/// Execs `evio-cni` with exactly `env` and `stdin` (for malformed requests); returns its
+/// exit code and stdout as JSON (Null when empty or not JSON).
+pub fn exec_cni<'a>(
+    env: impl IntoIterator<Item = (&'a str, &'a str)>,
+    stdin: &[u8],
+) -> (i32, Value) {
+    let mut child = Command::new(evio_cni_binary())
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(mut input) = child.stdin.take() {
+        // The shim may answer before reading all of stdin.
+        let _ = input.write_all(stdin);
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), value)
+}
+
 /// `ip ARGS`, asserting success.
 pub fn ip(args: &[&str]) -> String {
     let out = Command::new("ip")
@@ -136,11 +224,13 @@ pub fn link_exists(name: &str) -> bool {
 pub struct Netns(pub String);
 
 impl Netns {
-    pub fn create(name: String) -> Netns {
+    pub fn add(name: impl Into<String>) -> Netns {
+        let name = name.into();
         ip(&["netns", "add", &name]);
         Netns(name)
     }
 
+    /// `/run/netns/NAME`, what `CNI_NETNS` and setns take.
     pub fn path(&self) -> String {
         format!("/run/netns/{}", self.0)
     }
@@ -168,6 +258,15 @@ impl Drop for OvsBridge {
         let _ = Command::new("ovs-vsctl")
             .args(["--if-exists", "del-br", &self.0])
             .output();
+    }
+}
+
+/// A host link, deleted on drop (absent is fine).
+pub struct HostLink(pub String);
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
     }
 }
 
