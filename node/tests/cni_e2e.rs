@@ -4,70 +4,26 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+#[path = "common/cni.rs"]
+mod cni_support;
+
+use cni_support::{exec_cni, prerequisites, Netns, OvsBridge};
 use common::{evio_node, Proc};
 use serde_json::{json, Value};
 
-fn evio_cni_binary() -> PathBuf {
-    // Built by `cargo test --workspace` next to evio-node.
-    let path = Path::new(common::BIN).with_file_name("evio-cni");
-    assert!(
-        path.is_file(),
-        "{} missing: build the workspace (cargo build -p evio-cni)",
-        path.display()
-    );
-    path
-}
-
-fn prerequisites() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let host_local = Path::new("/usr/lib/cni/host-local").is_file();
-    let ovs = Path::new("/run/openvswitch/db.sock").exists();
-    if root && host_local && ovs {
-        return true;
-    }
-    let why = format!(
-        "root={root} host-local={host_local} ovsdb={ovs} (run scripts/install-deps.sh and scripts/ovs-start.sh as root)"
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CNI e2e prerequisites missing under CI: {why}"
-    );
-    eprintln!("skipping CNI e2e test outside CI: {why}");
-    false
-}
-
 fn cni(command: &str, container: &str, netns: &str, config: &Value) -> (i32, Value) {
-    let mut child = Command::new(evio_cni_binary())
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(config.to_string().as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), value)
-}
-
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
+    exec_cni(
+        [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", container),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ],
+        config.to_string().as_bytes(),
+    )
 }
 
 /// Removes the masquerade rule the daemon installed for its node subnet.
@@ -76,16 +32,6 @@ struct MasqueradeRule(ipnetwork::Ipv4Network);
 impl Drop for MasqueradeRule {
     fn drop(&mut self) {
         let _ = evio_cni::dataplane::masquerade::remove(self.0);
-    }
-}
-
-struct OvsBridge(String);
-
-impl Drop for OvsBridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ovs-vsctl")
-            .args(["--if-exists", "del-br", &self.0])
-            .output();
     }
 }
 
@@ -130,13 +76,8 @@ fn evio_cni_add_and_del_through_the_daemon() {
     assert_eq!(config["socket"], socket_arg.as_str());
     config["ipam"]["dataDir"] = json!(dir.path().join("ipam"));
 
-    let ns = Netns(format!("evio-e2e-{tag}"));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false));
-    let netns = format!("/run/netns/{}", ns.0);
+    let ns = Netns::add(format!("evio-e2e-{tag}"));
+    let netns = ns.path();
     let container = format!("e2e-{tag}");
 
     let subnet: ipnetwork::Ipv4Network = config["nodeSubnet"]
