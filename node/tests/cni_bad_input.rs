@@ -407,35 +407,35 @@ struct Case {
 }
 
 impl Case {
-    fn setup(mut self, hook: impl Fn(&Fixture, &Invocation) + 'static) -> Self {
+    fn setup(&mut self, hook: impl Fn(&Fixture, &Invocation) + 'static) -> &mut Self {
         self.setup = Some(Box::new(hook));
         self
     }
 
     fn verify(
-        mut self,
+        &mut self,
         check: impl Fn(&Fixture, &Invocation, &Value) -> Result<(), String> + 'static,
-    ) -> Self {
+    ) -> &mut Self {
         self.verify = Some(Box::new(check));
         self
     }
 
-    fn undo(mut self, hook: impl Fn(&Fixture, &Invocation) + 'static) -> Self {
+    fn undo(&mut self, hook: impl Fn(&Fixture, &Invocation) + 'static) -> &mut Self {
         self.undo = Some(Box::new(hook));
         self
     }
 
-    fn teardown(mut self, hook: impl Fn(&Fixture, &Invocation) + 'static) -> Self {
+    fn teardown(&mut self, hook: impl Fn(&Fixture, &Invocation) + 'static) -> &mut Self {
         self.teardown = Some(Box::new(hook));
         self
     }
 
     /// Every name a link, port or bridge of this case could get.
-    fn names(&self, fx: &Fixture) -> Vec<String> {
+    fn names(&self) -> Vec<String> {
         let inv = &self.invocation;
         let (container, ifname) = (inv.var("CNI_CONTAINERID"), inv.var("CNI_IFNAME"));
         let mut names = vec![host_veth_name(container, ifname), ifname.to_string()];
-        for (c, i) in setup_pods(fx, container) {
+        for (c, i) in setup_pods(container) {
             names.push(host_veth_name(&c, i));
         }
         if let Some(bridge) = inv.config["bridge"].as_str() {
@@ -446,7 +446,7 @@ impl Case {
 }
 
 /// The (container, ifname) of the pods setup hooks may add for a case's container.
-fn setup_pods(_fx: &Fixture, container: &str) -> [(String, &'static str); 2] {
+fn setup_pods(container: &str) -> [(String, &'static str); 2] {
     [
         (format!("{container}-first"), "net9"),
         (container.to_string(), "eth0"),
@@ -486,28 +486,7 @@ impl<'a> Corpus<'a> {
     }
 }
 
-/// Replaces the case in place with a builder call (`Case` methods take it by value).
-fn with(case: &mut Case, build: impl FnOnce(Case) -> Case) {
-    let placeholder = Case {
-        name: String::new(),
-        kind: None,
-        invocation: Invocation {
-            env: BTreeMap::new(),
-            config: Value::Null,
-            raw: None,
-        },
-        want: succeeds(),
-        setup: None,
-        verify: None,
-        undo: None,
-        teardown: None,
-        cleans_up_setup: false,
-    };
-    let taken = std::mem::replace(case, placeholder);
-    *case = build(taken);
-}
-
-fn del_after_success(case: Case) -> Case {
+fn del_after_success(case: &mut Case) -> &mut Case {
     case.undo(|_, inv| {
         inv.command("DEL")
             .must_succeed("DEL after a successful case");
@@ -834,21 +813,19 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
         let case = c.case("bridge names a host veth", k, fails(7, "not a"), |fx, i| {
             i.config["bridge"] = json!(fx.foreign)
         });
-        with(case, |case| {
-            case.setup(|fx, _| {
-                ip(&[
-                    "link",
-                    "add",
-                    &fx.foreign,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &format!("{}p", fx.foreign),
-                ]);
-            })
-            .teardown(|fx, _| ip(&["link", "del", &fx.foreign]))
-        });
+        case.setup(|fx, _| {
+            ip(&[
+                "link",
+                "add",
+                &fx.foreign,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{}p", fx.foreign),
+            ]);
+        })
+        .teardown(|fx, _| ip(&["link", "del", &fx.foreign]));
     }
 
     // --- what a runtime may send: every version, netns, interfaces, IPAM ---
@@ -861,16 +838,14 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
                 succeeds(),
                 move |_, i| i.config["cniVersion"] = json!(version),
             );
-            with(case, |case| {
-                del_after_success(case.verify(move |_, _, out| {
-                    let address = out["ips"][0]["address"].as_str().unwrap_or_default();
-                    let net = format!("{NET}.{}.", kind.octet());
-                    if out["cniVersion"] != version || !address.starts_with(&net) {
-                        return Err(format!("result {out}"));
-                    }
-                    Ok(())
-                }))
-            });
+            del_after_success(case.verify(move |_, _, out| {
+                let address = out["ips"][0]["address"].as_str().unwrap_or_default();
+                let net = format!("{NET}.{}.", kind.octet());
+                if out["cniVersion"] != version || !address.starts_with(&net) {
+                    return Err(format!("result {out}"));
+                }
+                Ok(())
+            }));
         }
         c.case("ADD netns missing", k, fails(4, "CNI_NETNS"), |fx, i| {
             i.set_var("CNI_NETNS", &format!("/run/netns/{}-gone", fx.pod.0))
@@ -906,15 +881,13 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
         let case = c.case("DEL after the netns is gone", k, succeeds(), |_, i| {
             i.set_var("CNI_COMMAND", "DEL");
         });
-        with(case, |mut case| {
-            case.cleans_up_setup = true;
-            case.setup(|fx, inv| {
-                let scratch = Netns::add(format!("{}-s", fx.other.0));
-                let mut add = inv.command("ADD");
-                add.set_var("CNI_NETNS", &scratch.path());
-                add.must_succeed("ADD before the netns goes");
-                // dropped: the netns is deleted with the pod end of the veth
-            })
+        case.cleans_up_setup = true;
+        case.setup(|fx, inv| {
+            let scratch = Netns::add(format!("{}-s", fx.other.0));
+            let mut add = inv.command("ADD");
+            add.set_var("CNI_NETNS", &scratch.path());
+            add.must_succeed("ADD before the netns goes");
+            // dropped: the netns is deleted with the pod end of the veth
         });
         let case = c.case(
             "ADD eth0 already in the netns",
@@ -922,42 +895,36 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
             fails(100, "already exists"),
             |_, _| {},
         );
-        with(case, |case| {
-            case.setup(|fx, _| {
-                ip(&[
-                    "-n", &fx.pod.0, "link", "add", "eth0", "type", "veth", "peer", "name",
-                    "eth0peer",
-                ]);
-            })
-            .verify(|fx, _, _| {
-                let eth0 = ip_json(&["-n", &fx.pod.0, "-d", "addr", "show", "eth0"]);
-                match eth0.first() {
-                    Some(link)
-                        if link["linkinfo"]["info_kind"] == "veth"
-                            && addresses(link).is_empty() =>
-                    {
-                        Ok(())
-                    }
-                    other => Err(format!("the existing eth0 changed: {other:?}")),
+        case.setup(|fx, _| {
+            ip(&[
+                "-n", &fx.pod.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+            ]);
+        })
+        .verify(|fx, _, _| {
+            let eth0 = ip_json(&["-n", &fx.pod.0, "-d", "addr", "show", "eth0"]);
+            match eth0.first() {
+                Some(link)
+                    if link["linkinfo"]["info_kind"] == "veth" && addresses(link).is_empty() =>
+                {
+                    Ok(())
                 }
-            })
-            .teardown(|fx, _| ip(&["-n", &fx.pod.0, "link", "del", "eth0"]))
-        });
+                other => Err(format!("the existing eth0 changed: {other:?}")),
+            }
+        })
+        .teardown(|fx, _| ip(&["-n", &fx.pod.0, "link", "del", "eth0"]));
         let case = c.case(
             "ADD same container+ifname again, other netns",
             k,
             fails(101, "File exists"),
             |_, _| {},
         );
-        with(case, |case| {
-            case.setup(|fx, inv| {
-                pod_in_other_netns(fx, inv).must_succeed("first ADD");
-            })
-            .teardown(|fx, inv| {
-                pod_in_other_netns(fx, inv)
-                    .command("DEL")
-                    .must_succeed("DEL of the first pod");
-            })
+        case.setup(|fx, inv| {
+            pod_in_other_netns(fx, inv).must_succeed("first ADD");
+        })
+        .teardown(|fx, inv| {
+            pod_in_other_netns(fx, inv)
+                .command("DEL")
+                .must_succeed("DEL of the first pod");
         });
         let case = c.case(
             "GC without cni.dev/valid-attachments",
@@ -968,17 +935,15 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
                 i.config["cniVersion"] = json!("1.1.0");
             },
         );
-        with(case, |case| {
-            case.setup(|fx, inv| {
-                let mut pod = pod_in_other_netns(fx, inv);
-                pod.config["cniVersion"] = json!("1.0.0");
-                pod.must_succeed("ADD of the pod GC must keep");
-            })
-            .teardown(|fx, inv| {
-                let mut pod = pod_in_other_netns(fx, inv).command("DEL");
-                pod.config["cniVersion"] = json!("1.0.0");
-                pod.must_succeed("DEL of the kept pod");
-            })
+        case.setup(|fx, inv| {
+            let mut pod = pod_in_other_netns(fx, inv);
+            pod.config["cniVersion"] = json!("1.0.0");
+            pod.must_succeed("ADD of the pod GC must keep");
+        })
+        .teardown(|fx, inv| {
+            let mut pod = pod_in_other_netns(fx, inv).command("DEL");
+            pod.config["cniVersion"] = json!("1.0.0");
+            pod.must_succeed("DEL of the kept pod");
         });
         c.case(
             "CHECK without prevResult",
@@ -1020,24 +985,22 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
                     "rangeStart": net("240"), "rangeEnd": net("240"), "gateway": net("1")}]]);
             },
         );
-        with(case, |case| {
-            case.setup(|_, inv| {
-                first_pod(inv).must_succeed("ADD of the pod holding the last address");
-            })
-            .verify(move |fx, _, _| {
-                let file = fx.ipam_dir.join(&fx.network).join(net("240"));
-                let holder = std::fs::read_to_string(&file).unwrap_or_default();
-                if holder.contains("-first") {
-                    Ok(())
-                } else {
-                    Err(format!("{} now holds {holder:?}", file.display()))
-                }
-            })
-            .teardown(|_, inv| {
-                first_pod(inv)
-                    .command("DEL")
-                    .must_succeed("DEL of the first pod");
-            })
+        case.setup(|_, inv| {
+            first_pod(inv).must_succeed("ADD of the pod holding the last address");
+        })
+        .verify(move |fx, _, _| {
+            let file = fx.ipam_dir.join(&fx.network).join(net("240"));
+            let holder = std::fs::read_to_string(&file).unwrap_or_default();
+            if holder.contains("-first") {
+                Ok(())
+            } else {
+                Err(format!("{} now holds {holder:?}", file.display()))
+            }
+        })
+        .teardown(|_, inv| {
+            first_pod(inv)
+                .command("DEL")
+                .must_succeed("DEL of the first pod");
         });
         c.case(
             "ADD ipam subnet invalid",
@@ -1060,7 +1023,7 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
             fails(6, "no IPv4 address"),
             |_, i| i.config["ipam"]["ranges"] = json!([[{"subnet": "fd00:91::/120"}]]),
         );
-        c.case(
+        let case = c.case(
             "ADD ovsdbSocket unreachable",
             k,
             if kind == Kind::Ovs {
@@ -1071,8 +1034,7 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
             |fx, i| i.config["ovsdbSocket"] = json!(fx.dir.path().join("no-ovsdb.sock")),
         );
         if kind == Kind::Lxbr {
-            let last = c.cases.len() - 1;
-            with(&mut c.cases[last], del_after_success);
+            del_after_success(case);
         }
     }
     c.cases
@@ -1091,7 +1053,7 @@ fn every_bad_input_gets_its_code_and_leaves_nothing() {
         .collect();
     names.insert(format!("{}p", fx.foreign));
     for case in &cases {
-        names.extend(case.names(&fx));
+        names.extend(case.names());
     }
     // A buggy plugin may make OVS bridges under the names the cases give: removed on any exit.
     let _stray_ovs_bridges: Vec<OvsBridge> = cases
