@@ -92,8 +92,11 @@ impl Command {
     /// The `CNI_*` variables the operation needs.
     fn required_env(self) -> &'static [&'static str] {
         match self {
-            Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"],
-            Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME"],
+            // CNI_PATH: ADD, CHECK and DEL delegate to the IPAM plugin found there.
+            Command::Add | Command::Check => {
+                &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
+            }
+            Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
             Command::Status | Command::Gc | Command::Version => &[],
         }
     }
@@ -149,6 +152,14 @@ impl Request {
             )
             .with_details(e.to_string())
         })?;
+        if !config.is_object() {
+            return Err(CniError::new(
+                LATEST_VERSION,
+                code::DECODE_FAILURE,
+                "the network configuration on stdin is not a JSON object",
+            )
+            .with_details(config.to_string()));
+        }
         let version = config_version(&config)?;
         if version_key(&version) < version_key(command.min_version()) {
             return Err(CniError::new(
@@ -174,6 +185,30 @@ impl Request {
             ));
         }
         let var = |name: &str| env.get(name).cloned().unwrap_or_default();
+        let invalid_var = |name: &str, reason: &str| {
+            CniError::new(
+                &version,
+                code::INVALID_ENVIRONMENT,
+                format!("invalid {name} {:?}: {reason}", var(name)),
+            )
+        };
+        if command.required_env().contains(&"CNI_CONTAINERID") && !valid_id(&var("CNI_CONTAINERID"))
+        {
+            return Err(invalid_var("CNI_CONTAINERID", ID_RULE));
+        }
+        if command.required_env().contains(&"CNI_IFNAME") {
+            valid_ifname(&var("CNI_IFNAME")).map_err(|reason| invalid_var("CNI_IFNAME", reason))?;
+        }
+        // A socket of the wrong type or a relative one would silently reach another daemon.
+        if let Some(socket) = config.get("socket") {
+            if !socket.as_str().is_some_and(|s| s.starts_with('/')) {
+                return Err(CniError::new(
+                    &version,
+                    code::INVALID_NETWORK_CONFIG,
+                    format!("invalid socket {socket}: expected an absolute path"),
+                ));
+            }
+        }
         Ok(Self {
             command,
             container_id: var("CNI_CONTAINERID"),
@@ -203,16 +238,45 @@ impl Request {
     }
 }
 
+/// What the spec allows in a container id and a network name.
+pub const ID_RULE: &str = "expected an alphanumeric character, then alphanumerics, '_', '.' or '-'";
+
+/// A container id or network name as the spec allows them (`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`).
+pub fn valid_id(id: &str) -> bool {
+    id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// An interface name the kernel accepts: 1 to 15 bytes, not "." or "..", no '/', ':' or
+/// whitespace.
+pub fn valid_ifname(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 15 {
+        return Err("an interface name has 1 to 15 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("an interface name cannot be \".\" or \"..\"");
+    }
+    if name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err("an interface name cannot contain '/', ':' or whitespace");
+    }
+    Ok(())
+}
+
 /// The config's `cniVersion`, if it is one we support.
 pub fn config_version(config: &Value) -> Result<String, CniError> {
     let version = config["cniVersion"].as_str().unwrap_or("");
     if SUPPORTED_VERSIONS.contains(&version) {
         Ok(version.to_string())
     } else {
+        let shown = config
+            .get("cniVersion")
+            .map_or_else(|| "(missing)".to_string(), Value::to_string);
         Err(CniError::new(
             LATEST_VERSION,
             code::INCOMPATIBLE_VERSION,
-            format!("unsupported cniVersion {version:?}"),
+            format!("unsupported cniVersion {shown}"),
         )
         .with_details(format!("supported: {}", SUPPORTED_VERSIONS.join(", "))))
     }
@@ -323,8 +387,18 @@ mod tests {
             ("CNI_COMMAND", "DEL"),
             ("CNI_CONTAINERID", "c"),
             ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
         ]);
         assert!(Request::from_env(&del, cfg("0.3.1").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn names_and_ids_follow_the_spec() {
+        assert!(valid_id("0123abc_.-x") && !valid_id("") && !valid_id("-a") && !valid_id("a b"));
+        assert!(valid_ifname("eth0").is_ok() && valid_ifname("0123456789abcde").is_ok());
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "0123456789abcdef"] {
+            assert!(valid_ifname(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -146,9 +146,20 @@ pub fn delegate(request: &Request, command: Command) -> Result<Value, CniError> 
         .with_details(e.to_string())
     })?;
     if !output.status.success() {
-        // The plugin's own CNI error, passed on as it is when it is one.
-        return Err(
-            serde_json::from_slice::<CniError>(&output.stdout).unwrap_or_else(|_| {
+        // The plugin's own CNI error, passed on as it is when it is one (older plugins leave
+        // out its cniVersion, which the spec requires in what we print).
+        return Err(serde_json::from_slice::<CniError>(&output.stdout)
+            .map(|e| {
+                if e.cni_version.is_empty() {
+                    CniError {
+                        cni_version: version.clone(),
+                        ..e
+                    }
+                } else {
+                    e
+                }
+            })
+            .unwrap_or_else(|_| {
                 CniError::new(
                     &version,
                     code::IO_FAILURE,
@@ -159,8 +170,7 @@ pub fn delegate(request: &Request, command: Command) -> Result<Value, CniError> 
                     String::from_utf8_lossy(&output.stdout),
                     String::from_utf8_lossy(&output.stderr)
                 ))
-            }),
-        );
+            }));
     }
     if output.stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);

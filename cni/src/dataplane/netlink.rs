@@ -309,12 +309,34 @@ pub async fn create_veth(
     if let Some(bridge) = linux_bridge {
         host_end = host_end.controller(bridge);
     }
-    handle
+    let attached = handle
         .link()
         .set(host_end.build())
         .execute()
         .await
-        .map_err(fail(format!("attaching {host} to the bridge")))
+        .map_err(fail(format!("attaching {host} to the bridge")));
+    if attached.is_err() {
+        // The pair exists but is unusable: remove it (and its pod end) before reporting.
+        if let Err(e) = handle.link().del(host_index).execute().await {
+            tracing::warn!(error = %e, veth = host, "removing a half-made veth failed");
+        }
+    }
+    attached
+}
+
+/// Whether `file` is a network namespace (nsfs), as `CNI_NETNS` must be.
+pub fn is_netns(file: &File) -> bool {
+    nix::sys::statfs::fstatfs(file)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+/// Whether `link` is a Linux bridge.
+pub fn is_bridge(link: &LinkMessage) -> bool {
+    use rtnetlink::packet_route::link::{InfoKind, LinkInfo};
+    link.attributes.iter().any(|a| {
+        matches!(a, LinkAttribute::LinkInfo(infos)
+            if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))))
+    })
 }
 
 /// Deletes link `name`; absent is fine (DEL is idempotent). Returns whether it existed.

@@ -19,7 +19,7 @@ use super::ovsdb::{self, Ovsdb, OvsdbError};
 use super::reaper::{Reaper, RETIRED};
 use crate::conf::BridgeType;
 use crate::result;
-use crate::spec::{code, CniError, Command, Request};
+use crate::spec::{code, valid_id, valid_ifname, CniError, Command, Request, ID_RULE};
 
 /// Interface-name collisions in the pod netns (plugin-specific code, as the spec allows).
 pub const CODE_INTERFACE_EXISTS: u32 = 100;
@@ -116,36 +116,47 @@ fn parse_owner<'a>(owner: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
 }
 
 fn parse_conf(request: &Request) -> Result<PluginConf, CniError> {
-    let conf: PluginConf = serde_json::from_value(request.config.clone()).map_err(|e| {
-        CniError::new(
-            &request.version(),
-            code::INVALID_NETWORK_CONFIG,
-            "invalid evio-cni network config",
-        )
-        .with_details(e.to_string())
+    let invalid =
+        |msg: String| CniError::new(&request.version(), code::INVALID_NETWORK_CONFIG, msg);
+    // The path names the bad key (serde alone would only say what was wrong with its value).
+    let conf: PluginConf = serde_path_to_error::deserialize(&request.config).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "(top level)" } else { &key };
+        invalid(format!("invalid evio-cni network config key {key}"))
+            .with_details(e.inner().to_string())
     })?;
-    if conf.bridge.is_empty() || conf.bridge.len() > 15 {
-        return Err(CniError::new(
-            &request.version(),
-            code::INVALID_NETWORK_CONFIG,
-            format!("invalid bridge name {:?}: 1 to 15 characters", conf.bridge),
-        ));
+    let name = &request.config["name"];
+    if !name.as_str().is_some_and(valid_id) {
+        return Err(invalid(format!("invalid name {name}: {ID_RULE}")));
+    }
+    valid_ifname(&conf.bridge)
+        .map_err(|reason| invalid(format!("invalid bridge {:?}: {reason}", conf.bridge)))?;
+    if !(68..=65535).contains(&conf.mtu) {
+        return Err(invalid(format!(
+            "invalid mtu {}: expected 68 to 65535",
+            conf.mtu
+        )));
     }
     if conf.is_ip_masq && (conf.node_subnet.is_none() || conf.pod_cidr.is_none()) {
-        return Err(CniError::new(
-            &request.version(),
-            code::INVALID_NETWORK_CONFIG,
-            "isIPMasq needs nodeSubnet and podCIDR in the network config",
+        return Err(invalid(
+            "isIPMasq needs nodeSubnet and podCIDR in the network config".into(),
         ));
     }
     if let Some(datapath) = conf.ovs_datapath.as_deref() {
         if datapath != "system" && datapath != "netdev" {
-            return Err(CniError::new(
-                &request.version(),
-                code::INVALID_NETWORK_CONFIG,
-                format!("invalid ovsDatapath {datapath:?}: \"system\" or \"netdev\""),
-            ));
+            return Err(invalid(format!(
+                "invalid ovsDatapath {datapath:?}: \"system\" or \"netdev\""
+            )));
         }
+    }
+    if !request.config["ipam"].is_object() {
+        return Err(invalid(format!(
+            "invalid ipam {}: expected an object with a type",
+            request
+                .config
+                .get("ipam")
+                .map_or_else(|| "(missing)".into(), Value::to_string)
+        )));
     }
     Ok(conf)
 }
@@ -341,20 +352,23 @@ async fn check(handle: &Handle, request: &Request) -> Result<Value, CniError> {
 
 async fn gc(handle: &Handle, request: &Request) -> Result<Value, CniError> {
     let version = request.version();
-    let valid: std::collections::HashSet<(String, String)> = request.config
-        ["cni.dev/valid-attachments"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|a| {
-                    Some((
-                        a["containerID"].as_str()?.to_string(),
-                        a["ifname"].as_str()?.to_string(),
-                    ))
-                })
-                .collect()
+    // Without the list every attachment of the network would look stale.
+    let Some(valid) = request.config["cni.dev/valid-attachments"].as_array() else {
+        return Err(CniError::new(
+            &version,
+            code::INVALID_NETWORK_CONFIG,
+            "GC needs cni.dev/valid-attachments (a list)",
+        ));
+    };
+    let valid: std::collections::HashSet<(String, String)> = valid
+        .iter()
+        .filter_map(|a| {
+            Some((
+                a["containerID"].as_str()?.to_string(),
+                a["ifname"].as_str()?.to_string(),
+            ))
         })
-        .unwrap_or_default();
+        .collect();
     let prefix = owner_prefix(request);
     if request.config["bridgeType"] != "LXBR" {
         let ovsdb = ovsdb_for(request);
@@ -464,15 +478,32 @@ async fn add(
     let conf = parse_conf(request)?;
     // Not first in the chain: what the plugins before us did is answered with ours.
     let prev = result::prev_result(&request.config, &version)?;
+    // Before anything is created: an IPAM plugin that cannot run fails the ADD here.
+    ipam::plugin_path(request)?;
+    // The owner tag is the host veth's alias, which the kernel limits to 255 bytes.
+    if owner_alias(request, &request.ifname).len() > 255 {
+        return Err(CniError::new(
+            &version,
+            code::INVALID_ENVIRONMENT,
+            format!(
+                "CNI_CONTAINERID is too long: {} bytes with the network name (at most 255 in all)",
+                request.container_id.len()
+            ),
+        ));
+    }
     let netns_path = Path::new(&request.netns);
-    let netns = File::open(netns_path).map_err(|e| {
+    let bad_netns = |why: String| {
         CniError::new(
             &version,
             code::INVALID_ENVIRONMENT,
-            format!("CNI_NETNS {} cannot be opened", request.netns),
+            format!("CNI_NETNS {} {why}", request.netns),
         )
-        .with_details(e.to_string())
-    })?;
+    };
+    let netns = File::open(netns_path)
+        .map_err(|e| bad_netns("cannot be opened".into()).with_details(e.to_string()))?;
+    if !netlink::is_netns(&netns) {
+        return Err(bad_netns("is not a network namespace".into()));
+    }
     let ifname = request.ifname.as_str();
     let host = host_veth_name(&request.container_id, ifname);
     if let Some(existing) = netlink::link_by_name(handle, &host)
@@ -567,6 +598,7 @@ async fn add_links(
     let ovs_error = |e: OvsdbError| CniError::new(&version, CODE_OVSDB, e.to_string());
     let bridge_index = {
         let _serialized = bridge_lock.lock().await;
+        foreign_bridge_name(handle, conf, &version).await?;
         if conf.is_ovs() {
             let datapath = conf.ovs_datapath.as_deref().unwrap_or("system");
             conf.ovsdb()
@@ -699,6 +731,41 @@ async fn roll_back(
     }
 }
 
+/// Refuses a `bridge` that names an existing interface of another kind (a NIC, a veth, a
+/// bridge of the other type): ADD would otherwise put the gateway address on it.
+async fn foreign_bridge_name(
+    handle: &Handle,
+    conf: &PluginConf,
+    version: &str,
+) -> Result<(), CniError> {
+    let Some(link) = netlink::link_by_name(handle, &conf.bridge)
+        .await
+        .map_err(netlink_error(version))?
+    else {
+        return Ok(());
+    };
+    let ours = if conf.is_ovs() {
+        conf.ovsdb()
+            .bridge_exists(&conf.bridge)
+            .await
+            .map_err(|e| CniError::new(version, CODE_OVSDB, e.to_string()))?
+    } else {
+        netlink::is_bridge(&link)
+    };
+    if ours {
+        return Ok(());
+    }
+    let kind = if conf.is_ovs() { "an OVS" } else { "a Linux" };
+    Err(CniError::new(
+        version,
+        code::INVALID_NETWORK_CONFIG,
+        format!(
+            "invalid bridge {:?}: an existing interface that is not {kind} bridge",
+            conf.bridge
+        ),
+    ))
+}
+
 async fn del(handle: &Handle, reaper: &Reaper, request: &Request) -> Result<Value, CniError> {
     let version = request.version();
     let host = host_veth_name(&request.container_id, &request.ifname);
@@ -719,7 +786,12 @@ async fn del(handle: &Handle, reaper: &Reaper, request: &Request) -> Result<Valu
         let alias = netlink::alias_of(&link);
         if !alias.starts_with(RETIRED) {
             let index = link.header.index;
-            netlink::retire(handle, index, &format!("{RETIRED}{alias}"))
+            // The kernel keeps at most 255 bytes of alias; the prefix is what counts.
+            let mut retired = format!("{RETIRED}{alias}");
+            while retired.len() > 255 {
+                retired.pop();
+            }
+            netlink::retire(handle, index, &retired)
                 .await
                 .map_err(netlink_error(&version))?;
             reaper.delete_later(index);
