@@ -198,7 +198,7 @@ impl Ovs {
             self.dir.join(format!("{program}.pid")).display()
         );
         let mut cmd = Command::new(program);
-        in_netns(&mut cmd, &netns.path());
+        in_netns(&mut cmd, netns.path());
         cmd.args(args)
             .arg(pidfile)
             .env("OVS_RUNDIR", &self.dir)
@@ -257,7 +257,7 @@ struct Host {
 
 impl Host {
     fn new(tag: &str, index: usize, root: &Path) -> Host {
-        let netns = Netns::add(&format!("evio2h-{tag}-h{}", index + 1));
+        let netns = Netns::add(format!("evio2h-{tag}-h{}", index + 1));
         run("ip", &["-n", &netns.0, "link", "set", "lo", "up"]);
         let dir = root.join(format!("host-{}", index + 1));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
@@ -338,7 +338,7 @@ impl Host {
             None => args.push("--bootstrap"),
         }
         let mut cmd = evio_node(&args);
-        in_netns(&mut cmd, &self.netns.path());
+        in_netns(&mut cmd, self.netns.path());
         let proc = Proc::spawn(cmd).unwrap_or_else(|e| panic!("{}: {e}", self.name));
         self.daemon = Some(proc);
     }
@@ -366,7 +366,7 @@ impl Host {
     fn cluster_status(&self) -> Option<ClusterJson> {
         let api = format!("http://{}:{API_PORT}", self.overlay_ip);
         let mut cmd = Command::new(BIN);
-        in_netns(&mut cmd, &self.netns.path());
+        in_netns(&mut cmd, self.netns.path());
         let out = cmd
             .args(["cluster", "status", "--api", &api, "-o", "json"])
             .env_remove("EVIO_API")
@@ -423,7 +423,7 @@ fn ping(pod: &Netns, target: &str, hosts: &[Host]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut cmd = Command::new("ping");
-        in_netns(&mut cmd, &pod.path());
+        in_netns(&mut cmd, pod.path());
         let out = cmd
             .args(["-c", "1", "-W", "1", target])
             .output()
@@ -548,7 +548,7 @@ fn two_hosts(mode: Mode) {
     // A pod on each host, through the real evio-cni exec'd in that host.
     let mut attachments = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
-        let pod = Netns::add(&format!("evio2h-{tag}-p{}", i + 1));
+        let pod = Netns::add(format!("evio2h-{tag}-p{}", i + 1));
         let container = format!("pod{}-{tag}", i + 1);
         let netns = pod.path();
         pods.push(pod);
