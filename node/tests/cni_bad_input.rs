@@ -18,6 +18,7 @@ use std::process::Command;
 use cni_support::{evio_cni_prerequisites, exec_cni, HostLink, Netns, OvsBridge};
 use common::{evio_node, Proc};
 use evio_cni::dataplane::pod::{host_veth_name, CODE_INTERFACE_EXISTS};
+use evio_cni::dataplane::reaper::RETIRED;
 use evio_cni::spec::SUPPORTED_VERSIONS;
 use serde_json::{json, Value};
 
@@ -159,6 +160,17 @@ impl Fixture {
             let add = fixture.invocation(kind, "warmup");
             add.must_succeed("warm-up ADD");
             add.command("DEL").must_succeed("warm-up DEL");
+        }
+        // The warm-up pods' veths are deleted by the daemon's reaper after DEL answered.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while run("ip", &["-o", "link", "show"])
+            .contains(&format!("{RETIRED}evio:{}", fixture.network))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "warm-up veths not deleted within 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         fixture
     }

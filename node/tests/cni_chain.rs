@@ -18,8 +18,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cni_support::{
-    cni, exec_plugin, ip, is_root, link_exists, plugin, prerequisites, DevNode, LinuxBridge,
-    MasqueradeRule, Netns,
+    assert_veth_retired_then_gone, cni, exec_plugin, ip, is_root, plugin, prerequisites, DevNode,
+    LinuxBridge, MasqueradeRule, Netns,
 };
 use evio_cni::dataplane::pod::host_veth_name;
 use serde_json::{json, Value};
@@ -323,7 +323,7 @@ fn portmap_after_evio_forwards_a_host_port_into_the_pod() {
         !rules.contains(&container) && !rules.contains(&pod_ip),
         "portmap rules left for {container}:\n{rules}"
     );
-    assert!(!link_exists(&host_veth_name(&container, "eth0")));
+    assert_veth_retired_then_gone(&host_veth_name(&container, "eth0"));
     assert!(!ip(&["-n", &ns.0, "link"]).contains("eth0"));
     assert_eq!(reservations(&ipam_dir, &name), Vec::<String>::new());
     node.daemon.assert_no_panics();
@@ -488,7 +488,7 @@ fn evio_after_another_plugin_answers_the_merged_result() {
         del["prevResult"] = merged;
         let (code, out) = cni("DEL", &container, &netns, &del);
         assert_eq!(code, 0, "{case}: DEL {out}");
-        assert!(!link_exists(&host), "{case}");
+        assert_veth_retired_then_gone(&host);
         let pod_links = ip(&["-n", &ns.0, "link"]);
         assert!(
             !pod_links.contains("eth0") && pod_links.contains("net1"),
@@ -516,7 +516,7 @@ fn evio_after_another_plugin_answers_the_merged_result() {
             .is_some_and(|m| m.contains("prevResult.ips[0].interface")),
         "{out}"
     );
-    assert!(!link_exists(&host_veth_name(&container, "eth0")));
+    assert_veth_retired_then_gone(&host_veth_name(&container, "eth0"));
     assert!(!ip(&["-n", &ns.0, "link"]).contains("eth0"));
     assert_eq!(reservations(&ipam_dir, &name), Vec::<String>::new());
     node.daemon.assert_no_panics();

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cni::{cni_in, in_netns, Netns};
+use common::cni::{cni_in, in_netns, wait_until_gone, Netns};
 use common::{evio_node, Proc, BIN};
 use evio_api::ClusterJson;
 use evio_cni::dataplane::pod::host_veth_name;
@@ -615,6 +615,11 @@ fn two_hosts(mode: Mode) {
             host.daemon().logs()
         );
         let veth = host_veth_name(container, "eth0");
+        wait_until_gone(&veth, || {
+            link_names(host)
+                .iter()
+                .any(|l| l == &veth || l.starts_with("evio"))
+        });
         let links = link_names(host);
         assert!(
             !links.iter().any(|l| l == &veth || l.starts_with("evio")),

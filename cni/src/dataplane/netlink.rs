@@ -361,22 +361,51 @@ pub async fn delete_index(handle: &Handle, index: u32) -> Result<bool, NetlinkEr
     }
 }
 
-/// Takes link `index` down and sets its alias to `alias`: traffic stops at once (a bridge
-/// port whose device is down forwards nothing), and the alias marks it for deletion should
-/// the daemon stop before it. It stays on its bridge: leaving one waits for an RCU grace
-/// period under the RTNL lock, which the deletion pays anyway.
-pub async fn retire(handle: &Handle, index: u32, alias: &str) -> Result<(), NetlinkError> {
+/// Takes link `index` down (a bridge forwards nothing to it) and marks it for deletion:
+/// `alias` (kept across a daemon restart) and link group `group` (the kernel deletes a whole
+/// group in one request, paying its RCU waits once).
+pub async fn retire(
+    handle: &Handle,
+    index: u32,
+    alias: &str,
+    group: u32,
+) -> Result<(), NetlinkError> {
     handle
         .link()
         .set(
             LinkUnspec::new_with_index(index)
                 .down()
                 .alias(alias)
+                .link_group(group)
                 .build(),
         )
         .execute()
         .await
+        .map_err(fail(format!("retiring link {index}")))
+}
+
+/// Takes link `index` down.
+pub async fn set_down(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).down().build())
+        .execute()
+        .await
         .map_err(fail(format!("taking link {index} down")))
+}
+
+/// Deletes every link of `group` in one request.
+pub async fn delete_group(handle: &Handle, group: u32) -> Result<(), NetlinkError> {
+    let mut request = handle.link().del(0);
+    request
+        .message_mut()
+        .attributes
+        .push(LinkAttribute::Group(group));
+    match request.execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(fail(format!("deleting link group {group:#x}"))(e)),
+    }
 }
 
 /// Inside the pod netns: takes `ifname` down and renames it to `retired_name`, if it is the
@@ -401,12 +430,7 @@ pub async fn retire_pod_end(
     }
     let index = link.header.index;
     // A link must be down to be renamed; the kernel applies a name before flags, so two steps.
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).down().build())
-        .execute()
-        .await
-        .map_err(fail(format!("taking {ifname} down")))?;
+    set_down(handle, index).await?;
     handle
         .link()
         .set(LinkUnspec::new_with_index(index).name(retired_name).build())
@@ -426,21 +450,57 @@ pub fn alias_of(link: &LinkMessage) -> &str {
         .unwrap_or_default()
 }
 
-/// Inside the pod netns: brings `ifname` and `lo` up, adds the address and (optionally) the
-/// default route, announces the address. Returns the interface's MAC.
-pub async fn configure_pod_side(
-    pod: &PodNetns,
-    ifname: &str,
-    addr: Ipv4Addr,
-    prefix: u8,
-    default_gw: Option<Ipv4Addr>,
-) -> Result<String, NetlinkError> {
+/// The pod's interface in its netns once it is up: what the address step needs.
+pub struct PodInterface {
+    pub index: u32,
+    pub mac: Option<[u8; 6]>,
+}
+
+impl PodInterface {
+    pub fn mac_text(&self) -> String {
+        self.mac
+            .map(|mac| {
+                mac.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Inside the pod netns: brings `ifname` and `lo` up (no address needed yet, so this runs
+/// while IPAM does).
+pub async fn bring_up_pod_side(pod: &PodNetns, ifname: &str) -> Result<PodInterface, NetlinkError> {
     let handle = &pod.handle;
-    let index = link_index(handle, ifname).await?;
+    let link = link_by_name(handle, ifname)
+        .await?
+        .ok_or_else(|| NetlinkError {
+            action: format!("finding link {ifname}"),
+            reason: "no such link".into(),
+        })?;
+    let index = link.header.index;
     set_up(handle, index).await?;
     if let Some(lo) = link_by_name(handle, "lo").await? {
         set_up(handle, lo.header.index).await?;
     }
+    Ok(PodInterface {
+        index,
+        mac: mac_bytes(&link),
+    })
+}
+
+/// Inside the pod netns: gives the interface its address and (optionally) the default
+/// route, and announces the address.
+pub async fn address_pod_side(
+    pod: &PodNetns,
+    interface: &PodInterface,
+    addr: Ipv4Addr,
+    prefix: u8,
+    default_gw: Option<Ipv4Addr>,
+) -> Result<(), NetlinkError> {
+    let handle = &pod.handle;
+    let index = interface.index;
     add_address(handle, index, addr, prefix).await?;
     if let Some(gw) = default_gw {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -454,12 +514,10 @@ pub async fn configure_pod_side(
             Err(e) => return Err(fail(format!("adding default route via {gw}"))(e)),
         }
     }
-    let link = link_by_name(handle, ifname).await?;
-    let mac = link.as_ref().and_then(mac_bytes);
-    if let Some(mac) = mac {
+    if let Some(mac) = interface.mac {
         pod.announce(index, mac, addr);
     }
-    Ok(link.as_ref().map(mac_of).unwrap_or_default())
+    Ok(())
 }
 
 fn mac_bytes(link: &LinkMessage) -> Option<[u8; 6]> {

@@ -16,7 +16,7 @@ use super::ipam;
 use super::masquerade::Masquerade;
 use super::netlink::{self, NetlinkError};
 use super::ovsdb::{self, Ovsdb, OvsdbError};
-use super::reaper::{Reaper, RETIRED};
+use super::reaper::{Reaper, RETIRED, RETIRED_GROUP};
 use crate::conf::BridgeType;
 use crate::result;
 use crate::spec::{code, valid_id, valid_ifname, CniError, Command, Request, ID_RULE};
@@ -398,7 +398,7 @@ async fn gc(handle: &Handle, request: &Request) -> Result<Value, CniError> {
         }
     }
     // Retired veths are no attachment's: normally the reaper's, but GC makes sure.
-    for index in super::reaper::retired_links(handle)
+    for (index, _) in super::reaper::retired_links(handle)
         .await
         .map_err(netlink_error(&version))?
     {
@@ -556,18 +556,27 @@ async fn add(
         &mut undo,
     )
     .await;
+    // The pod end is up (and its MAC known) by the time the address arrives.
+    let links = match links {
+        Ok(bridge_index) => netlink::bring_up_pod_side(&pod, &request.ifname)
+            .await
+            .map(|interface| (bridge_index, interface))
+            .map_err(netlink_error(&version)),
+        Err(e) => Err(e),
+    };
     let ipam_result = ipam.await.map_err(|e| {
         CniError::new(&version, code::IO_FAILURE, "IPAM worker").with_details(e.to_string())
     });
     undo.ipam = matches!(ipam_result, Ok(Ok(_)));
     let result = match (links, ipam_result) {
-        (Ok(bridge_index), Ok(Ok(ipam_result))) => {
+        (Ok((bridge_index, interface)), Ok(Ok(ipam_result))) => {
             configure(
                 handle,
                 masquerade,
                 &conf,
                 request,
                 &pod,
+                &interface,
                 &host,
                 bridge_index,
                 &ipam_result,
@@ -657,6 +666,7 @@ async fn configure(
     conf: &PluginConf,
     request: &Request,
     pod: &netlink::PodNetns,
+    interface: &netlink::PodInterface,
     host: &str,
     bridge_index: u32,
     ipam_result: &Value,
@@ -667,10 +677,10 @@ async fn configure(
     let (address, ipam_gateway) = ipam_address(ipam_result, &version)?;
     let gateway = ipam_gateway.unwrap_or(conf.bridge_ipv4.ip());
     let default_gw = conf.is_default_gateway.then_some(gateway);
-    let pod_mac =
-        netlink::configure_pod_side(pod, ifname, address.ip(), address.prefix(), default_gw)
-            .await
-            .map_err(netlink_error(&version))?;
+    netlink::address_pod_side(pod, interface, address.ip(), address.prefix(), default_gw)
+        .await
+        .map_err(netlink_error(&version))?;
+    let pod_mac = interface.mac_text();
     enable_forwarding();
     if let (true, Some(subnet), Some(cidr)) = (conf.is_ip_masq, conf.node_subnet, conf.pod_cidr) {
         masquerade.ensure(subnet, cidr).map_err(|e| {
@@ -768,6 +778,27 @@ async fn foreign_bridge_name(
 
 async fn del(handle: &Handle, reaper: &Reaper, request: &Request) -> Result<Value, CniError> {
     let version = request.version();
+    // host-local's exec is most of a DEL: it runs while the links are retired. Releasing the
+    // address first is the reference bridge plugin's order too; a runtime calls DEL once the
+    // pod's processes are gone.
+    let ipam = request.config["ipam"]["type"].is_string().then(|| {
+        let request = request.clone();
+        tokio::task::spawn_blocking(move || ipam::delegate(&request, Command::Del))
+    });
+    let links = retire_links(handle, reaper, request).await;
+    if let Some(ipam) = ipam {
+        ipam.await.map_err(|e| {
+            CniError::new(&version, code::IO_FAILURE, "IPAM worker").with_details(e.to_string())
+        })??;
+    }
+    links.map(|()| Value::Null)
+}
+
+/// DEL's link part: the OVS port goes, the pair is cut off (host end down) and its interface
+/// name in the pod netns freed; the kernel's slow part, deleting the pair, happens after the
+/// answer (see `reaper`).
+async fn retire_links(handle: &Handle, reaper: &Reaper, request: &Request) -> Result<(), CniError> {
+    let version = request.version();
     let host = host_veth_name(&request.container_id, &request.ifname);
     // DEL must work with whatever config it gets: OVS unless it says LXBR.
     let is_lxbr = request.config["bridgeType"] == "LXBR";
@@ -777,31 +808,28 @@ async fn del(handle: &Handle, reaper: &Reaper, request: &Request) -> Result<Valu
             .await
             .map_err(|e| CniError::new(&version, CODE_OVSDB, e.to_string()))?;
     }
-    // The pod is cut off and its interface name freed before its address is released; the
-    // kernel's slow part (deleting the pair) happens after the answer (see `reaper`).
-    if let Some(link) = netlink::link_by_name(handle, &host)
+    let Some(link) = netlink::link_by_name(handle, &host)
         .await
         .map_err(netlink_error(&version))?
-    {
-        let alias = netlink::alias_of(&link);
-        if !alias.starts_with(RETIRED) {
-            let index = link.header.index;
-            // The kernel keeps at most 255 bytes of alias; the prefix is what counts.
-            let mut retired = format!("{RETIRED}{alias}");
-            while retired.len() > 255 {
-                retired.pop();
-            }
-            netlink::retire(handle, index, &retired)
-                .await
-                .map_err(netlink_error(&version))?;
-            reaper.delete_later(index);
-            retire_pod_end(request, index).await;
-        }
+    else {
+        return Ok(()); // deleted already, or with its netns
+    };
+    let alias = netlink::alias_of(&link);
+    if alias.starts_with(RETIRED) {
+        return Ok(()); // a repeated DEL
     }
-    if request.config["ipam"]["type"].is_string() {
-        ipam::delegate(request, Command::Del)?;
+    let index = link.header.index;
+    // The kernel keeps at most 255 bytes of alias; the prefix is what counts.
+    let mut retired = format!("{RETIRED}{alias}");
+    while retired.len() > 255 {
+        retired.pop();
     }
-    Ok(Value::Null)
+    netlink::retire(handle, index, &retired, RETIRED_GROUP)
+        .await
+        .map_err(netlink_error(&version))?;
+    reaper.delete_later();
+    retire_pod_end(request, index).await;
+    Ok(())
 }
 
 /// Frees `CNI_IFNAME` in the pod netns (renamed, down) so the runtime may reuse it at once.

@@ -220,6 +220,39 @@ pub fn link_exists(name: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Waits (up to 10 s) until `present` is false: evio's DEL answers once the pod is cut off
+/// and leaves the veth pair's deletion to the daemon's reaper, which batches them (at most
+/// `reaper::MAX_DELAY` after the DEL).
+pub fn wait_until_gone(what: &str, mut present: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while present() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} still there 10 s after DEL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Right after an evio DEL: the host veth is gone or retired (down, alias marked for the
+/// reaper); then it goes.
+pub fn assert_veth_retired_then_gone(name: &str) {
+    let shown = Command::new("ip")
+        .args(["-o", "link", "show", "dev", name])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !shown.is_empty() {
+        let flags = shown.split(['<', '>']).nth(1).unwrap_or_default();
+        assert!(
+            !flags.split(',').any(|f| f == "UP")
+                && shown.contains(evio_cni::dataplane::reaper::RETIRED),
+            "{name} is neither gone nor retired after DEL: {shown}"
+        );
+    }
+    wait_until_gone(name, || link_exists(name));
+}
+
 /// A named network namespace, deleted on drop.
 pub struct Netns(pub String);
 
