@@ -189,14 +189,18 @@ fn leftovers(plugin: &Plugin) -> Result<usize> {
 }
 
 struct Setup {
-    socket: PathBuf,
     plugins: Vec<Plugin>,
-    scratch: Scratch,
+    /// Per plugin, `count` pod namespaces.
+    netns: Vec<Vec<String>>,
+    _scratch: Scratch,
     _daemon: Process,
     _dir: tempfile::TempDir,
 }
 
-fn setup(bins: &Bins, evio_cni: &Path, kinds: &[&'static str]) -> Result<Setup> {
+/// The daemon serving its CNI socket, one network per plugin of `kind`, and `count` pod
+/// namespaces per plugin, all before the clock starts.
+async fn setup(bins: &Bins, evio_cni: &Path, kind: &str, count: usize) -> Result<Setup> {
+    let kinds = kinds(kind)?;
     if !nix::unistd::geteuid().is_root() {
         bail!("pod benchmarks need root (network namespaces, bridges)");
     }
@@ -275,10 +279,15 @@ fn setup(bins: &Bins, evio_cni: &Path, kinds: &[&'static str]) -> Result<Setup> 
             bridge,
         });
     }
+    wait_for_socket(&socket).await?;
+    let mut netns = Vec::new();
+    for i in 0..plugins.len() {
+        netns.push(namespaces(&mut scratch, i, count)?);
+    }
     Ok(Setup {
-        socket,
         plugins,
-        scratch,
+        netns,
+        _scratch: scratch,
         _daemon: daemon,
         _dir: dir,
     })
@@ -322,13 +331,8 @@ fn kinds(kind: &str) -> Result<Vec<&'static str>> {
 
 /// `pods`: sequential ADD then DEL of `count` pods per plugin, plugins interleaved per pod.
 pub async fn pods(bins: &Bins, evio_cni: &Path, kind: &str, count: usize) -> Result<Value> {
-    let kinds = kinds(kind)?;
-    let mut setup = setup(bins, evio_cni, &kinds)?;
-    wait_for_socket(&setup.socket).await?;
-    let mut netns = Vec::new();
-    for i in 0..setup.plugins.len() {
-        netns.push(namespaces(&mut setup.scratch, i, count)?);
-    }
+    let setup = setup(bins, evio_cni, kind, count).await?;
+    let netns = &setup.netns;
     let plugins = &setup.plugins;
     let mut add = vec![Vec::with_capacity(count); plugins.len()];
     let mut del = vec![Vec::with_capacity(count); plugins.len()];
@@ -400,13 +404,8 @@ pub async fn fill(
     count: usize,
     parallel: usize,
 ) -> Result<Value> {
-    let kinds = kinds(kind)?;
-    let mut setup = setup(bins, evio_cni, &kinds)?;
-    wait_for_socket(&setup.socket).await?;
-    let mut netns = Vec::new();
-    for i in 0..setup.plugins.len() {
-        netns.push(namespaces(&mut setup.scratch, i, count)?);
-    }
+    let setup = setup(bins, evio_cni, kind, count).await?;
+    let netns = &setup.netns;
     println!("node fill: {count} pods per plugin, {parallel} concurrent, then DEL all");
     println!(
         "{:<18} {:>10} {:>10} {:>12} {:>9} {:>10}",
