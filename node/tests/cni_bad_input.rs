@@ -13,9 +13,8 @@ use common::cni as cni_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use cni_support::{evio_cni_prerequisites, exec_cni, HostLink, Netns, OvsBridge};
+use cni_support::{evio_cni_prerequisites, exec_cni, ip, run, HostLink, Netns, OvsBridge};
 use common::{evio_node, Proc};
 use evio_cni::dataplane::pod::{host_veth_name, CODE_INTERFACE_EXISTS};
 use evio_cni::dataplane::reaper::RETIRED;
@@ -332,19 +331,6 @@ impl Snapshot {
     }
 }
 
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn ip_json(args: &[&str]) -> Vec<Value> {
     let mut all = vec!["-j"];
     all.extend_from_slice(args);
@@ -515,10 +501,6 @@ fn del_after_success(case: &mut Case) -> &mut Case {
         inv.command("DEL")
             .must_succeed("DEL after a successful case");
     })
-}
-
-fn ip(args: &[&str]) {
-    run("ip", args);
 }
 
 /// A pod added by setup: `<container>-first` as net9 in the pod netns, with the case's config.
@@ -849,7 +831,9 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
                 &format!("{}p", fx.foreign),
             ]);
         })
-        .teardown(|fx, _| ip(&["link", "del", &fx.foreign]));
+        .teardown(|fx, _| {
+            ip(&["link", "del", &fx.foreign]);
+        });
     }
 
     // --- what a runtime may send: every version, netns, interfaces, IPAM ---
@@ -935,7 +919,9 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
                 other => Err(format!("the existing eth0 changed: {other:?}")),
             }
         })
-        .teardown(|fx, _| ip(&["-n", &fx.pod.0, "link", "del", "eth0"]));
+        .teardown(|fx, _| {
+            ip(&["-n", &fx.pod.0, "link", "del", "eth0"]);
+        });
         let case = c.case(
             "ADD same container+ifname again, other netns",
             k,

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cni::{cni_in, in_netns, wait_until_gone, Netns};
+use common::cni::{cni_in, in_netns, run, wait_until_gone, Netns};
 use common::{evio_node, Proc, BIN};
 use evio_api::ClusterJson;
 use evio_cni::dataplane::pod::host_veth_name;
@@ -81,20 +81,6 @@ fn prerequisites(mode: Mode) -> bool {
         ok &= support::have(OVS_SCHEMA, "openvswitch-common");
     }
     ok
-}
-
-/// Runs `program args`, which must succeed; returns its stdout.
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Everything a test could want to see when packets do not flow.

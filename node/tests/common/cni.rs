@@ -198,18 +198,23 @@ pub fn exec_cni<'a>(
     (out.status.code().unwrap_or(-1), value)
 }
 
-/// `ip ARGS`, asserting success.
-pub fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
+/// Runs `program args`, which must succeed; returns its stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         out.status.success(),
-        "ip {args:?}: {}",
+        "{program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip ARGS`, asserting success.
+pub fn ip(args: &[&str]) -> String {
+    run("ip", args)
 }
 
 /// Whether a link of that name exists in the host netns.
