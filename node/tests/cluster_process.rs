@@ -6,149 +6,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{evio_node, Proc};
-use evio_api::{Client, ClusterJson, Consistency};
+use common::cluster::{free_addr, wait_cluster, Cluster, Node, TOKEN};
+use common::evio_node;
+use evio_api::{ClusterJson, Consistency};
 use nix::sys::signal::Signal;
-
-const TOKEN: &str = "cluster-test-token";
-
-/// A free 127.0.0.1 port (bound and released; the race is harmless in tests).
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    token_file: PathBuf,
-    grace: &'static str,
-}
-
-struct Node {
-    name: String,
-    addr: String,
-    proc: Proc,
-}
-
-impl Node {
-    fn client(&self) -> Client {
-        self.proc.client(Some(TOKEN))
-    }
-}
-
-impl Cluster {
-    fn new(grace: &'static str) -> Cluster {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
-        Cluster {
-            dir,
-            token_file,
-            grace,
-        }
-    }
-
-    fn data_dir(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn command(
-        &self,
-        name: &str,
-        addr: &str,
-        join: &[&str],
-        extra: &[&str],
-    ) -> std::process::Command {
-        self.command_in(name, name, addr, join, extra)
-    }
-
-    /// Like `command`, with the data dir named `data_name`.
-    fn command_in(
-        &self,
-        name: &str,
-        data_name: &str,
-        addr: &str,
-        join: &[&str],
-        extra: &[&str],
-    ) -> std::process::Command {
-        let data = self.data_dir(data_name).to_string_lossy().to_string();
-        let cni_socket = format!("{data}.cni.sock");
-        let token = self.token_file.to_string_lossy().to_string();
-        let mut args = vec![
-            "run",
-            "--node-name",
-            name,
-            "--data-dir",
-            &data,
-            "--listen",
-            addr,
-            "--pod-cidr",
-            "10.244.0.0/16",
-            "--node-bits",
-            "8",
-            "--cluster-token-file",
-            &token,
-            "--voter-grace",
-            self.grace,
-            "--cni-socket",
-            &cni_socket,
-        ];
-        let join = join.join(",");
-        if join.is_empty() {
-            args.push("--bootstrap");
-        } else {
-            args.extend_from_slice(&["--join", &join]);
-        }
-        args.extend_from_slice(extra);
-        evio_node(&args)
-    }
-
-    fn start(&self, name: &str, addr: &str, join: &[&str], extra: &[&str]) -> Node {
-        self.start_with(self.command(name, addr, join, extra), name, addr)
-    }
-
-    fn start_with(&self, cmd: std::process::Command, name: &str, addr: &str) -> Node {
-        let proc = Proc::spawn(cmd).unwrap_or_else(|e| panic!("{name}: {e}"));
-        Node {
-            name: name.to_string(),
-            addr: addr.to_string(),
-            proc,
-        }
-    }
-}
 
 async fn status(node: &Node) -> Option<ClusterJson> {
     node.client().cluster().await.ok()
-}
-
-/// Waits until `check` holds for `node`'s view of the cluster.
-async fn wait_cluster(
-    node: &Node,
-    what: &str,
-    check: impl Fn(&ClusterJson) -> bool,
-) -> ClusterJson {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(c) = status(node).await {
-            if check(&c) {
-                return c;
-            }
-            assert!(Instant::now() < deadline, "{what}: last seen {c:#?}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} unreachable",
-            node.name
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The name of the member `c` reports as leader.
@@ -220,7 +87,7 @@ async fn acquire_retrying(node: &Node, name: &str) -> (evio_api::LeaseJson, Dura
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_members_promote_replace_failover_and_restart() {
-    let cluster = Cluster::new("2s");
+    let cluster = Cluster::with_grace("2s");
     let addrs: Vec<String> = (0..5).map(|_| free_addr()).collect();
     let mut nodes = vec![cluster.start("n0", &addrs[0], &[], &[])];
     for i in 1..5 {
@@ -323,7 +190,7 @@ async fn five_members_promote_replace_failover_and_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_around_a_blocked_path_to_the_leader() {
-    let cluster = Cluster::new("60s");
+    let cluster = Cluster::new();
     let (a0, a1, a2) = (free_addr(), free_addr(), free_addr());
     let n0 = cluster.start("n0", &a0, &[], &[]);
     let n1 = cluster.start("n1", &a1, &[&a0], &[]);
@@ -356,7 +223,7 @@ async fn forwards_around_a_blocked_path_to_the_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
-    let cluster = Cluster::new("60s");
+    let cluster = Cluster::new();
     let (a0, a1, a2) = (free_addr(), free_addr(), free_addr());
     let n0 = cluster.start("n0", &a0, &[], &[]);
     let _n1 = cluster.start("n1", &a1, &[&a0], &[]);
@@ -393,7 +260,7 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
     // n2 loses its disk and comes back: new id, old id gone, same subnet for its name.
     n2.proc.signal(Signal::SIGKILL);
     drop(n2);
-    std::fs::remove_dir_all(cluster.data_dir("n2")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_dir_all(cluster.path("n2")).unwrap_or_else(|e| panic!("{e}"));
     let n2 = cluster.start("n2", &a2, &[&a0], &[]);
     let c = wait_cluster(&n0, "n2 back under a new id", |c| {
         c.members.len() == 3 && c.members.iter().all(|m| m.id != old_id)
@@ -419,9 +286,9 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
         "--node-name",
         "n9",
         "--data-dir",
-        &cluster.data_dir("n9").to_string_lossy(),
+        &cluster.path("n9").to_string_lossy(),
         "--cni-socket",
-        &cluster.data_dir("n9.cni.sock").to_string_lossy(),
+        &cluster.path("n9.cni.sock").to_string_lossy(),
         "--listen",
         &free_addr(),
         "--join",
@@ -449,9 +316,9 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
         "--node-name",
         "intruder",
         "--data-dir",
-        &cluster.data_dir("intruder").to_string_lossy(),
+        &cluster.path("intruder").to_string_lossy(),
         "--cni-socket",
-        &cluster.data_dir("intruder.cni.sock").to_string_lossy(),
+        &cluster.path("intruder.cni.sock").to_string_lossy(),
         "--listen",
         &free_addr(),
         "--join",
@@ -471,13 +338,13 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
     // Lease writes and Raft RPC without / with a wrong token or cluster, and garbage bodies.
     let http = reqwest::Client::new();
     let base = &n0.proc.base;
-    let ours = identity_cluster_id(&cluster.data_dir("n0"));
+    let ours = identity_cluster_id(&cluster.path("n0"));
     let n0_id = status(&n0)
         .await
         .map(|c| c.node_id.to_string())
         .unwrap_or_else(|| panic!("n0 status"));
     assert_eq!(
-        identity_cluster_id(&cluster.data_dir("n2")),
+        identity_cluster_id(&cluster.path("n2")),
         ours,
         "members share one cluster id"
     );
@@ -544,7 +411,7 @@ async fn purged_index(node: &Node) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_voters_survive_losing_two_including_the_leader() {
-    let cluster = Cluster::new("60s");
+    let cluster = Cluster::new();
     let addrs: Vec<String> = (0..5).map(|_| free_addr()).collect();
     let mut nodes = vec![cluster.start("v0", &addrs[0], &[], &["--voters", "5"])];
     for i in 1..5 {
@@ -595,7 +462,7 @@ async fn five_voters_survive_losing_two_including_the_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_far_behind_catches_up_by_snapshot() {
-    let cluster = Cluster::new("60s");
+    let cluster = Cluster::new();
     let opts = ["--snapshot-every", "10", "--snapshot-keep", "0"];
     let (a0, a1, a2) = (free_addr(), free_addr(), free_addr());
     let n0 = cluster.start("s0", &a0, &[], &opts);
@@ -628,7 +495,7 @@ async fn member_far_behind_catches_up_by_snapshot() {
 
 #[test]
 fn join_to_an_unreachable_address_retries_with_backoff() {
-    let cluster = Cluster::new("60s");
+    let cluster = Cluster::new();
     let nobody = free_addr(); // nothing listens here
     let addr = free_addr();
     let mut child = cluster

@@ -11,26 +11,17 @@ mod common;
 #[path = "common/kube_standin.rs"]
 mod kube_standin;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::cluster::{free_addr, run_args, TOKEN};
 use common::{evio_node, Proc};
 use evio_api::{Client, Consistency};
 use kube_standin::KubeStandIn;
 use nix::sys::signal::Signal;
 
-const TOKEN: &str = "kube-test-token";
 const SUBNET: &str = "evio.io/pod-subnet";
 const API_ADDRESS: &str = "evio.io/api-address";
-
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
 
 struct Env {
     dir: tempfile::TempDir,
@@ -81,24 +72,10 @@ impl Env {
         kubeconfig_flag: bool,
     ) -> std::process::Command {
         let data = self.dir.path().join(name).to_string_lossy().to_string();
-        let cni_socket = format!("{data}.cni.sock");
         let token = self.token_file.to_string_lossy().to_string();
         let kubeconfig = self.kubeconfig.to_string_lossy().to_string();
-        let mut args = vec![
-            "run",
-            "--data-dir",
-            &data,
-            "--listen",
-            addr,
-            "--pod-cidr",
-            "10.244.0.0/16",
-            "--node-bits",
-            "8",
-            "--cluster-token-file",
-            &token,
-            "--cni-socket",
-            &cni_socket,
-        ];
+        let base = run_args(&data, addr, &token);
+        let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
         if !extra.contains(&"--voters") {
             args.extend_from_slice(&["--voters", "1"]);
         }

@@ -1,0 +1,225 @@
+//! Clusters of real `evio-node run` processes on 127.0.0.1 for tests: one token file, one data
+//! dir per member under a temp dir, members started bootstrapping or joining, and the waits
+//! tests share (membership, leader, leases).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use evio_api::{ClusterJson, Consistency, LeaseJson};
+
+use super::{evio_node, Proc};
+
+pub const TOKEN: &str = "cluster-test-token";
+
+/// A free 127.0.0.1 port (bound and released; the race is harmless in tests).
+pub fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The flags every test member runs with: data dir (CNI socket beside it), listen address,
+/// pod CIDR and the cluster token.
+pub fn run_args(data: &str, addr: &str, token_file: &str) -> Vec<String> {
+    [
+        "run",
+        "--data-dir",
+        data,
+        "--listen",
+        addr,
+        "--pod-cidr",
+        "10.244.0.0/16",
+        "--node-bits",
+        "8",
+        "--cluster-token-file",
+        token_file,
+        "--cni-socket",
+        &format!("{data}.cni.sock"),
+    ]
+    .map(String::from)
+    .into()
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub token_file: PathBuf,
+    grace: &'static str,
+}
+
+pub struct Node {
+    pub name: String,
+    pub addr: String,
+    pub proc: Proc,
+}
+
+impl Node {
+    pub fn client(&self) -> evio_api::Client {
+        self.proc.client(Some(TOKEN))
+    }
+}
+
+impl Cluster {
+    /// Members replace a lost voter only after 60 s (no test waits that long).
+    pub fn new() -> Cluster {
+        Cluster::with_grace("60s")
+    }
+
+    /// Members with `--voter-grace grace`.
+    pub fn with_grace(grace: &'static str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
+        Cluster {
+            dir,
+            token_file,
+            grace,
+        }
+    }
+
+    /// `name` under the cluster's temp dir (a member's data dir is its name).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn token_arg(&self) -> String {
+        self.token_file.to_string_lossy().to_string()
+    }
+
+    /// `evio-node run` for `name` (bootstrap when `join` is empty) plus `extra` flags.
+    pub fn command(
+        &self,
+        name: &str,
+        addr: &str,
+        join: &[&str],
+        extra: &[&str],
+    ) -> std::process::Command {
+        self.command_in(name, name, addr, join, extra)
+    }
+
+    /// Like `command`, with the data dir named `data_name`.
+    pub fn command_in(
+        &self,
+        name: &str,
+        data_name: &str,
+        addr: &str,
+        join: &[&str],
+        extra: &[&str],
+    ) -> std::process::Command {
+        let data = self.path(data_name).to_string_lossy().to_string();
+        let mut args = run_args(&data, addr, &self.token_arg());
+        args.extend(["--node-name", name, "--voter-grace", self.grace].map(String::from));
+        let join = join.join(",");
+        if join.is_empty() {
+            args.push("--bootstrap".into());
+        } else {
+            args.extend(["--join".into(), join]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        evio_node(&args)
+    }
+
+    pub fn start(&self, name: &str, addr: &str, join: &[&str], extra: &[&str]) -> Node {
+        self.start_with(self.command(name, addr, join, extra), name, addr)
+    }
+
+    pub fn start_with(&self, cmd: std::process::Command, name: &str, addr: &str) -> Node {
+        let proc = Proc::spawn(cmd).unwrap_or_else(|e| panic!("{name}: {e}"));
+        Node {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            proc,
+        }
+    }
+
+    /// Three members a, b, c (a bootstraps), each with `extra`; returns once all three are
+    /// voters.
+    pub async fn three(&self, extra: &[&str]) -> Vec<Node> {
+        let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+        let a = self.start("a", &addrs[0], &[], extra);
+        let b = self.start("b", &addrs[1], &[&addrs[0]], extra);
+        let c = self.start("c", &addrs[2], &[&addrs[0]], extra);
+        wait_cluster(&a, "three voters", |c| {
+            c.members
+                .iter()
+                .filter(|m| m.role == "voter" || m.role == "leader")
+                .count()
+                == 3
+        })
+        .await;
+        vec![a, b, c]
+    }
+}
+
+/// Waits until `check` holds for `node`'s view of the cluster.
+pub async fn wait_cluster(
+    node: &Node,
+    what: &str,
+    check: impl Fn(&ClusterJson) -> bool,
+) -> ClusterJson {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(c) = node.client().cluster().await {
+            if check(&c) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "{what}: last seen {c:#?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} unreachable",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The live member that is leader, as seen by any of `nodes`.
+pub async fn leader<'a>(nodes: &'a [&'a Node]) -> &'a Node {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for n in nodes {
+            if let Ok(c) = n.client().cluster().await {
+                if c.leader_id == Some(c.node_id) {
+                    return n;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader among the live members"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Acquires through `node`, retrying while the cluster elects a leader.
+pub async fn acquire(node: &Node, name: &str) -> LeaseJson {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match node.client().acquire(name, None).await {
+            Ok((lease, _)) => return lease,
+            Err(e) => assert!(Instant::now() < deadline, "acquire {name}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `node`'s local replica holds `name`'s lease.
+pub async fn local_has(node: &Node, name: &str) -> LeaseJson {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(lease)) = node.client().get_lease(name, Consistency::Local).await {
+            return lease;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never saw {name}'s lease",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
