@@ -224,26 +224,59 @@ fn node_subnet(config: &Value) -> ipnetwork::Ipv4Network {
         .unwrap_or_else(|| panic!("conflist without nodeSubnet: {config}"))
 }
 
+/// What both chain tests set up: their turn at portmap's shared chains, an `evio-node dev`
+/// on `cidr`, and evio's plugin config on a Linux bridge and host-local dir of its own; the
+/// guards drop in field order (rule, bridge, daemon, files, portmap chains, turn).
+struct Chain {
+    node: DevNode,
+    name: String,
+    evio: Value,
+    ipam_dir: std::path::PathBuf,
+    _masquerade: MasqueradeRule,
+    _bridge: LinuxBridge,
+    _dir: tempfile::TempDir,
+    _leftovers: PortmapLeftovers,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Chain {
+    fn start(tag: &str, cidr: &str) -> Chain {
+        let turn = PORTMAP.lock().unwrap_or_else(|p| p.into_inner());
+        let leftovers = PortmapLeftovers::note();
+        let pid = std::process::id();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let node = DevNode::start(dir.path(), &format!("chain-{tag}"), Some(cidr));
+        let name = format!("evio-chain-{tag}{pid}");
+        let bridge = format!("ec{tag}{pid}");
+        let ipam_dir = dir.path().join("ipam");
+        let mut evio = node.plugin_config(0, &name);
+        evio["bridge"] = json!(bridge);
+        evio["bridgeType"] = json!("LXBR");
+        evio["ipam"]["dataDir"] = json!(ipam_dir);
+        Chain {
+            _masquerade: MasqueradeRule(node_subnet(&evio)),
+            _bridge: LinuxBridge(bridge),
+            node,
+            name,
+            evio,
+            ipam_dir,
+            _dir: dir,
+            _leftovers: leftovers,
+            _turn: turn,
+        }
+    }
+}
+
 #[test]
 fn portmap_after_evio_forwards_a_host_port_into_the_pod() {
     if !chain_prerequisites() {
         return;
     }
-    let _turn = PORTMAP.lock().unwrap_or_else(|p| p.into_inner());
-    let _leftovers = PortmapLeftovers::note();
+    let chain = Chain::start("p", "10.90.0.0/18");
+    let (node, name, ipam_dir) = (&chain.node, &chain.name, &chain.ipam_dir);
+    let evio = chain.evio.clone();
     let pid = std::process::id();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let node = DevNode::start(dir.path(), "chain-portmap", Some("10.90.0.0/18"));
-    let name = format!("evio-chain-p{pid}");
-    let bridge = format!("ecp{pid}");
-    let _bridge = LinuxBridge(bridge.clone());
-    let ipam_dir = dir.path().join("ipam");
-    let mut evio = node.plugin_config(0, &name);
-    evio["bridge"] = json!(bridge);
-    evio["bridgeType"] = json!("LXBR");
-    evio["ipam"]["dataDir"] = json!(ipam_dir);
-    let _masquerade = MasqueradeRule(node_subnet(&evio));
-    let mut portmap = node.plugin_config(1, &name);
+    let mut portmap = node.plugin_config(1, name);
     assert_eq!(portmap["type"], "portmap", "{}", node.conflist);
     let host_port = free_host_port();
     // What a runtime puts there for a pod with hostPort (capability portMappings).
@@ -325,7 +358,7 @@ fn portmap_after_evio_forwards_a_host_port_into_the_pod() {
     );
     assert_veth_retired_then_gone(&host_veth_name(&container, "eth0"));
     assert!(!ip(&["-n", &ns.0, "link"]).contains("eth0"));
-    assert_eq!(reservations(&ipam_dir, &name), Vec::<String>::new());
+    assert_eq!(reservations(ipam_dir, name), Vec::<String>::new());
     node.daemon.assert_no_panics();
 }
 
@@ -350,20 +383,14 @@ fn evio_after_another_plugin_answers_the_merged_result() {
     if !chain_prerequisites() {
         return;
     }
-    let _turn = PORTMAP.lock().unwrap_or_else(|p| p.into_inner());
-    let _leftovers = PortmapLeftovers::note();
+    let chain = Chain::start("m", "10.90.64.0/18");
+    let (node, name, ipam_dir) = (&chain.node, &chain.name, &chain.ipam_dir);
+    let base = chain.evio.clone();
+    let bridge = chain.evio["bridge"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let pid = std::process::id();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let node = DevNode::start(dir.path(), "chain-merge", Some("10.90.64.0/18"));
-    let name = format!("evio-chain-m{pid}");
-    let bridge = format!("ecm{pid}");
-    let _bridge = LinuxBridge(bridge.clone());
-    let ipam_dir = dir.path().join("ipam");
-    let mut base = node.plugin_config(0, &name);
-    base["bridge"] = json!(bridge);
-    base["bridgeType"] = json!("LXBR");
-    base["ipam"]["dataDir"] = json!(ipam_dir);
-    let _masquerade = MasqueradeRule(node_subnet(&base));
 
     // The earlier plugin's interface really exists in the pod; evio must leave it alone.
     let ns = Netns::add(format!("evio-chain-m{pid}"));
@@ -449,7 +476,7 @@ fn evio_after_another_plugin_answers_the_merged_result() {
         // portmap (at most 1.0.0 in Debian's build) after evio picks evio's address: the ip
         // whose interface index names CNI_IFNAME in the sandbox.
         if version != "1.1.0" {
-            let mut portmap = node.plugin_config(1, &name);
+            let mut portmap = node.plugin_config(1, name);
             portmap["cniVersion"] = json!(version);
             portmap["runtimeConfig"] = json!({"portMappings": [
                 {"hostPort": free_host_port(), "containerPort": CONTAINER_PORT, "protocol": "tcp"}]});
@@ -494,11 +521,7 @@ fn evio_after_another_plugin_answers_the_merged_result() {
             !pod_links.contains("eth0") && pod_links.contains("net1"),
             "{case}: {pod_links}"
         );
-        assert_eq!(
-            reservations(&ipam_dir, &name),
-            Vec::<String>::new(),
-            "{case}"
-        );
+        assert_eq!(reservations(ipam_dir, name), Vec::<String>::new(), "{case}");
     }
 
     // A prevResult whose ip names an interface it does not list: refused before anything is
@@ -518,6 +541,6 @@ fn evio_after_another_plugin_answers_the_merged_result() {
     );
     assert_veth_retired_then_gone(&host_veth_name(&container, "eth0"));
     assert!(!ip(&["-n", &ns.0, "link"]).contains("eth0"));
-    assert_eq!(reservations(&ipam_dir, &name), Vec::<String>::new());
+    assert_eq!(reservations(ipam_dir, name), Vec::<String>::new());
     node.daemon.assert_no_panics();
 }
