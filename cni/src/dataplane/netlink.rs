@@ -363,14 +363,14 @@ pub async fn delete_index(handle: &Handle, index: u32) -> Result<bool, NetlinkEr
 
 /// Takes link `index` down (a bridge forwards nothing to it) and marks it for deletion:
 /// `alias` (kept across a daemon restart) and link group `group` (the kernel deletes a whole
-/// group in one request, paying its RCU waits once).
+/// group in one request, paying its RCU waits once). Returns false if it no longer exists.
 pub async fn retire(
     handle: &Handle,
     index: u32,
     alias: &str,
     group: u32,
-) -> Result<(), NetlinkError> {
-    handle
+) -> Result<bool, NetlinkError> {
+    let request = handle
         .link()
         .set(
             LinkUnspec::new_with_index(index)
@@ -380,8 +380,13 @@ pub async fn retire(
                 .build(),
         )
         .execute()
-        .await
-        .map_err(fail(format!("retiring link {index}")))
+        .await;
+    match request {
+        Ok(()) => Ok(true),
+        // Gone meanwhile: its netns was deleted and the kernel took the pair with it.
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(fail(format!("retiring link {index}"))(e)),
+    }
 }
 
 /// Takes link `index` down.

@@ -824,9 +824,12 @@ async fn retire_links(handle: &Handle, reaper: &Reaper, request: &Request) -> Re
     while retired.len() > 255 {
         retired.pop();
     }
-    netlink::retire(handle, index, &retired, RETIRED_GROUP)
+    if !netlink::retire(handle, index, &retired, RETIRED_GROUP)
         .await
-        .map_err(netlink_error(&version))?;
+        .map_err(netlink_error(&version))?
+    {
+        return Ok(()); // gone with its netns meanwhile
+    }
     reaper.delete_later();
     retire_pod_end(request, index).await;
     Ok(())

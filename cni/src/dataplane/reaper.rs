@@ -114,10 +114,13 @@ impl Reaper {
 /// how many there were.
 async fn sweep(handle: &Handle) -> Result<usize, NetlinkError> {
     let leftovers = retired_links(handle).await?;
-    for &(index, ref alias) in &leftovers {
-        netlink::retire(handle, index, alias, RETIRED_GROUP).await?;
+    let mut count = 0;
+    for (index, alias) in &leftovers {
+        if netlink::retire(handle, *index, alias, RETIRED_GROUP).await? {
+            count += 1;
+        }
     }
-    Ok(leftovers.len())
+    Ok(count)
 }
 
 /// The indexes and aliases of links whose alias marks them retired.
