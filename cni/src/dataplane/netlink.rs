@@ -56,7 +56,7 @@ pub struct PodNetns {
 
 impl PodNetns {
     /// Opens the sockets in the namespace at `netns`; `announce` also opens the packet socket
-    /// `configure_pod_side` sends its gratuitous ARP from.
+    /// [`PodNetns::announce`] sends gratuitous ARPs from.
     pub async fn open(netns: &Path, announce: bool) -> Result<Self, NetlinkError> {
         let ns_file = File::open(netns).map_err(|e| NetlinkError {
             action: format!("opening netns {}", netns.display()),
@@ -93,9 +93,7 @@ impl PodNetns {
         tokio::spawn(connection);
         Ok(Self { handle, announce })
     }
-}
 
-impl PodNetns {
     /// Neighbours learn the (possibly reused) address now, not on their next ARP timeout:
     /// gratuitous ARPs (sender = target = `ip`) from interface `index`, as the reference
     /// bridge plugin sends. Repeated off the request's path: the first one can beat the
@@ -185,15 +183,18 @@ pub fn mac_of(link: &LinkMessage) -> String {
     link.attributes
         .iter()
         .find_map(|a| match a {
-            LinkAttribute::Address(mac) => Some(
-                mac.iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":"),
-            ),
+            LinkAttribute::Address(mac) => Some(mac_text(mac)),
             _ => None,
         })
         .unwrap_or_default()
+}
+
+/// `aa:bb:cc:dd:ee:ff`, as CNI results carry MACs.
+pub fn mac_text(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Creates a Linux bridge `name` unless it exists.
@@ -341,13 +342,9 @@ pub fn is_bridge(link: &LinkMessage) -> bool {
 
 /// Deletes link `name`; absent is fine (DEL is idempotent). Returns whether it existed.
 pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetlinkError> {
-    let Some(link) = link_by_name(handle, name).await? else {
-        return Ok(false);
-    };
-    match handle.link().del(link.header.index).execute().await {
-        Ok(()) => Ok(true),
-        Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => Err(fail(format!("deleting {name}"))(e)),
+    match link_by_name(handle, name).await? {
+        Some(link) => delete_index(handle, link.header.index).await,
+        None => Ok(false),
     }
 }
 
@@ -463,14 +460,7 @@ pub struct PodInterface {
 
 impl PodInterface {
     pub fn mac_text(&self) -> String {
-        self.mac
-            .map(|mac| {
-                mac.iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":")
-            })
-            .unwrap_or_default()
+        self.mac.map(|mac| mac_text(&mac)).unwrap_or_default()
     }
 }
 
@@ -577,23 +567,35 @@ fn send_gratuitous_arp(
     Ok(())
 }
 
-/// Name, alias and controller (bridge) index of every link in the namespace.
-pub async fn links(handle: &Handle) -> Result<Vec<(String, String, Option<u32>)>, NetlinkError> {
+/// What GC, CHECK and the reaper need to know of a link.
+pub struct LinkSummary {
+    pub index: u32,
+    pub name: String,
+    pub alias: String,
+    /// The bridge it is attached to, if any.
+    pub controller: Option<u32>,
+}
+
+/// Every link in the namespace.
+pub async fn links(handle: &Handle) -> Result<Vec<LinkSummary>, NetlinkError> {
     let mut out = Vec::new();
     let mut stream = handle.link().get().execute();
     while let Some(link) = stream.try_next().await.map_err(fail("listing links"))? {
-        let mut name = String::new();
-        let mut alias = String::new();
-        let mut controller = None;
-        for attr in &link.attributes {
+        let mut summary = LinkSummary {
+            index: link.header.index,
+            name: String::new(),
+            alias: String::new(),
+            controller: None,
+        };
+        for attr in link.attributes {
             match attr {
-                LinkAttribute::IfName(n) => name = n.clone(),
-                LinkAttribute::IfAlias(a) => alias = a.clone(),
-                LinkAttribute::Controller(c) => controller = Some(*c),
+                LinkAttribute::IfName(n) => summary.name = n,
+                LinkAttribute::IfAlias(a) => summary.alias = a,
+                LinkAttribute::Controller(c) => summary.controller = Some(c),
                 _ => {}
             }
         }
-        out.push((name, alias, controller));
+        out.push(summary);
     }
     Ok(out)
 }

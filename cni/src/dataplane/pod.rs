@@ -312,7 +312,7 @@ async fn check(handle: &Handle, request: &Request) -> Result<Value, CniError> {
             .await
             .map_err(netlink_error(&version))?
             .into_iter()
-            .any(|(name, _, controller)| name == host && controller == Some(bridge.header.index))
+            .any(|link| link.name == host && link.controller == Some(bridge.header.index))
     };
     if !attached {
         return Err(failed(format!(
@@ -383,28 +383,21 @@ async fn gc(handle: &Handle, request: &Request) -> Result<Value, CniError> {
             }
         }
     }
-    for (name, alias, _) in netlink::links(handle)
+    for link in netlink::links(handle)
         .await
         .map_err(netlink_error(&version))?
     {
-        let Some((container, ifname)) = parse_owner(&alias, &prefix) else {
-            continue;
-        };
-        if !valid.contains(&(container.to_string(), ifname.to_string())) {
-            tracing::info!(veth = %name, container, ifname, "GC: removing stale veth");
-            netlink::delete_link(handle, &name)
+        // Retired veths are no attachment's: normally the reaper's, but GC makes sure.
+        let stale = link.alias.starts_with(RETIRED)
+            || parse_owner(&link.alias, &prefix).is_some_and(|(container, ifname)| {
+                !valid.contains(&(container.to_string(), ifname.to_string()))
+            });
+        if stale {
+            tracing::info!(veth = %link.name, owner = %link.alias, "GC: removing stale veth");
+            netlink::delete_index(handle, link.index)
                 .await
                 .map_err(netlink_error(&version))?;
         }
-    }
-    // Retired veths are no attachment's: normally the reaper's, but GC makes sure.
-    for (index, _) in super::reaper::retired_links(handle)
-        .await
-        .map_err(netlink_error(&version))?
-    {
-        netlink::delete_index(handle, index)
-            .await
-            .map_err(netlink_error(&version))?;
     }
     gc_host_local(request, &valid).map_err(|e| {
         CniError::new(&version, code::IO_FAILURE, "GC of host-local reservations")

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use rtnetlink::Handle;
 
 use super::netlink::{self, NetlinkError};
@@ -125,16 +124,10 @@ async fn sweep(handle: &Handle) -> Result<usize, NetlinkError> {
 
 /// The indexes and aliases of links whose alias marks them retired.
 pub async fn retired_links(handle: &Handle) -> Result<Vec<(u32, String)>, NetlinkError> {
-    let mut out = Vec::new();
-    let mut stream = handle.link().get().execute();
-    while let Some(link) = stream.try_next().await.map_err(|e| NetlinkError {
-        action: "listing links".into(),
-        reason: e.to_string(),
-    })? {
-        let alias = netlink::alias_of(&link);
-        if alias.starts_with(RETIRED) {
-            out.push((link.header.index, alias.to_string()));
-        }
-    }
-    Ok(out)
+    Ok(netlink::links(handle)
+        .await?
+        .into_iter()
+        .filter(|link| link.alias.starts_with(RETIRED))
+        .map(|link| (link.index, link.alias))
+        .collect())
 }
