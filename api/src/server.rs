@@ -218,7 +218,7 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
             "/v1/leases/{node}",
             get(get_lease).put(put_lease).delete(delete_lease),
         )
-        .route("/v1/leases/reserve", post(reserve_lease))
+        .route("/v1/reservations", post(reserve_lease))
         .route("/v1/leases/{node}/claim", post(claim_lease))
         .route("/v1/cluster/join", post(join))
         .route_layer(middleware::from_fn_with_state(state.clone(), forwarding));
