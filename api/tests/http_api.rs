@@ -668,3 +668,39 @@ async fn node_names_equal_to_route_words_get_leases() {
     }
     server.shutdown().await;
 }
+
+/// Without the token, linearizable reads (each a heartbeat round to every voter) cannot
+/// pile up: beyond a small budget they get 429 + Retry-After at once; with the token they
+/// wait for the leader as before; local reads always answer.
+#[tokio::test]
+async fn anonymous_linearizable_reads_are_capped() {
+    let server = start("10.244.0.0/16", 8, false).await;
+    let url = format!("{}/v1/leases", server.base);
+    let anonymous = reqwest::Client::new();
+    let reads = (0..16).map(|_| {
+        let request = anonymous.get(&url).send();
+        async move {
+            let response = request.await.unwrap_or_else(|e| panic!("{e}"));
+            let retry = response.headers().contains_key("retry-after");
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            (status, retry, error_code(&text))
+        }
+    });
+    let answers = futures::future::join_all(reads).await;
+    let limited = answers
+        .iter()
+        .filter(|(s, retry, code)| *s == 429 && *retry && code == "rate_limited")
+        .count();
+    assert!(limited >= 8, "{answers:?}");
+    let (status, retry, text) = raw(reqwest::Method::GET, &url, None).await;
+    assert_eq!((status, error_code(&text).as_str()), (503, "no_quorum"));
+    assert!(retry.is_some());
+    let local = anonymous
+        .get(format!("{url}?consistency=local"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(local.status(), 200);
+    server.shutdown().await;
+}
