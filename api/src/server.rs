@@ -21,8 +21,8 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::ApiMetrics;
 use crate::types::{
-    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, EtcdMirrorJson, LeaseJson,
-    MemberJson, ReserveBody,
+    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, ErrorCode, EtcdMirrorJson,
+    LeaseJson, MemberJson, ReserveBody,
 };
 
 #[derive(Clone)]
@@ -96,45 +96,42 @@ const DEADLINE_HEADER: &str = "x-evio-deadline-ms";
 #[derive(Debug, Clone)]
 struct NotLeaderHint(Option<(u64, evio_raft::EvioNode)>);
 
-/// An error response: status, stable code, message, and `Retry-After` when retrying helps.
+/// An error response: stable code (which fixes the status), message, and `Retry-After`
+/// when retrying helps.
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub retry_after_secs: Option<u64>,
     not_leader: Option<NotLeaderHint>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
-            retry_after_secs: None,
+            retry_after_secs: code.is_retryable().then_some(1),
             not_leader: None,
         }
     }
 
-    fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            retry_after_secs: Some(1),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-        }
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(status = %self.status, code = self.code, error = %self.message, "request failed");
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(%status, code = %self.code, error = %self.message, "request failed");
         }
         let body = ErrorBody {
             error: self.message,
-            code: self.code.to_string(),
+            code: self.code,
         };
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (status, Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()
@@ -151,10 +148,10 @@ impl From<AdmitError> for ApiError {
     fn from(e: AdmitError) -> Self {
         match e {
             AdmitError::PoolMismatch { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "pool_mismatch", e.to_string())
+                ApiError::new(ErrorCode::PoolMismatch, e.to_string())
             }
             AdmitError::DuplicateName { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "duplicate_node_name", e.to_string())
+                ApiError::new(ErrorCode::DuplicateNodeName, e.to_string())
             }
             AdmitError::Request(e) => e.into(),
         }
@@ -165,35 +162,33 @@ impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
         match e {
             RequestError::InvalidNodeName(e) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_node_name", e.to_string())
+                ApiError::new(ErrorCode::InvalidNodeName, e.to_string())
             }
             RequestError::PoolExhausted { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "pool_exhausted", e.to_string())
+                ApiError::new(ErrorCode::PoolExhausted, e.to_string())
             }
             // Answered as 503 only when forwarding to the leader is impossible too.
             RequestError::NotLeader { ref leader } => ApiError {
                 not_leader: Some(NotLeaderHint(leader.clone())),
                 ..match leader {
-                    None => ApiError::unavailable(
-                        "no_quorum",
+                    None => ApiError::new(
+                        ErrorCode::NoQuorum,
                         "no leader is known: this member cannot reach a quorum",
                     ),
-                    Some(_) => ApiError::unavailable("not_leader", e.to_string()),
+                    Some(_) => ApiError::new(ErrorCode::NotLeader, e.to_string()),
                 }
             },
-            RequestError::NoQuorum(_) => ApiError::unavailable("no_quorum", e.to_string()),
+            RequestError::NoQuorum(_) => ApiError::new(ErrorCode::NoQuorum, e.to_string()),
             RequestError::Refused(ref refusal) => {
-                let (status, code) = match refusal {
-                    Refusal::OutsidePool { .. } => (StatusCode::BAD_REQUEST, "outside_pool"),
-                    Refusal::BlockTaken { .. } => (StatusCode::CONFLICT, "block_taken"),
-                    Refusal::OwnerHoldsOther { .. } => (StatusCode::CONFLICT, "holds_other_lease"),
-                    Refusal::NoSuchLease { .. } => (StatusCode::NOT_FOUND, "not_found"),
+                let code = match refusal {
+                    Refusal::OutsidePool { .. } => ErrorCode::OutsidePool,
+                    Refusal::BlockTaken { .. } => ErrorCode::BlockTaken,
+                    Refusal::OwnerHoldsOther { .. } => ErrorCode::HoldsOtherLease,
+                    Refusal::NoSuchLease { .. } => ErrorCode::NotFound,
                 };
-                ApiError::new(status, code, e.to_string())
+                ApiError::new(code, e.to_string())
             }
-            RequestError::Fatal(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            }
+            RequestError::Fatal(_) => ApiError::new(ErrorCode::Internal, e.to_string()),
         }
     }
 }
@@ -208,8 +203,7 @@ fn read_params(RawQuery(query): RawQuery) -> Result<Consistency, ApiError> {
             ("consistency", "linearizable") => consistency = Consistency::Linearizable,
             ("consistency", other) => {
                 return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     format!(
                         "invalid consistency {other:?}: expected \"local\" or \"linearizable\""
                     ),
@@ -217,8 +211,7 @@ fn read_params(RawQuery(query): RawQuery) -> Result<Consistency, ApiError> {
             }
             (other, _) => {
                 return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     format!("unknown query parameter {other:?}"),
                 ))
             }
@@ -330,8 +323,7 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
         "refused unauthenticated request"
     );
     ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
+        ErrorCode::Unauthorized,
         "missing or wrong cluster token (Authorization: Bearer <token>)",
     )
     .into_response()
@@ -350,8 +342,7 @@ async fn same_cluster(State(state): State<ApiState>, request: Request, next: Nex
     if target.as_deref() != Some(me.as_str()) {
         tracing::debug!(?target, me, "refused Raft RPC meant for another node");
         return ApiError::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            "wrong_node",
+            ErrorCode::WrongNode,
             format!("this is node {me}, the RPC is for node {target:?}"),
         )
         .into_response();
@@ -364,8 +355,7 @@ async fn same_cluster(State(state): State<ApiState>, request: Request, next: Nex
         if theirs != Some(ours.as_str()) {
             tracing::warn!(ours, theirs, "refused Raft RPC from another cluster");
             return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "cluster_mismatch",
+                ErrorCode::ClusterMismatch,
                 format!("this member belongs to cluster {ours}, the request to {theirs:?}"),
             )
             .into_response();
@@ -380,8 +370,7 @@ async fn forwarding(State(state): State<ApiState>, request: Request, next: Next)
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, API_MAX_BODY).await else {
         return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("request body larger than {API_MAX_BODY} bytes"),
         )
         .into_response();
@@ -518,13 +507,12 @@ async fn track(State(state): State<ApiState>, request: Request, next: Next) -> R
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "method not allowed on this route",
     )
 }
@@ -549,20 +537,14 @@ async fn consistent(
     let _permit = if authenticated {
         None
     } else {
-        Some(
-            state
-                .anonymous_barriers
-                .try_acquire()
-                .map_err(|_| ApiError {
-                    retry_after_secs: Some(1),
-                    ..ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate_limited",
-                        "too many linearizable reads without the cluster token: retry, \
-                 send the token, or read with ?consistency=local",
-                    )
-                })?,
-        )
+        let refused = |_| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                "too many linearizable reads without the cluster token: retry, send the \
+                 token, or read with ?consistency=local",
+            )
+        };
+        Some(state.anonymous_barriers.try_acquire().map_err(refused)?)
     };
     state.replica.linearizable_barrier().await?;
     Ok(())
@@ -593,13 +575,7 @@ async fn get_lease(
         .table
         .get(&node)
         .map(|lease| Json(LeaseJson::from(&lease)))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("node {node:?} holds no lease"),
-            )
-        })
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("node {node:?} holds no lease")))
 }
 
 async fn put_lease(
@@ -613,8 +589,7 @@ async fn put_lease(
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 format!(
                     "invalid request body: {e} (expected {{\"hostIP\": \"<IPv4>\"}} or nothing)"
                 ),
@@ -645,8 +620,7 @@ async fn reserve_lease(State(state): State<ApiState>, body: Bytes) -> Result<Res
     let pool = state.replica.pool();
     let block = pool.index_of(body.subnet).ok_or_else(|| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "outside_pool",
+            ErrorCode::OutsidePool,
             format!(
                 "subnet {} is not a node block of the pool {pool}",
                 body.subnet
@@ -714,12 +688,9 @@ async fn cluster(State(state): State<ApiState>) -> Json<ClusterJson> {
 async fn healthz(State(state): State<ApiState>) -> Response {
     match &state.replica.metrics().running_state {
         Ok(()) => (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response(),
-        Err(fatal) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "raft_stopped",
-            format!("raft stopped: {fatal}"),
-        )
-        .into_response(),
+        Err(fatal) => {
+            ApiError::new(ErrorCode::RaftStopped, format!("raft stopped: {fatal}")).into_response()
+        }
     }
 }
 
@@ -727,8 +698,8 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     if state.replica.is_ready() {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
     } else {
-        ApiError::unavailable(
-            "not_ready",
+        ApiError::new(
+            ErrorCode::NotReady,
             "the local replica has not yet applied the committed log or joined a cluster",
         )
         .into_response()
@@ -739,7 +710,7 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let text = state
         .metrics
         .render(&state.replica, etcd_mirror_now(&state).as_ref())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -751,13 +722,8 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            format!("invalid {what} body: {e}"),
-        )
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("invalid {what} body: {e}")))
 }
 
 async fn join(State(state): State<ApiState>, body: Bytes) -> Result<Json<JoinResponse>, ApiError> {
@@ -797,8 +763,7 @@ async fn refuse_read_bodies(request: Request, next: Next) -> Response {
             .is_some_and(|v| v.as_bytes() != b"0");
     if bodyless && has_body {
         return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "body_not_allowed",
+            ErrorCode::BodyNotAllowed,
             format!("{} requests take no body", request.method()),
         )
         .into_response();
@@ -818,17 +783,13 @@ async fn json_errors(response: Response) -> Response {
         return response;
     }
     let (code, message) = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
+        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body too large"),
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
-            ("timeout", "the request did not complete in time")
+            (ErrorCode::Timeout, "the request did not complete in time")
         }
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("invalid_body", "unsupported content type"),
-        s if s.is_client_error() => ("bad_request", "the request could not be read"),
-        _ => ("internal", "internal error"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (ErrorCode::InvalidBody, "unsupported content type"),
+        s if s.is_client_error() => (ErrorCode::BadRequest, "the request could not be read"),
+        _ => (ErrorCode::Internal, "internal error"),
     };
-    let mut error = ApiError::new(status, code, message);
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        error.retry_after_secs = Some(1);
-    }
-    error.into_response()
+    ApiError::new(code, message).into_response()
 }

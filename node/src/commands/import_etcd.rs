@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use etcd_client::GetOptions;
-use evio_api::{Client, ClientError, LeaseJson};
+use evio_api::{Client, ClientError, ErrorCode, LeaseJson};
 use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
 use evio_raft::Pool;
 
@@ -172,7 +172,12 @@ async fn import_one(api: &Client, pool: &Pool, key: &str, prefix: &str) -> anyho
         ))),
         Err(
             e @ ClientError::Api {
-                status: 400 | 404 | 409,
+                code:
+                    ErrorCode::OutsidePool
+                    | ErrorCode::InvalidNodeName
+                    | ErrorCode::NotFound
+                    | ErrorCode::BlockTaken
+                    | ErrorCode::HoldsOtherLease,
                 ..
             },
         ) => {
