@@ -1,4 +1,5 @@
-//! The axum router: lease API, cluster status, health, metrics, and the Raft RPC endpoints.
+//! The axum router: lease API, cluster status, health, metrics; it mounts the Raft RPC routes
+//! of `evio_raft::network::server`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,11 +12,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use evio_raft::network::{APPEND_PATH, CLUSTER_HEADER, SNAPSHOT_PATH, TARGET_HEADER, VOTE_PATH};
-use evio_raft::types::TypeConfig;
+use evio_raft::network;
 use evio_raft::{validate_node_name, validate_owner, Refusal, Replica, RequestError};
 use evio_raft::{AdmitError, JoinRequest, JoinResponse};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -243,11 +242,7 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
             API_TIMEOUT,
         ))
         .route_layer(RequestBodyLimitLayer::new(API_MAX_BODY));
-    let raft_rpc = Router::new()
-        .route(APPEND_PATH, post(raft_append))
-        .route(VOTE_PATH, post(raft_vote))
-        .route(SNAPSHOT_PATH, post(raft_snapshot))
-        .route_layer(middleware::from_fn_with_state(state.clone(), same_cluster))
+    let raft_rpc = network::router(state.replica.clone())
         .route_layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             RAFT_TIMEOUT,
@@ -293,7 +288,7 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
 async fn authenticate(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let is_read = request.method() == axum::http::Method::GET;
-    let needs_token = if path.starts_with("/raft/") || path == "/v1/cluster/join" {
+    let needs_token = if path.starts_with(network::PATH_PREFIX) || path == "/v1/cluster/join" {
         true
     } else if path.starts_with("/v1/leases") || path.starts_with("/v1/reservations") {
         !is_read || state.options.auth_reads
@@ -327,41 +322,6 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
         "missing or wrong cluster token (Authorization: Bearer <token>)",
     )
     .into_response()
-}
-
-/// Raft RPC from another cluster (or from a sender that does not say) is refused once this
-/// member knows its own cluster; RPC meant for another node id (this address used to belong
-/// to a member that is gone) is refused always.
-async fn same_cluster(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let target = request
-        .headers()
-        .get(TARGET_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let me = state.replica.node_id().to_string();
-    if target.as_deref() != Some(me.as_str()) {
-        tracing::debug!(?target, me, "refused Raft RPC meant for another node");
-        return ApiError::new(
-            ErrorCode::WrongNode,
-            format!("this is node {me}, the RPC is for node {target:?}"),
-        )
-        .into_response();
-    }
-    let theirs = request
-        .headers()
-        .get(CLUSTER_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if let Some(ours) = state.replica.cluster_id() {
-        if theirs != Some(ours.as_str()) {
-            tracing::warn!(ours, theirs, "refused Raft RPC from another cluster");
-            return ApiError::new(
-                ErrorCode::ClusterMismatch,
-                format!("this member belongs to cluster {ours}, the request to {theirs:?}"),
-            )
-            .into_response();
-        }
-    }
-    next.run(request).await
 }
 
 /// Runs the handler; when it failed only because this member is not the leader, sends the
@@ -729,23 +689,6 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Resul
 async fn join(State(state): State<ApiState>, body: Bytes) -> Result<Json<JoinResponse>, ApiError> {
     let request: JoinRequest = parse_body(&body, "join")?;
     Ok(Json(state.replica.admit(&request).await?))
-}
-
-// Raft RPC: openraft's own result (including a stopped Raft's fatal error) goes back as JSON
-// for the caller's openraft to interpret. Bodies are parsed here so garbage gets a JSON 400.
-async fn raft_append(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let rpc: AppendEntriesRequest<TypeConfig> = parse_body(&body, "append-entries")?;
-    Ok(Json(state.replica.raft().append_entries(rpc).await).into_response())
-}
-
-async fn raft_vote(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let rpc: VoteRequest<u64> = parse_body(&body, "vote")?;
-    Ok(Json(state.replica.raft().vote(rpc).await).into_response())
-}
-
-async fn raft_snapshot(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let rpc: InstallSnapshotRequest<TypeConfig> = parse_body(&body, "install-snapshot")?;
-    Ok(Json(state.replica.raft().install_snapshot(rpc).await).into_response())
 }
 
 /// GET, HEAD and DELETE carry no body here: one announced anyway is refused before any
