@@ -13,6 +13,7 @@ pub mod errors;
 mod forwarding;
 mod guards;
 mod leases;
+pub mod openapi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +106,7 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .route("/metrics", get(cluster::metrics))
+        .route("/openapi.json", get(openapi::document))
         .route_layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             READ_TIMEOUT,
