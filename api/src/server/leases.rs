@@ -95,17 +95,20 @@ pub(super) async fn put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     checked_name(&node)?;
+    // Nothing, `null` or an object: the body is optional.
     let body: AcquireBody = if body.iter().all(u8::is_ascii_whitespace) {
         AcquireBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                ErrorCode::InvalidBody,
-                format!(
+        serde_json::from_slice::<Option<AcquireBody>>(&body)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidBody,
+                    format!(
                     "invalid request body: {e} (expected {{\"hostIP\": \"<IPv4>\"}} or nothing)"
                 ),
-            )
-        })?
+                )
+            })?
     };
     let (lease, created) = state.replica.acquire(&node, body.host_ip).await?;
     let status = if created {

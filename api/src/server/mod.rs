@@ -115,13 +115,14 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
         .merge(leader_bound)
         .merge(raft_rpc)
         .merge(reads)
+        // After routing, so a body on an unknown method or route gets 405/404 first.
+        .route_layer(middleware::from_fn(guards::refuse_read_bodies))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
         ))
-        .layer(middleware::from_fn(guards::refuse_read_bodies))
         .layer(middleware::map_response(errors::json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), guards::track))
         .with_state(state)
