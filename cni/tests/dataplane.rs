@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command as Process;
 
-use evio_cni::dataplane::{masquerade, pod, PodNetwork};
+use evio_cni::dataplane::{attachment, error as codes, masquerade, PodNetwork};
 use evio_cni::spec::{Command, Request};
 use serde_json::{json, Value};
 
@@ -288,21 +288,23 @@ async fn scenario(kind: &'static str) {
     let mut wrong = check_a.clone();
     wrong.config["prevResult"]["ips"][0]["address"] = json!(fx.net("3.77/16"));
     let err = pods.check(&wrong).await.map(|_| ()).unwrap_err();
-    assert_eq!(err.code, pod::CODE_CHECK_FAILED, "{err:?}");
+    assert_eq!(err.code, codes::CODE_CHECK_FAILED, "{err:?}");
 
     // STATUS: ready with host-local installed, "not available" without it.
     let status = fx.request(Command::Status, "s", "", fx.config("3.254"));
-    pods.status(&status).unwrap_or_else(|e| panic!("{e:?}"));
+    pods.status(&status)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
     let mut no_ipam = status.clone();
     no_ipam.path = "/nonexistent".into();
     assert_eq!(
-        pods.status(&no_ipam).map(|_| ()).unwrap_err().code,
-        pod::CODE_PLUGIN_NOT_AVAILABLE
+        pods.status(&no_ipam).await.map(|_| ()).unwrap_err().code,
+        codes::CODE_PLUGIN_NOT_AVAILABLE
     );
 
     // ADD of an ifname that exists fails, and leaves pod a intact.
     let again = pods.add(&add_a).await.map(|_| ()).unwrap_err();
-    assert_eq!(again.code, pod::CODE_INTERFACE_EXISTS, "{again:?}");
+    assert_eq!(again.code, codes::CODE_INTERFACE_EXISTS, "{again:?}");
     assert!(ping_from(&ns_a, &fx.net("3.3")));
 
     // Failures after the veth exists roll everything back: an exhausted range...
@@ -311,7 +313,7 @@ async fn scenario(kind: &'static str) {
     let add_c = fx.request(Command::Add, "c", &ns_c, tight);
     let err = pods.add(&add_c).await.map(|_| ()).unwrap_err();
     assert!(
-        !link_exists(&pod::host_veth_name(&add_c.container_id, "eth0")),
+        !link_exists(&attachment::host_veth_name(&add_c.container_id, "eth0")),
         "veth left behind: {err:?}"
     );
     assert_eq!(fx.reservations().len(), 2, "{:?}", fx.reservations());
@@ -321,7 +323,7 @@ async fn scenario(kind: &'static str) {
     let add_d = fx.request(Command::Add, "d", &ns_c, missing);
     let err = pods.add(&add_d).await.map(|_| ()).unwrap_err();
     assert_eq!(err.code, 7, "{err:?}");
-    assert!(!link_exists(&pod::host_veth_name(
+    assert!(!link_exists(&attachment::host_veth_name(
         &add_d.container_id,
         "eth0"
     )));
@@ -339,11 +341,11 @@ async fn scenario(kind: &'static str) {
     gc.config["cni.dev/valid-attachments"] =
         json!([{"containerID": add_b.container_id, "ifname": "eth0"}]);
     pods.gc(&gc).await.unwrap_or_else(|e| panic!("{e:?}"));
-    assert!(!link_exists(&pod::host_veth_name(
+    assert!(!link_exists(&attachment::host_veth_name(
         &add_a.container_id,
         "eth0"
     )));
-    assert!(link_exists(&pod::host_veth_name(
+    assert!(link_exists(&attachment::host_veth_name(
         &add_b.container_id,
         "eth0"
     )));
@@ -355,11 +357,11 @@ async fn scenario(kind: &'static str) {
             .unwrap_or_else(|e| panic!("{e}"));
         let ports = String::from_utf8_lossy(&ports.stdout).to_string();
         assert!(
-            !ports.contains(&pod::host_veth_name(&add_a.container_id, "eth0")),
+            !ports.contains(&attachment::host_veth_name(&add_a.container_id, "eth0")),
             "{ports}"
         );
         assert!(
-            ports.contains(&pod::host_veth_name(&add_b.container_id, "eth0")),
+            ports.contains(&attachment::host_veth_name(&add_b.container_id, "eth0")),
             "{ports}"
         );
     }
@@ -367,10 +369,10 @@ async fn scenario(kind: &'static str) {
     // DEL: idempotent, and fine once the netns is gone.
     let del_a = fx.request(Command::Del, "a", &ns_a, fx.config("3.254"));
     pods.del(&del_a).await.unwrap_or_else(|e| panic!("{e:?}"));
-    assert_cut_off(&pod::host_veth_name(&del_a.container_id, "eth0"));
+    assert_cut_off(&attachment::host_veth_name(&del_a.container_id, "eth0"));
     pods.del(&del_a).await.unwrap_or_else(|e| panic!("{e:?}"));
     pods.settled().await;
-    assert!(!link_exists(&pod::host_veth_name(
+    assert!(!link_exists(&attachment::host_veth_name(
         &del_a.container_id,
         "eth0"
     )));
@@ -381,7 +383,7 @@ async fn scenario(kind: &'static str) {
     pods.del(&del_b).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
     pods.settled().await;
-    assert!(!link_exists(&pod::host_veth_name(
+    assert!(!link_exists(&attachment::host_veth_name(
         &del_b.container_id,
         "eth0"
     )));
@@ -475,14 +477,16 @@ async fn concurrent_adds_and_dels(kind: &'static str, octet: u8) {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|e| panic!("{e:?}"));
-        assert_cut_off(&pod::host_veth_name(&container, "eth0"));
+        assert_cut_off(&attachment::host_veth_name(&container, "eth0"));
         deleted.push(container);
     }
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
     pods.settled().await;
     assert_eq!(bridge_ports(&fx), 0);
     for container in deleted {
-        assert!(!link_exists(&pod::host_veth_name(&container, "eth0")));
+        assert!(!link_exists(&attachment::host_veth_name(
+            &container, "eth0"
+        )));
     }
 }
 
@@ -543,7 +547,7 @@ async fn retired_veths_never_block_an_add_and_are_deleted() {
     let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
     let ns = fx.netns("a");
     let add = fx.request(Command::Add, "a", &ns, fx.config("3.254"));
-    let host = pod::host_veth_name(&add.container_id, "eth0");
+    let host = attachment::host_veth_name(&add.container_id, "eth0");
     pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
     let mut del = add.clone();
     del.command = Command::Del;

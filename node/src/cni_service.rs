@@ -116,7 +116,7 @@ async fn dispatch(pods: &PodNetwork, request: &Request) -> Reply {
             &serde_json::to_vec(&request.config).unwrap_or_default(),
         )),
         Command::Check => pods.check(request).await,
-        Command::Status => pods.status(request),
+        Command::Status => pods.status(request).await,
         Command::Gc => pods.gc(request).await,
     };
     match &outcome {
