@@ -288,7 +288,7 @@ pub async fn enslave(
     if hairpin {
         handle
             .link()
-            .set(rtnetlink::LinkBridgePort::new(port).hairpin(true).build())
+            .set_port(rtnetlink::LinkBridgePort::new(port).hairpin(true).build())
             .execute()
             .await
             .map_err(fail(format!("setting hairpin mode on link {port}")))?;
