@@ -202,7 +202,7 @@ impl Client {
         owner: &str,
         subnet: ipnetwork::Ipv4Network,
     ) -> Result<(LeaseJson, bool), ClientError> {
-        let url = self.url("/v1/leases/reserve");
+        let url = self.url("/v1/reservations");
         let body = ReserveBody {
             owner: owner.to_string(),
             subnet,

@@ -2,11 +2,13 @@
 //! Prometheus metrics ([`metrics`]), and a typed client ([`client`]).
 
 pub mod client;
+pub mod listener;
 pub mod metrics;
 pub mod server;
 pub mod types;
 
 pub use client::{Client, ClientError};
+pub use listener::{serve, ServeLimits, Trusted};
 pub use server::{router, ApiOptions, EtcdMirrorStatus};
 pub use types::{
     AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, EtcdMirrorJson, LeaseJson,

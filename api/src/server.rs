@@ -1,21 +1,22 @@
-//! The axum router: lease API, cluster status, health, metrics, and the Raft RPC endpoints.
+//! The axum router: lease API, cluster status, health, metrics; it mounts the Raft RPC routes
+//! of `evio_raft::network::server`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use evio_raft::network::{APPEND_PATH, CLUSTER_HEADER, SNAPSHOT_PATH, TARGET_HEADER, VOTE_PATH};
-use evio_raft::types::TypeConfig;
+use evio_raft::network;
 use evio_raft::{validate_node_name, validate_owner, Refusal, Replica, RequestError};
 use evio_raft::{AdmitError, JoinRequest, JoinResponse};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::ApiMetrics;
 use crate::types::{
@@ -28,7 +29,29 @@ pub struct ApiState {
     pub replica: Arc<Replica>,
     pub metrics: Arc<ApiMetrics>,
     pub options: ApiOptions,
+    /// Linearizable reads in flight for clients without the token: each costs a heartbeat
+    /// round to every voter, so their number is capped (issue 14 item 3).
+    anonymous_barriers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Set on a request that carried the right cluster token.
+#[derive(Debug, Clone, Copy)]
+struct Authenticated;
+
+/// Linearizable reads without the token that may wait on the leader at once; more get 429.
+const ANONYMOUS_BARRIERS: usize = 4;
+
+/// Body limits: lease and join bodies are small JSON documents; Raft RPC carries log entries
+/// and snapshot chunks. openraft sends snapshots in chunks of at most
+/// `snapshot_max_chunk_size` (3 MiB by default), JSON-encoded as an array of numbers
+/// (at most 4 bytes per byte): 16 MiB leaves room for that and for append batches.
+pub const API_MAX_BODY: usize = 64 * 1024;
+pub const RAFT_MAX_BODY: usize = 16 * 1024 * 1024;
+/// Request timeouts: lease calls wait for the leader (and forwarding) at most this long;
+/// Raft RPC (a snapshot chunk install included) and plain reads have their own.
+const API_TIMEOUT: Duration = Duration::from_secs(20);
+const RAFT_TIMEOUT: Duration = Duration::from_secs(60);
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The etcd mirror's state, written by the mirror task and read by `/v1/cluster` and
 /// `/metrics`.
@@ -66,8 +89,6 @@ const MAX_HOPS: u32 = 3;
 const HOPS_HEADER: &str = "x-evio-hops";
 /// Unix milliseconds after which a forwarded request is pointless.
 const DEADLINE_HEADER: &str = "x-evio-deadline-ms";
-/// Forwarded request bodies are small JSON documents.
-const MAX_BODY: usize = 1 << 20;
 
 /// Set on a response that failed only because this member is not the leader: the
 /// forwarding layer then sends the request on.
@@ -210,6 +231,7 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
         replica,
         metrics: Arc::new(ApiMetrics::new()),
         options,
+        anonymous_barriers: Arc::new(tokio::sync::Semaphore::new(ANONYMOUS_BARRIERS)),
     };
     // Lease calls and joins reach the leader from any member.
     let leader_bound = Router::new()
@@ -218,25 +240,40 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
             "/v1/leases/{node}",
             get(get_lease).put(put_lease).delete(delete_lease),
         )
-        .route("/v1/leases/reserve", post(reserve_lease))
+        .route("/v1/reservations", post(reserve_lease))
         .route("/v1/leases/{node}/claim", post(claim_lease))
         .route("/v1/cluster/join", post(join))
-        .route_layer(middleware::from_fn_with_state(state.clone(), forwarding));
-    let raft_rpc = Router::new()
-        .route(APPEND_PATH, post(raft_append))
-        .route(VOTE_PATH, post(raft_vote))
-        .route(SNAPSHOT_PATH, post(raft_snapshot))
-        .route_layer(middleware::from_fn_with_state(state.clone(), same_cluster));
-    Router::new()
-        .merge(leader_bound)
-        .merge(raft_rpc)
+        .route_layer(middleware::from_fn_with_state(state.clone(), forwarding))
+        .route_layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            API_TIMEOUT,
+        ))
+        .route_layer(RequestBodyLimitLayer::new(API_MAX_BODY));
+    let raft_rpc = network::router(state.replica.clone())
+        .route_layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            RAFT_TIMEOUT,
+        ))
+        .route_layer(DefaultBodyLimit::max(RAFT_MAX_BODY))
+        .route_layer(RequestBodyLimitLayer::new(RAFT_MAX_BODY));
+    let reads = Router::new()
         .route("/v1/cluster", get(cluster))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route_layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            READ_TIMEOUT,
+        ));
+    Router::new()
+        .merge(leader_bound)
+        .merge(raft_rpc)
+        .merge(reads)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(refuse_read_bodies))
+        .layer(middleware::map_response(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -255,19 +292,16 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
 
 /// Raft RPC, joins and lease changes need the cluster token; lease reads only with
 /// `auth_reads`. Health, readiness, metrics and cluster status stay open for probes.
-async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+async fn authenticate(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let is_read = request.method() == axum::http::Method::GET;
-    let needs_token = if path.starts_with("/raft/") || path == "/v1/cluster/join" {
+    let needs_token = if path.starts_with(network::PATH_PREFIX) || path == "/v1/cluster/join" {
         true
-    } else if path.starts_with("/v1/leases") {
+    } else if path.starts_with("/v1/leases") || path.starts_with("/v1/reservations") {
         !is_read || state.options.auth_reads
     } else {
         false
     };
-    if !needs_token {
-        return next.run(request).await;
-    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -275,69 +309,38 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     let expected = state.replica.peers().token();
-    if expected.is_empty() || !token_matches(given.as_bytes(), expected.as_bytes()) {
-        tracing::warn!(
-            method = %request.method(),
-            path,
-            token_present = !given.is_empty(),
-            "refused unauthenticated request"
-        );
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong cluster token (Authorization: Bearer <token>)",
-        )
-        .into_response();
+    let authenticated =
+        !expected.is_empty() && token_matches(given.as_bytes(), expected.as_bytes());
+    if authenticated {
+        request.extensions_mut().insert(Authenticated);
+        return next.run(request).await;
     }
-    next.run(request).await
-}
-
-/// Raft RPC from another cluster (or from a sender that does not say) is refused once this
-/// member knows its own cluster; RPC meant for another node id (this address used to belong
-/// to a member that is gone) is refused always.
-async fn same_cluster(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let target = request
-        .headers()
-        .get(TARGET_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let me = state.replica.node_id().to_string();
-    if target.as_deref() != Some(me.as_str()) {
-        tracing::debug!(?target, me, "refused Raft RPC meant for another node");
-        return ApiError::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            "wrong_node",
-            format!("this is node {me}, the RPC is for node {target:?}"),
-        )
-        .into_response();
+    if !needs_token {
+        return next.run(request).await;
     }
-    let theirs = request
-        .headers()
-        .get(CLUSTER_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if let Some(ours) = state.replica.cluster_id() {
-        if theirs != Some(ours.as_str()) {
-            tracing::warn!(ours, theirs, "refused Raft RPC from another cluster");
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "cluster_mismatch",
-                format!("this member belongs to cluster {ours}, the request to {theirs:?}"),
-            )
-            .into_response();
-        }
-    }
-    next.run(request).await
+    tracing::warn!(
+        method = %request.method(),
+        path = request.uri().path(),
+        token_present = !given.is_empty(),
+        "refused unauthenticated request"
+    );
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong cluster token (Authorization: Bearer <token>)",
+    )
+    .into_response()
 }
 
 /// Runs the handler; when it failed only because this member is not the leader, sends the
 /// same request to the leader, or through another member when the leader is unreachable.
 async fn forwarding(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+    let Ok(bytes) = axum::body::to_bytes(body, API_MAX_BODY).await else {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_body",
-            format!("request body larger than {MAX_BODY} bytes"),
+            "payload_too_large",
+            format!("request body larger than {API_MAX_BODY} bytes"),
         )
         .into_response();
     };
@@ -364,10 +367,14 @@ async fn forward(
     body: Bytes,
     leader: Option<(u64, evio_raft::EvioNode)>,
 ) -> Option<Response> {
+    // Hop count and deadline are a member's word: honoured only with the cluster token, and
+    // a deadline never reaches further than this member's own request timeout.
+    let from_peer = parts.extensions.get::<Authenticated>().is_some();
     let header_u64 = |name: &str| {
         parts
             .headers
             .get(name)
+            .filter(|_| from_peer)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
     };
@@ -376,8 +383,8 @@ async fn forward(
         return None;
     }
     let unix_ms = evio_raft::replica::unix_millis;
-    let deadline_ms = header_u64(DEADLINE_HEADER)
-        .unwrap_or(unix_ms() + state.replica.request_timeout().as_millis() as u64);
+    let latest_ms = unix_ms() + state.replica.request_timeout().as_millis() as u64;
+    let deadline_ms = header_u64(DEADLINE_HEADER).map_or(latest_ms, |d| d.min(latest_ms));
 
     let replica = &state.replica;
     let metrics = replica.metrics();
@@ -444,14 +451,23 @@ async fn forward(
 
 async fn track(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    // Only the API's own methods become label values: anything else is `other`, and an
+    // unknown path is `unmatched`, so no client can grow the metrics (issue 14 item 2).
+    let method: &'static str = match request.method().as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "PUT" => "PUT",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        _ => "other",
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let response = next.run(request).await;
     state.metrics.observe(
-        &method,
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
@@ -480,18 +496,42 @@ fn checked_owner(owner: &str) -> Result<(), ApiError> {
     validate_owner(owner).map_err(|e| RequestError::from(e).into())
 }
 
-async fn consistent(state: &ApiState, consistency: Consistency) -> Result<(), ApiError> {
-    if consistency == Consistency::Linearizable {
-        state.replica.linearizable_barrier().await?;
+async fn consistent(
+    state: &ApiState,
+    consistency: Consistency,
+    authenticated: bool,
+) -> Result<(), ApiError> {
+    if consistency == Consistency::Local {
+        return Ok(());
     }
+    let _permit = if authenticated {
+        None
+    } else {
+        Some(
+            state
+                .anonymous_barriers
+                .try_acquire()
+                .map_err(|_| ApiError {
+                    retry_after_secs: Some(1),
+                    ..ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        "too many linearizable reads without the cluster token: retry, \
+                 send the token, or read with ?consistency=local",
+                    )
+                })?,
+        )
+    };
+    state.replica.linearizable_barrier().await?;
     Ok(())
 }
 
 async fn list_leases(
     State(state): State<ApiState>,
+    authenticated: Option<Extension<Authenticated>>,
     query: RawQuery,
 ) -> Result<Json<Vec<LeaseJson>>, ApiError> {
-    consistent(&state, read_params(query)?).await?;
+    consistent(&state, read_params(query)?, authenticated.is_some()).await?;
     let applied = state.replica.local().read();
     Ok(Json(
         applied.table.leases().iter().map(LeaseJson::from).collect(),
@@ -500,11 +540,12 @@ async fn list_leases(
 
 async fn get_lease(
     State(state): State<ApiState>,
+    authenticated: Option<Extension<Authenticated>>,
     Path(node): Path<String>,
     query: RawQuery,
 ) -> Result<Json<LeaseJson>, ApiError> {
     checked_owner(&node)?;
-    consistent(&state, read_params(query)?).await?;
+    consistent(&state, read_params(query)?, authenticated.is_some()).await?;
     let applied = state.replica.local().read();
     applied
         .table
@@ -682,19 +723,53 @@ async fn join(State(state): State<ApiState>, body: Bytes) -> Result<Json<JoinRes
     Ok(Json(state.replica.admit(&request).await?))
 }
 
-// Raft RPC: openraft's own result (including a stopped Raft's fatal error) goes back as JSON
-// for the caller's openraft to interpret. Bodies are parsed here so garbage gets a JSON 400.
-async fn raft_append(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let rpc: AppendEntriesRequest<TypeConfig> = parse_body(&body, "append-entries")?;
-    Ok(Json(state.replica.raft().append_entries(rpc).await).into_response())
+/// GET, HEAD and DELETE carry no body here: one announced anyway is refused before any
+/// handler runs, so nobody can park a large upload on a read route.
+async fn refuse_read_bodies(request: Request, next: Next) -> Response {
+    use axum::http::Method;
+    let bodyless = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::DELETE
+    );
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if bodyless && has_body {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_not_allowed",
+            format!("{} requests take no body", request.method()),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
-async fn raft_vote(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let rpc: VoteRequest<u64> = parse_body(&body, "vote")?;
-    Ok(Json(state.replica.raft().vote(rpc).await).into_response())
-}
-
-async fn raft_snapshot(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let rpc: InstallSnapshotRequest<TypeConfig> = parse_body(&body, "install-snapshot")?;
-    Ok(Json(state.replica.raft().install_snapshot(rpc).await).into_response())
+/// Errors produced below the handlers (tower-http's body limit and timeout, axum's
+/// rejections) answer with the same `{error, code}` body as every other error.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
+            ("timeout", "the request did not complete in time")
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("invalid_body", "unsupported content type"),
+        s if s.is_client_error() => ("bad_request", "the request could not be read"),
+        _ => ("internal", "internal error"),
+    };
+    let mut error = ApiError::new(status, code, message);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        error.retry_after_secs = Some(1);
+    }
+    error.into_response()
 }

@@ -109,7 +109,7 @@ pub struct EtcdMirrorJson {
     pub last_error_at: Option<String>,
 }
 
-/// Body of `POST /v1/leases/reserve`: hold a block for an imported range.
+/// Body of `POST /v1/reservations`: hold a block for an imported range.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReserveBody {

@@ -517,9 +517,9 @@ async fn reserve_and_claim_over_http() {
         async move { raw(reqwest::Method::POST, &url, Some(&body)).await }
     };
     let reserve = format!(r#"{{"owner":"{owner}","subnet":"10.244.3.0/24"}}"#);
-    let (status, _, body) = post("/v1/leases/reserve", &reserve).await;
+    let (status, _, body) = post("/v1/reservations", &reserve).await;
     assert_eq!(status, 201, "{body}");
-    let (status, _, _) = post("/v1/leases/reserve", &reserve).await;
+    let (status, _, _) = post("/v1/reservations", &reserve).await;
     assert_eq!(status, 200);
     // bad input: named, 4xx, nothing changes
     let cases = [
@@ -546,7 +546,7 @@ async fn reserve_and_claim_over_http() {
         (r#"{"owner":1}"#, 400, "invalid_body"),
     ];
     for (body, want_status, want_code) in cases {
-        let (status, _, text) = post("/v1/leases/reserve", body).await;
+        let (status, _, text) = post("/v1/reservations", body).await;
         assert_eq!(
             (status, error_code(&text).as_str()),
             (want_status, want_code),
@@ -594,4 +594,113 @@ async fn reserve_and_claim_over_http() {
         (404, "not_found"),
         "{text}"
     );
+}
+
+/// Every path segment of every route that is also a valid Kubernetes node name (DNS-1123)
+/// must work as a node name: actions live outside `/v1/leases/{node}` (issue 19 item 5).
+#[tokio::test]
+async fn node_names_equal_to_route_words_get_leases() {
+    let server = start("10.244.0.0/16", 8, true).await;
+    let api = client(&server);
+    let routes = [
+        "/",
+        "/openapi.json",
+        "/v1/leases",
+        "/v1/leases/{node}",
+        "/v1/leases/{node}/claim",
+        "/v1/reservations",
+        "/v1/cluster",
+        "/v1/cluster/join",
+        "/v1/pods",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        evio_raft::network::APPEND_PATH,
+        evio_raft::network::VOTE_PATH,
+        evio_raft::network::SNAPSHOT_PATH,
+        // words people might try next
+        "/v1/leases/reserve",
+        "/v1/leases/release",
+        "/v1/leases/acquire",
+        "/v1/status",
+    ];
+    let mut words: Vec<&str> = routes
+        .iter()
+        .flat_map(|r| r.split('/'))
+        .filter(|w| !w.is_empty() && !w.starts_with('{'))
+        .collect();
+    words.sort_unstable();
+    words.dedup();
+    let names: Vec<&str> = words
+        .into_iter()
+        .filter(|w| evio_raft::validate_node_name(w).is_ok())
+        .collect();
+    assert!(
+        names.contains(&"reserve") && names.contains(&"claim"),
+        "{names:?}"
+    );
+    for name in &names {
+        let url = format!("{}/v1/leases/{name}", server.base);
+        let (status, _, text) = raw(reqwest::Method::PUT, &url, None).await;
+        assert_eq!(status, 201, "PUT {name}: {text}");
+        let lease = api
+            .get_lease(name, Consistency::Linearizable)
+            .await
+            .unwrap_or_else(|e| panic!("GET {name}: {e}"));
+        assert_eq!(lease.map(|l| l.node).as_deref(), Some(*name));
+        let (status, _, text) = raw(reqwest::Method::GET, &url, None).await;
+        assert_eq!(status, 200, "GET {name}: {text}");
+    }
+    let held = api
+        .list_leases(Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(held.len(), names.len());
+    for name in &names {
+        let url = format!("{}/v1/leases/{name}", server.base);
+        let (status, _, text) = raw(reqwest::Method::DELETE, &url, None).await;
+        assert_eq!(status, 204, "DELETE {name}: {text}");
+        assert!(api
+            .get_lease(name, Consistency::Linearizable)
+            .await
+            .unwrap_or_else(|e| panic!("GET {name}: {e}"))
+            .is_none());
+    }
+    server.shutdown().await;
+}
+
+/// Without the token, linearizable reads (each a heartbeat round to every voter) cannot
+/// pile up: beyond a small budget they get 429 + Retry-After at once; with the token they
+/// wait for the leader as before; local reads always answer.
+#[tokio::test]
+async fn anonymous_linearizable_reads_are_capped() {
+    let server = start("10.244.0.0/16", 8, false).await;
+    let url = format!("{}/v1/leases", server.base);
+    let anonymous = reqwest::Client::new();
+    let reads = (0..16).map(|_| {
+        let request = anonymous.get(&url).send();
+        async move {
+            let response = request.await.unwrap_or_else(|e| panic!("{e}"));
+            let retry = response.headers().contains_key("retry-after");
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            (status, retry, error_code(&text))
+        }
+    });
+    let answers = futures::future::join_all(reads).await;
+    let limited = answers
+        .iter()
+        .filter(|(s, retry, code)| *s == 429 && *retry && code == "rate_limited")
+        .count();
+    assert!(limited >= 8, "{answers:?}");
+    let (status, retry, text) = raw(reqwest::Method::GET, &url, None).await;
+    assert_eq!((status, error_code(&text).as_str()), (503, "no_quorum"));
+    assert!(retry.is_some());
+    let local = anonymous
+        .get(format!("{url}?consistency=local"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(local.status(), 200);
+    server.shutdown().await;
 }

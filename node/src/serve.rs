@@ -31,19 +31,24 @@ impl ShutdownSignals {
     }
 }
 
-/// Spawns the API server on `listener`; it stops accepting when `shutdown` resolves.
+/// Spawns the API server on `listener` with the listener limits (header-read timeout,
+/// connection caps with a share reserved for loopback and the members); it stops accepting
+/// when `shutdown` resolves.
 pub fn spawn_api(
     listener: TcpListener,
     replica: Arc<Replica>,
     options: evio_api::ApiOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let app = evio_api::router(replica, options);
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    })
+    let app = evio_api::router(replica.clone(), options);
+    let trusted = evio_api::listener::loopback_and_members(replica);
+    tokio::spawn(evio_api::serve(
+        listener,
+        app,
+        evio_api::ServeLimits::default(),
+        trusted,
+        shutdown,
+    ))
 }
 
 /// Binds the API listener; the error names the `--listen` value.

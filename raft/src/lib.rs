@@ -4,7 +4,7 @@
 //! - [`lease`]: **where a lease is decided** — the deterministic state machine every member applies.
 //! - [`store`]: durable openraft storage (log, vote, state machine, snapshots) on sled.
 //! - [`membership`]: **where members are decided** — joins, promotions, voter replacement.
-//! - [`network`]: Raft RPC between members.
+//! - [`network`]: Raft RPC between members: the client openraft calls and the server routes.
 //! - [`replica`]: one member: data dir + store + Raft, local reads and leader writes.
 
 pub mod data_dir;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use evio_api::{ApiOptions, Client};
+use evio_api::{ApiOptions, Client, ServeLimits, Trusted};
 use evio_raft::{Pool, RaftTuning, Replica, ReplicaConfig};
 
 pub const TOKEN: &str = "test-cluster-token";
@@ -30,6 +30,26 @@ impl Member {
         tuning: RaftTuning,
         options: ApiOptions,
     ) -> Member {
+        Self::start_limited(
+            name,
+            pool,
+            tuning,
+            options,
+            ServeLimits::default(),
+            evio_api::listener::loopback_only(),
+        )
+        .await
+    }
+
+    /// Serves with the given listener limits and trusted addresses.
+    pub async fn start_limited(
+        name: &str,
+        pool: Pool,
+        tuning: RaftTuning,
+        options: ApiOptions,
+        limits: ServeLimits,
+        trusted: Trusted,
+    ) -> Member {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -48,11 +68,10 @@ impl Member {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = evio_api::router(replica.clone(), options);
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            let _ = evio_api::serve(listener, app, limits, trusted, stopped).await;
         });
         Member {
             base: format!("http://{addr}"),

@@ -1,5 +1,4 @@
-//! Raft RPC between members over HTTP (JSON bodies). The server side of these paths lives in
-//! the API crate's router; both use the path constants defined here.
+//! The client side of Raft RPC: HTTP to other members and openraft's network factory.
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -15,19 +14,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::{APPEND_PATH, CLUSTER_HEADER, DENY_PEERS_ENV, SNAPSHOT_PATH, TARGET_HEADER, VOTE_PATH};
 use crate::types::{EvioNode, NodeId, TypeConfig};
-
-pub const APPEND_PATH: &str = "/raft/append";
-pub const VOTE_PATH: &str = "/raft/vote";
-pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
-/// Header carrying the sender's cluster id; a member refuses RPC from another cluster.
-pub const CLUSTER_HEADER: &str = "x-evio-cluster";
-/// Header naming the node id an RPC is meant for: a new member that reuses a dead member's
-/// address must not answer for it (openraft's leader panics on such replies).
-pub const TARGET_HEADER: &str = "x-evio-target-node";
-/// Test-only: comma-separated peer addresses this process must not dial, to cut one network
-/// path (e.g. member to leader) while every other path works.
-pub const DENY_PEERS_ENV: &str = "EVIO_TEST_DENY_PEERS";
 
 /// HTTP to other members: one connection pool, the cluster token on every request, the
 /// cluster id once known.
