@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use evio_api::{Client, Consistency, ErrorBody, ErrorCode};
+use evio_api::{Client, Consistency, ErrorCode};
 use evio_raft::{EvioNode, Pool, Replica, ReplicaConfig};
 
 mod common;
 
-use common::{pool, Member};
+use common::{error_code, pool, Member};
 
 /// Starts a member; `single` bootstraps it alone, otherwise it is made one of two voters
 /// whose peer does not exist, so it can never reach a quorum.
@@ -75,13 +75,6 @@ async fn raw(
         .map(str::to_string);
     let text = response.text().await.unwrap_or_default();
     (status, retry_after, text)
-}
-
-fn error_code(body: &str) -> String {
-    serde_json::from_str::<ErrorBody>(body)
-        .unwrap_or_else(|e| panic!("not an error body ({e}): {body}"))
-        .code
-        .to_string()
 }
 
 #[tokio::test]

@@ -12,7 +12,6 @@ use std::process::Command;
 mod common;
 
 use common::cluster::{leader, Cluster, TOKEN};
-use common::{evio_node, Proc};
 
 const EXAMPLES: &str = "25";
 const SEED: &str = "20261202";
@@ -101,23 +100,8 @@ fn fuzz(st: &PathBuf, base: &str, token: &str, what: &str) {
 fn dev_survives_schemathesis() {
     let Some(st) = schemathesis() else { return };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let data = dir.path().join("data").to_string_lossy().to_string();
-    let socket = dir.path().join("cni.sock").to_string_lossy().to_string();
-    let mut dev = Proc::spawn(evio_node(&[
-        "dev",
-        "--data-dir",
-        &data,
-        "--listen",
-        "127.0.0.1:0",
-        "--node-name",
-        "fuzz-host",
-        "--cni-socket",
-        &socket,
-    ]))
-    .unwrap_or_else(|e| panic!("{e}"));
-    let token = std::fs::read_to_string(dir.path().join("data/cluster-token"))
-        .unwrap_or_else(|e| panic!("token: {e}"));
-    fuzz(&st, &dev.base, token.trim(), "evio-node dev");
+    let (mut dev, token) = common::spawn_dev(dir.path(), "fuzz-host");
+    fuzz(&st, &dev.base, &token, "evio-node dev");
     dev.signal(nix::sys::signal::Signal::SIGTERM);
     dev.assert_no_panics();
 }

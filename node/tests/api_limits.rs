@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{evio_node, Proc};
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -61,26 +59,10 @@ fn metrics_size(addr: &str) -> usize {
 #[test]
 fn method_flood_and_slow_headers_do_nothing_measurable() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let data = dir.path().join("data");
     let socket = dir.path().join("cni.sock");
-    let data_arg = data.to_string_lossy().to_string();
-    let socket_arg = socket.to_string_lossy().to_string();
-    let mut dev = Proc::spawn(evio_node(&[
-        "dev",
-        "--data-dir",
-        &data_arg,
-        "--listen",
-        "127.0.0.1:0",
-        "--node-name",
-        "flood-host",
-        "--cni-socket",
-        &socket_arg,
-    ]))
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (mut dev, token) = common::spawn_dev(dir.path(), "flood-host");
     let addr = dev.base.trim_start_matches("http://").to_string();
     let pid = dev.child.id();
-    let token = std::fs::read_to_string(data.join("cluster-token"))
-        .unwrap_or_else(|e| panic!("token: {e}"));
 
     // Method flood on keep-alive connections.
     let rss_before = rss_kib(pid);
@@ -140,7 +122,7 @@ fn method_flood_and_slow_headers_do_nothing_measurable() {
     let vote = format!(
         "POST /raft/vote HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
          Content-Length: 2\r\n\r\n{{}}",
-        token.trim()
+        token
     );
     assert_eq!(request(&addr, &vote), 421);
     let mut cni = UnixStream::connect(&socket).unwrap_or_else(|e| panic!("CNI socket: {e}"));

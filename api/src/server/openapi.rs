@@ -23,7 +23,7 @@ mod raft_rpc {
             (status = 400, description = "`invalid_body`", body = ErrorBody),
             (status = 401, description = "`unauthorized`", body = ErrorBody),
             (status = 403, description = "`cluster_mismatch`", body = ErrorBody),
-            (status = 413, description = "`payload_too_large` (over 16 MiB)", body = ErrorBody),
+            (status = 413, description = "`payload_too_large` (over evio-raft's RPC body limit)", body = ErrorBody),
             (status = 421, description = "`wrong_node`", body = ErrorBody)),
         security(("token" = [])))]
     fn append() {}
@@ -45,7 +45,7 @@ mod raft_rpc {
             (status = 400, description = "`invalid_body`", body = ErrorBody),
             (status = 401, description = "`unauthorized`", body = ErrorBody),
             (status = 403, description = "`cluster_mismatch`", body = ErrorBody),
-            (status = 413, description = "`payload_too_large` (over 16 MiB)", body = ErrorBody),
+            (status = 413, description = "`payload_too_large` (over evio-raft's RPC body limit)", body = ErrorBody),
             (status = 421, description = "`wrong_node`", body = ErrorBody)),
         security(("token" = [])))]
     fn snapshot() {}

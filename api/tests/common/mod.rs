@@ -105,3 +105,11 @@ impl Member {
 pub fn pool(cidr: &str, bits: u8) -> Pool {
     Pool::parse(cidr, bits).unwrap_or_else(|e| panic!("pool: {e}"))
 }
+
+/// The `code` of an error body (panics on anything else).
+pub fn error_code(body: &str) -> String {
+    serde_json::from_str::<evio_api::ErrorBody>(body)
+        .unwrap_or_else(|e| panic!("not an error body ({e}): {body}"))
+        .code
+        .to_string()
+}

@@ -115,3 +115,25 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// `evio-node dev` named `name` in `dir` (data dir `dir/data`, CNI socket `dir/cni.sock`),
+/// ready; with the cluster token it generated.
+pub fn spawn_dev(dir: &std::path::Path, name: &str) -> (Proc, String) {
+    let data = dir.join("data").to_string_lossy().to_string();
+    let socket = dir.join("cni.sock").to_string_lossy().to_string();
+    let dev = Proc::spawn(evio_node(&[
+        "dev",
+        "--data-dir",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--node-name",
+        name,
+        "--cni-socket",
+        &socket,
+    ]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let token = std::fs::read_to_string(dir.join("data/cluster-token"))
+        .unwrap_or_else(|e| panic!("token: {e}"));
+    (dev, token.trim().to_string())
+}
