@@ -13,6 +13,7 @@ pub mod errors;
 mod forwarding;
 mod guards;
 mod leases;
+pub mod openapi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +106,7 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .route("/metrics", get(cluster::metrics))
+        .route("/openapi.json", get(openapi::document))
         .route_layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             READ_TIMEOUT,
@@ -113,13 +115,14 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
         .merge(leader_bound)
         .merge(raft_rpc)
         .merge(reads)
+        // After routing, so a body on an unknown method or route gets 405/404 first.
+        .route_layer(middleware::from_fn(guards::refuse_read_bodies))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
         ))
-        .layer(middleware::from_fn(guards::refuse_read_bodies))
         .layer(middleware::map_response(errors::json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), guards::track))
         .with_state(state)
