@@ -153,6 +153,9 @@ impl From<AdmitError> for ApiError {
             AdmitError::DuplicateName { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "duplicate_node_name", e.to_string())
             }
+            AdmitError::RecentlyHeard { .. } => {
+                ApiError::unavailable("member_recently_heard", e.to_string())
+            }
             AdmitError::Request(e) => e.into(),
         }
     }
@@ -185,6 +188,8 @@ impl From<RequestError> for ApiError {
                     Refusal::BlockTaken { .. } => (StatusCode::CONFLICT, "block_taken"),
                     Refusal::OwnerHoldsOther { .. } => (StatusCode::CONFLICT, "holds_other_lease"),
                     Refusal::NoSuchLease { .. } => (StatusCode::NOT_FOUND, "not_found"),
+                    Refusal::NotLegacyOwner { .. } => (StatusCode::CONFLICT, "not_legacy_owner"),
+                    Refusal::RevisionMismatch { .. } => (StatusCode::CONFLICT, "revision_mismatch"),
                 };
                 ApiError::new(status, code, e.to_string())
             }
@@ -586,12 +591,29 @@ async fn put_lease(
     Ok((status, Json(LeaseJson::from(&lease))).into_response())
 }
 
+/// `DELETE /v1/leases/{node}[?revision=N]`: with a revision, only if the lease is still at it.
 async fn delete_lease(
     State(state): State<ApiState>,
     Path(node): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<StatusCode, ApiError> {
     checked_owner(&node)?;
-    state.replica.release(&node).await?;
+    let mut revision = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match (key.as_ref(), value.parse::<u64>()) {
+            ("revision", Ok(r)) => revision = Some(r),
+            (key, _) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!(
+                        "invalid query parameter {key:?}={value:?}: expected revision=<log index>"
+                    ),
+                ))
+            }
+        }
+    }
+    state.replica.release_if(&node, revision).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
