@@ -308,9 +308,9 @@ async fn bodies_are_bounded_per_route() {
         error_code(&response.text().await.unwrap_or_default()),
         "body_not_allowed"
     );
-    // 3 MiB of JSON whitespace then garbage: read in full and refused as a bad RPC body,
-    // not as too large.
-    let mut chunk = vec![b' '; 3 << 20];
+    // Nearly the Raft body limit (2 MiB: a 1 MiB snapshot chunk or an append batch) of JSON
+    // whitespace then garbage: read in full and refused as a bad RPC body, not as too large.
+    let mut chunk = vec![b' '; evio_raft::network::RPC_BODY_LIMIT - 1024];
     chunk.extend_from_slice(b"{\"not\": \"an rpc\"}");
     let me = server.replica.node_id().to_string();
     let mut request = client

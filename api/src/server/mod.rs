@@ -44,11 +44,9 @@ pub struct ApiState {
 }
 
 /// Body limits: lease and join bodies are small JSON documents; Raft RPC carries log entries
-/// and snapshot chunks. openraft sends snapshots in chunks of at most
-/// `snapshot_max_chunk_size` (3 MiB by default), JSON-encoded as an array of numbers
-/// (at most 4 bytes per byte): 16 MiB leaves room for that and for append batches.
+/// and snapshot chunks, sized by the Raft crate (a 1 MiB binary chunk or an append batch).
 pub const API_MAX_BODY: usize = 64 * 1024;
-pub const RAFT_MAX_BODY: usize = 16 * 1024 * 1024;
+pub const RAFT_MAX_BODY: usize = network::RPC_BODY_LIMIT;
 /// Request timeouts: lease calls wait for the leader (and forwarding) at most this long;
 /// Raft RPC (a snapshot chunk install included) and plain reads have their own.
 const API_TIMEOUT: Duration = Duration::from_secs(20);
