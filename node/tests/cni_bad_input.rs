@@ -760,7 +760,12 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
             ),
             ("isIPMasq a string", "isIPMasq", json!("yes"), "isIPMasq"),
             ("isGateway a string", "isGateway", json!("no"), "isGateway"),
-            ("hairpinMode a number", "hairpinMode", json!(1), "hairpinMode"),
+            (
+                "hairpinMode a number",
+                "hairpinMode",
+                json!(1),
+                "hairpinMode",
+            ),
             (
                 "ovsDatapath dpdk",
                 "ovsDatapath",
