@@ -14,7 +14,8 @@ use super::attachment::{host_veth_name, owner_alias};
 use super::bridge::{BridgeDriver, Port};
 use super::error::{DataplaneError, Result};
 use super::ipam::{self, IpamError};
-use super::netlink::{self, PodInterface, PodNetns};
+use super::netlink;
+use super::pod_netns::{self, PodInterface, PodNetns};
 use super::pods::{enable_forwarding, PodNetwork, ROLLBACK_BUDGET};
 use super::reaper::RETIRED;
 use crate::plugin_conf::PluginConf;
@@ -96,7 +97,7 @@ pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) 
             net, &*driver, &conf, request, &host, &owner, &netns, &mut undo,
         )
         .await?;
-        let interface = netlink::bring_up_pod_side(&pod, ifname).await?;
+        let interface = pod_netns::bring_up_pod_side(&pod, ifname).await?;
         Ok::<_, DataplaneError>((bridge_index, interface))
     };
     // The masquerade check (one nft listing) runs then too: node-wide and idempotent.
@@ -191,7 +192,7 @@ async fn configure(
     let (address, ipam_gateway) = ipam_address(ipam_result)?;
     let gateway = ipam_gateway.unwrap_or(conf.bridge_ipv4.ip());
     let default_gw = conf.is_default_gateway.then_some(gateway);
-    netlink::address_pod_side(
+    pod_netns::address_pod_side(
         built.pod,
         built.interface,
         address.ip(),
