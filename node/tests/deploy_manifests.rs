@@ -775,6 +775,13 @@ fn daemonset_names_no_bootstrap_node_and_runs_config_gen_only_with_a_replica() {
         .into_iter()
         .find(|c| c["name"] == "config-gen")
         .unwrap_or_else(|| panic!("no container config-gen"));
+    // The init step never blocks the node: without a lease it leaves the conflist to the
+    // daemon (node/tests/config_gen.rs runs this sequence with the cluster down at first).
+    assert!(
+        strings(&c["args"]).iter().any(|a| a == "--no-lease-ok"),
+        "{}",
+        c["args"]
+    );
     let config_gen = strings(&c["command"])[2]
         .replace("/usr/local/bin/evio-node", "echo evio-node")
         .replace("/var/lib/evio", &data.to_string_lossy());
