@@ -137,6 +137,22 @@ fn scale_quick() {
 }
 
 #[test]
+fn join_quick() {
+    let v = quick("join");
+    assert_eq!(v["figure"], "join");
+    assert_eq!(v["leases"].as_u64(), Some(1_500), "{v}");
+    assert_eq!(v["caughtUp"], true, "{v}");
+    assert!(num(&v["catchUpSeconds"], "catchUpSeconds") > 0.0, "{v}");
+    let binary = num(&v["snapshotBytes"], "snapshotBytes");
+    assert!(
+        binary > 0.0 && binary < num(&v["legacyJsonSnapshotBytes"], "legacy"),
+        "{v}"
+    );
+    let rss = v["rssMiB"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(rss.len(), 4, "{v}");
+}
+
+#[test]
 fn a_bad_evio_run_arg_fails_with_the_members_error() {
     let out = Command::new(BENCH)
         .args(["--evio-node", EVIO_NODE, "--evio-run-arg=--heartbeat-ms=0"])

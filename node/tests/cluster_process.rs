@@ -538,3 +538,85 @@ fn join_to_an_unreachable_address_retries_with_backoff() {
     // backing off: 250ms, 500ms, 1s
     assert_eq!(retries, ["250ms", "500ms", "1s"], "{retries:?}");
 }
+
+/// Leases whose snapshot, as earlier versions sent it (JSON numbers, ~330 bytes a lease),
+/// is well over the 2 MiB Raft body limit: a member joining at this size never caught up.
+const BIG_TABLE: usize = 12_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_joins_a_table_too_big_for_one_json_snapshot() {
+    use futures::StreamExt;
+
+    // Small chunks, so this table (~300 KiB in the binary format) crosses several of them.
+    let opts = ["--snapshot-chunk-kib", "64"];
+    let cluster = Cluster::new().with_pool("10.0.0.0/8", 16);
+    let nodes = cluster.three(&opts).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let leader = common::cluster::leader(&refs).await;
+    let client = leader.client();
+    let failures = futures::stream::iter(0..BIG_TABLE)
+        .map(|i| {
+            let client = client.clone();
+            async move { client.acquire(&format!("big-{i}"), None).await.err() }
+        })
+        .buffer_unordered(32)
+        .filter_map(|failed| async move { failed })
+        .collect::<Vec<_>>()
+        .await;
+    assert!(
+        failures.is_empty(),
+        "{} acquires failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    // Compacted: the joiner can only catch up by snapshot.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while purged_index(leader).await == 0 {
+        assert!(Instant::now() < deadline, "leader never purged its log");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let addr = free_addr();
+    let joins: Vec<&str> = nodes.iter().map(|n| n.addr.as_str()).collect();
+    let joiner = cluster.start("big-d", &addr, &joins, &opts);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = joiner
+            .client()
+            .list_leases(Consistency::Local)
+            .await
+            .map(|l| l.len())
+            .unwrap_or(0);
+        if held == BIG_TABLE {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the joiner holds {held} of {BIG_TABLE} leases:\n{}",
+            joiner.proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = joiner.proc.logs();
+    let installed = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "snapshot installed")
+        .unwrap_or_else(|| panic!("the joiner installed no snapshot:\n{logs}"));
+    let bytes = installed["fields"]["bytes"].as_u64().unwrap_or(0);
+    assert!(
+        bytes > 2 * 64 * 1024,
+        "a snapshot of {bytes} bytes crossed no chunk boundary"
+    );
+    // Most of the table came in the snapshot (the rest from the log after it).
+    let in_snapshot = installed["fields"]["leases"].as_u64().unwrap_or(0);
+    assert!(
+        in_snapshot > BIG_TABLE as u64 / 2,
+        "the snapshot held {in_snapshot} leases"
+    );
+    let c = status(&joiner)
+        .await
+        .unwrap_or_else(|| panic!("joiner status"));
+    assert_eq!(c.members.len(), 4, "{c:#?}");
+    joiner.proc.assert_no_panics();
+}

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +16,7 @@ use openraft::{Config, SnapshotPolicy};
 use crate::data_dir::{random_hex, DataDir, DataDirError};
 use crate::lease::{validate_node_name, Lease, LeaseCommand, LeaseOutcome, NodeNameError, Refusal};
 use crate::legacy::validate_owner;
-use crate::network::{HttpNetwork, PeerHttp};
+use crate::network::{HttpNetwork, PeerHttp, SNAPSHOT_CHUNK_BYTES};
 use crate::pool::Pool;
 use crate::store::{self, LocalView, StoreError};
 use crate::types::{EvioNode, NodeId, Raft, RaftMetrics};
@@ -31,6 +32,9 @@ pub struct RaftTuning {
     /// Log entries kept before the snapshot, so slightly lagging members catch up from the
     /// log instead of a full snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// Snapshots are sent in chunks of at most this many bytes (at most
+    /// [`SNAPSHOT_CHUNK_BYTES`], which fits the Raft routes' body limit).
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Default for RaftTuning {
@@ -41,6 +45,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 800,
             snapshot_every: 1000,
             logs_kept_after_snapshot: 500,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
         }
     }
 }
@@ -129,6 +134,22 @@ pub struct Replica {
     view: LocalView,
     committed_at_open: Option<u64>,
     request_timeout: Duration,
+    /// Snapshot bytes received from leaders: a joining member's progress before its first
+    /// snapshot is installed.
+    snapshot_bytes: AtomicU64,
+}
+
+/// How long one snapshot chunk RPC may take. Real snapshots over edge links take longer than
+/// openraft's 200 ms default, and the last chunk also installs the whole table on the
+/// receiver (decode, one sled batch, a flush), so the limit grows with the largest table the
+/// pool can hold: 5 s plus 0.1 ms a block (65,536 blocks: 11.5 s), at most 60 s.
+pub fn snapshot_rpc_timeout(pool: &Pool) -> Duration {
+    let per_block_us = 100;
+    Duration::from_millis(5_000)
+        .saturating_add(Duration::from_micros(
+            pool.block_count().saturating_mul(per_block_us),
+        ))
+        .min(Duration::from_secs(60))
 }
 
 /// Wall-clock Unix milliseconds (for proposed commands and request deadlines, never for apply).
@@ -166,8 +187,9 @@ impl Replica {
             heartbeat_interval: tuning.heartbeat_ms,
             election_timeout_min: tuning.election_timeout_min_ms,
             election_timeout_max: tuning.election_timeout_max_ms,
-            // Real snapshots over edge links take longer than openraft's 200 ms default.
-            install_snapshot_timeout: 5_000,
+            install_snapshot_timeout: snapshot_rpc_timeout(&config.pool).as_millis() as u64,
+            snapshot_max_chunk_size: tuning.snapshot_chunk_bytes.clamp(1, SNAPSHOT_CHUNK_BYTES)
+                as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
             max_in_snapshot_log_to_keep: tuning.logs_kept_after_snapshot,
             ..Default::default()
@@ -200,6 +222,7 @@ impl Replica {
             view,
             committed_at_open,
             request_timeout: config.request_timeout,
+            snapshot_bytes: AtomicU64::new(0),
         }))
     }
 
@@ -274,6 +297,17 @@ impl Replica {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// Counts snapshot bytes received (the Raft RPC server calls this per chunk).
+    pub fn note_snapshot_bytes(&self, bytes: usize) {
+        self.snapshot_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Snapshot bytes received since this process started.
+    pub fn snapshot_bytes_received(&self) -> u64 {
+        self.snapshot_bytes.load(Ordering::Relaxed)
     }
 
     pub fn metrics(&self) -> RaftMetrics {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use evio_api::{Client, ClientError, LeaseJson};
+use evio_api::{Client, ClientError, ErrorCode, LeaseJson};
 use evio_node::etcd_gateway::{Gateway, RangeShape};
 use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
 use evio_raft::Pool;
@@ -163,7 +163,12 @@ async fn import_one(api: &Client, pool: &Pool, key: &str, prefix: &str) -> anyho
         ))),
         Err(
             e @ ClientError::Api {
-                status: 400 | 404 | 409,
+                code:
+                    ErrorCode::OutsidePool
+                    | ErrorCode::InvalidNodeName
+                    | ErrorCode::NotFound
+                    | ErrorCode::BlockTaken
+                    | ErrorCode::HoldsOtherLease,
                 ..
             },
         ) => {

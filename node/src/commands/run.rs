@@ -76,6 +76,10 @@ pub struct RunArgs {
     /// Log entries kept after a snapshot, for members slightly behind. Default: 500.
     #[arg(long)]
     snapshot_keep: Option<u64>,
+    /// Snapshots travel to other members in chunks of at most this many KiB (1..=1024).
+    /// Default: 1024.
+    #[arg(long)]
+    snapshot_chunk_kib: Option<u64>,
     /// The CNI socket evio-cni forwards to. Default: /run/evio/cni.sock.
     #[arg(long)]
     cni_socket: Option<PathBuf>,
@@ -184,6 +188,7 @@ impl RunArgs {
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
             snapshot_every: self.snapshot_every.or(file.snapshot_every),
             snapshot_keep: self.snapshot_keep.or(file.snapshot_keep),
+            snapshot_chunk_kib: self.snapshot_chunk_kib.or(file.snapshot_chunk_kib),
             auth_reads: self.auth_reads || file.auth_reads,
             cni_socket: self.cni_socket.or(file.cni_socket),
             cni_conf_dir: self.cni_conf_dir.or(file.cni_conf_dir),
@@ -248,6 +253,13 @@ impl RunArgs {
         if heartbeat == 0 || heartbeat >= election_min {
             bail!("--heartbeat-ms {heartbeat} must be above 0 and below --election-timeout-ms {election_min}");
         }
+        // Above 1 MiB a chunk would not fit the Raft routes' body limit.
+        let max_kib = (evio_raft::network::SNAPSHOT_CHUNK_BYTES / 1024) as u64;
+        let snapshot_chunk_bytes = match args.snapshot_chunk_kib {
+            Some(kib @ 1..) if kib <= max_kib => kib as usize * 1024,
+            Some(kib) => bail!("--snapshot-chunk-kib {kib}: expected 1 to {max_kib}"),
+            None => defaults.snapshot_chunk_bytes,
+        };
         let node_name = match args.node_name {
             Some(name) => name,
             None => crate::commands::dev::hostname()?,
@@ -317,6 +329,7 @@ impl RunArgs {
                 logs_kept_after_snapshot: args
                     .snapshot_keep
                     .unwrap_or(defaults.logs_kept_after_snapshot),
+                snapshot_chunk_bytes,
             },
             auth_reads: args.auth_reads,
             cni_socket,
@@ -564,17 +577,7 @@ async fn join(
                         replica.set_cluster_id(&cluster_id)?;
                     }
                     tracing::info!(peer, cluster = %cluster_id, leader_id, "admitted; waiting for the membership to arrive");
-                    replica
-                        .raft()
-                        .wait(Some(Duration::from_secs(60)))
-                        .metrics(
-                            |m| m.membership_config.membership().get_node(&m.id).is_some(),
-                            "membership includes this node",
-                        )
-                        .await
-                        .context(
-                            "admitted, but the membership did not reach this node within 60 s",
-                        )?;
+                    wait_for_membership(replica).await?;
                     return Ok(());
                 }
                 Err(
@@ -592,6 +595,63 @@ async fn join(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// A joining member gives up only when it has made no progress for this long.
+const JOIN_STALL: Duration = Duration::from_secs(60);
+
+/// Waits until the membership that admits this node reaches it, for as long as the leader
+/// makes progress with it: snapshot bytes arriving (a big table comes in chunks before it is
+/// installed at once), the applied or log index moving. A fixed limit failed joins of big
+/// tables that were progressing fine.
+async fn wait_for_membership(replica: &Replica) -> anyhow::Result<()> {
+    let mut metrics = replica.raft().metrics();
+    let progress = |m: &evio_raft::types::RaftMetrics| {
+        (
+            replica.snapshot_bytes_received(),
+            m.last_applied.map(|id| id.index),
+            m.last_log_index,
+        )
+    };
+    let mut last = progress(&metrics.borrow());
+    let mut last_change = tokio::time::Instant::now();
+    let mut last_report = last_change;
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            if m.membership_config.membership().get_node(&m.id).is_some() {
+                return Ok(());
+            }
+            let now = progress(&m);
+            if now != last {
+                last = now;
+                last_change = tokio::time::Instant::now();
+            } else if last_change.elapsed() > JOIN_STALL {
+                bail!(
+                    "admitted, but the membership did not reach this node: no progress for {} s (snapshot bytes received {}, applied index {:?})",
+                    JOIN_STALL.as_secs(),
+                    last.0,
+                    last.1
+                );
+            }
+            if last_report.elapsed() > Duration::from_secs(5) {
+                last_report = tokio::time::Instant::now();
+                tracing::info!(
+                    snapshot_bytes = last.0,
+                    applied = ?last.1,
+                    "joining: catching up with the cluster"
+                );
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    bail!("admitted, but Raft stopped before the membership reached this node");
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

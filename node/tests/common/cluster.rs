@@ -47,6 +47,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub token_file: PathBuf,
     grace: &'static str,
+    /// `--pod-cidr` and `--node-bits` when not run_args' 10.244.0.0/16 with 8.
+    pool: Option<(&'static str, u8)>,
 }
 
 pub struct Node {
@@ -76,7 +78,14 @@ impl Cluster {
             dir,
             token_file,
             grace,
+            pool: None,
         }
+    }
+
+    /// Members on another pool (e.g. 10.0.0.0/8 with 16 node bits, room for 65,536 leases).
+    pub fn with_pool(mut self, pod_cidr: &'static str, node_bits: u8) -> Cluster {
+        self.pool = Some((pod_cidr, node_bits));
+        self
     }
 
     /// `name` under the cluster's temp dir (a member's data dir is its name).
@@ -110,6 +119,16 @@ impl Cluster {
     ) -> std::process::Command {
         let data = self.path(data_name).to_string_lossy().to_string();
         let mut args = run_args(&data, addr, &self.token_arg());
+        if let Some((cidr, bits)) = self.pool {
+            for (flag, value) in [
+                ("--pod-cidr", cidr.to_string()),
+                ("--node-bits", bits.to_string()),
+            ] {
+                if let Some(at) = args.iter().position(|a| a == flag) {
+                    args[at + 1] = value;
+                }
+            }
+        }
         args.extend(["--node-name", name, "--voter-grace", self.grace].map(String::from));
         let join = join.join(",");
         if join.is_empty() {

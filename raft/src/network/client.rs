@@ -14,7 +14,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{APPEND_PATH, CLUSTER_HEADER, DENY_PEERS_ENV, SNAPSHOT_PATH, TARGET_HEADER, VOTE_PATH};
+use super::{
+    encode_snapshot_chunk, APPEND_PATH, CLUSTER_HEADER, DENY_PEERS_ENV, SNAPSHOT_CONTENT_TYPE,
+    SNAPSHOT_PATH, TARGET_HEADER, VOTE_PATH,
+};
 use crate::types::{EvioNode, NodeId, TypeConfig};
 
 /// HTTP to other members: one connection pool, the cluster token on every request, the
@@ -119,6 +122,7 @@ pub struct HttpPeer {
 }
 
 impl HttpPeer {
+    /// A JSON RPC.
     async fn call<Req, Resp, E>(
         &self,
         path: &str,
@@ -130,14 +134,32 @@ impl HttpPeer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let body =
+            serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(path, "application/json", body, option).await
+    }
+
+    /// Posts `body` and reads openraft's JSON result.
+    async fn send<Resp, E>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, EvioNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let url = format!("http://{}{}", self.node.addr, path);
         let response = self
             .peers
             .request(reqwest::Method::POST, &self.node.addr, path)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?
             .header(TARGET_HEADER, self.target.to_string())
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .timeout(option.hard_ttl())
-            .json(request)
+            .body(body)
             .send()
             .await
             .map_err(|e| {
@@ -184,7 +206,10 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, EvioNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(SNAPSHOT_PATH, &rpc, &option).await
+        let body =
+            encode_snapshot_chunk(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(SNAPSHOT_PATH, SNAPSHOT_CONTENT_TYPE, body, &option)
+            .await
     }
 
     async fn vote(

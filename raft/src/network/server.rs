@@ -5,16 +5,19 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 
-use super::{APPEND_PATH, CLUSTER_HEADER, SNAPSHOT_PATH, TARGET_HEADER, VOTE_PATH};
+use super::{
+    decode_snapshot_chunk, APPEND_PATH, CLUSTER_HEADER, RPC_BODY_LIMIT, SNAPSHOT_PATH,
+    TARGET_HEADER, VOTE_PATH,
+};
 use crate::replica::Replica;
 use crate::types::{NodeId, TypeConfig};
 
@@ -28,6 +31,8 @@ pub enum RpcRefusal {
         #[source]
         source: serde_json::Error,
     },
+    #[error("invalid install-snapshot body: {0}")]
+    InvalidChunk(#[from] super::ChunkError),
     #[error("this is node {me}, the RPC is for node {target:?}")]
     WrongNode { me: NodeId, target: Option<String> },
     #[error("this member belongs to cluster {ours}, the request to {theirs:?}")]
@@ -40,7 +45,9 @@ pub enum RpcRefusal {
 impl RpcRefusal {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            RpcRefusal::InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid_body"),
+            RpcRefusal::InvalidBody { .. } | RpcRefusal::InvalidChunk(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_body")
+            }
             RpcRefusal::WrongNode { .. } => (StatusCode::MISDIRECTED_REQUEST, "wrong_node"),
             RpcRefusal::ClusterMismatch { .. } => (StatusCode::FORBIDDEN, "cluster_mismatch"),
         }
@@ -66,6 +73,7 @@ pub fn router<S>(replica: Arc<Replica>) -> Router<S> {
             replica.clone(),
             same_cluster,
         ))
+        .layer(DefaultBodyLimit::max(RPC_BODY_LIMIT))
         .with_state(replica)
 }
 
@@ -122,6 +130,7 @@ async fn snapshot(
     State(replica): State<Arc<Replica>>,
     body: Bytes,
 ) -> Result<Response, RpcRefusal> {
-    let rpc: InstallSnapshotRequest<TypeConfig> = parse(&body, "install-snapshot")?;
+    let rpc = decode_snapshot_chunk(&body)?;
+    replica.note_snapshot_bytes(rpc.data.len());
     Ok(Json(replica.raft().install_snapshot(rpc).await).into_response())
 }

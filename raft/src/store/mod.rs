@@ -4,6 +4,7 @@
 #![allow(clippy::result_large_err)]
 
 mod log;
+pub mod snapshot;
 mod state_machine;
 
 pub use log::LogStore;

@@ -9,8 +9,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::snapshot;
 use crate::lease::{Change, LeaseOutcome, LeaseRecord, LeaseTable};
 use crate::pool::Pool;
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -47,13 +48,6 @@ impl LocalView {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// What a snapshot carries besides its openraft meta.
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    pool: Pool,
-    leases: Vec<LeaseRecord>,
 }
 
 /// Why the stored state machine cannot be loaded.
@@ -166,12 +160,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (meta, data) = {
             let applied = self.view.read();
-            let body = SnapshotBody {
-                pool: applied.table.pool(),
-                leases: applied.table.records().cloned().collect(),
-            };
-            let data =
-                serde_json::to_vec(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            let data = snapshot::encode(&applied.table);
             let snapshot_id = match applied.last_applied {
                 Some(id) => format!(
                     "{}-{}-{}",
@@ -187,6 +176,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (meta, data)
         };
         self.save_snapshot(&meta, &data).await?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = data.len(),
+            leases = self.view.read().table.len(),
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -271,7 +266,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             )
         };
         let data = snapshot.into_inner();
-        let body: SnapshotBody = serde_json::from_slice(&data).map_err(|e| err(&e))?;
+        let body = snapshot::decode(&data).map_err(|e| err(&e))?;
         let pool = self.view.read().table.pool();
         if body.pool != pool {
             let mismatch = std::io::Error::other(format!(
@@ -296,6 +291,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.tree.apply_batch(batch).map_err(|e| err(&e))?;
         self.save_snapshot(meta, &data).await?;
 
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = data.len(),
+            leases = table.len(),
+            "snapshot installed"
+        );
         *self.view.write() = Applied {
             table,
             last_applied: meta.last_log_id,

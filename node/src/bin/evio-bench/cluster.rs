@@ -180,59 +180,28 @@ pub struct EvioMember {
 /// A cluster of real `evio-node run` processes (3 voters by default).
 pub struct EvioCluster {
     pub members: Vec<EvioMember>,
+    bin: PathBuf,
+    pod_cidr: String,
+    node_bits: u8,
+    run_args: Vec<String>,
     // Declared after `members`: processes die before their data dirs are removed.
     dir: tempfile::TempDir,
 }
 
 impl EvioCluster {
     pub async fn start(bins: &Bins, size: usize, pod_cidr: &str, node_bits: u8) -> Result<Self> {
-        let bin = bins.evio_node.as_path();
         let dir = scratch_dir("evio")?;
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, TOKEN).context("write the cluster token")?;
-        let addrs: Vec<String> = (0..size).map(|_| free_addr()).collect::<Result<_>>()?;
+        std::fs::write(dir.path().join("token"), TOKEN).context("write the cluster token")?;
         let mut cluster = EvioCluster {
             members: Vec::new(),
+            bin: bins.evio_node.clone(),
+            pod_cidr: pod_cidr.to_string(),
+            node_bits,
+            run_args: bins.evio_run_args.clone(),
             dir,
         };
-        for (i, addr) in addrs.iter().enumerate() {
-            let name = format!("bench-{i}");
-            let data = cluster.dir.path().join(&name);
-            let mut args: Vec<String> = [
-                "--log-format",
-                "json",
-                "run",
-                "--node-name",
-                &name,
-                "--data-dir",
-                &data.to_string_lossy(),
-                "--listen",
-                addr,
-                "--pod-cidr",
-                pod_cidr,
-                "--node-bits",
-                &node_bits.to_string(),
-                "--cluster-token-file",
-                &token_file.to_string_lossy(),
-                "--cni-socket",
-                &format!("{}.cni.sock", data.to_string_lossy()),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.extend(bins.evio_run_args.iter().cloned());
-            if i == 0 {
-                args.push("--bootstrap".into());
-            } else {
-                args.extend(["--join".to_string(), addrs[0].clone()]);
-            }
-            let log = cluster.dir.path().join(format!("{name}.log"));
-            let process = Process::start(&name, bin, args, log)?;
-            cluster.members.push(EvioMember {
-                name,
-                addr: addr.clone(),
-                process,
-            });
+        for i in 0..size {
+            cluster.spawn_member()?;
             // Each joins once the one before it is serving, as an operator would.
             let client = cluster.client(i)?;
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -257,6 +226,53 @@ impl EvioCluster {
             })
             .await?;
         Ok(cluster)
+    }
+
+    /// Starts one more member on a new data dir: the first bootstraps, the others join through
+    /// every member started before. Returns at once; the new member is the last one.
+    pub fn spawn_member(&mut self) -> Result<usize> {
+        let i = self.members.len();
+        let name = format!("bench-{i}");
+        let addr = free_addr()?;
+        let data = self.dir.path().join(&name);
+        let token_file = self.dir.path().join("token");
+        let mut args: Vec<String> = [
+            "--log-format",
+            "json",
+            "run",
+            "--node-name",
+            &name,
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--listen",
+            &addr,
+            "--pod-cidr",
+            &self.pod_cidr,
+            "--node-bits",
+            &self.node_bits.to_string(),
+            "--cluster-token-file",
+            &token_file.to_string_lossy(),
+            "--cni-socket",
+            &format!("{}.cni.sock", data.to_string_lossy()),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.run_args.iter().cloned());
+        if i == 0 {
+            args.push("--bootstrap".into());
+        } else {
+            let others: Vec<&str> = self.members.iter().map(|m| m.addr.as_str()).collect();
+            args.extend(["--join".to_string(), others.join(",")]);
+        }
+        let log = self.dir.path().join(format!("{name}.log"));
+        let process = Process::start(&name, &self.bin, args, log)?;
+        self.members.push(EvioMember {
+            name,
+            addr,
+            process,
+        });
+        Ok(i)
     }
 
     pub fn client(&self, index: usize) -> Result<Client> {

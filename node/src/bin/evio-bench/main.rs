@@ -5,6 +5,7 @@
 
 mod cluster;
 mod failover;
+mod join;
 mod lease;
 mod memory;
 mod original_evio;
@@ -44,10 +45,22 @@ enum Bench {
     Memory(Common),
     /// Acquire latency at 256 vs 65,536 leases.
     Scale(Common),
+    /// A 4th member joining 3 voters holding 65,536 leases (log compacted): catch-up time,
+    /// snapshot size, RSS.
+    Join(JoinArgs),
     /// Pod ADD/DEL latency, sequential: evio-cni (OVS netdev, LXBR) vs the reference bridge plugin.
     Pods(PodArgs),
     /// Node fill: 253 pods, 8 concurrent ADDs, then DEL all: evio-cni vs the bridge plugin.
     Fill(PodArgs),
+}
+
+#[derive(Args)]
+struct JoinArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Leases held when the member joins (default: 65,536, the whole pool; 1,500 with --quick).
+    #[arg(long)]
+    leases: Option<usize>,
 }
 
 #[derive(Args)]
@@ -131,6 +144,7 @@ async fn run(cli: Cli) -> Result<()> {
         Bench::Failover(c) => (c, failover::run(&bins, c.quick).await?),
         Bench::Memory(c) => (c, memory::memory(&bins, c.quick).await?),
         Bench::Scale(c) => (c, memory::scale(&bins, c.quick).await?),
+        Bench::Join(a) => (&a.common, join::run(&bins, a.common.quick, a.leases).await?),
         Bench::Pods(a) => (
             &a.common,
             pods::pods(&bins, &a.evio_cni()?, &a.kind, a.count(200)).await?,

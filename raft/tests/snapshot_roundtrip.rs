@@ -1,0 +1,122 @@
+//! The state machine's snapshots on a real sled store: built on one member, installed on
+//! another, the same table comes out; a snapshot an earlier version stored as JSON in its
+//! data dir is still served and installed.
+
+use std::io::Cursor;
+
+use evio_raft::store::{self, StateMachineStore};
+use evio_raft::types::{Entry, LogId, SnapshotMeta, StoredMembership};
+use evio_raft::{LeaseCommand, Pool};
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+
+fn pool() -> Pool {
+    Pool::parse("10.0.0.0/8", 16).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn open(dir: &tempfile::TempDir) -> StateMachineStore {
+    let (_, sm) = store::open(&dir.path().join("db"), pool(), store::DEFAULT_CACHE_BYTES)
+        .unwrap_or_else(|e| panic!("{e}"));
+    sm
+}
+
+fn log_id(index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+fn acquire(index: u64, node: String) -> Entry {
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(LeaseCommand::Acquire {
+            node,
+            host_ip: None,
+            request_id: format!("r{index}"),
+            at: 1_700_000_000_000 + index,
+        }),
+    }
+}
+
+/// Every lease as (node, subnet), ordered.
+fn leases(sm: &StateMachineStore) -> Vec<(String, String)> {
+    sm.view()
+        .read()
+        .table
+        .leases()
+        .into_iter()
+        .map(|l| (l.record.node, l.block.subnet.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_snapshot_built_on_one_member_installs_on_another() {
+    let (a_dir, b_dir) = (tempdir(), tempdir());
+    let mut a = open(&a_dir);
+    let entries: Vec<Entry> = (1..=5_000)
+        .map(|i| acquire(i, format!("node-{i}")))
+        .collect();
+    a.apply(entries).await.unwrap_or_else(|e| panic!("{e}"));
+    let snapshot = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bytes = snapshot.snapshot.get_ref().clone();
+    assert!(bytes.starts_with(b"EVSNAP"), "not the binary format");
+
+    let mut b = open(&b_dir);
+    b.install_snapshot(&snapshot.meta, Box::new(Cursor::new(bytes)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(leases(&b), leases(&a));
+    assert_eq!(b.view().read().last_applied, Some(log_id(5_000)));
+    // And it survives a reopen from disk.
+    drop(b);
+    let b = open(&b_dir);
+    assert_eq!(leases(&b), leases(&a));
+}
+
+#[tokio::test]
+async fn an_earlier_json_snapshot_in_a_data_dir_is_served_and_installed() {
+    let (old_dir, new_dir) = (tempdir(), tempdir());
+    // What an earlier version left in its data dir: the snapshot tree's meta and JSON data.
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(7)),
+        last_membership: StoredMembership::default(),
+        snapshot_id: "1-1-7".into(),
+    };
+    let json = br#"{"pool":{"podCidr":"10.0.0.0/8","nodeBits":16},"leases":[
+        {"node":"old-a","block":0,"hostIp":null,"revision":3,"acquiredAt":17},
+        {"node":"old-b","block":1,"hostIp":"192.168.1.2","revision":7,"acquiredAt":18}]}"#;
+    {
+        let db = sled::open(old_dir.path().join("db")).unwrap_or_else(|e| panic!("{e}"));
+        let tree = db.open_tree("snapshot").unwrap_or_else(|e| panic!("{e}"));
+        let meta_json = serde_json::to_vec(&meta).unwrap_or_else(|e| panic!("{e}"));
+        tree.insert("meta", meta_json)
+            .unwrap_or_else(|e| panic!("{e}"));
+        tree.insert("data", &json[..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        db.flush().unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut old = open(&old_dir);
+    let served = old
+        .get_current_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("the stored snapshot was not found"));
+    let mut new = open(&new_dir);
+    new.install_snapshot(&served.meta, served.snapshot)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        leases(&new),
+        [
+            ("old-a".to_string(), "10.0.0.0/24".to_string()),
+            ("old-b".to_string(), "10.0.1.0/24".to_string())
+        ]
+    );
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+}
