@@ -103,6 +103,10 @@ pub enum ErrorCode {
     PoolMismatch,
     /// 409: a live member already has this name.
     DuplicateNodeName,
+    /// 409: `claim --from` names an owner that is not a `legacy:` range.
+    NotLegacyOwner,
+    /// 409: a conditional release whose revision is no longer the lease's.
+    RevisionMismatch,
     /// 429: too many linearizable reads without the token; `Retry-After` says when.
     RateLimited,
     /// 500: a bug or a broken data dir.
@@ -115,6 +119,9 @@ pub enum ErrorCode {
     NotReady,
     /// 503: Raft stopped on this member.
     RaftStopped,
+    /// 503 + `Retry-After`: a member with this name was heard from within the voter grace;
+    /// the admission waits rather than evict it.
+    MemberRecentlyHeard,
     /// 503 + `Retry-After`: the request did not complete within the route's timeout.
     Timeout,
     /// A code this client does not know (a newer server).
@@ -133,12 +140,13 @@ impl ErrorCode {
             ClusterMismatch => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
-            BlockTaken | HoldsOtherLease | PoolExhausted | PoolMismatch | DuplicateNodeName => 409,
+            BlockTaken | HoldsOtherLease | PoolExhausted | PoolMismatch | DuplicateNodeName
+            | NotLegacyOwner | RevisionMismatch => 409,
             PayloadTooLarge => 413,
             WrongNode => 421,
             RateLimited => 429,
             Internal | Unknown => 500,
-            NoQuorum | NotLeader | NotReady | RaftStopped | Timeout => 503,
+            NoQuorum | NotLeader | NotReady | RaftStopped | MemberRecentlyHeard | Timeout => 503,
         }
     }
 
@@ -148,7 +156,7 @@ impl ErrorCode {
         use ErrorCode::*;
         matches!(
             self,
-            RateLimited | NoQuorum | NotLeader | NotReady | Timeout
+            RateLimited | NoQuorum | NotLeader | NotReady | MemberRecentlyHeard | Timeout
         )
     }
 
@@ -172,12 +180,15 @@ impl ErrorCode {
             PoolExhausted => "pool_exhausted",
             PoolMismatch => "pool_mismatch",
             DuplicateNodeName => "duplicate_node_name",
+            NotLegacyOwner => "not_legacy_owner",
+            RevisionMismatch => "revision_mismatch",
             RateLimited => "rate_limited",
             Internal => "internal",
             NoQuorum => "no_quorum",
             NotLeader => "not_leader",
             NotReady => "not_ready",
             RaftStopped => "raft_stopped",
+            MemberRecentlyHeard => "member_recently_heard",
             Timeout => "timeout",
             Unknown => "unknown",
         }

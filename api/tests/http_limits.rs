@@ -7,13 +7,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use evio_api::{Admission, ServeLimits};
+use evio_api::{Admission, ErrorBody, ServeLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 mod common;
 
-use common::{error_code, pool, Member};
+use common::{pool, Member};
 
 /// The "member" address of these tests: it gets the peers' reserved share; every other
 /// loopback address counts as an outsider here (in production loopback is exempt).
@@ -82,6 +82,13 @@ fn http(from: Option<Ipv4Addr>) -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_else(|e| panic!("client: {e}"))
+}
+
+fn error_code(body: &str) -> String {
+    serde_json::from_str::<ErrorBody>(body)
+        .unwrap_or_else(|e| panic!("not an error body ({e}): {body}"))
+        .code
+        .to_string()
 }
 
 /// Thousands of connections that send half a request head are closed by the header-read
@@ -301,9 +308,9 @@ async fn bodies_are_bounded_per_route() {
         error_code(&response.text().await.unwrap_or_default()),
         "body_not_allowed"
     );
-    // Just under the Raft body limit (evio-raft's, above axum's 2 MiB default only if raft
-    // says so): read in full and refused as a bad RPC body, not as too large.
-    let mut chunk = vec![b' '; evio_api::server::RAFT_MAX_BODY - 64];
+    // Nearly the Raft body limit (2 MiB: a 1 MiB snapshot chunk or an append batch) of JSON
+    // whitespace then garbage: read in full and refused as a bad RPC body, not as too large.
+    let mut chunk = vec![b' '; evio_raft::network::RPC_BODY_LIMIT - 1024];
     chunk.extend_from_slice(b"{\"not\": \"an rpc\"}");
     let me = server.replica.node_id().to_string();
     let mut request = client

@@ -119,16 +119,33 @@ pub(super) async fn put(
     Ok((status, Json(LeaseJson::from(&lease))).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/leases/{node}", tag = "leases", params(("node" = String, Path, description = "Kubernetes node name (DNS-1123), or a `legacy:` owner where noted")),
+#[utoipa::path(delete, path = "/v1/leases/{node}", tag = "leases", params(("node" = String, Path, description = "Kubernetes node name (DNS-1123), or a `legacy:` owner where noted"),
+        ("revision" = Option<u64>, Query, description = "release only if the lease is still at this revision (its `revision` field)")),
     responses((status = 204, description = "released (also when there was none)"),
-        (status = 400, description = "`invalid_node_name`", body = ErrorBody), (status = 401, description = "`unauthorized`: missing or wrong cluster token", body = ErrorBody), (status = 503, description = "`no_quorum`, `not_leader` or `timeout`: retry later", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait before retrying")))),
+        (status = 400, description = "`invalid_node_name` or `invalid_query`", body = ErrorBody),
+        (status = 409, description = "`revision_mismatch`: the lease changed since that revision", body = ErrorBody), (status = 401, description = "`unauthorized`: missing or wrong cluster token", body = ErrorBody), (status = 503, description = "`no_quorum`, `not_leader` or `timeout`: retry later", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait before retrying")))),
     security(("token" = [])))]
 pub(super) async fn delete(
     State(state): State<ApiState>,
     Path(node): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<StatusCode, ApiError> {
     checked_owner(&node)?;
-    state.replica.release(&node).await?;
+    let mut revision = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match (key.as_ref(), value.parse::<u64>()) {
+            ("revision", Ok(r)) => revision = Some(r),
+            (key, _) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
+                    format!(
+                        "invalid query parameter {key:?}={value:?}: expected revision=<log index>"
+                    ),
+                ))
+            }
+        }
+    }
+    state.replica.release_if(&node, revision).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

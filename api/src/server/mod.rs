@@ -44,8 +44,7 @@ pub struct ApiState {
 }
 
 /// Body limits: lease and join bodies are small JSON documents; Raft RPC carries log entries
-/// and snapshot chunks, sized by evio-raft (`network::RPC_BODY_LIMIT`: a snapshot chunk with
-/// its header, or a full append batch).
+/// and snapshot chunks, sized by the Raft crate (a 1 MiB binary chunk or an append batch).
 pub const API_MAX_BODY: usize = 64 * 1024;
 pub const RAFT_MAX_BODY: usize = network::RPC_BODY_LIMIT;
 /// Request timeouts: lease calls wait for the leader (and forwarding) at most this long;
