@@ -2,14 +2,14 @@
 # Installs what the tests need on Debian (run as root): the CNI reference plugins (host-local),
 # ping (traffic checks between test pods), Open vSwitch,
 # nftables and iproute2; etcd-server (the etcd mirror tests and the benchmarks' anchor), etcd-client
-# (etcdctl), protobuf-compiler (protoc, which the etcd-client crate needs at build time, with
-# libprotobuf-dev for its well-known .proto files), openssl (certificates for the etcd TLS test),
+# (etcdctl), openssl (certificates for the etcd TLS test),
 # iptables (chaos tests' partitions; Debian's portmap, run by the CNI chain test, writes its
-# rules with it). Idempotent; `apt-get update` runs once, only when something is missing.
+# rules with it); containerd, runc and busybox-static (the CRI suite, node/tests/cri.rs: its
+# own containerd with a pause image scripts/pause-image.sh builds from busybox). Idempotent; `apt-get update` runs once, only when something is missing.
 set -euo pipefail
 
 packages=(containernetworking-plugins nftables iproute2 iputils-ping openvswitch-switch
-    etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl iptables)
+    etcd-server etcd-client openssl iptables containerd runc busybox-static)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

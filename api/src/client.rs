@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::types::{
-    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, LeaseJson, ReserveBody,
+    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, ErrorCode, LeaseJson, ReserveBody,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +20,7 @@ pub enum ClientError {
     Api {
         url: String,
         status: u16,
-        code: String,
+        code: ErrorCode,
         message: String,
     },
     #[error("{url}: unexpected response (HTTP {status}): {detail}")]
@@ -33,9 +33,9 @@ pub enum ClientError {
 
 impl ClientError {
     /// The API's error code (e.g. `pool_exhausted`), when the server answered with one.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Api { code, .. } => Some(code),
+            ClientError::Api { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -169,10 +169,9 @@ impl Client {
         match self.send(self.http.get(&url), &url).await {
             Ok(response) => Self::json(response, &url).await.map(Some),
             Err(ClientError::Api {
-                status: 404,
-                ref code,
+                code: ErrorCode::NotFound,
                 ..
-            }) if code == "not_found" => Ok(None),
+            }) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -11,6 +11,6 @@ pub use client::{Client, ClientError};
 pub use listener::{serve, ServeLimits, Trusted};
 pub use server::{router, ApiOptions, EtcdMirrorStatus};
 pub use types::{
-    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, EtcdMirrorJson, LeaseJson,
-    MemberJson, ReserveBody,
+    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, ErrorCode, EtcdMirrorJson,
+    LeaseJson, MemberJson, ReserveBody,
 };

@@ -53,7 +53,144 @@ pub struct AcquireBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
-    pub code: String,
+    pub code: ErrorCode,
+}
+
+/// The stable code of every error the API answers with; each has one HTTP status. Clients
+/// match on these, not on statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: a node name (or `legacy:` owner) that is not valid.
+    InvalidNodeName,
+    /// 400: a body that is not the JSON the route takes.
+    InvalidBody,
+    /// 400: an unknown query parameter or value.
+    InvalidQuery,
+    /// 400: a body on GET, HEAD or DELETE.
+    BodyNotAllowed,
+    /// 400: a subnet that is not a node block of the pool.
+    OutsidePool,
+    /// 400: a request that could not be read at all.
+    BadRequest,
+    /// 401: missing or wrong cluster token.
+    Unauthorized,
+    /// 403: Raft RPC from another cluster.
+    ClusterMismatch,
+    /// 404: no such route, or no such lease.
+    NotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 413: a body over the route's limit.
+    PayloadTooLarge,
+    /// 421: Raft RPC meant for another node id.
+    WrongNode,
+    /// 409: the block is held by another owner.
+    BlockTaken,
+    /// 409: the owner already holds another block.
+    HoldsOtherLease,
+    /// 409: no free block left.
+    PoolExhausted,
+    /// 409: a joining node configured with another pool.
+    PoolMismatch,
+    /// 409: a live member already has this name.
+    DuplicateNodeName,
+    /// 409: a claim from an owner that is not an imported `legacy:` range.
+    NotLegacyOwner,
+    /// 409: a conditional release named a revision the lease is no longer at.
+    RevisionMismatch,
+    /// 503 + `Retry-After`: a member of the joining node's name does not answer, but the
+    /// leader heard from it within `--voter-grace`.
+    MemberRecentlyHeard,
+    /// 429: too many linearizable reads without the token; `Retry-After` says when.
+    RateLimited,
+    /// 500: a bug or a broken data dir.
+    Internal,
+    /// 503 + `Retry-After`: no leader reachable.
+    NoQuorum,
+    /// 503 + `Retry-After`: the leader is known but could not be reached.
+    NotLeader,
+    /// 503 + `Retry-After`: the member has not caught up yet.
+    NotReady,
+    /// 503: Raft stopped on this member.
+    RaftStopped,
+    /// 503 + `Retry-After`: the request did not complete within the route's timeout.
+    Timeout,
+    /// A code this client does not know (a newer server).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The HTTP status this code is always answered with.
+    pub fn status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            InvalidNodeName | InvalidBody | InvalidQuery | BodyNotAllowed | OutsidePool
+            | BadRequest => 400,
+            Unauthorized => 401,
+            ClusterMismatch => 403,
+            NotFound => 404,
+            MethodNotAllowed => 405,
+            BlockTaken | HoldsOtherLease | PoolExhausted | PoolMismatch | DuplicateNodeName
+            | NotLegacyOwner | RevisionMismatch => 409,
+            PayloadTooLarge => 413,
+            WrongNode => 421,
+            RateLimited => 429,
+            Internal | Unknown => 500,
+            NoQuorum | NotLeader | NotReady | RaftStopped | Timeout | MemberRecentlyHeard => 503,
+        }
+    }
+
+    /// True when the same request may succeed later unchanged (the answer carries
+    /// `Retry-After`).
+    pub fn is_retryable(self) -> bool {
+        use ErrorCode::*;
+        matches!(
+            self,
+            RateLimited | NoQuorum | NotLeader | NotReady | Timeout | MemberRecentlyHeard
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidNodeName => "invalid_node_name",
+            InvalidBody => "invalid_body",
+            InvalidQuery => "invalid_query",
+            BodyNotAllowed => "body_not_allowed",
+            OutsidePool => "outside_pool",
+            BadRequest => "bad_request",
+            Unauthorized => "unauthorized",
+            ClusterMismatch => "cluster_mismatch",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            PayloadTooLarge => "payload_too_large",
+            WrongNode => "wrong_node",
+            BlockTaken => "block_taken",
+            HoldsOtherLease => "holds_other_lease",
+            PoolExhausted => "pool_exhausted",
+            PoolMismatch => "pool_mismatch",
+            DuplicateNodeName => "duplicate_node_name",
+            NotLegacyOwner => "not_legacy_owner",
+            RevisionMismatch => "revision_mismatch",
+            MemberRecentlyHeard => "member_recently_heard",
+            RateLimited => "rate_limited",
+            Internal => "internal",
+            NoQuorum => "no_quorum",
+            NotLeader => "not_leader",
+            NotReady => "not_ready",
+            RaftStopped => "raft_stopped",
+            Timeout => "timeout",
+            Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,5 +278,29 @@ impl Consistency {
             Consistency::Local => "local",
             Consistency::Linearizable => "linearizable",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    /// The wire name (serde) and `as_str` agree, and a code from a newer server decodes.
+    #[test]
+    fn error_codes_round_trip() {
+        for code in [
+            ErrorCode::InvalidNodeName,
+            ErrorCode::BodyNotAllowed,
+            ErrorCode::HoldsOtherLease,
+            ErrorCode::RateLimited,
+            ErrorCode::NoQuorum,
+            ErrorCode::Timeout,
+        ] {
+            let json = serde_json::to_string(&code).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+        let newer: ErrorCode =
+            serde_json::from_str("\"some_new_code\"").unwrap_or(ErrorCode::Internal);
+        assert_eq!(newer, ErrorCode::Unknown);
     }
 }

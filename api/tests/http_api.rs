@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use evio_api::{Client, Consistency, ErrorBody};
+use evio_api::{Client, Consistency, ErrorBody, ErrorCode};
 use evio_raft::{EvioNode, Pool, Replica, ReplicaConfig};
 
 mod common;
@@ -81,6 +81,7 @@ fn error_code(body: &str) -> String {
     serde_json::from_str::<ErrorBody>(body)
         .unwrap_or_else(|e| panic!("not an error body ({e}): {body}"))
         .code
+        .to_string()
 }
 
 #[tokio::test]
@@ -282,7 +283,7 @@ async fn exhausted_pool_is_409() {
     let err = api.acquire("late", None).await.map(|_| ()).unwrap_err();
     assert_eq!(
         (err.status(), err.code()),
-        (Some(409), Some("pool_exhausted")),
+        (Some(409), Some(ErrorCode::PoolExhausted)),
         "{err}"
     );
     // holders still get theirs
@@ -469,7 +470,7 @@ async fn reads_can_be_closed_and_writes_always_need_the_token() {
         .unwrap_err();
     assert_eq!(
         (err.status(), err.code()),
-        (Some(401), Some("unauthorized")),
+        (Some(401), Some(ErrorCode::Unauthorized)),
         "{err}"
     );
     let err = anonymous.acquire("n1", None).await.map(|_| ()).unwrap_err();

@@ -81,6 +81,7 @@ fn error_code(body: &str) -> String {
     serde_json::from_str::<ErrorBody>(body)
         .unwrap_or_else(|e| panic!("not an error body ({e}): {body}"))
         .code
+        .to_string()
 }
 
 /// Thousands of connections that send half a request head are closed by the header-read

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{pool, Member};
-use evio_api::{ClientError, Consistency};
+use evio_api::{ClientError, Consistency, ErrorCode};
 use evio_raft::RaftTuning;
 
 async fn single() -> Member {
@@ -25,7 +25,11 @@ async fn single() -> Member {
 
 fn refused(result: Result<impl std::fmt::Debug, ClientError>, status: u16, code: &str) {
     match result {
-        Err(e) => assert_eq!((e.status(), e.code()), (Some(status), Some(code)), "{e}"),
+        Err(e) => assert_eq!(
+            (e.status(), e.code().map(ErrorCode::as_str)),
+            (Some(status), Some(code)),
+            "{e}"
+        ),
         Ok(v) => panic!("expected {status} {code}, got {v:?}"),
     }
 }

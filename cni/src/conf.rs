@@ -8,20 +8,13 @@ use std::path::Path;
 
 use evio_raft::data_dir::write_atomic;
 use evio_raft::Lease;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub const CONFLIST_FILE: &str = "10-evio.conflist";
-/// The plugin binary kubelet execs; CNI requires `type` to name it.
-pub const PLUGIN_TYPE: &str = "evio-cni";
+pub use crate::plugin_conf::{BridgeType, OvsDatapath, PluginConf, PLUGIN_TYPE};
+use crate::spec::{version_key, LATEST_VERSION, SUPPORTED_VERSIONS};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BridgeType {
-    #[serde(rename = "OVS")]
-    Ovs,
-    #[serde(rename = "LXBR")]
-    Linux,
-}
+pub const CONFLIST_FILE: &str = "10-evio.conflist";
 
 /// The node-independent part of the network config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +29,8 @@ pub struct NetConf {
     pub mtu: u32,
     /// The evio-node CNI socket the plugin forwards requests to.
     pub socket: String,
-    /// OVS datapath: "system" (kernel) or "netdev" (userspace).
-    pub ovs_datapath: String,
+    /// OVS datapath: kernel, userspace, or decided by the daemon on its host.
+    pub ovs_datapath: OvsDatapath,
     /// ovsdb-server's socket when not the default `/run/openvswitch/db.sock`; written to the
     /// conflist only when set.
     pub ovsdb_socket: Option<String>,
@@ -46,7 +39,7 @@ pub struct NetConf {
 impl Default for NetConf {
     fn default() -> Self {
         Self {
-            cni_version: "1.0.0".into(),
+            cni_version: LATEST_VERSION.into(),
             name: "k8s-pod-network".into(),
             bridge: "evioB1B111B".into(),
             bridge_type: BridgeType::Ovs,
@@ -55,7 +48,7 @@ impl Default for NetConf {
             is_ip_masq: true,
             mtu: 1500,
             socket: crate::spec::DEFAULT_SOCKET.into(),
-            ovs_datapath: "system".into(),
+            ovs_datapath: OvsDatapath::System,
             ovsdb_socket: None,
         }
     }
@@ -79,7 +72,7 @@ pub struct OriginalNetConf {
     pub is_ip_masq: Option<bool>,
     pub mtu: Option<u32>,
     pub socket: Option<String>,
-    pub ovs_datapath: Option<String>,
+    pub ovs_datapath: Option<OvsDatapath>,
     pub ovsdb_socket: Option<String>,
 }
 
@@ -184,11 +177,6 @@ impl OriginalNetConf {
         if conf.mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
             return Err(invalid("mtu", "expected 68 to 65535"));
         }
-        if let Some(datapath) = &conf.ovs_datapath {
-            if datapath != "system" && datapath != "netdev" {
-                return Err(invalid("ovsDatapath", "expected \"system\" or \"netdev\""));
-            }
-        }
         if conf.socket.as_ref().is_some_and(|s| !s.starts_with('/')) {
             return Err(invalid("socket", "expected an absolute path"));
         }
@@ -231,7 +219,7 @@ impl OriginalNetConf {
             is_ip_masq: self.is_ip_masq.unwrap_or(d.is_ip_masq),
             mtu: self.mtu.unwrap_or(d.mtu),
             socket: self.socket.clone().unwrap_or(d.socket),
-            ovs_datapath: self.ovs_datapath.clone().unwrap_or(d.ovs_datapath),
+            ovs_datapath: self.ovs_datapath.unwrap_or(d.ovs_datapath),
             ovsdb_socket: self.ovsdb_socket.clone().or(d.ovsdb_socket),
         }
     }
@@ -260,45 +248,59 @@ pub enum ConfError {
     },
 }
 
-/// Renders the conflist for `lease`.
-pub fn conflist(conf: &NetConf, lease: &Lease) -> Value {
+/// The plugin object of the conflist for `lease`.
+pub fn plugin_conf(conf: &NetConf, lease: &Lease) -> PluginConf {
     let pod_cidr = lease.pool.pod_cidr();
     let gateway = lease.block.gateway;
-    let mut value = json!({
+    PluginConf {
+        plugin_type: PLUGIN_TYPE.into(),
+        bridge: conf.bridge.clone(),
+        bridge_type: conf.bridge_type,
+        // A /prefix always fits an Ipv4Network.
+        bridge_ipv4: ipnetwork::Ipv4Network::new(gateway, pod_cidr.prefix())
+            .unwrap_or(ipnetwork::Ipv4Network::from(gateway)),
+        is_gateway: conf.is_gateway,
+        is_default_gateway: conf.is_default_gateway,
+        is_ip_masq: conf.is_ip_masq,
+        mtu: Some(conf.mtu),
+        hairpin_mode: false,
+        socket: Some(conf.socket.clone()),
+        ovs_datapath: conf.ovs_datapath,
+        ovsdb_socket: conf.ovsdb_socket.clone(),
+        pod_cidr: Some(pod_cidr),
+        node_subnet: Some(lease.block.subnet),
+        ipam: json!({
+            "type": "host-local",
+            "ranges": [[{
+                "subnet": pod_cidr.to_string(),
+                "rangeStart": lease.block.range_start.to_string(),
+                "rangeEnd": lease.block.range_end.to_string(),
+                "gateway": gateway.to_string(),
+            }]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+        }),
+    }
+}
+
+/// Renders the conflist for `lease`: `cniVersion` plus the `cniVersions` list (every
+/// version we support up to `cniVersion`), so libcni runtimes pick the newest version they
+/// share with us and send STATUS and GC on 1.1.0. Every plugin of the list must support the
+/// chosen version: with an older `portmap` (Debian 12's stops at 1.0.0) set `cniVersion`
+/// to "1.0.0" in net-conf.json.
+pub fn conflist(conf: &NetConf, lease: &Lease) -> Value {
+    let versions: Vec<&str> = SUPPORTED_VERSIONS
+        .into_iter()
+        .filter(|v| version_key(v) <= version_key(&conf.cni_version))
+        .collect();
+    json!({
         "cniVersion": conf.cni_version,
+        "cniVersions": versions,
         "name": conf.name,
         "plugins": [
-            {
-                "type": PLUGIN_TYPE,
-                "bridge": conf.bridge,
-                "bridgeType": conf.bridge_type,
-                "isGateway": conf.is_gateway,
-                "isDefaultGateway": conf.is_default_gateway,
-                "isIPMasq": conf.is_ip_masq,
-                "mtu": conf.mtu,
-                "socket": conf.socket,
-                "ovsDatapath": conf.ovs_datapath,
-                "bridgeIPv4": format!("{gateway}/{}", pod_cidr.prefix()),
-                "podCIDR": pod_cidr.to_string(),
-                "nodeSubnet": lease.block.subnet.to_string(),
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{
-                        "subnet": pod_cidr.to_string(),
-                        "rangeStart": lease.block.range_start.to_string(),
-                        "rangeEnd": lease.block.range_end.to_string(),
-                        "gateway": gateway.to_string(),
-                    }]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                },
-            },
+            plugin_conf(conf, lease),
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
         ],
-    });
-    if let Some(socket) = &conf.ovsdb_socket {
-        value["plugins"][0]["ovsdbSocket"] = json!(socket);
-    }
-    value
+    })
 }
 
 /// Writes the conflist into `dir` atomically (mode 0644). Returns false when the file already
@@ -354,6 +356,18 @@ mod tests {
         assert_eq!(range["rangeEnd"], "10.244.3.254");
         assert_eq!(range["gateway"], "10.244.3.1");
         assert_eq!(value["name"], "k8s-pod-network");
+        assert_eq!(value["cniVersion"], "1.1.0");
+        assert_eq!(value["cniVersions"].as_array().map(Vec::len), Some(5));
+        assert_eq!(plugin["isGateway"], true);
+        let older = NetConf {
+            cni_version: "1.0.0".into(),
+            ..NetConf::default()
+        };
+        let value = conflist(&older, &lease_at_block_3());
+        assert_eq!(
+            value["cniVersions"],
+            json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0"])
+        );
         assert_eq!(plugin["ovsDatapath"], "system");
         assert_eq!(plugin["socket"], "/run/evio/cni.sock");
         assert_eq!(value["plugins"][1]["type"], "portmap");

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::spec::{code, version_result, CniError, Reply, Request, LATEST_VERSION};
+use crate::dataplane::error::CODE_PLUGIN_NOT_AVAILABLE;
+use crate::spec::{code, version_result, CniError, Command, Reply, Request, LATEST_VERSION};
 
 /// How long the shim waits for the daemon to answer one request.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -53,6 +54,12 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &[u8]) -> Outcome {
         },
         Ok(Reply::Ok(value)) => Outcome::ok(&value),
         Ok(Reply::Error(e)) => Outcome::error(&e),
+        // STATUS asks whether ADDs can be served: without the daemon they cannot (the spec's
+        // "plugin not available"), which is not a reason to retry the STATUS itself.
+        Err(e) if request.command == Command::Status => Outcome::error(&CniError {
+            code: CODE_PLUGIN_NOT_AVAILABLE,
+            ..e
+        }),
         Err(e) => Outcome::error(&e),
     }
 }

@@ -3,238 +3,62 @@
 //! ADD leaves no veth and no address behind; DEL is idempotent and works without the netns.
 //! Needs root (CI runs as root; under CI=true a missing prerequisite fails the test).
 
-use std::path::Path;
+mod common;
+
 use std::process::Command as Process;
 
-use evio_cni::dataplane::{masquerade, pod, PodNetwork};
-use evio_cni::spec::{Command, Request};
-use serde_json::{json, Value};
+use common::*;
+use evio_cni::dataplane::{attachment, error as codes, PodNetwork};
+use evio_cni::spec::Command;
+use serde_json::json;
 
-const HOST_LOCAL_DIRS: &str = "/usr/lib/cni:/opt/cni/bin";
-
-/// Whether the test can run here; under CI it must.
-fn prerequisites() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let host_local = HOST_LOCAL_DIRS
-        .split(':')
-        .any(|d| Path::new(d).join("host-local").is_file());
-    let ping = Process::new("ping").arg("-V").output().is_ok();
-    if root && host_local && ping {
-        return true;
-    }
-    let why = format!(
-        "root={root} host-local={host_local} ping={ping} (run scripts/install-deps.sh as root)"
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "dataplane prerequisites missing under CI: {why}"
-    );
-    eprintln!("skipping dataplane test outside CI: {why}");
-    false
-}
-
-fn ip(args: &[&str]) -> std::process::Output {
-    Process::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"))
-}
-
-/// Test resources with unique names, removed on drop.
-struct Fixture {
-    /// "LXBR" or "OVS" (userspace netdev datapath: no kernel module here).
-    kind: &'static str,
-    /// Second octet of this fixture's pod network, so fixtures in parallel never share one.
-    octet: u8,
-    tag: String,
-    namespaces: Vec<String>,
-    bridge: String,
-    ipam_dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new(kind: &'static str) -> Fixture {
-        let tag = format!("{:06x}", rand_u32() & 0xff_ffff);
-        Fixture {
-            kind,
-            octet: if kind == "OVS" { 98 } else { 99 },
-            bridge: format!("evt{tag}"),
-            tag,
-            namespaces: Vec::new(),
-            ipam_dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+/// The pod lifecycle for every bridge kind × every supported CNI version, each on its own
+/// network (`10.<60 + n>.0.0/16`), as the reference bridge plugin's suite runs every scenario
+/// per version.
+macro_rules! scenario_matrix {
+    ($($name:ident: $kind:literal, $version:literal, $octet:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            if prerequisites() && ($kind == "LXBR" || ovs_running()) {
+                scenario($kind, $version, $octet).await;
+            }
         }
-    }
-
-    /// `10.<octet>.<rest>`.
-    fn net(&self, rest: &str) -> String {
-        format!("10.{}.{rest}", self.octet)
-    }
-
-    fn node_subnet(&self) -> ipnetwork::Ipv4Network {
-        self.net("3.0/24").parse().unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn netns(&mut self, name: &str) -> String {
-        let ns = format!("evio-{}-{name}", self.tag);
-        let out = ip(&["netns", "add", &ns]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.namespaces.push(ns.clone());
-        format!("/run/netns/{ns}")
-    }
-
-    fn config(&self, range_end: &str) -> Value {
-        json!({
-            "cniVersion": "1.0.0", "name": format!("evio-test-{}", self.tag), "type": "evio-cni",
-            "bridge": self.bridge, "bridgeType": self.kind, "ovsDatapath": "netdev",
-            "bridgeIPv4": self.net("3.1/16"),
-            "isGateway": true, "isDefaultGateway": true, "mtu": 1400,
-            "isIPMasq": true, "nodeSubnet": self.net("3.0/24"), "podCIDR": self.net("0.0/16"),
-            "ipam": {
-                "type": "host-local",
-                "dataDir": self.ipam_dir.path(),
-                "ranges": [[{"subnet": self.net("0.0/16"), "rangeStart": self.net("3.2"),
-                             "rangeEnd": self.net(range_end), "gateway": self.net("3.1")}]],
-            },
-        })
-    }
-
-    fn request(&self, command: Command, container: &str, netns: &str, config: Value) -> Request {
-        Request {
-            command,
-            container_id: format!("{}-{container}", self.tag),
-            netns: netns.to_string(),
-            ifname: "eth0".into(),
-            args: String::new(),
-            path: HOST_LOCAL_DIRS.into(),
-            config,
-        }
-    }
-
-    /// Files host-local keeps for reserved addresses.
-    fn reservations(&self) -> Vec<String> {
-        let dir = self.ipam_dir.path().join(format!("evio-test-{}", self.tag));
-        std::fs::read_dir(dir)
-            .map(|it| {
-                it.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("10."))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
+    )*};
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for ns in &self.namespaces {
-            let _ = ip(&["netns", "del", ns]);
-        }
-        if self.kind == "OVS" {
-            let _ = Process::new("ovs-vsctl")
-                .args(["--if-exists", "del-br", &self.bridge])
-                .output();
-        } else {
-            let _ = ip(&["link", "del", &self.bridge]);
-        }
-        let _ = masquerade::remove(self.node_subnet());
-    }
+scenario_matrix! {
+    lxbr_0_3_0: "LXBR", "0.3.0", 60;
+    lxbr_0_3_1: "LXBR", "0.3.1", 61;
+    lxbr_0_4_0: "LXBR", "0.4.0", 62;
+    lxbr_1_0_0: "LXBR", "1.0.0", 63;
+    lxbr_1_1_0: "LXBR", "1.1.0", 64;
+    ovs_0_3_0: "OVS", "0.3.0", 65;
+    ovs_0_3_1: "OVS", "0.3.1", 66;
+    ovs_0_4_0: "OVS", "0.4.0", 67;
+    ovs_1_0_0: "OVS", "1.0.0", 68;
+    ovs_1_1_0: "OVS", "1.1.0", 69;
 }
 
-fn masquerade_rules(fx: &Fixture) -> usize {
-    let wanted = format!(
-        "ip saddr {} ip daddr != {} masquerade",
-        fx.node_subnet(),
-        fx.net("0.0/16")
-    );
-    let out = Process::new("nft")
-        .args(["list", "chain", "ip", masquerade::TABLE, "postrouting"])
-        .output()
-        .unwrap_or_else(|e| panic!("nft: {e}"));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&wanted))
-        .count()
-}
-
-fn rand_u32() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    nanos ^ std::process::id().rotate_left(16)
-}
-
-fn link_exists(name: &str) -> bool {
-    ip(&["link", "show", name]).status.success()
-}
-
-/// Right after DEL a host veth is gone or retired: down, marked for the reaper.
-fn assert_cut_off(name: &str) {
-    let out = ip(&["-d", "link", "show", name]);
-    if !out.status.success() {
-        return; // already deleted
-    }
-    let shown = String::from_utf8_lossy(&out.stdout).to_string();
-    let flags = shown.split(['<', '>']).nth(1).unwrap_or_default();
-    assert!(
-        !flags.split(',').any(|f| f == "UP")
-            && shown.contains(&format!("alias {}", evio_cni::dataplane::reaper::RETIRED)),
-        "{name} is not cut off after DEL: {shown}"
+#[test]
+fn the_matrix_covers_every_supported_version() {
+    // A version added to the spec module must get its scenario row above.
+    assert_eq!(
+        evio_cni::spec::SUPPORTED_VERSIONS,
+        ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
     );
 }
 
-fn ping_from(netns_path: &str, target: &str) -> bool {
-    let ns = netns_path.trim_start_matches("/run/netns/");
-    Process::new("ip")
-        .args([
-            "netns", "exec", ns, "ping", "-c", "5", "-i", "0.2", "-W", "1", target,
-        ])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn linux_bridge_add_del_with_host_local() {
-    if prerequisites() {
-        scenario("LXBR").await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ovs_bridge_add_del_with_host_local() {
-    if !prerequisites() {
-        return;
-    }
-    if ovs_running() {
-        scenario("OVS").await;
-    } else {
-        eprintln!("skipping OVS test outside CI: /run/openvswitch/db.sock missing");
-    }
-}
-
-/// Whether ovsdb-server is up; under CI it must be.
-fn ovs_running() -> bool {
-    let ovs = Path::new("/run/openvswitch/db.sock").exists();
-    assert!(
-        ovs || std::env::var("CI").as_deref() != Ok("true"),
-        "ovsdb-server is not running under CI (scripts/ovs-start.sh starts it)"
-    );
-    ovs
-}
-
-/// The same pod lifecycle on either bridge type.
-async fn scenario(kind: &'static str) {
+/// The same pod lifecycle on either bridge type, in one config version.
+async fn scenario(kind: &'static str, version: &'static str, octet: u8) {
     let mut fx = Fixture::new(kind);
+    fx.version = version;
+    fx.octet = octet;
     let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
     let (ns_a, ns_b) = (fx.netns("a"), fx.netns("b"));
 
     let add_a = fx.request(Command::Add, "a", &ns_a, fx.config("3.254"));
     let result_a = pods.add(&add_a).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(result_a["cniVersion"], version, "{result_a}");
     assert_eq!(
         result_a["ips"][0]["address"],
         fx.net("3.2/16"),
@@ -279,30 +103,35 @@ async fn scenario(kind: &'static str) {
     .to_string();
     assert!(inside.contains("mtu 1400"), "{inside}");
 
-    // CHECK passes against the ADD result and fails when the pod is not as ADD left it.
-    let mut check_a = fx.request(Command::Check, "a", &ns_a, fx.config("3.254"));
-    check_a.config["prevResult"] = result_a.clone();
-    pods.check(&check_a)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    let mut wrong = check_a.clone();
-    wrong.config["prevResult"]["ips"][0]["address"] = json!(fx.net("3.77/16"));
-    let err = pods.check(&wrong).await.map(|_| ()).unwrap_err();
-    assert_eq!(err.code, pod::CODE_CHECK_FAILED, "{err:?}");
+    // CHECK (0.4.0 on) passes against the ADD result and fails when the pod is not as ADD
+    // left it.
+    if version != "0.3.0" && version != "0.3.1" {
+        let mut check_a = fx.request(Command::Check, "a", &ns_a, fx.config("3.254"));
+        check_a.config["prevResult"] = result_a.clone();
+        pods.check(&check_a)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let mut wrong = check_a.clone();
+        wrong.config["prevResult"]["ips"][0]["address"] = json!(fx.net("3.77/16"));
+        let err = pods.check(&wrong).await.map(|_| ()).unwrap_err();
+        assert_eq!(err.code, codes::CODE_CHECK_FAILED, "{err:?}");
+    }
 
     // STATUS: ready with host-local installed, "not available" without it.
     let status = fx.request(Command::Status, "s", "", fx.config("3.254"));
-    pods.status(&status).unwrap_or_else(|e| panic!("{e:?}"));
+    pods.status(&status)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
     let mut no_ipam = status.clone();
     no_ipam.path = "/nonexistent".into();
     assert_eq!(
-        pods.status(&no_ipam).map(|_| ()).unwrap_err().code,
-        pod::CODE_PLUGIN_NOT_AVAILABLE
+        pods.status(&no_ipam).await.map(|_| ()).unwrap_err().code,
+        codes::CODE_PLUGIN_NOT_AVAILABLE
     );
 
     // ADD of an ifname that exists fails, and leaves pod a intact.
     let again = pods.add(&add_a).await.map(|_| ()).unwrap_err();
-    assert_eq!(again.code, pod::CODE_INTERFACE_EXISTS, "{again:?}");
+    assert_eq!(again.code, codes::CODE_INTERFACE_EXISTS, "{again:?}");
     assert!(ping_from(&ns_a, &fx.net("3.3")));
 
     // Failures after the veth exists roll everything back: an exhausted range...
@@ -311,7 +140,7 @@ async fn scenario(kind: &'static str) {
     let add_c = fx.request(Command::Add, "c", &ns_c, tight);
     let err = pods.add(&add_c).await.map(|_| ()).unwrap_err();
     assert!(
-        !link_exists(&pod::host_veth_name(&add_c.container_id, "eth0")),
+        !link_exists(&attachment::host_veth_name(&add_c.container_id, "eth0")),
         "veth left behind: {err:?}"
     );
     assert_eq!(fx.reservations().len(), 2, "{:?}", fx.reservations());
@@ -321,7 +150,7 @@ async fn scenario(kind: &'static str) {
     let add_d = fx.request(Command::Add, "d", &ns_c, missing);
     let err = pods.add(&add_d).await.map(|_| ()).unwrap_err();
     assert_eq!(err.code, 7, "{err:?}");
-    assert!(!link_exists(&pod::host_veth_name(
+    assert!(!link_exists(&attachment::host_veth_name(
         &add_d.container_id,
         "eth0"
     )));
@@ -339,11 +168,11 @@ async fn scenario(kind: &'static str) {
     gc.config["cni.dev/valid-attachments"] =
         json!([{"containerID": add_b.container_id, "ifname": "eth0"}]);
     pods.gc(&gc).await.unwrap_or_else(|e| panic!("{e:?}"));
-    assert!(!link_exists(&pod::host_veth_name(
+    assert!(!link_exists(&attachment::host_veth_name(
         &add_a.container_id,
         "eth0"
     )));
-    assert!(link_exists(&pod::host_veth_name(
+    assert!(link_exists(&attachment::host_veth_name(
         &add_b.container_id,
         "eth0"
     )));
@@ -355,11 +184,11 @@ async fn scenario(kind: &'static str) {
             .unwrap_or_else(|e| panic!("{e}"));
         let ports = String::from_utf8_lossy(&ports.stdout).to_string();
         assert!(
-            !ports.contains(&pod::host_veth_name(&add_a.container_id, "eth0")),
+            !ports.contains(&attachment::host_veth_name(&add_a.container_id, "eth0")),
             "{ports}"
         );
         assert!(
-            ports.contains(&pod::host_veth_name(&add_b.container_id, "eth0")),
+            ports.contains(&attachment::host_veth_name(&add_b.container_id, "eth0")),
             "{ports}"
         );
     }
@@ -367,10 +196,10 @@ async fn scenario(kind: &'static str) {
     // DEL: idempotent, and fine once the netns is gone.
     let del_a = fx.request(Command::Del, "a", &ns_a, fx.config("3.254"));
     pods.del(&del_a).await.unwrap_or_else(|e| panic!("{e:?}"));
-    assert_cut_off(&pod::host_veth_name(&del_a.container_id, "eth0"));
+    assert_cut_off(&attachment::host_veth_name(&del_a.container_id, "eth0"));
     pods.del(&del_a).await.unwrap_or_else(|e| panic!("{e:?}"));
     pods.settled().await;
-    assert!(!link_exists(&pod::host_veth_name(
+    assert!(!link_exists(&attachment::host_veth_name(
         &del_a.container_id,
         "eth0"
     )));
@@ -381,7 +210,7 @@ async fn scenario(kind: &'static str) {
     pods.del(&del_b).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
     pods.settled().await;
-    assert!(!link_exists(&pod::host_veth_name(
+    assert!(!link_exists(&attachment::host_veth_name(
         &del_b.container_id,
         "eth0"
     )));
@@ -475,14 +304,16 @@ async fn concurrent_adds_and_dels(kind: &'static str, octet: u8) {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|e| panic!("{e:?}"));
-        assert_cut_off(&pod::host_veth_name(&container, "eth0"));
+        assert_cut_off(&attachment::host_veth_name(&container, "eth0"));
         deleted.push(container);
     }
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
     pods.settled().await;
     assert_eq!(bridge_ports(&fx), 0);
     for container in deleted {
-        assert!(!link_exists(&pod::host_veth_name(&container, "eth0")));
+        assert!(!link_exists(&attachment::host_veth_name(
+            &container, "eth0"
+        )));
     }
 }
 
@@ -543,7 +374,7 @@ async fn retired_veths_never_block_an_add_and_are_deleted() {
     let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
     let ns = fx.netns("a");
     let add = fx.request(Command::Add, "a", &ns, fx.config("3.254"));
-    let host = pod::host_veth_name(&add.container_id, "eth0");
+    let host = attachment::host_veth_name(&add.container_id, "eth0");
     pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
     let mut del = add.clone();
     del.command = Command::Del;

@@ -144,6 +144,22 @@ fn unreachable_daemon_is_try_again_later_naming_the_socket() {
 }
 
 #[test]
+fn status_without_the_daemon_is_plugin_not_available() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let socket = dir.path().join("nobody.sock");
+    let config = json!({"cniVersion": "1.1.0", "name": "n", "type": "evio-cni", "socket": socket});
+    let (code, out) = exec(&[("CNI_COMMAND", "STATUS")], &config.to_string());
+    assert_eq!(code, 1);
+    assert_eq!(out["code"], 50, "{out}");
+    assert!(
+        out["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("not reachable")),
+        "{out}"
+    );
+}
+
+#[test]
 fn bad_invocations_get_the_spec_codes() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let socket = dir.path().join("unused.sock");

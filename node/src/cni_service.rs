@@ -1,11 +1,12 @@
 //! The daemon's CNI service: the unix socket `evio-cni` forwards kubelet's requests to.
 //! One JSON request line in, one JSON reply out, per connection. Concurrent requests run
-//! concurrently; only bridge creation is serialised.
+//! concurrently (requests for the same attachment in turn), each within the dataplane's
+//! deadline.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use evio_cni::dataplane::{netlink, PodNetwork};
+use evio_cni::dataplane::{netlink, Limits, PodNetwork};
 use evio_cni::spec::{code, version_result, CniError, Command, Reply, Request, LATEST_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -33,6 +34,11 @@ pub struct CniService {
 impl CniService {
     /// Binds the socket (replacing a stale one left by a crash), owner-only.
     pub fn bind(path: &Path) -> Result<Self, ServiceError> {
+        Self::bind_with(path, Limits::default())
+    }
+
+    /// As [`CniService::bind`], with the dataplane's request deadline and OVSDB timeout.
+    pub fn bind_with(path: &Path, limits: Limits) -> Result<Self, ServiceError> {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let err = |source| ServiceError::Socket {
             path: path.to_path_buf(),
@@ -51,7 +57,7 @@ impl CniService {
         Ok(Self {
             path: path.to_path_buf(),
             listener,
-            pods: Arc::new(PodNetwork::new()?),
+            pods: Arc::new(PodNetwork::with_limits(limits)?),
         })
     }
 
@@ -116,7 +122,7 @@ async fn dispatch(pods: &PodNetwork, request: &Request) -> Reply {
             &serde_json::to_vec(&request.config).unwrap_or_default(),
         )),
         Command::Check => pods.check(request).await,
-        Command::Status => pods.status(request),
+        Command::Status => pods.status(request).await,
         Command::Gc => pods.gc(request).await,
     };
     match &outcome {

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use cni_support::{evio_cni_prerequisites, exec_cni, ip, run, HostLink, Netns, OvsBridge};
 use common::{evio_node, Proc};
-use evio_cni::dataplane::pod::{host_veth_name, CODE_INTERFACE_EXISTS};
+use evio_cni::dataplane::attachment::host_veth_name;
+use evio_cni::dataplane::error::CODE_INTERFACE_EXISTS;
 use evio_cni::dataplane::reaper::RETIRED;
 use evio_cni::spec::SUPPORTED_VERSIONS;
 use serde_json::{json, Value};

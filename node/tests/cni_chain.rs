@@ -21,8 +21,12 @@ use cni_support::{
     assert_veth_retired_then_gone, cni, exec_plugin, ip, is_root, plugin, prerequisites, DevNode,
     LinuxBridge, MasqueradeRule, Netns,
 };
-use evio_cni::dataplane::pod::host_veth_name;
+use evio_cni::dataplane::attachment::host_veth_name;
 use serde_json::{json, Value};
+
+/// Debian 12's portmap supports configs up to 1.0.0: the chain runs at 1.0.0, as a list
+/// with it does (`cniVersion` "1.0.0" in net-conf.json).
+const CHAIN_VERSION: &str = "1.0.0";
 
 /// The two tests share portmap's top-level iptables chains; one at a time touches them.
 static PORTMAP: Mutex<()> = Mutex::new(());
@@ -250,6 +254,7 @@ impl Chain {
         let bridge = format!("ec{tag}{pid}");
         let ipam_dir = dir.path().join("ipam");
         let mut evio = node.plugin_config(0, &name);
+        evio["cniVersion"] = json!(CHAIN_VERSION);
         evio["bridge"] = json!(bridge);
         evio["bridgeType"] = json!("LXBR");
         evio["ipam"]["dataDir"] = json!(ipam_dir);
@@ -277,6 +282,7 @@ fn portmap_after_evio_forwards_a_host_port_into_the_pod() {
     let evio = chain.evio.clone();
     let pid = std::process::id();
     let mut portmap = node.plugin_config(1, name);
+    portmap["cniVersion"] = json!(CHAIN_VERSION);
     assert_eq!(portmap["type"], "portmap", "{}", node.conflist);
     let host_port = free_host_port();
     // What a runtime puts there for a pod with hostPort (capability portMappings).

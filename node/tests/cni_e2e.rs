@@ -29,11 +29,11 @@ fn evio_cni_add_and_del_through_the_daemon() {
     let tag = std::process::id();
     let bridge = format!("eve{tag}");
     let _bridge = OvsBridge(bridge.clone());
-    // The conflist dev generated for its lease (OVS bridge by default), on the userspace
-    // datapath: these machines have no openvswitch kernel module.
+    // The conflist dev generated for its lease, as it is: an OVS bridge on whatever datapath
+    // this host runs (these machines have no openvswitch kernel module: netdev).
     let mut config = node.plugin_config(0, &format!("evio-e2e-{tag}"));
     config["bridge"] = json!(bridge);
-    config["ovsDatapath"] = json!("netdev");
+    assert_eq!(config["ovsDatapath"], "auto", "{config}");
     // dev names its own socket in the conflist it writes
     assert_eq!(config["socket"], node.socket.as_str());
     config["ipam"]["dataDir"] = json!(dir.path().join("ipam"));
@@ -57,6 +57,25 @@ fn evio_cni_add_and_del_through_the_daemon() {
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(String::from_utf8_lossy(&addr.stdout).contains("10.244.0.2/16"));
+    // The daemon logged its choice, and the bridge is OVS with that datapath.
+    assert!(
+        daemon.logs().contains("ovsDatapath auto"),
+        "{}",
+        daemon.logs()
+    );
+    let datapath = Command::new("ovs-vsctl")
+        .args(["get", "Bridge", &bridge, "datapath_type"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wanted = if Path::new("/sys/module/openvswitch").exists() {
+        "system"
+    } else {
+        "netdev"
+    };
+    assert!(
+        String::from_utf8_lossy(&datapath.stdout).contains(wanted),
+        "{datapath:?}"
+    );
 
     let (code, out) = cni("DEL", &container, &netns, &config);
     assert_eq!(code, 0, "{out}");

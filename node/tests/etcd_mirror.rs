@@ -173,16 +173,24 @@ async fn wrong_credentials_leave_the_mirror_unhealthy_and_nothing_else() {
     let cluster = Cluster::new();
     let etcd = Etcd::start(cluster.dir.path(), "auth");
     {
-        let mut admin = etcd.client().await;
-        admin
-            .user_add("root", "right-password", None)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        admin
-            .user_grant_role("root", "root")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        admin.auth_enable().await.unwrap_or_else(|e| panic!("{e}"));
+        // etcd's auth API, through the same JSON gateway evio uses.
+        let admin = etcd.client().await;
+        for (path, body) in [
+            (
+                "/v3/auth/user/add",
+                serde_json::json!({"name": "root", "password": "right-password"}),
+            ),
+            (
+                "/v3/auth/user/grant",
+                serde_json::json!({"user": "root", "role": "root"}),
+            ),
+            ("/v3/auth/enable", serde_json::json!({})),
+        ] {
+            let _: serde_json::Value = admin
+                .call(path, &body)
+                .await
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
     }
     std::fs::write(cluster.path("username"), "root\n").unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(cluster.path("password"), "wrong-password\n").unwrap_or_else(|e| panic!("{e}"));
@@ -401,11 +409,7 @@ async fn a_deposed_leader_is_fenced_off_by_the_term_key() {
     assert!(etcd.dump("/evio/leases/").await.is_empty());
     assert!(etcd.dump("/evpn/").await.is_empty());
     // Once the later term is gone, this leader mirrors again.
-    etcd.client()
-        .await
-        .delete("/evio/mirror/term", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    etcd.delete("/evio/mirror/term").await;
     etcd_holds(&etcd, &expect(&[("n0", 0)]), "after the fence was lifted").await;
 }
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use common::cni::{cni_in, in_netns, run, wait_until_gone, Netns};
 use common::{evio_node, Proc, BIN};
 use evio_api::ClusterJson;
-use evio_cni::dataplane::pod::host_veth_name;
+use evio_cni::dataplane::attachment::host_veth_name;
 use serde_json::{json, Value};
 
 const POD_CIDR: &str = "10.92.0.0/16";

@@ -1,11 +1,26 @@
-//! **Where a packet path is built**: the node's side of a pod's network — bridge, veth pair,
-//! IPAM by delegation, addresses and routes.
+//! **Where a packet path is built**: the node's side of a pod's network.
+//!
+//! - [`pods::PodNetwork`]: what the daemon calls — deadlines, per-attachment ordering, the one
+//!   conversion of [`error::DataplaneError`] to a CNI error.
+//! - `add`, `del`, `check`, `gc`: the CNI verbs, written against the bridge driver.
+//! - [`bridge`]: **where each bridge kind lives** — the [`bridge::BridgeDriver`] trait,
+//!   `bridge::ovs` (Open vSwitch over one OVSDB session, [`ovsdb`]) and `bridge::linux`.
+//! - [`netlink`]: links, addresses and routes over rtnetlink, in the host and pod netns.
+//! - [`ipam`]: delegation to the IPAM plugin; [`masquerade`]: the nftables rule per node
+//!   subnet; [`reaper`]: deleting retired veths off the DEL path; [`attachment`]: names.
 
+mod add;
+pub mod attachment;
+pub mod bridge;
+mod check;
+mod del;
+pub mod error;
+mod gc;
 pub mod ipam;
 pub mod masquerade;
 pub mod netlink;
 pub mod ovsdb;
-pub mod pod;
+pub mod pods;
 pub mod reaper;
 
-pub use pod::PodNetwork;
+pub use pods::{Limits, PodNetwork};

@@ -10,20 +10,58 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-/// A netlink or namespace failure, with what was being done.
+/// A netlink or namespace failure, with what was being done and the typed cause (the
+/// kernel's errno stays readable: [`NetlinkError::errno`]).
 #[derive(Debug, thiserror::Error)]
-#[error("{action}: {reason}")]
+#[error("{action}: {source}")]
 pub struct NetlinkError {
     pub action: String,
-    pub reason: String,
+    #[source]
+    pub source: NetlinkCause,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkCause {
+    #[error(transparent)]
+    Netlink(#[from] rtnetlink::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Errno(#[from] nix::errno::Errno),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl NetlinkError {
+    pub fn new(action: impl Into<String>, source: impl Into<NetlinkCause>) -> Self {
+        Self {
+            action: action.into(),
+            source: source.into(),
+        }
+    }
+
+    fn other(action: impl Into<String>, reason: &str) -> Self {
+        Self::new(action, NetlinkCause::Other(reason.into()))
+    }
+
+    /// The kernel's errno (positive), when the kernel answered one.
+    pub fn errno(&self) -> Option<i32> {
+        match &self.source {
+            NetlinkCause::Netlink(rtnetlink::Error::NetlinkError(m)) => Some(-m.raw_code()),
+            NetlinkCause::Io(e) => e.raw_os_error(),
+            NetlinkCause::Errno(e) => Some(*e as i32),
+            _ => None,
+        }
+    }
+
+    pub fn source_text(&self) -> String {
+        self.source.to_string()
+    }
 }
 
 fn fail(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let action = action.into();
-    move |e| NetlinkError {
-        action,
-        reason: e.to_string(),
-    }
+    move |e| NetlinkError::new(action, e)
 }
 
 /// True for "no such device" / "not found" answers.
@@ -37,10 +75,8 @@ fn is_exists(e: &rtnetlink::Error) -> bool {
 
 /// A netlink handle on the namespace of the calling thread.
 pub fn connect() -> Result<Handle, NetlinkError> {
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
-        action: "opening a netlink socket".into(),
-        reason: e.to_string(),
-    })?;
+    let (connection, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| NetlinkError::new("opening a netlink socket", e))?;
     tokio::spawn(connection);
     Ok(handle)
 }
@@ -58,37 +94,31 @@ impl PodNetns {
     /// Opens the sockets in the namespace at `netns`; `announce` also opens the packet socket
     /// [`PodNetns::announce`] sends gratuitous ARPs from.
     pub async fn open(netns: &Path, announce: bool) -> Result<Self, NetlinkError> {
-        let ns_file = File::open(netns).map_err(|e| NetlinkError {
-            action: format!("opening netns {}", netns.display()),
-            reason: e.to_string(),
-        })?;
+        let ns_file = File::open(netns)
+            .map_err(|e| NetlinkError::new(format!("opening netns {}", netns.display()), e))?;
         let shown = netns.display().to_string();
         let runtime = tokio::runtime::Handle::current();
         let (reply, opened) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let sockets = (|| {
-                nix::sched::setns(ns_file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                    |e| NetlinkError {
-                        action: format!("entering netns {shown}"),
-                        reason: e.to_string(),
-                    },
-                )?;
+                nix::sched::setns(ns_file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetlinkError::new(format!("entering netns {shown}"), e))?;
                 // The socket registers with the daemon's reactor, not a runtime of this thread.
                 let _runtime = runtime.enter();
-                let (connection, handle, _) =
-                    rtnetlink::new_connection().map_err(|e| NetlinkError {
-                        action: format!("opening a netlink socket in {shown}"),
-                        reason: e.to_string(),
-                    })?;
+                let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| {
+                    NetlinkError::new(format!("opening a netlink socket in {shown}"), e)
+                })?;
                 let announce = announce.then(packet_socket).transpose()?;
                 Ok((connection, handle, announce))
             })();
             // The receiver is gone only if the request was dropped; the sockets close with it.
             let _ = reply.send(sockets);
         });
-        let (connection, handle, announce) = opened.await.map_err(|_| NetlinkError {
-            action: format!("entering netns {}", netns.display()),
-            reason: "namespace thread ended without an answer".into(),
+        let (connection, handle, announce) = opened.await.map_err(|_| {
+            NetlinkError::other(
+                format!("entering netns {}", netns.display()),
+                "namespace thread ended without an answer",
+            )
         })??;
         tokio::spawn(connection);
         Ok(Self { handle, announce })
@@ -133,10 +163,10 @@ fn packet_socket() -> Result<std::os::fd::OwnedFd, NetlinkError> {
     // SAFETY: plain socket(2); a valid descriptor is owned by the OwnedFd from here on.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(NetlinkError {
-            action: "opening a packet socket".into(),
-            reason: std::io::Error::last_os_error().to_string(),
-        });
+        return Err(NetlinkError::new(
+            "opening a packet socket",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
@@ -147,10 +177,7 @@ pub async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetlinkError
     link_by_name(handle, name)
         .await?
         .map(|l| l.header.index)
-        .ok_or_else(|| NetlinkError {
-            action: format!("finding link {name}"),
-            reason: "no such link".into(),
-        })
+        .ok_or_else(|| NetlinkError::other(format!("finding link {name}"), "no such link"))
 }
 
 /// The link called `name`, if any.
@@ -197,14 +224,14 @@ pub fn mac_text(mac: &[u8]) -> String {
         .join(":")
 }
 
-/// Creates a Linux bridge `name` unless it exists.
+/// Creates a Linux bridge `name` unless it exists; returns whether this call created it.
 pub async fn ensure_linux_bridge(
     handle: &Handle,
     name: &str,
     mtu: u32,
-) -> Result<(), NetlinkError> {
+) -> Result<bool, NetlinkError> {
     if link_by_name(handle, name).await?.is_some() {
-        return Ok(());
+        return Ok(false);
     }
     match handle
         .link()
@@ -212,19 +239,18 @@ pub async fn ensure_linux_bridge(
         .execute()
         .await
     {
-        Ok(()) => Ok(()),
-        Err(e) if is_exists(&e) => Ok(()), // a concurrent ADD made it
+        Ok(()) => Ok(true),
+        Err(e) if is_exists(&e) => Ok(false), // a concurrent ADD made it
         Err(e) => Err(fail(format!("creating bridge {name}"))(e)),
     }
 }
 
 /// Waits (up to 5 s: an OVS bridge's interface appears once vswitchd gets to it) for the
-/// bridge's link, brings it up and gives it `gateway/prefix`. Returns its index.
+/// bridge's link, brings it up and gives it `address` if any. Returns its index.
 pub async fn bridge_ready(
     handle: &Handle,
     name: &str,
-    gateway: Ipv4Addr,
-    prefix: u8,
+    address: Option<ipnetwork::Ipv4Network>,
 ) -> Result<u32, NetlinkError> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     let index = loop {
@@ -232,16 +258,50 @@ pub async fn bridge_ready(
             break link.header.index;
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(NetlinkError {
-                action: format!("waiting for bridge interface {name}"),
-                reason: "it did not appear within 5 s".into(),
-            });
+            return Err(NetlinkError::other(
+                format!("waiting for bridge interface {name}"),
+                "it did not appear within 5 s",
+            ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     };
     set_up(handle, index).await?;
-    add_address(handle, index, gateway, prefix).await?;
+    if let Some(address) = address {
+        add_address(handle, index, address.ip(), address.prefix()).await?;
+    }
     Ok(index)
+}
+
+/// Puts link `port` on Linux bridge `bridge`, with hairpin mode if asked.
+pub async fn enslave(
+    handle: &Handle,
+    port: u32,
+    bridge: u32,
+    hairpin: bool,
+) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(port).controller(bridge).build())
+        .execute()
+        .await
+        .map_err(fail(format!("attaching link {port} to bridge {bridge}")))?;
+    if hairpin {
+        handle
+            .link()
+            .set_port(rtnetlink::LinkBridgePort::new(port).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(fail(format!("setting hairpin mode on link {port}")))?;
+    }
+    Ok(())
+}
+
+/// The bridge `link` is attached to, if any.
+pub fn controller_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(index) => Some(*index),
+        _ => None,
+    })
 }
 
 pub async fn set_up(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
@@ -272,8 +332,8 @@ pub async fn add_address(
     }
 }
 
-/// Creates a veth pair whose host end `host` stays here (attached to `linux_bridge` if
-/// given, up, `owner` as its alias) and whose other end is born as `pod_ifname` inside the
+/// Creates a veth pair whose host end `host` stays here (up, `owner` as its alias; the
+/// bridge driver attaches it) and whose other end is born as `pod_ifname` inside the
 /// namespace open at `netns`: created there directly, never moved (moving a netdev between
 /// namespaces costs a kernel synchronisation of tens of milliseconds).
 pub async fn create_veth(
@@ -282,9 +342,8 @@ pub async fn create_veth(
     pod_ifname: &str,
     owner: &str,
     mtu: u32,
-    linux_bridge: Option<u32>,
     netns: &File,
-) -> Result<(), NetlinkError> {
+) -> Result<u32, NetlinkError> {
     use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
     use rtnetlink::LinkMessageBuilder;
     use std::os::fd::AsRawFd;
@@ -306,16 +365,14 @@ pub async fn create_veth(
             "creating veth {host} with {pod_ifname} in the pod netns"
         )))?;
     let host_index = link_index(handle, host).await?;
-    let mut host_end = LinkUnspec::new_with_index(host_index).alias(owner).up();
-    if let Some(bridge) = linux_bridge {
-        host_end = host_end.controller(bridge);
-    }
+    let host_end = LinkUnspec::new_with_index(host_index).alias(owner).up();
     let attached = handle
         .link()
         .set(host_end.build())
         .execute()
         .await
-        .map_err(fail(format!("attaching {host} to the bridge")));
+        .map(|()| host_index)
+        .map_err(fail(format!("bringing {host} up")));
     if attached.is_err() {
         // The pair exists but is unusable: remove it (and its pod end) before reporting.
         if let Err(e) = handle.link().del(host_index).execute().await {
@@ -470,10 +527,7 @@ pub async fn bring_up_pod_side(pod: &PodNetns, ifname: &str) -> Result<PodInterf
     let handle = &pod.handle;
     let link = link_by_name(handle, ifname)
         .await?
-        .ok_or_else(|| NetlinkError {
-            action: format!("finding link {ifname}"),
-            reason: "no such link".into(),
-        })?;
+        .ok_or_else(|| NetlinkError::other(format!("finding link {ifname}"), "no such link"))?;
     let index = link.header.index;
     set_up(handle, index).await?;
     if let Some(lo) = link_by_name(handle, "lo").await? {

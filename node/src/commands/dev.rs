@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use evio_cni::NetConf;
+use evio_cni::dataplane::Limits;
+use evio_cni::{BridgeType, NetConf, OvsDatapath};
 use evio_raft::{Pool, Replica, ReplicaConfig};
 
 use crate::cni_service::CniService;
@@ -32,6 +33,23 @@ pub struct DevArgs {
     /// The CNI socket evio-cni forwards to. Default: <data-dir>/cni.sock.
     #[arg(long)]
     cni_socket: Option<std::path::PathBuf>,
+    /// The pods' bridge: OVS or LXBR (a Linux bridge).
+    #[arg(long, default_value = "OVS", value_parser = parse_key::<BridgeType>)]
+    bridge_type: BridgeType,
+    /// The OVS datapath: system (kernel), netdev (userspace) or auto (whatever this host runs:
+    /// the kernel datapath when the openvswitch module is loaded, netdev when only userspace
+    /// OVS runs, a Linux bridge without OVS; the daemon logs its choice).
+    #[arg(long, default_value = "auto", value_parser = parse_key::<OvsDatapath>)]
+    ovs_datapath: OvsDatapath,
+    /// Seconds the daemon gives one CNI request (IPAM and nft still running then are
+    /// killed); keep it below the shim's wait (120 s).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=110))]
+    cni_deadline: u64,
+}
+
+/// A conflist value (`OVS`, `netdev`, ...) as a flag.
+fn parse_key<T: serde::de::DeserializeOwned>(value: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(value.into())).map_err(|e| e.to_string())
 }
 
 /// Where `dev` keeps the cluster token it generated (pass it to the CLI with --token-file).
@@ -88,7 +106,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Absolute: the conflist names it, and kubelet runs evio-cni from anywhere.
     let cni_socket = std::path::absolute(&cni_socket)
         .with_context(|| format!("resolving {}", cni_socket.display()))?;
-    let cni = CniService::bind(&cni_socket)?;
+    let limits = Limits {
+        deadline: Duration::from_secs(args.cni_deadline),
+        ..Limits::default()
+    };
+    let cni = CniService::bind_with(&cni_socket, limits)?;
     let cni = tokio::spawn(cni.run());
 
     let setup = async {
@@ -99,6 +121,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         // The conflist names this daemon's socket, so evio-cni reaches this dev instance.
         let conf = NetConf {
             socket: cni_socket.to_string_lossy().into_owned(),
+            bridge_type: args.bridge_type,
+            ovs_datapath: args.ovs_datapath,
             ..NetConf::default()
         };
         let written = evio_cni::write_conflist(&net_d, &conf, &lease)?;

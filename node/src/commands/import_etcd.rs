@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use etcd_client::GetOptions;
-use evio_api::{Client, ClientError, LeaseJson};
+use evio_api::{Client, ClientError, ErrorCode, LeaseJson};
+use evio_node::etcd_gateway::{Gateway, RangeShape};
 use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
 use evio_raft::Pool;
 
-use crate::etcd::{timed, EtcdSettings, LEASES_PREFIX};
+use crate::etcd::{EtcdSettings, LEASES_PREFIX};
 
 #[derive(clap::Args)]
 pub struct ImportEtcdArgs {
@@ -74,17 +74,14 @@ pub async fn run(args: ImportEtcdArgs) -> anyhow::Result<()> {
     let cluster = api.cluster().await.context("reading the evio pool")?;
     let pool = Pool::new(cluster.pod_cidr, cluster.node_bits)?;
 
-    let endpoints = settings.shown_endpoints();
-    let mut etcd = settings.connect().await?;
-    let response = timed(
-        &endpoints,
-        etcd.get(args.prefix.as_str(), Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
-    let mirrored = mirrored_keys(&mut etcd, &endpoints, &args.prefix).await?;
+    let etcd = settings.connect().await?;
+    let response = etcd
+        .range_prefix(&args.prefix, RangeShape::KeysOnly)
+        .await?;
+    let mirrored = mirrored_keys(&etcd, &args.prefix).await?;
     let mut outcomes = Vec::new();
-    for kv in response.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
+    for kv in &response.kvs {
+        let key = kv.key_str();
         if key.starts_with(&format!("{}evio-lock/", args.prefix)) {
             // The original tool's global lock, not a range.
             outcomes.push(Outcome::Ignored(format!("{key}: the original tool's lock")));
@@ -122,20 +119,14 @@ pub async fn run(args: ImportEtcdArgs) -> anyhow::Result<()> {
 }
 
 /// The original-layout keys evio's mirror wrote (under `prefix`), each with its lease owner.
-async fn mirrored_keys(
-    etcd: &mut etcd_client::Client,
-    endpoints: &str,
-    prefix: &str,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let own = timed(
-        endpoints,
-        etcd.get(LEASES_PREFIX, Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
+async fn mirrored_keys(etcd: &Gateway, prefix: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let own = etcd
+        .range_prefix(LEASES_PREFIX, RangeShape::KeysAndValues)
+        .await?;
     Ok(own
-        .kvs()
+        .kvs
         .iter()
-        .filter_map(|kv| serde_json::from_slice::<LeaseJson>(kv.value()).ok())
+        .filter_map(|kv| serde_json::from_slice::<LeaseJson>(&kv.value).ok())
         .map(|lease| {
             let range = OriginalRange {
                 range_start: lease.range_start,
@@ -172,7 +163,12 @@ async fn import_one(api: &Client, pool: &Pool, key: &str, prefix: &str) -> anyho
         ))),
         Err(
             e @ ClientError::Api {
-                status: 400 | 404 | 409,
+                code:
+                    ErrorCode::OutsidePool
+                    | ErrorCode::InvalidNodeName
+                    | ErrorCode::NotFound
+                    | ErrorCode::BlockTaken
+                    | ErrorCode::HoldsOtherLease,
                 ..
             },
         ) => {

@@ -14,14 +14,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use evio_api::{EtcdMirrorJson, EtcdMirrorStatus, LeaseJson};
+use evio_node::etcd_gateway::{Compare, Gateway, Op, RangeShape};
 use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
 use evio_raft::Replica;
 use openraft::ServerState;
 use tokio::sync::watch;
 
-use super::{lease_keys, timed, EtcdError, EtcdSettings, LEASES_PREFIX};
+use super::{lease_keys, EtcdError, EtcdSettings, LEASES_PREFIX};
 
 /// The Raft term of the last leader that wrote to etcd (zero-padded, so it compares as text).
 pub const TERM_KEY: &str = "/evio/mirror/term";
@@ -151,9 +151,8 @@ impl EtcdMirror {
     }
 
     async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<SessionEnd, EtcdError> {
-        let endpoints = self.settings.shown_endpoints();
-        let mut client = self.settings.connect().await?;
-        let Some(mut known) = self.reconcile(&mut client).await? else {
+        let client = self.settings.connect().await?;
+        let Some(mut known) = self.reconcile(&client).await? else {
             return Ok(SessionEnd::Fenced);
         };
         let mut metrics = self.replica.raft().metrics();
@@ -167,8 +166,7 @@ impl EtcdMirror {
                 _ = tokio::time::sleep(PROBE_EVERY) => {
                     // Idle: make sure etcd is still there, so a restart is noticed and
                     // reconciled even when no lease changes.
-                    let options = GetOptions::new().with_count_only();
-                    timed(&endpoints, client.get(LEASES_PREFIX, Some(options.with_prefix()))).await?;
+                    client.range_prefix(LEASES_PREFIX, RangeShape::CountOnly).await?;
                 }
                 _ = crate::etcd::stopped(stop) => return Ok(SessionEnd::Stopped),
             }
@@ -188,7 +186,7 @@ impl EtcdMirror {
             tokio::time::sleep(BATCH_WINDOW).await;
             let (desired, revision) = self.desired();
             let (puts, deletes) = diff(&known, &desired, None);
-            if !self.apply(&mut client, &puts, &deletes).await? {
+            if !self.apply(&client, &puts, &deletes).await? {
                 return Ok(SessionEnd::Fenced);
             }
             known = desired;
@@ -202,22 +200,15 @@ impl EtcdMirror {
 
     /// Makes etcd hold exactly the replica's keys (under evio's own prefix); returns them, or
     /// `None` when a leader of a later term has written to etcd since (this one is deposed).
-    async fn reconcile(
-        &self,
-        client: &mut etcd_client::Client,
-    ) -> Result<Option<KeyMap>, EtcdError> {
-        let endpoints = self.settings.shown_endpoints();
+    async fn reconcile(&self, client: &Gateway) -> Result<Option<KeyMap>, EtcdError> {
         let mut present = KeyMap::new();
-        let own = timed(
-            &endpoints,
-            client.get(LEASES_PREFIX, Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let own = client
+            .range_prefix(LEASES_PREFIX, RangeShape::KeysAndValues)
+            .await?;
         // The /evpn/ key each evio record stands for: deleted with a stale record.
         let mut recorded_original = BTreeMap::new();
-        for kv in own.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let value = String::from_utf8_lossy(kv.value()).into_owned();
+        for kv in &own.kvs {
+            let (key, value) = (kv.key_str(), kv.value_str());
             if let Ok(lease) = serde_json::from_str::<LeaseJson>(&value) {
                 let range = OriginalRange {
                     range_start: lease.range_start,
@@ -229,17 +220,12 @@ impl EtcdMirror {
             }
             present.insert(key, value);
         }
-        let originals = timed(
-            &endpoints,
-            client.get(
-                ORIGINAL_PREFIX,
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            ),
-        )
-        .await?;
-        for kv in originals.kvs() {
+        let originals = client
+            .range_prefix(ORIGINAL_PREFIX, RangeShape::KeysOnly)
+            .await?;
+        for kv in &originals.kvs {
             // Keys only: the original layout's value is always `ok`.
-            present.insert(String::from_utf8_lossy(kv.key()).into_owned(), "ok".into());
+            present.insert(kv.key_str(), "ok".into());
         }
         let (desired, revision) = self.desired();
         let removable: BTreeSet<String> = present
@@ -278,21 +264,17 @@ impl EtcdMirror {
     /// fenced off.
     async fn apply(
         &self,
-        client: &mut etcd_client::Client,
+        client: &Gateway,
         puts: &[(String, String)],
         deletes: &[String],
     ) -> Result<bool, EtcdError> {
-        let endpoints = self.settings.shown_endpoints();
         let term = format!("{:020}", self.replica.metrics().current_term);
-        let ops: Vec<TxnOp> = deletes
+        let ops: Vec<Op> = deletes
             .iter()
-            .map(|k| TxnOp::delete(k.as_str(), None))
-            .chain(
-                puts.iter()
-                    .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None)),
-            )
+            .map(|k| Op::Delete(k.clone()))
+            .chain(puts.iter().map(|(k, v)| Op::Put(k.clone(), v.clone())))
             .collect();
-        let chunks: Vec<&[TxnOp]> = if ops.is_empty() {
+        let chunks: Vec<&[Op]> = if ops.is_empty() {
             // Still claims the term, so an older leader is fenced off from now on.
             vec![&[]]
         } else {
@@ -300,12 +282,9 @@ impl EtcdMirror {
         };
         for chunk in chunks {
             let mut writes = chunk.to_vec();
-            writes.push(TxnOp::put(TERM_KEY, term.as_str(), None));
-            let txn = Txn::new()
-                .when([Compare::value(TERM_KEY, CompareOp::Greater, term.as_str())])
-                .or_else(writes);
-            let response = timed(&endpoints, client.txn(txn)).await?;
-            if response.succeeded() {
+            writes.push(Op::Put(TERM_KEY.into(), term.clone()));
+            let fence = [Compare::ValueGreater(TERM_KEY.into(), term.clone())];
+            if client.txn(&fence, &[], &writes).await? {
                 tracing::warn!(
                     term,
                     "etcd mirror: a later leader wrote etcd; this member stops mirroring"

@@ -8,6 +8,7 @@ pub mod mirror;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use evio_node::etcd_gateway::{Gateway, GatewayError, TlsFiles};
 use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
 use evio_raft::Lease;
 
@@ -39,21 +40,18 @@ pub enum EtcdError {
     },
     #[error("{0}")]
     Settings(String),
-    #[error("etcd at {endpoints}: {source}")]
-    Etcd {
-        endpoints: String,
-        source: etcd_client::Error,
-    },
-    #[error("etcd at {endpoints}: no answer within {CALL_TIMEOUT:?}")]
-    Timeout { endpoints: String },
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, EtcdError> {
-    std::fs::read(path).map_err(|source| EtcdError::Read {
-        what,
-        path: path.display().to_string(),
-        source,
-    })
+fn read_file(what: &'static str, path: &Path) -> Result<String, EtcdError> {
+    std::fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .map_err(|source| EtcdError::Read {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 impl EtcdSettings {
@@ -87,66 +85,21 @@ impl EtcdSettings {
         self.endpoints.join(",")
     }
 
-    fn options(&self) -> Result<etcd_client::ConnectOptions, EtcdError> {
-        let mut options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(CALL_TIMEOUT)
-            .with_timeout(CALL_TIMEOUT);
-        if let (Some(user), Some(password)) = (&self.username_file, &self.password_file) {
-            let user = String::from_utf8_lossy(&read_file("etcd username file", user)?)
-                .trim()
-                .to_string();
-            let password = String::from_utf8_lossy(&read_file("etcd password file", password)?)
-                .trim()
-                .to_string();
-            options = options.with_user(user, password);
-        }
-        let tls = self.ca_file.is_some() || self.cert_file.is_some();
-        if tls {
-            let mut config = etcd_client::TlsOptions::new();
-            if let Some(ca) = &self.ca_file {
-                config = config.ca_certificate(etcd_client::Certificate::from_pem(read_file(
-                    "etcd CA file",
-                    ca,
-                )?));
-            }
-            if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
-                config = config.identity(etcd_client::Identity::from_pem(
-                    read_file("etcd cert file", cert)?,
-                    read_file("etcd key file", key)?,
-                ));
-            }
-            options = options.with_tls(config);
-        }
-        Ok(options)
-    }
-
-    /// Connects (and authenticates, when credentials are set), within [`CALL_TIMEOUT`].
-    pub async fn connect(&self) -> Result<etcd_client::Client, EtcdError> {
+    /// A client (authenticated, when credentials are set); every call gives up after
+    /// [`CALL_TIMEOUT`].
+    pub async fn connect(&self) -> Result<Gateway, EtcdError> {
         self.validate()?;
-        let options = self.options()?;
-        let endpoints = self.shown_endpoints();
-        timed(
-            &endpoints,
-            etcd_client::Client::connect(&self.endpoints, Some(options)),
-        )
-        .await
-    }
-}
-
-/// Runs an etcd call with [`CALL_TIMEOUT`], naming the endpoints in any error.
-pub async fn timed<T>(
-    endpoints: &str,
-    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, EtcdError> {
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Err(_) => Err(EtcdError::Timeout {
-            endpoints: endpoints.to_string(),
-        }),
-        Ok(Err(source)) => Err(EtcdError::Etcd {
-            endpoints: endpoints.to_string(),
-            source,
-        }),
-        Ok(Ok(value)) => Ok(value),
+        let tls = TlsFiles {
+            ca: self.ca_file.as_deref(),
+            identity: self.cert_file.as_deref().zip(self.key_file.as_deref()),
+        };
+        let mut client = Gateway::new(&self.endpoints, &tls, CALL_TIMEOUT)?;
+        if let (Some(user), Some(password)) = (&self.username_file, &self.password_file) {
+            let user = read_file("etcd username file", user)?;
+            let password = read_file("etcd password file", password)?;
+            client.authenticate(&user, &password).await?;
+        }
+        Ok(client)
     }
 }
 

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use evio_node::etcd_gateway::{Gateway, Op, RangeShape, TlsFiles as TlsGateway};
+
 pub use crate::common::cluster::*;
 
 pub fn ci() -> bool {
@@ -87,7 +89,9 @@ impl TlsFiles {
         for (name, usage) in [
             (
                 "server",
-                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+                // clientAuth too: etcd's JSON gateway dials etcd's own gRPC port with the
+                // server certificate, which --client-cert-auth then checks.
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
             ),
             ("client", "extendedKeyUsage=clientAuth\n"),
         ] {
@@ -128,16 +132,11 @@ impl TlsFiles {
         }
     }
 
-    fn options(&self) -> etcd_client::ConnectOptions {
-        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        etcd_client::ConnectOptions::new().with_tls(
-            etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)))
-                .identity(etcd_client::Identity::from_pem(
-                    read(&self.client_cert),
-                    read(&self.client_key),
-                )),
-        )
+    fn gateway(&self) -> TlsGateway<'_> {
+        TlsGateway {
+            ca: Some(&self.ca),
+            identity: Some((&self.client_cert, &self.client_key)),
+        }
     }
 }
 
@@ -248,21 +247,21 @@ impl Etcd {
         }
     }
 
-    /// A client, retrying (30 s at most) while etcd finishes starting.
-    pub async fn client(&self) -> etcd_client::Client {
+    /// A client (through etcd's JSON gateway, as evio talks to it), retrying (30 s at most)
+    /// while etcd finishes starting.
+    pub async fn client(&self) -> Gateway {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let tls = self.tls.as_ref().map(TlsFiles::gateway).unwrap_or_default();
+        let client = Gateway::new(
+            std::slice::from_ref(&self.client_url),
+            &tls,
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         loop {
-            let options = self.tls.as_ref().map(TlsFiles::options);
-            let attempt = async {
-                let mut client =
-                    etcd_client::Client::connect([self.client_url.as_str()], options).await?;
-                client.get("probe", None).await?;
-                Ok::<_, etcd_client::Error>(client)
-            };
-            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-                Ok(Ok(client)) => return client,
-                Ok(Err(e)) => assert!(Instant::now() < deadline, "connect etcd: {e}"),
-                Err(_) => assert!(Instant::now() < deadline, "connect etcd: timed out"),
+            match client.range_prefix("probe", RangeShape::CountOnly).await {
+                Ok(_) => return client,
+                Err(e) => assert!(Instant::now() < deadline, "connect etcd: {e}"),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -270,29 +269,32 @@ impl Etcd {
 
     /// Every key/value under `prefix`.
     pub async fn dump(&self, prefix: &str) -> std::collections::BTreeMap<String, String> {
-        let mut client = self.client().await;
+        let client = self.client().await;
         let response = client
-            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .range_prefix(prefix, RangeShape::KeysAndValues)
             .await
             .unwrap_or_else(|e| panic!("etcd get: {e}"));
         response
-            .kvs()
+            .kvs
             .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                )
-            })
+            .map(|kv| (kv.key_str(), kv.value_str()))
             .collect()
     }
 
     pub async fn put(&self, key: &str, value: &str) {
+        self.write(Op::Put(key.into(), value.into())).await;
+    }
+
+    pub async fn delete(&self, key: &str) {
+        self.write(Op::Delete(key.into())).await;
+    }
+
+    async fn write(&self, op: Op) {
         self.client()
             .await
-            .put(key, value, None)
+            .txn(&[], std::slice::from_ref(&op), &[])
             .await
-            .unwrap_or_else(|e| panic!("etcd put {key}: {e}"));
+            .unwrap_or_else(|e| panic!("etcd {op:?}: {e}"));
     }
 }
 

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use evio_api::{Client, ClusterJson};
+use evio_node::etcd_gateway::{int64, Gateway, TlsFiles};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use serde::Deserialize;
 
 use crate::Bins;
 
@@ -465,7 +467,7 @@ impl EtcdCluster {
     }
 
     /// A client of the given members only.
-    pub async fn client(&self, indexes: &[usize]) -> Result<etcd_client::Client> {
+    pub async fn client(&self, indexes: &[usize]) -> Result<Gateway> {
         self.client_with_timeout(indexes, Duration::from_secs(5))
             .await
     }
@@ -475,25 +477,34 @@ impl EtcdCluster {
         &self,
         indexes: &[usize],
         timeout: Duration,
-    ) -> Result<etcd_client::Client> {
-        let endpoints: Vec<&str> = indexes
+    ) -> Result<Gateway> {
+        let endpoints: Vec<String> = indexes
             .iter()
-            .map(|&i| self.members[i].client_url.as_str())
+            .map(|&i| self.members[i].client_url.clone())
             .collect();
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(1))
-            .with_timeout(timeout);
-        etcd_client::Client::connect(&endpoints, Some(options))
-            .await
-            .with_context(|| format!("connect to etcd at {endpoints:?}"))
+        Gateway::new(&endpoints, &TlsFiles::default(), timeout)
+            .with_context(|| format!("etcd at {endpoints:?}"))
     }
 
     /// (this member's id, its leader's id) when it knows a leader.
     async fn status(&self, index: usize) -> Option<(u64, u64)> {
-        let mut client = self.client(&[index]).await.ok()?;
-        let status = client.status().await.ok()?;
-        let id = status.header()?.member_id();
-        (status.leader() != 0).then_some((id, status.leader()))
+        #[derive(Deserialize)]
+        struct Header {
+            #[serde(deserialize_with = "int64")]
+            member_id: u64,
+        }
+        #[derive(Deserialize)]
+        struct Status {
+            header: Header,
+            #[serde(default, deserialize_with = "int64")]
+            leader: u64,
+        }
+        let client = self.client(&[index]).await.ok()?;
+        let status: Status = client
+            .call("/v3/maintenance/status", &serde_json::json!({}))
+            .await
+            .ok()?;
+        (status.leader != 0).then_some((status.header.member_id, status.leader))
     }
 
     /// Waits until member `index` answers and knows a leader.

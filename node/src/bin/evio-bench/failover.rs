@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
+use evio_node::etcd_gateway::Op;
+
 use crate::cluster::{EtcdCluster, EvioCluster};
 use crate::stats::{met, Summary};
 use crate::Bins;
@@ -50,13 +52,14 @@ async fn etcd_trial(cluster: &mut EtcdCluster, trial: usize) -> Result<Duration>
     let survivors: Vec<usize> = (0..cluster.members.len())
         .filter(|i| *i != leader)
         .collect();
-    let mut client = cluster
+    let client = cluster
         .client_with_timeout(&survivors, ATTEMPT_LIMIT)
         .await?;
     cluster.members[leader].process.kill()?;
     let killed = Instant::now();
     let key = format!("/bench/failover-{trial}");
-    while let Err(e) = client.put(key.as_str(), "ok", None).await {
+    let put = [Op::Put(key.clone(), "ok".into())];
+    while let Err(e) = client.txn(&[], &put, &[]).await {
         if killed.elapsed() > TRIAL_LIMIT {
             bail!("etcd: no write within {TRIAL_LIMIT:?} after killing the leader: {e}");
         }

@@ -45,14 +45,14 @@ pub async fn memory(bins: &Bins, quick: bool) -> Result<Value> {
     let evio = EvioCluster::start(bins, 3, CIDR, NODE_BITS).await?;
     let etcd = EtcdCluster::start(&bins.etcd, 3).await?;
     let evio_client = evio.client(evio.leader_index().await?)?;
-    let mut etcd_client = etcd.client(&[etcd.leader_index().await?]).await?;
+    let etcd_client = etcd.client(&[etcd.leader_index().await?]).await?;
     let idle = Duration::from_secs(if quick { 1 } else { 10 });
     let mut stages = Vec::new();
     let mut goals_met = true;
     let mut held = 0;
     for (leases, goal_mib) in [(small, 25.0), (large, 64.0)] {
         fill(&evio_client, held, leases).await?;
-        put_all(&mut etcd_client, &keys[held..leases]).await?;
+        put_all(&etcd_client, &keys[held..leases]).await?;
         held = leases;
         tokio::time::sleep(idle).await;
         let evio_rss: Vec<f64> = evio

@@ -4,13 +4,17 @@
 //! in order — skipping the first block, as the original did — with one put-if-absent
 //! transaction per range until one succeeds, unlock, close the session.
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, Context, Result};
-use etcd_client::{Client, Compare, CompareOp, LockOptions, Txn, TxnOp};
+use evio_node::etcd_gateway::{b64, int64, Compare, Gateway, Op};
 use evio_raft::Pool;
+use serde::Deserialize;
+use serde_json::{json, Value};
 
 pub const KEY_PREFIX: &str = "/evpn/";
 const LOCK_NAME: &str = "/evpn/evio-lock/";
-const SESSION_TTL_SECS: i64 = 60;
+const SESSION_TTL_SECS: u64 = 60;
 
 /// `/evpn/<rangeStart>,<rangeEnd>,<gateway>/<podCIDR prefix>` for every block of the pool, in
 /// order (block 0 included; the walk leaves it out).
@@ -31,54 +35,65 @@ pub fn range_keys(pool: &Pool) -> Vec<String> {
 
 #[derive(Clone)]
 pub struct OriginalEvio {
-    client: Client,
-    candidates: std::sync::Arc<Vec<String>>,
+    client: Arc<Gateway>,
+    candidates: Arc<Vec<String>>,
 }
 
 impl OriginalEvio {
-    pub fn new(client: Client, pool: &Pool) -> Self {
+    pub fn new(client: Gateway, pool: &Pool) -> Self {
         let candidates = range_keys(pool).into_iter().skip(1).collect();
         OriginalEvio {
-            client,
-            candidates: std::sync::Arc::new(candidates),
+            client: Arc::new(client),
+            candidates: Arc::new(candidates),
         }
     }
 
     /// One config-gen run: reserves the first free range and returns its key.
     pub async fn acquire(&mut self) -> Result<String> {
-        let session = self
+        #[derive(Deserialize)]
+        struct Granted {
+            #[serde(rename = "ID", deserialize_with = "int64")]
+            id: u64,
+        }
+        #[derive(Deserialize)]
+        struct Locked {
+            key: String,
+        }
+        let session: Granted = self
             .client
-            .lease_grant(SESSION_TTL_SECS, None)
+            .call("/v3/lease/grant", &json!({ "TTL": SESSION_TTL_SECS }))
             .await
-            .context("session lease")?
-            .id();
-        let lock = self
+            .context("session lease")?;
+        let lock: Locked = self
             .client
-            .lock(LOCK_NAME, Some(LockOptions::new().with_lease(session)))
+            .call(
+                "/v3/lock/lock",
+                &json!({ "name": b64(LOCK_NAME.as_bytes()), "lease": session.id.to_string() }),
+            )
             .await
             .context("lock /evpn/evio-lock/")?;
         let mut selected = None;
         for key in self.candidates.iter() {
-            let txn = Txn::new()
-                .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key.as_str(), "ok", None)]);
+            let absent = [Compare::VersionEquals(key.clone(), 0)];
+            let put = [Op::Put(key.clone(), "ok".into())];
             if self
                 .client
-                .txn(txn)
+                .txn(&absent, &put, &[])
                 .await
                 .context("put-if-absent")?
-                .succeeded()
             {
                 selected = Some(key.clone());
                 break;
             }
         }
-        self.client
-            .unlock(lock.key())
+        let _: Value = self
+            .client
+            .call("/v3/lock/unlock", &json!({ "key": lock.key }))
             .await
             .context("unlock /evpn/evio-lock/")?;
-        self.client
-            .lease_revoke(session)
+        let _: Value = self
+            .client
+            .call("/v3/lease/revoke", &json!({ "ID": session.id.to_string() }))
             .await
             .context("close the session")?;
         selected.ok_or_else(|| anyhow!("no free range left"))
@@ -87,10 +102,7 @@ impl OriginalEvio {
     /// Deletes every range key (between benchmark phases).
     pub async fn clear(&mut self) -> Result<()> {
         self.client
-            .delete(
-                KEY_PREFIX,
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            )
+            .txn(&[], &[Op::DeletePrefix(KEY_PREFIX.into())], &[])
             .await
             .context("delete /evpn/")?;
         Ok(())
@@ -98,16 +110,13 @@ impl OriginalEvio {
 }
 
 /// Writes `keys` with value `ok` in transactions of 128 puts (etcd's default --max-txn-ops).
-pub async fn put_all(client: &mut Client, keys: &[String]) -> Result<()> {
+pub async fn put_all(client: &Gateway, keys: &[String]) -> Result<()> {
     for chunk in keys.chunks(128) {
-        let ops: Vec<TxnOp> = chunk
+        let ops: Vec<Op> = chunk
             .iter()
-            .map(|k| TxnOp::put(k.as_str(), "ok", None))
+            .map(|k| Op::Put(k.clone(), "ok".into()))
             .collect();
-        client
-            .txn(Txn::new().and_then(ops))
-            .await
-            .context("bulk put")?;
+        client.txn(&[], &ops, &[]).await.context("bulk put")?;
     }
     Ok(())
 }

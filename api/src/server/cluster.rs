@@ -1,0 +1,111 @@
+//! The cluster routes: status, joins, health, readiness and metrics.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use evio_raft::{JoinRequest, JoinResponse};
+
+use super::errors::{parse_body, ApiError};
+use super::ApiState;
+use crate::types::{ClusterJson, ErrorCode, EtcdMirrorJson, MemberJson};
+
+/// The mirror's state with the lag computed now, so it is never stale.
+pub fn etcd_mirror_now(state: &ApiState) -> Option<EtcdMirrorJson> {
+    let status = state.options.etcd_mirror.as_ref()?;
+    let mut json = status.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let applied = state
+        .replica
+        .local()
+        .read()
+        .last_applied
+        .map_or(0, |id| id.index);
+    json.lag_revisions = if json.active {
+        applied.saturating_sub(json.mirrored_revision)
+    } else {
+        0
+    };
+    Some(json)
+}
+
+pub(super) async fn status(State(state): State<ApiState>) -> Json<ClusterJson> {
+    let replica = &state.replica;
+    let metrics = replica.metrics();
+    let membership = metrics.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, node)| {
+            let role = if metrics.current_leader == Some(*id) {
+                "leader"
+            } else if voters.contains(id) {
+                "voter"
+            } else {
+                "learner"
+            };
+            MemberJson {
+                id: *id,
+                name: node.name.clone(),
+                addr: node.addr.clone(),
+                role: role.to_string(),
+            }
+        })
+        .collect();
+    Json(ClusterJson {
+        node_id: replica.node_id(),
+        node_name: replica.node().name.clone(),
+        leader_id: metrics.current_leader,
+        term: metrics.current_term,
+        last_applied: metrics.last_applied.map(|id| id.index),
+        pod_cidr: replica.pool().pod_cidr(),
+        node_bits: replica.pool().node_bits(),
+        membership_changing: membership.get_joint_config().len() > 1,
+        members,
+        etcd_mirror: etcd_mirror_now(&state),
+    })
+}
+
+pub(super) async fn healthz(State(state): State<ApiState>) -> Response {
+    match &state.replica.metrics().running_state {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response(),
+        Err(fatal) => {
+            ApiError::new(ErrorCode::RaftStopped, format!("raft stopped: {fatal}")).into_response()
+        }
+    }
+}
+
+pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.replica.is_ready() {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
+    } else {
+        ApiError::new(
+            ErrorCode::NotReady,
+            "the local replica has not yet applied the committed log or joined a cluster",
+        )
+        .into_response()
+    }
+}
+
+pub(super) async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let text = state
+        .metrics
+        .render(&state.replica, etcd_mirror_now(&state).as_ref())
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+pub(super) async fn join(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<JoinResponse>, ApiError> {
+    let request: JoinRequest = parse_body(&body, "join")?;
+    Ok(Json(state.replica.admit(&request).await?))
+}

@@ -1,0 +1,262 @@
+//! ADD: validate everything (nothing is created for a bad request), then the bridge, the
+//! veth pair (pod end born in the pod netns) and its bridge port while IPAM runs, then the
+//! pod's address and routes, masquerade and the result. Any failure undoes what was done.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnetwork::Ipv4Network;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::attachment::{host_veth_name, owner_alias};
+use super::bridge::{BridgeDriver, Port};
+use super::error::{DataplaneError, Result};
+use super::ipam::{self, IpamError};
+use super::netlink::{self, PodInterface, PodNetns};
+use super::pods::{enable_forwarding, PodNetwork, ROLLBACK_BUDGET};
+use super::reaper::RETIRED;
+use crate::plugin_conf::PluginConf;
+use crate::result;
+use crate::spec::{Command, Request};
+
+/// The pod's address and gateway from the IPAM result (any supported result version).
+pub(super) fn ipam_address(result: &Value) -> Result<(Ipv4Network, Option<Ipv4Addr>)> {
+    let first = &result["ips"][0];
+    let address: Ipv4Network = first["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| IpamError::NoAddress {
+            result: result.to_string(),
+        })?;
+    let gateway = first["gateway"].as_str().and_then(|g| g.parse().ok());
+    Ok((address, gateway))
+}
+
+/// What an ADD has done so far, undone in reverse when a later step fails.
+#[derive(Default)]
+struct Undo {
+    veth: bool,
+    port: bool,
+    ipam: bool,
+}
+
+pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) -> Result<Value> {
+    let version = request.version();
+    let conf = PluginConf::parse(&request.config)?;
+    // Not first in the chain: what the plugins before us did is answered with ours.
+    let prev = result::prev_result(&request.config, &version)?;
+    // Before anything is created: an IPAM plugin that cannot run fails the ADD here.
+    ipam::plugin_path(request)?;
+    let owner = owner_alias(request);
+    // The owner tag is the host veth's alias, which the kernel limits to 255 bytes.
+    if owner.len() > 255 {
+        return Err(DataplaneError::Environment(format!(
+            "CNI_CONTAINERID is too long: {} bytes with the network name (at most 255 in all)",
+            request.container_id.len()
+        )));
+    }
+    let netns_path = Path::new(&request.netns);
+    let netns = File::open(netns_path).map_err(|e| {
+        DataplaneError::Environment(format!("CNI_NETNS {} cannot be opened: {e}", request.netns))
+    })?;
+    if !netlink::is_netns(&netns) {
+        return Err(DataplaneError::Environment(format!(
+            "CNI_NETNS {} is not a network namespace",
+            request.netns
+        )));
+    }
+    let driver = net.drivers.pick(&conf.teardown()).await;
+    driver.validate(&net.handle, &conf.bridge).await?;
+    let ifname = request.ifname.as_str();
+    let host = host_veth_name(&request.container_id, ifname);
+    if let Some(existing) = netlink::link_by_name(&net.handle, &host).await? {
+        if !netlink::alias_of(&existing).starts_with(RETIRED) {
+            return Err(DataplaneError::InterfaceExists(format!(
+                "container {} already has {ifname} on this network (host veth {host})",
+                request.container_id
+            )));
+        }
+        // A DEL of this attachment retired it and its deletion is still queued.
+        netlink::delete_index(&net.handle, existing.header.index).await?;
+    }
+    let pod = PodNetns::open(netns_path, true).await?;
+    if netlink::link_by_name(&pod.handle, ifname).await?.is_some() {
+        return Err(DataplaneError::InterfaceExists(format!(
+            "interface {ifname} already exists in {}",
+            request.netns
+        )));
+    }
+
+    // host-local's exec is most of an ADD: it runs while the links are built.
+    let mut undo = Undo::default();
+    let links = async {
+        let bridge_index = add_links(
+            net, &*driver, &conf, request, &host, &owner, &netns, &mut undo,
+        )
+        .await?;
+        let interface = netlink::bring_up_pod_side(&pod, ifname).await?;
+        Ok::<_, DataplaneError>((bridge_index, interface))
+    };
+    let (links, ipam_result) = tokio::join!(links, ipam::delegate(request, Command::Add, deadline));
+    undo.ipam = ipam_result.is_ok();
+    let result = match (links, ipam_result) {
+        (Ok((bridge_index, interface)), Ok(ipam_result)) => {
+            let built = Built {
+                pod: &pod,
+                interface: &interface,
+                host: &host,
+                bridge_index,
+            };
+            configure(
+                net,
+                &conf,
+                request,
+                &built,
+                &ipam_result,
+                prev.as_ref(),
+                deadline,
+            )
+            .await
+        }
+        (Err(e), _) => Err(e),
+        (_, Err(e)) => Err(e.into()),
+    };
+    if result.is_err() {
+        roll_back(net, &*driver, request, &host, &undo).await;
+    }
+    result
+}
+
+/// The host side: bridge, veth pair (pod end born in the pod netns), bridge port. Returns the
+/// bridge's index.
+#[allow(clippy::too_many_arguments)]
+async fn add_links(
+    net: &PodNetwork,
+    driver: &dyn BridgeDriver,
+    conf: &PluginConf,
+    request: &Request,
+    host: &str,
+    owner: &str,
+    netns: &File,
+    undo: &mut Undo,
+) -> Result<u32> {
+    let bridge_index = {
+        let _serialized = net.bridge_lock.lock().await;
+        driver
+            .ensure(&net.handle, &conf.bridge, conf.mtu(), conf.bridge_address())
+            .await?
+    };
+    let host_index =
+        netlink::create_veth(&net.handle, host, &request.ifname, owner, conf.mtu(), netns).await?;
+    undo.veth = true;
+    let port = Port {
+        name: host,
+        index: host_index,
+        owner,
+        container_id: &request.container_id,
+        ifname: &request.ifname,
+        hairpin: conf.hairpin_mode,
+    };
+    undo.port = true; // a failed attach may still have committed
+    driver
+        .attach(&net.handle, &conf.bridge, bridge_index, &port)
+        .await?;
+    Ok(bridge_index)
+}
+
+/// What the host side built.
+struct Built<'a> {
+    pod: &'a PodNetns,
+    interface: &'a PodInterface,
+    host: &'a str,
+    bridge_index: u32,
+}
+
+/// The pod side and the node-wide rules, once the links and the address exist; builds the
+/// result.
+async fn configure(
+    net: &PodNetwork,
+    conf: &PluginConf,
+    request: &Request,
+    built: &Built<'_>,
+    ipam_result: &Value,
+    prev: Option<&Value>,
+    deadline: Instant,
+) -> Result<Value> {
+    let version = request.version();
+    let (address, ipam_gateway) = ipam_address(ipam_result)?;
+    let gateway = ipam_gateway.unwrap_or(conf.bridge_ipv4.ip());
+    let default_gw = conf.is_default_gateway.then_some(gateway);
+    netlink::address_pod_side(
+        built.pod,
+        built.interface,
+        address.ip(),
+        address.prefix(),
+        default_gw,
+    )
+    .await?;
+    enable_forwarding();
+    if let (true, Some(subnet), Some(cidr)) = (conf.is_ip_masq, conf.node_subnet, conf.pod_cidr) {
+        net.masquerade.ensure(subnet, cidr, deadline).await?;
+    }
+    let mac_of = |link: Option<rtnetlink::packet_route::link::LinkMessage>| {
+        link.map(|l| netlink::mac_of(&l)).unwrap_or_default()
+    };
+    let host_mac = mac_of(
+        netlink::link_by_name(&net.handle, built.host)
+            .await
+            .ok()
+            .flatten(),
+    );
+    let bridge_mac = mac_of(
+        netlink::link_by_index(&net.handle, built.bridge_index)
+            .await
+            .ok()
+            .flatten(),
+    );
+    let ip =
+        json!({"address": address.to_string(), "gateway": gateway.to_string(), "interface": 2});
+    let mut own = json!({
+        "cniVersion": version,
+        "interfaces": [
+            {"name": conf.bridge, "mac": bridge_mac},
+            {"name": built.host, "mac": host_mac},
+            {"name": request.ifname, "mac": built.interface.mac_text(), "sandbox": request.netns},
+        ],
+        "ips": [ip],
+        "routes": [],
+        "dns": ipam_result.get("dns").cloned().unwrap_or_else(|| json!({})),
+    });
+    if let Some(gw) = default_gw {
+        own["routes"] = json!([{"dst": "0.0.0.0/0", "gw": gw.to_string()}]);
+    }
+    Ok(result::chain(prev, &own, &version))
+}
+
+async fn roll_back(
+    net: &PodNetwork,
+    driver: &dyn BridgeDriver,
+    request: &Request,
+    host: &str,
+    undo: &Undo,
+) {
+    // Its own budget: the request's deadline may be what failed it.
+    let deadline = Instant::now() + ROLLBACK_BUDGET;
+    if undo.ipam {
+        if let Err(e) = ipam::delegate(request, Command::Del, deadline).await {
+            tracing::warn!(error = %e, "IPAM DEL during rollback failed");
+        }
+    }
+    if undo.port {
+        if let Err(e) = driver.detach(host).await {
+            tracing::warn!(error = %e, port = %host, "bridge port rollback failed");
+        }
+    }
+    if undo.veth {
+        if let Err(e) = netlink::delete_link(&net.handle, host).await {
+            tracing::warn!(error = %e, veth = %host, "veth rollback failed");
+        }
+    }
+}

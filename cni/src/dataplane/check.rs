@@ -1,0 +1,107 @@
+//! CHECK: the pod's network is as ADD left it — bridge, bridge port, interface, address,
+//! and the routes the final result (`prevResult`) lists, so a later plugin in the chain may
+//! change routes — then IPAM's CHECK.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::add::ipam_address;
+use super::attachment::{host_veth_name, owner_alias};
+use super::bridge::Port;
+use super::error::{DataplaneError, Result};
+use super::ipam;
+use super::netlink::{self, PodNetns};
+use super::pods::PodNetwork;
+use crate::plugin_conf::{InvalidKey, PluginConf};
+use crate::result;
+use crate::spec::{code, CniError, Command, Request};
+
+/// The default route's gateway the result promises, if it lists one.
+fn promised_default_gateway(result: &Value) -> Option<Ipv4Addr> {
+    result["routes"]
+        .as_array()?
+        .iter()
+        .find(|r| r["dst"] == "0.0.0.0/0")
+        .and_then(|r| r["gw"].as_str()?.parse().ok())
+}
+
+pub(super) async fn check(net: &PodNetwork, request: &Request, deadline: Instant) -> Result<Value> {
+    let version = request.version();
+    let conf = PluginConf::parse(&request.config)?;
+    let failed = |what: String| DataplaneError::CheckFailed(what);
+    let prev = &request.config["prevResult"];
+    if !prev.is_object() {
+        return Err(InvalidKey {
+            key: "prevResult".into(),
+            reason: "CHECK needs prevResult".into(),
+        }
+        .into());
+    }
+    // In a chain, prevResult also lists other plugins' addresses: check ours.
+    let ours = result::ips_of(prev, &request.ifname, &request.netns);
+    if ours.is_empty() {
+        return Err(CniError::new(
+            &version,
+            code::INVALID_NETWORK_CONFIG,
+            format!("prevResult has no address for {}", request.ifname),
+        )
+        .with_details(prev.to_string())
+        .into());
+    }
+    let (address, _) = ipam_address(&json!({ "ips": ours }))?;
+    let driver = net.drivers.pick(&conf.teardown()).await;
+    let host = host_veth_name(&request.container_id, &request.ifname);
+    let owner = owner_alias(request);
+    let bridge = netlink::link_by_name(&net.handle, &conf.bridge)
+        .await?
+        .ok_or_else(|| failed(format!("bridge {} is missing", conf.bridge)))?;
+    let host_index = netlink::link_by_name(&net.handle, &host)
+        .await?
+        .map_or(0, |l| l.header.index);
+    let port = Port {
+        name: &host,
+        index: host_index,
+        owner: &owner,
+        container_id: &request.container_id,
+        ifname: &request.ifname,
+        hairpin: conf.hairpin_mode,
+    };
+    if host_index == 0
+        || !driver
+            .is_attached(&net.handle, bridge.header.index, &port)
+            .await?
+    {
+        return Err(failed(format!(
+            "host veth {host} is missing or not on bridge {}",
+            conf.bridge
+        )));
+    }
+    let state = {
+        let pod = PodNetns::open(Path::new(&request.netns), false).await?;
+        netlink::pod_side_state(&pod.handle, &request.ifname).await?
+    };
+    let Some((addresses, default_gw)) = state else {
+        return Err(failed(format!(
+            "interface {} is missing in {}",
+            request.ifname, request.netns
+        )));
+    };
+    if !addresses.contains(&(address.ip(), address.prefix())) {
+        return Err(failed(format!(
+            "{} does not carry {address}",
+            request.ifname
+        )));
+    }
+    if let Some(wanted_gw) = promised_default_gateway(prev) {
+        if default_gw != Some(wanted_gw) {
+            return Err(failed(format!(
+                "default route is via {default_gw:?}, expected {wanted_gw}"
+            )));
+        }
+    }
+    ipam::delegate(request, Command::Check, deadline).await?;
+    Ok(Value::Null)
+}

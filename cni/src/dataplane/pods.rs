@@ -1,0 +1,225 @@
+//! [`PodNetwork`]: what the daemon's CNI service calls. It owns the node-wide state (netlink
+//! handle, bridge drivers, masquerade, the reaper), bounds every request by a deadline,
+//! serialises requests for the same attachment and converts errors to CNI errors once. The
+//! verbs themselves live in `add`, `del`, `check`, `gc`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rtnetlink::Handle;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::bridge::Drivers;
+use super::error::{DataplaneError, Result};
+use super::masquerade::Masquerade;
+use super::netlink::{self, NetlinkError};
+use super::reaper::Reaper;
+use super::{add, check, del, gc, ipam};
+use crate::plugin_conf::PluginConf;
+use crate::spec::{CniError, Command, Request};
+
+/// Requests served at once; more wait their turn (kubelet may send dozens together).
+const MAX_IN_FLIGHT: usize = 8;
+/// What undoing a failed ADD may take after its deadline.
+pub(super) const ROLLBACK_BUDGET: Duration = Duration::from_secs(5);
+
+/// The daemon-side limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Everything one request may take (shorter than the shim's wait, so the runtime always
+    /// hears why). IPAM and `nft` still running then are killed.
+    pub deadline: Duration,
+    /// Each OVSDB call.
+    pub ovsdb_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(60),
+            ovsdb_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One lock per (container id, ifname) in use: a late ADD never races the DEL of the same
+/// attachment.
+#[derive(Default)]
+struct Attachments(Mutex<HashMap<AttachmentKey, Arc<tokio::sync::Mutex<()>>>>);
+
+/// (container id, ifname).
+type AttachmentKey = (String, String);
+
+struct AttachmentTurn<'a> {
+    owner: &'a Attachments,
+    key: AttachmentKey,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for AttachmentTurn<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = self.owner.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Nobody else holds or waits for it: forget it (the map stays as big as the work).
+        if map
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl Attachments {
+    async fn turn(&self, request: &Request) -> AttachmentTurn<'_> {
+        let key = (request.container_id.clone(), request.ifname.clone());
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        AttachmentTurn {
+            owner: self,
+            key,
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+/// The node's pod networking.
+pub struct PodNetwork {
+    pub(super) handle: Handle,
+    pub(super) drivers: Drivers,
+    /// Bridge creation is serialised (one creator per bridge name).
+    pub(super) bridge_lock: tokio::sync::Mutex<()>,
+    pub(super) masquerade: Masquerade,
+    pub(super) reaper: Reaper,
+    /// Bounds the requests in flight on the shared netlink socket: with ~50 at once its
+    /// receive buffer overflowed and an answer was lost (an ADD then waited forever).
+    in_flight: tokio::sync::Semaphore,
+    attachments: Attachments,
+    limits: Limits,
+}
+
+impl PodNetwork {
+    /// Must be called inside a tokio runtime (the netlink connection runs on it).
+    pub fn new() -> Result<Self, NetlinkError> {
+        Self::with_limits(Limits::default())
+    }
+
+    pub fn with_limits(limits: Limits) -> Result<Self, NetlinkError> {
+        let handle = netlink::connect()?;
+        Ok(Self {
+            reaper: Reaper::start(handle.clone()),
+            handle,
+            drivers: Drivers::new(limits.ovsdb_timeout),
+            bridge_lock: tokio::sync::Mutex::new(()),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            masquerade: Masquerade::default(),
+            attachments: Attachments::default(),
+            limits,
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Runs one verb under the request's deadline (with its attachment's turn when it has
+    /// one) and converts its error for the runtime.
+    async fn serve<'a, F, Fut>(&'a self, request: &'a Request, verb: F) -> Result<Value, CniError>
+    where
+        F: FnOnce(&'a PodNetwork, &'a Request, Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<Value>> + 'a,
+    {
+        let deadline = Instant::now() + self.limits.deadline;
+        let keyed = matches!(
+            request.command,
+            Command::Add | Command::Del | Command::Check
+        );
+        let run = async {
+            let _attachment = match keyed {
+                true => Some(self.attachments.turn(request).await),
+                false => None,
+            };
+            let _turn = self
+                .in_flight
+                .acquire()
+                .await
+                .map_err(|_| DataplaneError::Deadline("shutting down".into()))?;
+            verb(self, request, deadline).await
+        };
+        // Steps bound themselves by `deadline` and undo what they did; this is the backstop
+        // for one that does not.
+        let outcome = tokio::time::timeout_at(deadline + ROLLBACK_BUDGET * 2, run)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DataplaneError::Deadline(format!(
+                    "{:?} did not finish within {} s",
+                    request.command,
+                    self.limits.deadline.as_secs()
+                )))
+            });
+        outcome.map_err(|e| e.into_cni(&request.version()))
+    }
+
+    /// Sets up the pod interface; returns the CNI result for the config's version.
+    pub async fn add(&self, request: &Request) -> Result<Value, CniError> {
+        self.serve(request, add::add).await
+    }
+
+    /// Removes the pod interface and releases its address. Idempotent; needs no netns.
+    pub async fn del(&self, request: &Request) -> Result<Value, CniError> {
+        self.serve(request, del::del).await
+    }
+
+    /// Verifies the pod's interface, address, routes and bridge port against `prevResult`,
+    /// then delegates CHECK to IPAM.
+    pub async fn check(&self, request: &Request) -> Result<Value, CniError> {
+        self.serve(request, check::check).await
+    }
+
+    /// Removes evio veths, OVS ports and host-local reservations of attachments the runtime
+    /// no longer lists.
+    pub async fn gc(&self, request: &Request) -> Result<Value, CniError> {
+        self.serve(request, gc::gc).await
+    }
+
+    /// Ready when the config is valid, its bridge kind can serve and its IPAM plugin is
+    /// installed (and ready, when it answers STATUS itself).
+    pub async fn status(&self, request: &Request) -> Result<Value, CniError> {
+        self.serve(request, status).await
+    }
+
+    /// Waits until the veths of deleted pods are gone (DEL leaves their deletion to a queue).
+    pub async fn settled(&self) {
+        self.reaper.drained().await
+    }
+}
+
+async fn status(net: &PodNetwork, request: &Request, deadline: Instant) -> Result<Value> {
+    let conf = PluginConf::parse(&request.config)?;
+    let unavailable = |e: &dyn std::fmt::Display| DataplaneError::Unavailable(e.to_string());
+    ipam::plugin_path(request).map_err(|e| unavailable(&e))?;
+    let driver = net.drivers.pick(&conf.teardown()).await;
+    driver
+        .available()
+        .await
+        .map_err(|e| unavailable(&format!("{}: {e}", driver.describe())))?;
+    if ipam::supports(request, "1.1.0", deadline).await {
+        ipam::delegate(request, Command::Status, deadline).await?;
+    }
+    Ok(Value::Null)
+}
+
+/// Pods route through the host: forwarding must be on. Failing to set it is logged, not
+/// fatal (it may be managed, and already on, elsewhere).
+pub(super) fn enable_forwarding() {
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1") {
+        tracing::warn!(error = %e, "cannot enable IPv4 forwarding");
+    }
+}

@@ -1,0 +1,283 @@
+//! The evio-cni plugin's keys in a network config: one typed struct that the conflist writer
+//! serialises ([`crate::conf::conflist`]) and the daemon parses back ([`PluginConf::parse`]),
+//! so no key is lost between the two. DEL and GC read the lenient [`TeardownConf`]: they must
+//! work with whatever config the runtime still has.
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::spec::{valid_id, valid_ifname, ID_RULE};
+
+/// The plugin binary kubelet execs; CNI requires `type` to name it.
+pub const PLUGIN_TYPE: &str = "evio-cni";
+/// Pod MTU when the config names none.
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// Which bridge the pods hang off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum BridgeType {
+    /// Open vSwitch (the original Evio's default).
+    #[default]
+    #[serde(rename = "OVS")]
+    Ovs,
+    /// A Linux bridge.
+    #[serde(rename = "LXBR")]
+    Linux,
+}
+
+/// The OVS datapath a bridge evio creates uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OvsDatapath {
+    /// The kernel datapath (production; needs the openvswitch module).
+    #[default]
+    System,
+    /// The userspace datapath (no kernel module needed; slower).
+    Netdev,
+    /// Decided by the daemon on this host: `system` when the openvswitch module is usable,
+    /// `netdev` when only userspace OVS runs, a Linux bridge when OVS is absent.
+    Auto,
+}
+
+impl OvsDatapath {
+    /// The OVSDB `datapath_type` value (`Auto` never reaches OVSDB: it is resolved first).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OvsDatapath::System => "system",
+            OvsDatapath::Netdev => "netdev",
+            OvsDatapath::Auto => "auto",
+        }
+    }
+}
+
+fn plugin_type() -> String {
+    PLUGIN_TYPE.into()
+}
+
+/// `isGateway` was always honoured as true by evio (the bridge carried the gateway address).
+fn yes() -> bool {
+    true
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+/// One plugin object of the conflist, as written and as read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginConf {
+    #[serde(rename = "type", default = "plugin_type")]
+    pub plugin_type: String,
+    pub bridge: String,
+    #[serde(default)]
+    pub bridge_type: BridgeType,
+    /// The bridge's address (the pods' gateway) with the pod CIDR's prefix.
+    #[serde(rename = "bridgeIPv4")]
+    pub bridge_ipv4: Ipv4Network,
+    /// Whether the bridge gets `bridgeIPv4` (forced on by `isDefaultGateway`, as the
+    /// reference bridge plugin does).
+    #[serde(default = "yes")]
+    pub is_gateway: bool,
+    #[serde(default)]
+    pub is_default_gateway: bool,
+    #[serde(default, rename = "isIPMasq")]
+    pub is_ip_masq: bool,
+    /// Pod MTU; absent → [`DEFAULT_MTU`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Hairpin on the bridge port (Linux bridge): a pod reaches itself through a service IP.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hairpin_mode: bool,
+    /// The evio-node CNI socket the shim forwards to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    #[serde(default)]
+    pub ovs_datapath: OvsDatapath,
+    /// ovsdb-server's socket when not the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovsdb_socket: Option<String>,
+    /// The pod overlay and this node's block (masquerade needs both).
+    #[serde(default, rename = "podCIDR", skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<Ipv4Network>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_subnet: Option<Ipv4Network>,
+    /// Handed to the IPAM plugin as is (its `type` is checked).
+    #[serde(default)]
+    pub ipam: Value,
+}
+
+/// A config key the daemon refuses: CNI code 7 naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid evio-cni network config key {key}: {reason}")]
+pub struct InvalidKey {
+    pub key: String,
+    pub reason: String,
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> InvalidKey {
+    InvalidKey {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl PluginConf {
+    /// Parses and checks a runtime's network config (the plugin object with the list's
+    /// `name` and `cniVersion`), naming the bad key.
+    pub fn parse(config: &Value) -> Result<Self, InvalidKey> {
+        // The path names the bad key (serde alone would only say what was wrong with its value).
+        let conf: PluginConf = serde_path_to_error::deserialize(config).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            };
+            invalid(&key, e.inner().to_string())
+        })?;
+        let name = &config["name"];
+        if !name.as_str().is_some_and(valid_id) {
+            return Err(invalid("name", format!("{name}: {ID_RULE}")));
+        }
+        conf.validate()?;
+        Ok(conf)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        valid_ifname(&self.bridge)
+            .map_err(|reason| invalid("bridge", format!("{:?}: {reason}", self.bridge)))?;
+        if let Some(mtu) = self.mtu.filter(|m| !(68..=65535).contains(m)) {
+            return Err(invalid("mtu", format!("{mtu}: expected 68 to 65535")));
+        }
+        if self.is_ip_masq && (self.node_subnet.is_none() || self.pod_cidr.is_none()) {
+            return Err(invalid(
+                "isIPMasq",
+                "isIPMasq needs nodeSubnet and podCIDR in the network config",
+            ));
+        }
+        for (key, path) in [
+            ("socket", &self.socket),
+            ("ovsdbSocket", &self.ovsdb_socket),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+                return Err(invalid(key, "expected an absolute path"));
+            }
+        }
+        if !self.ipam.is_object() {
+            let shown = if self.ipam.is_null() {
+                "(missing)".to_string()
+            } else {
+                self.ipam.to_string()
+            };
+            return Err(invalid(
+                "ipam",
+                format!("{shown}: expected an object with a type"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn mtu(&self) -> u32 {
+        self.mtu.unwrap_or(DEFAULT_MTU)
+    }
+
+    /// The address the bridge carries, if any: `isDefaultGateway` implies `isGateway`.
+    pub fn bridge_address(&self) -> Option<Ipv4Network> {
+        (self.is_gateway || self.is_default_gateway).then_some(self.bridge_ipv4)
+    }
+
+    pub fn ovsdb_socket(&self) -> &str {
+        self.ovsdb_socket
+            .as_deref()
+            .unwrap_or(crate::dataplane::ovsdb::DEFAULT_SOCKET)
+    }
+
+    pub fn teardown(&self) -> TeardownConf {
+        TeardownConf {
+            bridge_type: self.bridge_type,
+            ovs_datapath: self.ovs_datapath,
+            ovsdb_socket: self.ovsdb_socket().to_string(),
+        }
+    }
+}
+
+/// What DEL and GC need, read leniently: any key that is missing or wrong takes its default
+/// (OVS unless the config says LXBR, the default OVSDB socket), so a broken or older config
+/// never keeps a pod's resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeardownConf {
+    pub bridge_type: BridgeType,
+    pub ovs_datapath: OvsDatapath,
+    pub ovsdb_socket: String,
+}
+
+impl TeardownConf {
+    pub fn parse(config: &Value) -> Self {
+        fn key<T: serde::de::DeserializeOwned + Default>(config: &Value, k: &str) -> T {
+            serde_json::from_value(config[k].clone()).unwrap_or_default()
+        }
+        TeardownConf {
+            bridge_type: key(config, "bridgeType"),
+            ovs_datapath: key(config, "ovsDatapath"),
+            ovsdb_socket: config["ovsdbSocket"]
+                .as_str()
+                .filter(|s| s.starts_with('/'))
+                .unwrap_or(crate::dataplane::ovsdb::DEFAULT_SOCKET)
+                .to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Value {
+        json!({"cniVersion": "1.1.0", "name": "n", "type": "evio-cni", "bridge": "br0",
+               "bridgeType": "LXBR", "bridgeIPv4": "10.1.3.1/16", "isGateway": false,
+               "isDefaultGateway": false, "isIPMasq": true, "mtu": 1400, "hairpinMode": true,
+               "ovsDatapath": "auto", "podCIDR": "10.1.0.0/16", "nodeSubnet": "10.1.3.0/24",
+               "ipam": {"type": "host-local"}})
+    }
+
+    #[test]
+    fn round_trips_every_key() {
+        let conf = PluginConf::parse(&sample()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!conf.is_gateway);
+        assert_eq!(conf.bridge_address(), None);
+        assert_eq!(conf.ovs_datapath, OvsDatapath::Auto);
+        let mut written = serde_json::to_value(&conf).unwrap_or_default();
+        written["name"] = json!("n");
+        assert_eq!(PluginConf::parse(&written).ok(), Some(conf));
+    }
+
+    #[test]
+    fn names_the_bad_key() {
+        for (key, value) in [
+            ("ovsDatapath", json!("dpdk")),
+            ("bridgeType", json!("VXLAN")),
+            ("mtu", json!(10)),
+            ("bridge", json!("a/b")),
+            ("ipam", json!(null)),
+            ("ovsdbSocket", json!("db.sock")),
+        ] {
+            let mut config = sample();
+            config[key] = value;
+            let err = PluginConf::parse(&config).map(|_| ()).unwrap_err();
+            assert!(err.key.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn teardown_is_lenient() {
+        let t = TeardownConf::parse(&json!({"bridgeType": 7, "ovsdbSocket": "rel"}));
+        assert_eq!(t.bridge_type, BridgeType::Ovs);
+        assert_eq!(t.ovsdb_socket, crate::dataplane::ovsdb::DEFAULT_SOCKET);
+        let t = TeardownConf::parse(&json!({"bridgeType": "LXBR"}));
+        assert_eq!(t.bridge_type, BridgeType::Linux);
+    }
+}

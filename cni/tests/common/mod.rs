@@ -1,0 +1,218 @@
+//! Shared by the dataplane tests: a fixture with unique names (netns, bridge, network,
+//! host-local data dir) removed on drop, and small host probes.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use std::path::Path;
+use std::process::Command as Process;
+
+use evio_cni::dataplane::masquerade;
+use evio_cni::spec::{Command, Request};
+use serde_json::{json, Value};
+
+pub const HOST_LOCAL_DIRS: &str = "/usr/lib/cni:/opt/cni/bin";
+
+/// Whether the test can run here; under CI it must.
+pub fn prerequisites() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let host_local = HOST_LOCAL_DIRS
+        .split(':')
+        .any(|d| Path::new(d).join("host-local").is_file());
+    let ping = Process::new("ping").arg("-V").output().is_ok();
+    if root && host_local && ping {
+        return true;
+    }
+    let why = format!(
+        "root={root} host-local={host_local} ping={ping} (run scripts/install-deps.sh as root)"
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "dataplane prerequisites missing under CI: {why}"
+    );
+    eprintln!("skipping dataplane test outside CI: {why}");
+    false
+}
+
+pub fn ip(args: &[&str]) -> std::process::Output {
+    Process::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"))
+}
+
+/// Test resources with unique names, removed on drop.
+pub struct Fixture {
+    /// "LXBR" or "OVS" (userspace netdev datapath: no kernel module here).
+    pub kind: &'static str,
+    /// Second octet of this fixture's pod network, so fixtures in parallel never share one.
+    pub octet: u8,
+    /// The configs' `cniVersion`.
+    pub version: &'static str,
+    pub tag: String,
+    pub namespaces: Vec<String>,
+    pub bridge: String,
+    pub ipam_dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new(kind: &'static str) -> Fixture {
+        let tag = format!("{:06x}", rand_u32() & 0xff_ffff);
+        Fixture {
+            kind,
+            octet: if kind == "OVS" { 98 } else { 99 },
+            version: "1.0.0",
+            bridge: format!("evt{tag}"),
+            tag,
+            namespaces: Vec::new(),
+            ipam_dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    /// `10.<octet>.<rest>`.
+    pub fn net(&self, rest: &str) -> String {
+        format!("10.{}.{rest}", self.octet)
+    }
+
+    pub fn node_subnet(&self) -> ipnetwork::Ipv4Network {
+        self.net("3.0/24").parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn netns(&mut self, name: &str) -> String {
+        let ns = format!("evio-{}-{name}", self.tag);
+        let out = ip(&["netns", "add", &ns]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.namespaces.push(ns.clone());
+        format!("/run/netns/{ns}")
+    }
+
+    pub fn config(&self, range_end: &str) -> Value {
+        json!({
+            "cniVersion": self.version, "name": format!("evio-test-{}", self.tag), "type": "evio-cni",
+            "bridge": self.bridge, "bridgeType": self.kind, "ovsDatapath": "netdev",
+            "bridgeIPv4": self.net("3.1/16"),
+            "isGateway": true, "isDefaultGateway": true, "mtu": 1400,
+            "isIPMasq": true, "nodeSubnet": self.net("3.0/24"), "podCIDR": self.net("0.0/16"),
+            "ipam": {
+                "type": "host-local",
+                "dataDir": self.ipam_dir.path(),
+                "ranges": [[{"subnet": self.net("0.0/16"), "rangeStart": self.net("3.2"),
+                             "rangeEnd": self.net(range_end), "gateway": self.net("3.1")}]],
+            },
+        })
+    }
+
+    pub fn request(
+        &self,
+        command: Command,
+        container: &str,
+        netns: &str,
+        config: Value,
+    ) -> Request {
+        Request {
+            command,
+            container_id: format!("{}-{container}", self.tag),
+            netns: netns.to_string(),
+            ifname: "eth0".into(),
+            args: String::new(),
+            path: HOST_LOCAL_DIRS.into(),
+            config,
+        }
+    }
+
+    /// Files host-local keeps for reserved addresses.
+    pub fn reservations(&self) -> Vec<String> {
+        let dir = self.ipam_dir.path().join(format!("evio-test-{}", self.tag));
+        std::fs::read_dir(dir)
+            .map(|it| {
+                it.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("10."))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        if self.kind == "OVS" {
+            let _ = Process::new("ovs-vsctl")
+                .args(["--if-exists", "del-br", &self.bridge])
+                .output();
+        } else {
+            let _ = ip(&["link", "del", &self.bridge]);
+        }
+        let _ = masquerade::remove(self.node_subnet());
+    }
+}
+
+pub fn masquerade_rules(fx: &Fixture) -> usize {
+    let wanted = format!(
+        "ip saddr {} ip daddr != {} masquerade",
+        fx.node_subnet(),
+        fx.net("0.0/16")
+    );
+    let out = Process::new("nft")
+        .args(["list", "chain", "ip", masquerade::TABLE, "postrouting"])
+        .output()
+        .unwrap_or_else(|e| panic!("nft: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&wanted))
+        .count()
+}
+
+pub fn rand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+pub fn link_exists(name: &str) -> bool {
+    ip(&["link", "show", name]).status.success()
+}
+
+/// Right after DEL a host veth is gone or retired: down, marked for the reaper.
+pub fn assert_cut_off(name: &str) {
+    let out = ip(&["-d", "link", "show", name]);
+    if !out.status.success() {
+        return; // already deleted
+    }
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    let flags = shown.split(['<', '>']).nth(1).unwrap_or_default();
+    assert!(
+        !flags.split(',').any(|f| f == "UP")
+            && shown.contains(&format!("alias {}", evio_cni::dataplane::reaper::RETIRED)),
+        "{name} is not cut off after DEL: {shown}"
+    );
+}
+
+pub fn ping_from(netns_path: &str, target: &str) -> bool {
+    let ns = netns_path.trim_start_matches("/run/netns/");
+    Process::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-c", "5", "-i", "0.2", "-W", "1", target,
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Whether ovsdb-server is up; under CI it must be.
+pub fn ovs_running() -> bool {
+    let ovs = Path::new("/run/openvswitch/db.sock").exists();
+    assert!(
+        ovs || std::env::var("CI").as_deref() != Ok("true"),
+        "ovsdb-server is not running under CI (scripts/ovs-start.sh starts it)"
+    );
+    ovs
+}

@@ -1,0 +1,214 @@
+//! How the dataplane follows its config and limits, in real netns with real host-local and
+//! OVS: `ovsDatapath: auto`, a bridge that cannot come up, `isGateway: false`, and a hung
+//! IPAM plugin against the request deadline. Needs root (fails loudly under CI=true without
+//! its prerequisites).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::*;
+use evio_cni::dataplane::{attachment, Limits, PodNetwork};
+use evio_cni::spec::{code, Command};
+use serde_json::json;
+
+fn ovs_bridge_exists(name: &str) -> bool {
+    std::process::Command::new("ovs-vsctl")
+        .args(["br-exists", name])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_linux_bridge(name: &str) -> bool {
+    String::from_utf8_lossy(&ip(&["-d", "link", "show", name]).stdout).contains("bridge ")
+}
+
+/// `auto` with no OVS at the configured socket: the pod goes on a Linux bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_without_ovs_uses_a_linux_bridge() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("OVS");
+    fx.octet = 59;
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let ns = fx.netns("a");
+    let mut config = fx.config("3.254");
+    config["ovsDatapath"] = json!("auto");
+    config["ovsdbSocket"] = json!(fx.ipam_dir.path().join("no-ovsdb.sock"));
+    let add = fx.request(Command::Add, "a", &ns, config.clone());
+    pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(
+        is_linux_bridge(&fx.bridge),
+        "{} is not a Linux bridge",
+        fx.bridge
+    );
+    assert!(
+        ping_from(&ns, &fx.net("3.1")),
+        "the pod cannot reach the gateway"
+    );
+    // DEL decides the same way (no OVSDB to ask), and GC too.
+    let del = fx.request(Command::Del, "a", &ns, config);
+    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
+    // The fixture removes an OVS bridge: this one is a Linux bridge.
+    let _ = ip(&["link", "del", &fx.bridge]);
+}
+
+/// `auto` with OVS running: an OVS bridge (netdev here: no kernel module on these hosts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_with_ovs_uses_an_ovs_bridge() {
+    if !prerequisites() || !ovs_running() {
+        return;
+    }
+    let mut fx = Fixture::new("OVS");
+    fx.octet = 58;
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let ns = fx.netns("a");
+    let mut config = fx.config("3.254");
+    config["ovsDatapath"] = json!("auto");
+    let add = fx.request(Command::Add, "a", &ns, config.clone());
+    pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(ovs_bridge_exists(&fx.bridge));
+    let datapath = std::process::Command::new("ovs-vsctl")
+        .args(["get", "Bridge", &fx.bridge, "datapath_type"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wanted = if std::path::Path::new("/sys/module/openvswitch").exists() {
+        "system"
+    } else {
+        "netdev"
+    };
+    assert!(
+        String::from_utf8_lossy(&datapath.stdout).contains(wanted),
+        "{datapath:?}"
+    );
+    let del = fx.request(Command::Del, "a", &ns, config);
+    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+}
+
+/// The kernel datapath on a host without its module: the bridge never gets an interface; the
+/// ADD fails and removes the OVS bridge it created, with nothing else left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ovs_bridge_that_cannot_come_up_is_removed() {
+    if !prerequisites() || !ovs_running() {
+        return;
+    }
+    if std::path::Path::new("/sys/module/openvswitch").exists() {
+        eprintln!("the openvswitch module is loaded: a system bridge comes up here");
+        return;
+    }
+    let mut fx = Fixture::new("OVS");
+    fx.octet = 57;
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let ns = fx.netns("a");
+    let mut config = fx.config("3.254");
+    config["ovsDatapath"] = json!("system");
+    let add = fx.request(Command::Add, "a", &ns, config);
+    let err = pods.add(&add).await.map(|_| ()).unwrap_err();
+    assert!(err.msg.contains(&fx.bridge), "{err:?}");
+    assert!(
+        !ovs_bridge_exists(&fx.bridge),
+        "the OVS bridge was left behind"
+    );
+    assert!(!link_exists(&attachment::host_veth_name(
+        &add.container_id,
+        "eth0"
+    )));
+    assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
+}
+
+/// `isGateway: false` (and no default route): the bridge carries no address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_gateway_false_leaves_the_bridge_without_an_address() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("LXBR");
+    fx.octet = 56;
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let ns = fx.netns("a");
+    let mut config = fx.config("3.254");
+    config["isGateway"] = json!(false);
+    config["isDefaultGateway"] = json!(false);
+    config["hairpinMode"] = json!(true);
+    let add = fx.request(Command::Add, "a", &ns, config.clone());
+    let result = pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(result["routes"], json!([]), "{result}");
+    let shown =
+        String::from_utf8_lossy(&ip(&["-4", "addr", "show", &fx.bridge]).stdout).to_string();
+    assert!(!shown.contains("inet "), "{shown}");
+    // hairpinMode: the pod's port reflects its own traffic.
+    let host = attachment::host_veth_name(&add.container_id, "eth0");
+    let port = String::from_utf8_lossy(&ip(&["-d", "link", "show", &host]).stdout).to_string();
+    assert!(port.contains("hairpin on"), "{port}");
+    let del = fx.request(Command::Del, "a", &ns, config);
+    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+}
+
+/// An IPAM plugin that hangs: the ADD fails with code 11 once the daemon's deadline passes
+/// (the plugin killed), leaves nothing behind, and another pod's ADD meanwhile succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_ipam_plugin_fails_the_add_at_the_deadline() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("LXBR");
+    fx.octet = 55;
+    let pods = PodNetwork::with_limits(Limits {
+        deadline: Duration::from_secs(3),
+        ..Limits::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bin = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let script = bin.path().join("evio-hung-ipam");
+    // A sleep no other process on the host runs, to find it afterwards.
+    let sleep = format!("sleep 1234.{}", std::process::id());
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$CNI_COMMAND\" = VERSION ] && exec echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}}'\nexec {sleep}\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (ns_hung, ns_ok) = (fx.netns("hung"), fx.netns("ok"));
+    let mut hung_config = fx.config("3.254");
+    hung_config["ipam"]["type"] = json!("evio-hung-ipam");
+    let mut hung = fx.request(Command::Add, "hung", &ns_hung, hung_config);
+    hung.path = format!("{}:{}", bin.path().display(), hung.path);
+    let ok = fx.request(Command::Add, "ok", &ns_ok, fx.config("3.254"));
+
+    let (hung_outcome, ok_outcome) = tokio::join!(pods.add(&hung), async {
+        // Starts while the hung ADD waits for its plugin.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pods.add(&ok).await
+    });
+    let err = hung_outcome.map(|_| ()).unwrap_err();
+    assert_eq!(err.code, code::TRY_AGAIN_LATER, "{err:?}");
+    assert!(err.msg.contains("evio-hung-ipam"), "{err:?}");
+    let result = ok_outcome.unwrap_or_else(|e| panic!("the other pod's ADD: {e:?}"));
+    assert_eq!(result["ips"][0]["address"], fx.net("3.2/16"), "{result}");
+    // The hung ADD left nothing: no veth, no pod interface; its plugin was killed.
+    assert!(!link_exists(&attachment::host_veth_name(
+        &hung.container_id,
+        "eth0"
+    )));
+    let inside = String::from_utf8_lossy(
+        &ip(&["-n", ns_hung.trim_start_matches("/run/netns/"), "link"]).stdout,
+    )
+    .to_string();
+    assert!(!inside.contains("eth0"), "{inside}");
+    let killed = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::process::Command::new("pgrep")
+            .args(["-f", &sleep])
+            .status()
+            .is_ok_and(|s| !s.success())
+    });
+    assert!(killed, "the hung IPAM plugin is still running");
+    let del = fx.request(Command::Del, "ok", &ns_ok, fx.config("3.254"));
+    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+}
