@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
-use evio_cni::dataplane::{attachment, Limits, PodNetwork};
+use evio_cni::dataplane::{attachment, masquerade, Limits, PodNetwork};
 use evio_cni::spec::{code, Command};
 use serde_json::json;
 
@@ -211,4 +211,67 @@ async fn a_hung_ipam_plugin_fails_the_add_at_the_deadline() {
     assert!(killed, "the hung IPAM plugin is still running");
     let del = fx.request(Command::Del, "ok", &ns_ok, fx.config("3.254"));
     pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+}
+
+/// Masquerade follows the lease: a rule removed from outside is back after the next ADD, and
+/// an ADD under another node subnet of the same pod CIDR (the node's lease changed) removes
+/// the old subnet's rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masquerade_follows_the_lease() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("LXBR");
+    fx.octet = 54;
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let (ns_a, ns_b, ns_c) = (fx.netns("a"), fx.netns("b"), fx.netns("c"));
+    let add_a = fx.request(Command::Add, "a", &ns_a, fx.config("3.254"));
+    pods.add(&add_a).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(masquerade_rules(&fx), 1);
+
+    // Flushed from outside: the next ADD puts it back.
+    masquerade::remove(fx.node_subnet()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(masquerade_rules(&fx), 0);
+    let add_b = fx.request(Command::Add, "b", &ns_b, fx.config("3.254"));
+    pods.add(&add_b).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(masquerade_rules(&fx), 1);
+
+    // The node now holds 10.54.4.0/24: its rule replaces the old block's.
+    let new_subnet: ipnetwork::Ipv4Network =
+        fx.net("4.0/24").parse().unwrap_or_else(|e| panic!("{e}"));
+    let _new_rule = RemoveMasquerade(new_subnet);
+    let mut moved = fx.config("3.254");
+    moved["nodeSubnet"] = json!(new_subnet.to_string());
+    let add_c = fx.request(Command::Add, "c", &ns_c, moved);
+    pods.add(&add_c).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        masquerade_rules(&fx),
+        0,
+        "the old block's rule is still there"
+    );
+    let chain = String::from_utf8_lossy(
+        &std::process::Command::new("nft")
+            .args(["list", "chain", "ip", masquerade::TABLE, "postrouting"])
+            .output()
+            .unwrap_or_else(|e| panic!("nft: {e}"))
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        chain.contains(&format!("evio-masq {new_subnet}")),
+        "{chain}"
+    );
+    for (name, ns) in [("a", &ns_a), ("b", &ns_b), ("c", &ns_c)] {
+        let del = fx.request(Command::Del, name, ns, fx.config("3.254"));
+        pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+    }
+}
+
+/// Removes a masquerade rule the fixture does not know of, on any exit.
+struct RemoveMasquerade(ipnetwork::Ipv4Network);
+
+impl Drop for RemoveMasquerade {
+    fn drop(&mut self) {
+        let _ = masquerade::remove(self.0);
+    }
 }

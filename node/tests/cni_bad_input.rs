@@ -395,8 +395,8 @@ fn succeeds() -> Want {
     }
 }
 
-type Hook = Box<dyn Fn(&Fixture, &Invocation)>;
-type Verify = Box<dyn Fn(&Fixture, &Invocation, &Value) -> Result<(), String>>;
+type Hook = Box<dyn Fn(&Fixture, &Invocation) + Send + Sync>;
+type Verify = Box<dyn Fn(&Fixture, &Invocation, &Value) -> Result<(), String> + Send + Sync>;
 
 struct Case {
     name: String,
@@ -418,25 +418,28 @@ struct Case {
 }
 
 impl Case {
-    fn setup(&mut self, hook: impl Fn(&Fixture, &Invocation) + 'static) -> &mut Self {
+    fn setup(&mut self, hook: impl Fn(&Fixture, &Invocation) + Send + Sync + 'static) -> &mut Self {
         self.setup = Some(Box::new(hook));
         self
     }
 
     fn verify(
         &mut self,
-        check: impl Fn(&Fixture, &Invocation, &Value) -> Result<(), String> + 'static,
+        check: impl Fn(&Fixture, &Invocation, &Value) -> Result<(), String> + Send + Sync + 'static,
     ) -> &mut Self {
         self.verify = Some(Box::new(check));
         self
     }
 
-    fn undo(&mut self, hook: impl Fn(&Fixture, &Invocation) + 'static) -> &mut Self {
+    fn undo(&mut self, hook: impl Fn(&Fixture, &Invocation) + Send + Sync + 'static) -> &mut Self {
         self.undo = Some(Box::new(hook));
         self
     }
 
-    fn teardown(&mut self, hook: impl Fn(&Fixture, &Invocation) + 'static) -> &mut Self {
+    fn teardown(
+        &mut self,
+        hook: impl Fn(&Fixture, &Invocation) + Send + Sync + 'static,
+    ) -> &mut Self {
         self.teardown = Some(Box::new(hook));
         self
     }
@@ -756,6 +759,19 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
                 "ovsDatapath",
             ),
             ("isIPMasq a string", "isIPMasq", json!("yes"), "isIPMasq"),
+            ("isGateway a string", "isGateway", json!("no"), "isGateway"),
+            (
+                "hairpinMode a number",
+                "hairpinMode",
+                json!(1),
+                "hairpinMode",
+            ),
+            (
+                "ovsDatapath dpdk",
+                "ovsDatapath",
+                json!("dpdk"),
+                "ovsDatapath",
+            ),
             (
                 "isDefaultGateway a string",
                 "isDefaultGateway",
@@ -1051,12 +1067,15 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
     c.cases
 }
 
-#[test]
-fn every_bad_input_gets_its_code_and_leaves_nothing() {
+/// Each case is its own test (libtest-mimic: filter by name, one failure named per case),
+/// run one at a time: every case compares host-wide snapshots.
+fn main() -> std::process::ExitCode {
+    let mut args = libtest_mimic::Arguments::from_args();
+    args.test_threads = Some(1);
     if !evio_cni_prerequisites("CNI bad-input corpus") {
-        return;
+        return std::process::ExitCode::SUCCESS;
     }
-    let fx = Fixture::start();
+    let fx = std::sync::Arc::new(Fixture::start());
     let cases = build_corpus(&fx);
     let mut names: BTreeSet<String> = [&fx.ovs_bridge, &fx.lxbr_bridge, &fx.foreign]
         .into_iter()
@@ -1067,7 +1086,7 @@ fn every_bad_input_gets_its_code_and_leaves_nothing() {
         names.extend(case.names());
     }
     // A buggy plugin may make OVS bridges under the names the cases give: removed on any exit.
-    let _stray_ovs_bridges: Vec<OvsBridge> = cases
+    let stray_ovs_bridges: Vec<OvsBridge> = cases
         .iter()
         .filter_map(|case| case.invocation.config["bridge"].as_str())
         .filter(|b| !b.is_empty() && *b != fx.ovs_bridge)
@@ -1075,103 +1094,95 @@ fn every_bad_input_gets_its_code_and_leaves_nothing() {
         .into_iter()
         .map(|b| OvsBridge(b.to_string()))
         .collect();
-    println!(
-        "{:>3}  {:<46} {:<4} {:<6} {:<8} {:<8} result",
-        "#", "case", "type", "cmd", "want", "got"
-    );
-    let mut failures = Vec::new();
-    for (n, case) in cases.iter().enumerate() {
-        let inv = &case.invocation;
-        let start = fx.snapshot(&names);
-        if let Some(setup) = &case.setup {
-            setup(&fx, inv);
-        }
-        let before = fx.snapshot(&names);
-        let (exit, out) = inv.run();
-        let mut problems = Vec::new();
-        let got_code = out["code"].as_u64();
-        if exit != case.want.exit || got_code != case.want.code {
-            problems.push(format!("exit {exit} code {got_code:?}: {out}"));
-        }
-        if exit != 0 {
-            let text = format!(
-                "{} {}",
-                out["msg"].as_str().unwrap_or_default(),
-                out["details"].as_str().unwrap_or_default()
-            );
-            if !text.contains(&case.want.text) {
-                problems.push(format!("{:?} not in {text}", case.want.text));
-            }
-            // The spec's error object: cniVersion, code and msg are required.
-            let version_ok = out["cniVersion"].as_str().is_some_and(|v| !v.is_empty());
-            if !version_ok || out["msg"].as_str().is_none_or(str::is_empty) {
-                problems.push(format!("not a complete CNI error: {out}"));
-            }
-        }
-        if let Some(verify) = &case.verify {
-            if let Err(e) = verify(&fx, inv, &out) {
-                problems.push(e);
-            }
-        }
-        if let Some(undo) = &case.undo {
-            undo(&fx, inv);
-        }
-        let reference = if case.cleans_up_setup {
-            &start
-        } else {
-            &before
-        };
-        let after = fx.settled_snapshot(&names, reference);
-        if &after != reference {
-            problems.push(format!("left behind:{}", reference.diff(&after)));
-        }
-        if let Some(teardown) = &case.teardown {
-            teardown(&fx, inv);
-        }
-        let end = fx.settled_snapshot(&names, &start);
-        if end != start {
-            problems.push(format!("setup/teardown not neutral:{}", start.diff(&end)));
-        }
-        let want = match case.want.code {
-            Some(code) => format!("{}/{code}", case.want.exit),
-            None => format!("{}", case.want.exit),
-        };
-        let got = match got_code {
-            Some(code) => format!("{exit}/{code}"),
-            None => format!("{exit}"),
-        };
-        println!(
-            "{:>3}  {:<46} {:<4} {:<6} {:<8} {:<8} {}",
-            n + 1,
-            case.name,
-            case.kind.map_or("-", Kind::label),
-            inv.var("CNI_COMMAND"),
-            want,
-            got,
-            if problems.is_empty() { "ok" } else { "FAIL" }
-        );
-        if !problems.is_empty() {
-            for p in &problems {
-                println!("       {p}");
-            }
-            failures.push(format!(
-                "{} ({:?}): {}",
+    let names = std::sync::Arc::new(names);
+    let trials = cases
+        .into_iter()
+        .enumerate()
+        .map(|(n, case)| {
+            let (fx, names) = (fx.clone(), names.clone());
+            let label = format!(
+                "{:03} {} [{}]",
+                n + 1,
                 case.name,
-                case.kind,
-                problems.join("; ")
-            ));
-            // Best effort, so one leftover does not spill into the next cases.
-            let _ = inv.command("DEL").run();
+                case.kind.map_or("-", Kind::label)
+            );
+            libtest_mimic::Trial::test(label, move || {
+                run_case(&fx, &names, &case).map_err(|problems| {
+                    // Best effort, so one leftover does not spill into the next cases.
+                    let _ = case.invocation.command("DEL").run();
+                    problems.into()
+                })
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    fx.daemon.assert_no_panics();
+    if conclusion.has_failed() {
+        println!("daemon log:\n{}", fx.daemon.logs());
+    }
+    drop(stray_ovs_bridges);
+    conclusion.exit_code()
+}
+
+/// Runs one case: its exit status, code and text, and nothing left behind.
+fn run_case(fx: &Fixture, names: &BTreeSet<String>, case: &Case) -> Result<(), String> {
+    let inv = &case.invocation;
+    let start = fx.snapshot(names);
+    if let Some(setup) = &case.setup {
+        setup(fx, inv);
+    }
+    let before = fx.snapshot(names);
+    let (exit, out) = inv.run();
+    let mut problems = Vec::new();
+    let got_code = out["code"].as_u64();
+    if exit != case.want.exit || got_code != case.want.code {
+        problems.push(format!(
+            "want exit {} code {:?}, got exit {exit} code {got_code:?}: {out}",
+            case.want.exit, case.want.code
+        ));
+    }
+    if exit != 0 {
+        let text = format!(
+            "{} {}",
+            out["msg"].as_str().unwrap_or_default(),
+            out["details"].as_str().unwrap_or_default()
+        );
+        if !text.contains(&case.want.text) {
+            problems.push(format!("{:?} not in {text}", case.want.text));
+        }
+        // The spec's error object: cniVersion, code and msg are required.
+        let version_ok = out["cniVersion"].as_str().is_some_and(|v| !v.is_empty());
+        if !version_ok || out["msg"].as_str().is_none_or(str::is_empty) {
+            problems.push(format!("not a complete CNI error: {out}"));
         }
     }
-    println!("{} cases, {} failed", cases.len(), failures.len());
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n"),
-        fx.daemon.logs()
-    );
-    fx.daemon.assert_no_panics();
+    if let Some(verify) = &case.verify {
+        if let Err(e) = verify(fx, inv, &out) {
+            problems.push(e);
+        }
+    }
+    if let Some(undo) = &case.undo {
+        undo(fx, inv);
+    }
+    let reference = if case.cleans_up_setup {
+        &start
+    } else {
+        &before
+    };
+    let after = fx.settled_snapshot(names, reference);
+    if &after != reference {
+        problems.push(format!("left behind:{}", reference.diff(&after)));
+    }
+    if let Some(teardown) = &case.teardown {
+        teardown(fx, inv);
+    }
+    let end = fx.settled_snapshot(names, &start);
+    if end != start {
+        problems.push(format!("setup/teardown not neutral:{}", start.diff(&end)));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
 }

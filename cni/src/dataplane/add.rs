@@ -1,6 +1,6 @@
 //! ADD: validate everything (nothing is created for a bad request), then the bridge, the
-//! veth pair (pod end born in the pod netns) and its bridge port while IPAM runs, then the
-//! pod's address and routes, masquerade and the result. Any failure undoes what was done.
+//! veth pair (pod end born in the pod netns), its bridge port and the masquerade check while
+//! IPAM runs, then the pod's address and routes and the result. Any failure undoes what was done.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -14,7 +14,8 @@ use super::attachment::{host_veth_name, owner_alias};
 use super::bridge::{BridgeDriver, Port};
 use super::error::{DataplaneError, Result};
 use super::ipam::{self, IpamError};
-use super::netlink::{self, PodInterface, PodNetns};
+use super::netlink;
+use super::pod_netns::{self, PodInterface, PodNetns};
 use super::pods::{enable_forwarding, PodNetwork, ROLLBACK_BUDGET};
 use super::reaper::RETIRED;
 use crate::plugin_conf::PluginConf;
@@ -96,32 +97,35 @@ pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) 
             net, &*driver, &conf, request, &host, &owner, &netns, &mut undo,
         )
         .await?;
-        let interface = netlink::bring_up_pod_side(&pod, ifname).await?;
+        let interface = pod_netns::bring_up_pod_side(&pod, ifname).await?;
         Ok::<_, DataplaneError>((bridge_index, interface))
     };
-    let (links, ipam_result) = tokio::join!(links, ipam::delegate(request, Command::Add, deadline));
+    // The masquerade check (one nft listing) runs then too: node-wide and idempotent.
+    let masquerade = async {
+        match (conf.is_ip_masq, conf.node_subnet, conf.pod_cidr) {
+            (true, Some(subnet), Some(cidr)) => net.masquerade.ensure(subnet, cidr, deadline).await,
+            _ => Ok(()),
+        }
+    };
+    let (links, ipam_result, masqueraded) = tokio::join!(
+        links,
+        ipam::delegate(request, Command::Add, deadline),
+        masquerade
+    );
     undo.ipam = ipam_result.is_ok();
-    let result = match (links, ipam_result) {
-        (Ok((bridge_index, interface)), Ok(ipam_result)) => {
+    let result = match (links, ipam_result, masqueraded) {
+        (Ok((bridge_index, interface)), Ok(ipam_result), Ok(())) => {
             let built = Built {
                 pod: &pod,
                 interface: &interface,
                 host: &host,
                 bridge_index,
             };
-            configure(
-                net,
-                &conf,
-                request,
-                &built,
-                &ipam_result,
-                prev.as_ref(),
-                deadline,
-            )
-            .await
+            configure(net, &conf, request, &built, &ipam_result, prev.as_ref()).await
         }
-        (Err(e), _) => Err(e),
-        (_, Err(e)) => Err(e.into()),
+        (Err(e), _, _) => Err(e),
+        (_, Err(e), _) => Err(e.into()),
+        (_, _, Err(e)) => Err(e.into()),
     };
     if result.is_err() {
         roll_back(net, &*driver, request, &host, &undo).await;
@@ -183,13 +187,12 @@ async fn configure(
     built: &Built<'_>,
     ipam_result: &Value,
     prev: Option<&Value>,
-    deadline: Instant,
 ) -> Result<Value> {
     let version = request.version();
     let (address, ipam_gateway) = ipam_address(ipam_result)?;
     let gateway = ipam_gateway.unwrap_or(conf.bridge_ipv4.ip());
     let default_gw = conf.is_default_gateway.then_some(gateway);
-    netlink::address_pod_side(
+    pod_netns::address_pod_side(
         built.pod,
         built.interface,
         address.ip(),
@@ -198,9 +201,6 @@ async fn configure(
     )
     .await?;
     enable_forwarding();
-    if let (true, Some(subnet), Some(cidr)) = (conf.is_ip_masq, conf.node_subnet, conf.pod_cidr) {
-        net.masquerade.ensure(subnet, cidr, deadline).await?;
-    }
     let mac_of = |link: Option<rtnetlink::packet_route::link::LinkMessage>| {
         link.map(|l| netlink::mac_of(&l)).unwrap_or_default()
     };

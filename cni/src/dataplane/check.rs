@@ -13,7 +13,8 @@ use super::attachment::{host_veth_name, owner_alias};
 use super::bridge::Port;
 use super::error::{DataplaneError, Result};
 use super::ipam;
-use super::netlink::{self, PodNetns};
+use super::netlink;
+use super::pod_netns::{self, PodNetns};
 use super::pods::PodNetwork;
 use crate::plugin_conf::{InvalidKey, PluginConf};
 use crate::result;
@@ -81,7 +82,7 @@ pub(super) async fn check(net: &PodNetwork, request: &Request, deadline: Instant
     }
     let state = {
         let pod = PodNetns::open(Path::new(&request.netns), false).await?;
-        netlink::pod_side_state(&pod.handle, &request.ifname).await?
+        pod_netns::pod_side_state(&pod.handle, &request.ifname).await?
     };
     let Some((addresses, default_gw)) = state else {
         return Err(failed(format!(

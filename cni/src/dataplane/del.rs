@@ -11,7 +11,8 @@ use super::attachment::{host_veth_name, retired_pod_name};
 use super::bridge::BridgeDriver;
 use super::error::{DataplaneError, Result};
 use super::ipam;
-use super::netlink::{self, PodNetns};
+use super::netlink;
+use super::pod_netns::{self, PodNetns};
 use super::pods::PodNetwork;
 use super::reaper::{RETIRED, RETIRED_GROUP};
 use crate::plugin_conf::TeardownConf;
@@ -87,7 +88,9 @@ async fn retire_pod_end(request: &Request, host_index: u32) {
     }
     let retired_name = retired_pod_name(&request.container_id, &request.ifname);
     let outcome = match PodNetns::open(Path::new(&request.netns), false).await {
-        Ok(pod) => netlink::retire_pod_end(&pod, &request.ifname, host_index, &retired_name).await,
+        Ok(pod) => {
+            pod_netns::retire_pod_end(&pod, &request.ifname, host_index, &retired_name).await
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = outcome {

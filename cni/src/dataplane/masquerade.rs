@@ -1,8 +1,7 @@
-//! Masquerade for pods leaving the pod network: one nftables rule per node subnet, installed
-//! once (not a chain per pod, so nothing leaks when a DEL comes after the netns is gone).
-//! `nft` runs only when a subnet's rule is missing, never per pod once it exists.
+//! Masquerade for pods leaving the pod network: one nftables rule per node subnet (not a chain
+//! per pod, so nothing leaks when a DEL comes after the netns is gone), following the lease:
+//! each ADD lists the chain once and changes it only when it is not as the lease says.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -81,66 +80,102 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, MasqueradeError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Remembers which subnets already have their rule, so the pod path skips `nft`.
+/// Keeps the rules in line with the node's lease. Every ADD lists evio's chain once (while
+/// IPAM runs): a table, chain or rule removed from outside is put back, and the rule of
+/// another subnet of the same pod CIDR — a lease this node no longer holds — is removed.
 #[derive(Default)]
 pub struct Masquerade {
-    installed: tokio::sync::Mutex<HashSet<Ipv4Network>>,
+    /// Changes are made one at a time (two ADDs must not both add the missing rule).
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl Masquerade {
-    /// Ensures traffic from `node_subnet` to anywhere outside `pod_cidr` is masqueraded.
+    /// Ensures traffic from `node_subnet` to anywhere outside `pod_cidr` is masqueraded, and
+    /// no other subnet of `pod_cidr` is.
     pub async fn ensure(
         &self,
         node_subnet: Ipv4Network,
         pod_cidr: Ipv4Network,
         deadline: tokio::time::Instant,
     ) -> Result<(), MasqueradeError> {
-        let mut installed = self.installed.lock().await;
-        if installed.contains(&node_subnet) {
+        let listing = nft_until(&["-a", "list", "chain", "ip", TABLE, CHAIN], None, deadline)
+            .await
+            .ok();
+        if changes(listing.as_deref(), node_subnet, pod_cidr).is_empty() {
             return Ok(());
         }
+        let _changing = self.changing.lock().await;
         // Another evio process removing its last rule may drop the table between our steps
         // (`remove`); the whole sequence is idempotent, so run it again.
         let mut attempt = 0;
-        while let Err(e) = install(node_subnet, pod_cidr, deadline).await {
-            attempt += 1;
-            if attempt == 3 {
-                return Err(e);
+        loop {
+            let listing = nft_until(&["-a", "list", "chain", "ip", TABLE, CHAIN], None, deadline)
+                .await
+                .ok();
+            let script = changes(listing.as_deref(), node_subnet, pod_cidr);
+            if script.is_empty() {
+                return Ok(());
+            }
+            match nft_until(&["-f", "-"], Some(&script), deadline).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt == 2 => return Err(e),
+                Err(_) => attempt += 1,
             }
         }
-        installed.insert(node_subnet);
-        Ok(())
     }
 }
 
-/// Table, chain and (unless present) the rule of `node_subnet`.
-async fn install(
-    node_subnet: Ipv4Network,
-    pod_cidr: Ipv4Network,
-    deadline: tokio::time::Instant,
-) -> Result<(), MasqueradeError> {
-    // `add table/chain` are no-ops when they exist; the rule is added only if missing.
-    nft_until(
-        &["-f", "-"],
-        Some(&format!(
+/// The subnet a rule's marker names, and the rule's handle, from `nft -a list` output.
+fn marked_rules(listing: &str) -> impl Iterator<Item = (Ipv4Network, &str)> {
+    listing.lines().filter_map(|line| {
+        let subnet = line
+            .split("comment \"evio-masq ")
+            .nth(1)?
+            .split('"')
+            .next()?
+            .parse()
+            .ok()?;
+        let handle = line
+            .rsplit("# handle ")
+            .next()
+            .map(str::trim)
+            .filter(|h| h.parse::<u64>().is_ok())?;
+        Some((subnet, handle))
+    })
+}
+
+/// The nft script that brings the chain in line (empty when it is): table and chain when
+/// missing (`listing` None), the rule of `node_subnet` when missing, deletions of the rules of
+/// the pod CIDR's other subnets.
+fn changes(listing: Option<&str>, node_subnet: Ipv4Network, pod_cidr: Ipv4Network) -> String {
+    let mut script = String::new();
+    let Some(listing) = listing else {
+        script.push_str(&format!(
             "add table ip {TABLE}\nadd chain ip {TABLE} {CHAIN} {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
-        )),
-        deadline,
-    )
-    .await?;
-    let listing = nft_until(&["list", "chain", "ip", TABLE, CHAIN], None, deadline).await?;
-    if !listing.contains(&format!("\"{}\"", marker(node_subnet))) {
-        nft_until(
-            &["-f", "-"],
-            Some(&format!(
-                "add rule ip {TABLE} {CHAIN} ip saddr {node_subnet} ip daddr != {pod_cidr} masquerade comment \"{}\"\n",
-                marker(node_subnet)
-            )),
-            deadline,
-        )
-        .await?;
+        ));
+        script.push_str(&add_rule(node_subnet, pod_cidr));
+        return script;
+    };
+    let mut present = false;
+    for (subnet, handle) in marked_rules(listing) {
+        if subnet == node_subnet {
+            present = true;
+        } else if subnet.prefix() >= pod_cidr.prefix() && pod_cidr.contains(subnet.network()) {
+            tracing::info!(%subnet, current = %node_subnet, "masquerade: removing the rule of a subnet this node no longer holds");
+            script.push_str(&format!("delete rule ip {TABLE} {CHAIN} handle {handle}\n"));
+        }
     }
-    Ok(())
+    if !present {
+        script.push_str(&add_rule(node_subnet, pod_cidr));
+    }
+    script
+}
+
+fn add_rule(node_subnet: Ipv4Network, pod_cidr: Ipv4Network) -> String {
+    format!(
+        "add rule ip {TABLE} {CHAIN} ip saddr {node_subnet} ip daddr != {pod_cidr} masquerade comment \"{}\"\n",
+        marker(node_subnet)
+    )
 }
 
 /// Removes the rule of `node_subnet` (e.g. when its lease is released), and evio's table once
@@ -168,4 +203,34 @@ pub fn remove(node_subnet: Ipv4Network) -> Result<(), MasqueradeError> {
         nft(&["delete", "table", "ip", TABLE], None)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn brings_the_chain_in_line_with_the_lease() {
+        let (current, cidr) = (net("10.5.4.0/24"), net("10.5.0.0/16"));
+        let listing = "table ip evio {\n\tchain postrouting { # handle 1\n\
+            \t\tip saddr 10.5.3.0/24 ip daddr != 10.5.0.0/16 masquerade comment \"evio-masq 10.5.3.0/24\" # handle 7\n\
+            \t\tip saddr 10.9.3.0/24 ip daddr != 10.9.0.0/16 masquerade comment \"evio-masq 10.9.3.0/24\" # handle 8\n\t}\n}\n";
+        let script = changes(Some(listing), current, cidr);
+        assert!(
+            script.contains("delete rule ip evio postrouting handle 7"),
+            "{script}"
+        );
+        assert!(
+            !script.contains("handle 8"),
+            "another pod CIDR's rule: {script}"
+        );
+        assert!(script.contains("ip saddr 10.5.4.0/24"), "{script}");
+        let settled = listing.replace("10.5.3.0/24", "10.5.4.0/24");
+        assert_eq!(changes(Some(&settled), current, cidr), "");
+        assert!(changes(None, current, cidr).starts_with("add table ip evio"));
+    }
 }

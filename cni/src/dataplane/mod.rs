@@ -5,7 +5,8 @@
 //! - `add`, `del`, `check`, `gc`: the CNI verbs, written against the bridge driver.
 //! - [`bridge`]: **where each bridge kind lives** — the [`bridge::BridgeDriver`] trait,
 //!   `bridge::ovs` (Open vSwitch over one OVSDB session, [`ovsdb`]) and `bridge::linux`.
-//! - [`netlink`]: links, addresses and routes over rtnetlink, in the host and pod netns.
+//! - [`netlink`]: links, addresses and routes over rtnetlink in the host namespace;
+//!   [`pod_netns`]: the same inside a pod's namespace.
 //! - [`ipam`]: delegation to the IPAM plugin; [`masquerade`]: the nftables rule per node
 //!   subnet; [`reaper`]: deleting retired veths off the DEL path; [`attachment`]: names.
 
@@ -20,6 +21,7 @@ pub mod ipam;
 pub mod masquerade;
 pub mod netlink;
 pub mod ovsdb;
+pub mod pod_netns;
 pub mod pods;
 pub mod reaper;
 
