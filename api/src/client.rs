@@ -195,6 +195,13 @@ impl Client {
         self.send(self.http.delete(&url), &url).await.map(|_| ())
     }
 
+    /// Releases `node`'s lease only if it is still at `revision` (409 `revision_mismatch`
+    /// otherwise).
+    pub async fn release_if(&self, node: &str, revision: u64) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/leases/{node}?revision={revision}"));
+        self.send(self.http.delete(&url), &url).await.map(|_| ())
+    }
+
     /// Holds `subnet` for `owner` (an imported `legacy:...` range); `true` when newly reserved.
     pub async fn reserve(
         &self,

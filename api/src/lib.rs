@@ -8,7 +8,7 @@ pub mod server;
 pub mod types;
 
 pub use client::{Client, ClientError};
-pub use listener::{serve, ServeLimits, Trusted};
+pub use listener::{serve, Admission, Classify, ServeLimits};
 pub use server::{router, ApiOptions, EtcdMirrorStatus};
 pub use types::{
     AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, ErrorCode, EtcdMirrorJson,

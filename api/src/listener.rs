@@ -4,10 +4,11 @@
 //! - Header-read timeout: a connection that has not sent a complete request head within
 //!   [`ServeLimits::header_read_timeout`] is closed. Hyper arms the same timer while a
 //!   keep-alive connection waits for its next request, so it is the idle timeout too.
-//! - Connection caps: connections from trusted addresses (loopback, i.e. the local CLI, and
-//!   the cluster's members, i.e. Raft peers) count against their own reserved share, so a
-//!   flood from anywhere else cannot lock them out. Beyond its cap a connection is closed
-//!   at once.
+//! - Connection caps: connections from the cluster's members (Raft peers, forwarding) count
+//!   against a share reserved for them, so a flood from anywhere else cannot lock them out;
+//!   loopback (the local CLI, probes) is exempt from the caps, so a flood from loopback
+//!   cannot lock the CLI out either (it is bounded by the header-read timeout and the fd
+//!   limit). Beyond its cap a connection is closed at once.
 //! - Per-route body limits and request timeouts are tower layers on the router
 //!   ([`crate::server`]), not here.
 
@@ -29,10 +30,10 @@ use tokio::sync::Semaphore;
 pub struct ServeLimits {
     /// Time to send a complete request head (and the longest a keep-alive connection idles).
     pub header_read_timeout: Duration,
-    /// Open connections from addresses that are not trusted.
+    /// Open connections from other addresses.
     pub max_connections: usize,
-    /// Open connections from trusted addresses (loopback and members), reserved for them.
-    pub max_trusted_connections: usize,
+    /// Open connections from members, reserved for them.
+    pub max_peer_connections: usize,
     /// How long in-flight requests get to finish at shutdown.
     pub drain: Duration,
 }
@@ -42,30 +43,55 @@ impl Default for ServeLimits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
-            max_trusted_connections: 256,
+            max_peer_connections: 256,
             drain: Duration::from_secs(5),
         }
     }
 }
 
-/// Decides whether a client address gets the reserved share of connections.
-pub type Trusted = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
-
-/// Trusts loopback only (the local CLI and tests).
-pub fn loopback_only() -> Trusted {
-    Arc::new(|ip: IpAddr| ip.is_loopback())
+/// Which connection budget a client address draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Not counted (loopback: the local CLI and probes).
+    Exempt,
+    /// The share reserved for members.
+    Peer,
+    /// Everyone else.
+    Other,
 }
 
-/// Trusts loopback and the address of every member in `replica`'s membership (Raft peers).
-pub fn loopback_and_members(replica: Arc<evio_raft::Replica>) -> Trusted {
+/// Classifies a client address.
+pub type Classify = Arc<dyn Fn(IpAddr) -> Admission + Send + Sync>;
+
+/// Loopback exempt, everyone else counted (tests without members).
+pub fn loopback_exempt() -> Classify {
+    Arc::new(|ip: IpAddr| {
+        if ip.is_loopback() {
+            Admission::Exempt
+        } else {
+            Admission::Other
+        }
+    })
+}
+
+/// Loopback exempt; the address of every member in `replica`'s membership gets the peers'
+/// share.
+pub fn loopback_exempt_members_reserved(replica: Arc<evio_raft::Replica>) -> Classify {
     Arc::new(move |ip: IpAddr| {
-        ip.is_loopback()
-            || replica
-                .metrics()
-                .membership_config
-                .membership()
-                .nodes()
-                .any(|(_, node)| member_ip(&node.addr) == Some(ip))
+        if ip.is_loopback() {
+            return Admission::Exempt;
+        }
+        let is_member = replica
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(_, node)| member_ip(&node.addr) == Some(ip));
+        if is_member {
+            Admission::Peer
+        } else {
+            Admission::Other
+        }
     })
 }
 
@@ -80,11 +106,11 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServeLimits,
-    trusted: Trusted,
+    classify: Classify,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let general = Arc::new(Semaphore::new(limits.max_connections));
-    let reserved = Arc::new(Semaphore::new(limits.max_trusted_connections));
+    let reserved = Arc::new(Semaphore::new(limits.max_peer_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -105,12 +131,12 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let pool = if trusted(peer.ip()) {
-            &reserved
-        } else {
-            &general
+        let permit = match classify(peer.ip()) {
+            Admission::Exempt => Some(None),
+            Admission::Peer => reserved.clone().try_acquire_owned().ok().map(Some),
+            Admission::Other => general.clone().try_acquire_owned().ok().map(Some),
         };
-        let Ok(permit) = pool.clone().try_acquire_owned() else {
+        let Some(permit) = permit else {
             tracing::debug!(%peer, "connection cap reached; closing the new connection");
             continue;
         };
@@ -132,4 +158,29 @@ pub async fn serve(
         tracing::debug!("API connections still open after the drain time; closing them");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_exempt_and_others_are_counted() {
+        let classify = loopback_exempt();
+        for ip in ["127.0.0.1", "127.0.0.2", "::1"] {
+            let ip: IpAddr = ip
+                .parse()
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            assert_eq!(classify(ip), Admission::Exempt, "{ip}");
+        }
+        assert_eq!(
+            classify(IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 3, 7))),
+            Admission::Other
+        );
+        assert_eq!(
+            member_ip("10.10.0.2:7700"),
+            Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 10, 0, 2)))
+        );
+        assert_eq!(member_ip("edge-2:7700"), None);
+    }
 }

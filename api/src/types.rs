@@ -5,19 +5,26 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A lease as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseJson {
     pub node: String,
+    #[schema(value_type = String, example = "10.244.3.0/24")]
     pub subnet: Ipv4Network,
+    #[schema(value_type = String, format = Ipv4)]
     pub gateway: Ipv4Addr,
+    #[schema(value_type = String, format = Ipv4)]
     pub range_start: Ipv4Addr,
+    #[schema(value_type = String, format = Ipv4)]
     pub range_end: Ipv4Addr,
     #[serde(rename = "podCIDR")]
+    #[schema(value_type = String, example = "10.244.0.0/16")]
     pub pod_cidr: Ipv4Network,
     #[serde(rename = "hostIP")]
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub host_ip: Option<Ipv4Addr>,
     pub revision: u64,
     /// RFC 3339, UTC.
@@ -42,15 +49,16 @@ impl From<&evio_raft::Lease> for LeaseJson {
 }
 
 /// Optional body of `PUT /v1/leases/{node}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireBody {
     #[serde(rename = "hostIP", default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub host_ip: Option<Ipv4Addr>,
 }
 
 /// Every error response: a message for people and a stable code for programs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     pub code: ErrorCode,
@@ -58,7 +66,7 @@ pub struct ErrorBody {
 
 /// The stable code of every error the API answers with; each has one HTTP status. Clients
 /// match on these, not on statuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400: a node name (or `legacy:` owner) that is not valid.
@@ -95,6 +103,10 @@ pub enum ErrorCode {
     PoolMismatch,
     /// 409: a live member already has this name.
     DuplicateNodeName,
+    /// 409: `claim --from` names an owner that is not a `legacy:` range.
+    NotLegacyOwner,
+    /// 409: a conditional release whose revision is no longer the lease's.
+    RevisionMismatch,
     /// 429: too many linearizable reads without the token; `Retry-After` says when.
     RateLimited,
     /// 500: a bug or a broken data dir.
@@ -107,6 +119,9 @@ pub enum ErrorCode {
     NotReady,
     /// 503: Raft stopped on this member.
     RaftStopped,
+    /// 503 + `Retry-After`: a member with this name was heard from within the voter grace;
+    /// the admission waits rather than evict it.
+    MemberRecentlyHeard,
     /// 503 + `Retry-After`: the request did not complete within the route's timeout.
     Timeout,
     /// A code this client does not know (a newer server).
@@ -125,12 +140,13 @@ impl ErrorCode {
             ClusterMismatch => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
-            BlockTaken | HoldsOtherLease | PoolExhausted | PoolMismatch | DuplicateNodeName => 409,
+            BlockTaken | HoldsOtherLease | PoolExhausted | PoolMismatch | DuplicateNodeName
+            | NotLegacyOwner | RevisionMismatch => 409,
             PayloadTooLarge => 413,
             WrongNode => 421,
             RateLimited => 429,
             Internal | Unknown => 500,
-            NoQuorum | NotLeader | NotReady | RaftStopped | Timeout => 503,
+            NoQuorum | NotLeader | NotReady | RaftStopped | MemberRecentlyHeard | Timeout => 503,
         }
     }
 
@@ -140,7 +156,7 @@ impl ErrorCode {
         use ErrorCode::*;
         matches!(
             self,
-            RateLimited | NoQuorum | NotLeader | NotReady | Timeout
+            RateLimited | NoQuorum | NotLeader | NotReady | MemberRecentlyHeard | Timeout
         )
     }
 
@@ -164,12 +180,15 @@ impl ErrorCode {
             PoolExhausted => "pool_exhausted",
             PoolMismatch => "pool_mismatch",
             DuplicateNodeName => "duplicate_node_name",
+            NotLegacyOwner => "not_legacy_owner",
+            RevisionMismatch => "revision_mismatch",
             RateLimited => "rate_limited",
             Internal => "internal",
             NoQuorum => "no_quorum",
             NotLeader => "not_leader",
             NotReady => "not_ready",
             RaftStopped => "raft_stopped",
+            MemberRecentlyHeard => "member_recently_heard",
             Timeout => "timeout",
             Unknown => "unknown",
         }
@@ -182,7 +201,7 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberJson {
     pub id: u64,
@@ -192,7 +211,7 @@ pub struct MemberJson {
     pub role: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterJson {
     pub node_id: u64,
@@ -201,6 +220,7 @@ pub struct ClusterJson {
     pub term: u64,
     pub last_applied: Option<u64>,
     #[serde(rename = "podCIDR")]
+    #[schema(value_type = String, example = "10.244.0.0/16")]
     pub pod_cidr: Ipv4Network,
     pub node_bits: u8,
     /// True while a membership change (joint configuration) is in flight.
@@ -213,7 +233,7 @@ pub struct ClusterJson {
 }
 
 /// The etcd mirror as `GET /v1/cluster` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdMirrorJson {
     pub endpoints: Vec<String>,
@@ -236,22 +256,23 @@ pub struct EtcdMirrorJson {
 }
 
 /// Body of `POST /v1/reservations`: hold a block for an imported range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReserveBody {
     pub owner: String,
+    #[schema(value_type = String, example = "10.244.3.0/24")]
     pub subnet: Ipv4Network,
 }
 
 /// Body of `POST /v1/leases/{node}/claim`: take over a reserved range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimBody {
     pub from: String,
 }
 
 /// Read consistency, `?consistency=local|linearizable`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Consistency {
     /// From this member's replica; never waits on the network.

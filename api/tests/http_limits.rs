@@ -1,13 +1,13 @@
 //! The listener and router limits of issue 14 items 1–3, over real TCP on loopback against a
 //! real single-member replica: slow and idle connections are closed, the connection cap keeps
-//! a share for trusted addresses, bodies are bounded per route, metrics labels are bounded
+//! a share for members, bodies are bounded per route, metrics labels are bounded
 //! and reads without the token cannot pile up linearizable barriers.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use evio_api::{ErrorBody, ServeLimits};
+use evio_api::{Admission, ErrorBody, ServeLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -15,18 +15,25 @@ mod common;
 
 use common::{pool, Member};
 
-/// The "peer" address of these tests: trusted like a Raft member (loopback itself is not).
+/// The "member" address of these tests: it gets the peers' reserved share; every other
+/// loopback address counts as an outsider here (in production loopback is exempt).
 const PEER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
 async fn start(limits: ServeLimits) -> Member {
-    let trusted: evio_api::Trusted = Arc::new(|ip: IpAddr| ip == IpAddr::V4(PEER));
+    let classify: evio_api::Classify = Arc::new(|ip: IpAddr| {
+        if ip == IpAddr::V4(PEER) {
+            Admission::Peer
+        } else {
+            Admission::Other
+        }
+    });
     let member = Member::start_limited(
         "limits",
         pool("10.244.0.0/16", 8),
         Default::default(),
         Default::default(),
         limits,
-        trusted,
+        classify,
     )
     .await;
     member
@@ -85,7 +92,7 @@ fn error_code(body: &str) -> String {
 }
 
 /// Thousands of connections that send half a request head are closed by the header-read
-/// timeout; while they are open, the API still answers a trusted peer (Raft RPC included),
+/// timeout; while they are open, the API still answers a member (Raft RPC included),
 /// and a keep-alive connection left idle is closed too.
 #[tokio::test]
 async fn slow_and_idle_connections_are_closed_while_peers_are_served() {
@@ -93,7 +100,7 @@ async fn slow_and_idle_connections_are_closed_while_peers_are_served() {
     let server = start(ServeLimits {
         header_read_timeout: timeout,
         max_connections: 1000,
-        max_trusted_connections: 64,
+        max_peer_connections: 64,
         ..Default::default()
     })
     .await;
@@ -111,7 +118,7 @@ async fn slow_and_idle_connections_are_closed_while_peers_are_served() {
     }
     assert!(slow.len() >= 2000, "only {} connections opened", slow.len());
 
-    // A trusted peer still gets the API and Raft RPC (a wrong-target RPC is refused by the
+    // A member still gets the API and Raft RPC (a wrong-target RPC is refused by the
     // Raft layer, which proves it was served) while the flood is open.
     let peer = http(Some(PEER));
     let response = peer
@@ -164,14 +171,14 @@ async fn slow_and_idle_connections_are_closed_while_peers_are_served() {
     server.shutdown().await;
 }
 
-/// Past the cap, new untrusted connections are closed at once, and a trusted address
-/// (a member, or loopback in production) still gets in through its reserved share.
+/// Past the cap, new connections from outsiders are closed at once, and a member still
+/// gets in through its reserved share.
 #[tokio::test]
-async fn connection_cap_keeps_a_share_for_trusted_peers() {
+async fn connection_cap_keeps_a_share_for_members() {
     let server = start(ServeLimits {
         header_read_timeout: Duration::from_secs(60),
         max_connections: 50,
-        max_trusted_connections: 8,
+        max_peer_connections: 8,
         ..Default::default()
     })
     .await;
@@ -200,9 +207,9 @@ async fn connection_cap_keeps_a_share_for_trusted_peers() {
         .get(format!("{}/healthz", server.base))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("trusted peer over the cap: {e}"));
+        .unwrap_or_else(|e| panic!("member over the cap: {e}"));
     assert_eq!(response.status(), 200);
-    // Once the held connections go, untrusted clients are served again.
+    // Once the held connections go, outsiders are served again.
     drop(held);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let response = http(None)
@@ -301,9 +308,9 @@ async fn bodies_are_bounded_per_route() {
         error_code(&response.text().await.unwrap_or_default()),
         "body_not_allowed"
     );
-    // 3 MiB of JSON whitespace then garbage: read in full and refused as a bad RPC body,
-    // not as too large.
-    let mut chunk = vec![b' '; 3 << 20];
+    // Nearly the Raft body limit (2 MiB: a 1 MiB snapshot chunk or an append batch) of JSON
+    // whitespace then garbage: read in full and refused as a bad RPC body, not as too large.
+    let mut chunk = vec![b' '; evio_raft::network::RPC_BODY_LIMIT - 1024];
     chunk.extend_from_slice(b"{\"not\": \"an rpc\"}");
     let me = server.replica.node_id().to_string();
     let mut request = client

@@ -32,7 +32,7 @@ impl ShutdownSignals {
 }
 
 /// Spawns the API server on `listener` with the listener limits (header-read timeout,
-/// connection caps with a share reserved for loopback and the members); it stops accepting
+/// connection caps with a share reserved for the members, loopback exempt); it stops accepting
 /// when `shutdown` resolves.
 pub fn spawn_api(
     listener: TcpListener,
@@ -41,12 +41,12 @@ pub fn spawn_api(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let app = evio_api::router(replica.clone(), options);
-    let trusted = evio_api::listener::loopback_and_members(replica);
+    let classify = evio_api::listener::loopback_exempt_members_reserved(replica);
     tokio::spawn(evio_api::serve(
         listener,
         app,
         evio_api::ServeLimits::default(),
-        trusted,
+        classify,
         shutdown,
     ))
 }

@@ -391,3 +391,79 @@ async fn the_daemon_writes_and_keeps_its_conflist() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The DaemonSet's sequence (deploy/daemonset.yaml: init container `config-gen` with its
+/// flags — no `--join`, `--no-lease-ok` — then `evio-node run --net-conf --cni-conf-dir`) on
+/// a node that is a member of its cluster but holds no lease, while no other member is
+/// reachable (a whole-cluster restart): the init step exits 0 writing nothing, so the daemon
+/// starts; once the cluster is reachable the daemon gets the lease and writes the conflist,
+/// with nobody acting. Without `--no-lease-ok` the init step fails (the node would wait for
+/// members that themselves wait in their init step).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_init_sequence_never_blocks_a_node_whose_cluster_is_unreachable_at_first() {
+    let cluster = Cluster::new();
+    let (addr_a, addr_x) = (free_addr(), free_addr());
+    // x joins a's cluster without ever taking a lease, then the whole cluster goes down.
+    let mut a = cluster.start("a", &addr_a, &[], &[]);
+    let mut x = cluster.start("x", &addr_x, &[&addr_a], &[]);
+    a.proc.signal(Signal::SIGKILL);
+    x.proc.signal(Signal::SIGKILL);
+    drop((a, x));
+    let net_conf = cluster.path("net-conf.json");
+    std::fs::write(
+        &net_conf,
+        ORIGINAL_NET_CONF.replace("\"bridgeType\":\"OVS\"", "\"bridgeType\":\"LXBR\""),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let conflist = cluster.path("net.d/10-evio.conflist");
+
+    // The init container, as the DaemonSet runs it (no --join: nobody to ask).
+    let strict = config_gen(&cluster, "x", &cluster.path("x"), &[], &[]);
+    assert!(!strict.status.success(), "{}", stderr(&strict));
+    let init = config_gen(&cluster, "x", &cluster.path("x"), &[], &["--no-lease-ok"]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    assert!(
+        stderr(&init).contains("left to evio-node run"),
+        "{}",
+        stderr(&init)
+    );
+    assert!(!conflist.exists());
+
+    // The daemon starts (its replica says it is a member) while the cluster is unreachable.
+    let (net_conf, net_d) = (
+        net_conf.to_string_lossy().to_string(),
+        cluster.path("net.d").to_string_lossy().to_string(),
+    );
+    let x = cluster.start(
+        "x",
+        &addr_x,
+        &[&addr_a],
+        &["--net-conf", &net_conf, "--cni-conf-dir", &net_d],
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!conflist.exists(), "a conflist without a lease");
+
+    // The cluster comes back: the conflist follows, with nobody acting.
+    let a = cluster.start("a", &addr_a, &[&addr_x], &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !conflist.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no conflist once the cluster is back:\n{}\n---\n{}",
+            x.proc.logs(),
+            a.proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lease = x
+        .client()
+        .get_lease("x", evio_api::Consistency::Local)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no lease for x"));
+    assert_eq!(
+        read_conflist(&cluster)["plugins"][0]["nodeSubnet"],
+        lease.subnet.to_string()
+    );
+    x.proc.assert_no_panics();
+}

@@ -7,7 +7,8 @@
 //!   conflist dir, data dir, OVSDB socket, host-local state, CNI bin dir);
 //! - the container build copies binaries and files that exist, and the install script
 //!   installs every plugin the conflist names, atomically;
-//! - the DaemonSet's shell scripts bootstrap only once and run config-gen only with a replica;
+//! - no node is named to bootstrap (the cluster record decides) and the init script runs
+//!   config-gen only with a replica;
 //! - `kubectl kustomize deploy/` (with and without the etcd-mirror component) renders a
 //!   complete, valid install, and refuses to without a cluster token.
 //!
@@ -617,6 +618,7 @@ fn container_build_matches_the_workspace_and_the_daemonset() {
         for c in containers(&ds) {
             let command = strings(&c["command"]).join(" ");
             let execs_known_path = command.starts_with("/usr/local/bin/evio-install-cni ")
+                || command.starts_with("/usr/local/bin/evio-node ")
                 || command.contains("exec /usr/local/bin/evio-node ");
             assert!(execs_known_path, "{}: runs {command:?}", c["name"]);
             assert_eq!(
@@ -704,18 +706,16 @@ fn scripts_recognise_a_data_dir_that_belongs_to_a_cluster() {
     let Some(tools) = py_tools() else { return };
     const CHECK: &str = "grep -qs '\"clusterId\"' /var/lib/evio/identity.json";
     let ds = daemonset(&tools);
-    for name in ["config-gen", "evio-node"] {
-        let container = containers(&ds)
-            .into_iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no container {name}"));
-        assert!(
-            strings(&container["command"])
-                .iter()
-                .any(|w| w.contains(CHECK)),
-            "{name}: the script's cluster check changed: update this test"
-        );
-    }
+    let container = containers(&ds)
+        .into_iter()
+        .find(|c| c["name"] == "config-gen")
+        .unwrap_or_else(|| panic!("no container config-gen"));
+    assert!(
+        strings(&container["command"])
+            .iter()
+            .any(|w| w.contains(CHECK)),
+        "config-gen: the script's cluster check changed: update this test"
+    );
     let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let pool = evio_raft::pool::Pool::parse("10.244.0.0/16", 8).unwrap_or_else(|e| panic!("{e}"));
     let belongs = || {
@@ -735,31 +735,61 @@ fn scripts_recognise_a_data_dir_that_belongs_to_a_cluster() {
     assert!(belongs(), "a data dir with a cluster id belongs to it");
 }
 
-/// The DaemonSet's scripts, run by sh with `echo` in place of evio-node and a scratch data dir:
-/// `--bootstrap` is added only on the bootstrap node and only while its data dir belongs to no
-/// cluster (also when the ConfigMap key is absent: the env var is then unset); config-gen runs
-/// only once the data dir belongs to a cluster, and a first start passes without it.
+/// No node is named to create the cluster: evio-node runs with `--kubernetes` (the cluster
+/// record decides, in the pod's namespace) and never with `--bootstrap`, and the ConfigMap has
+/// no `bootstrap-node`. The init container's script, run by sh with `echo` in place of
+/// evio-node and a scratch data dir: config-gen runs only once the data dir belongs to a
+/// cluster, and a first start passes without it.
 #[test]
-fn daemonset_scripts_bootstrap_once_and_config_gen_only_with_a_replica() {
+fn daemonset_names_no_bootstrap_node_and_runs_config_gen_only_with_a_replica() {
     let Some(tools) = py_tools() else { return };
     let ds = daemonset(&tools);
+    let main = containers(&ds)
+        .into_iter()
+        .find(|c| c["name"] == "evio-node")
+        .unwrap_or_else(|| panic!("no container evio-node"));
+    let words: Vec<String> = strings(&main["command"])
+        .into_iter()
+        .chain(strings(&main["args"]))
+        .collect();
+    assert!(words.iter().any(|w| w == "--kubernetes"), "{words:?}");
+    assert!(!words.iter().any(|w| w.contains("bootstrap")), "{words:?}");
+    let namespace = main["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == "POD_NAMESPACE")
+        .unwrap_or_else(|| panic!("no POD_NAMESPACE: {}", main["env"]));
+    assert_eq!(
+        namespace["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    let configmap =
+        std::fs::read_to_string(deploy().join("configmap.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!configmap.contains("bootstrap-node:"), "{configmap}");
+
     let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let data = scratch.path().join("evio");
     std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
-    let script_of = |name: &str| -> String {
-        let c = containers(&ds)
-            .into_iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no container {name}"));
-        strings(&c["command"])[2]
-            .replace("/usr/local/bin/evio-node", "echo evio-node")
-            .replace("/var/lib/evio", &data.to_string_lossy())
-    };
-    let run = |script: &str, env: &[(&str, &str)]| -> String {
+    let c = containers(&ds)
+        .into_iter()
+        .find(|c| c["name"] == "config-gen")
+        .unwrap_or_else(|| panic!("no container config-gen"));
+    // The init step never blocks the node: without a lease it leaves the conflist to the
+    // daemon (node/tests/config_gen.rs runs this sequence with the cluster down at first).
+    assert!(
+        strings(&c["args"]).iter().any(|a| a == "--no-lease-ok"),
+        "{}",
+        c["args"]
+    );
+    let config_gen = strings(&c["command"])[2]
+        .replace("/usr/local/bin/evio-node", "echo evio-node")
+        .replace("/var/lib/evio", &data.to_string_lossy());
+    let run = |script: &str| -> String {
         let out = Command::new("sh")
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
-            .envs(env.iter().copied())
+            .env("NODE_NAME", "edge-1")
             .args(["-c", script, "sh", "--data-dir=/var/lib/evio"])
             .output()
             .unwrap_or_else(|e| panic!("sh: {e}"));
@@ -770,19 +800,7 @@ fn daemonset_scripts_bootstrap_once_and_config_gen_only_with_a_replica() {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let main = script_of("evio-node");
-    let config_gen = script_of("config-gen");
-    let first = [("NODE_NAME", "edge-1"), ("EVIO_BOOTSTRAP_NODE", "edge-1")];
-    let other = [("NODE_NAME", "edge-2"), ("EVIO_BOOTSTRAP_NODE", "edge-1")];
-    let unset = [("NODE_NAME", "edge-1")];
-
-    assert_eq!(
-        run(&main, &first),
-        "evio-node run --bootstrap --data-dir=/var/lib/evio"
-    );
-    assert_eq!(run(&main, &other), "evio-node run --data-dir=/var/lib/evio");
-    assert_eq!(run(&main, &unset), "evio-node run --data-dir=/var/lib/evio");
-    let skipped = run(&config_gen, &first);
+    let skipped = run(&config_gen);
     assert!(!skipped.contains("evio-node config-gen"), "{skipped}");
 
     let pool = evio_raft::pool::Pool::parse("10.244.0.0/16", 8).unwrap_or_else(|e| panic!("{e}"));
@@ -790,12 +808,7 @@ fn daemonset_scripts_bootstrap_once_and_config_gen_only_with_a_replica() {
     dir.set_cluster_id("c0ffee")
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        run(&main, &first),
-        "evio-node run --data-dir=/var/lib/evio",
-        "bootstrap twice"
-    );
-    assert_eq!(
-        run(&config_gen, &first),
+        run(&config_gen),
         "evio-node config-gen --data-dir=/var/lib/evio"
     );
 }
@@ -876,6 +889,8 @@ fn kustomize_renders_a_complete_install() {
         "ServiceAccount/\"evio\"",
         "ClusterRole/\"evio\"",
         "ClusterRoleBinding/\"evio\"",
+        "Role/\"evio\"",
+        "RoleBinding/\"evio\"",
         "ConfigMap/\"evio-config\"",
         "Secret/\"evio-cluster-token\"",
         "Service/\"evio\"",

@@ -435,3 +435,147 @@ fn leader_addr(cluster: &evio_api::ClusterJson, leader: &str) -> String {
         .map(|m| m.addr.clone())
         .unwrap_or_default()
 }
+
+/// Three nodes of a fresh install start at the same moment with `--kubernetes
+/// --join-from-kubernetes` and no `--bootstrap`: the create-if-absent ConfigMap
+/// `evio-cluster` lets exactly one of them create the cluster, the others join it. Then the
+/// bootstrapper's data dir is wiped: it joins the same cluster again (a new node id) instead
+/// of creating a second one, and an explicit `--bootstrap` on another wiped node is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_at_once_create_one_cluster_and_a_wiped_bootstrapper_joins() {
+    let env = Env::new();
+    let names = ["kb-a", "kb-b", "kb-c"];
+    for name in names {
+        env.kube.add_node(name);
+    }
+    let auto = ["--kubernetes", "--join-from-kubernetes", "--voters", "3"];
+    let addrs: Vec<String> = names.iter().map(|_| free_addr()).collect();
+    let barrier = std::sync::Barrier::new(names.len());
+    let mut procs: Vec<Proc> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .iter()
+            .zip(&addrs)
+            .map(|(name, addr)| {
+                let (env, barrier) = (&env, &barrier);
+                scope.spawn(move || {
+                    let cmd = {
+                        let mut cmd = env.command(name, addr, &auto);
+                        cmd.args(["--node-name", name]);
+                        cmd
+                    };
+                    barrier.wait();
+                    Proc::spawn(cmd).unwrap_or_else(|e| panic!("{name}: {e}"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| panic!("a starter thread panicked"))
+            })
+            .collect()
+    });
+    let all_logs = |procs: &[Proc]| {
+        procs
+            .iter()
+            .map(Proc::logs)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let bootstrappers: Vec<usize> = (0..procs.len())
+        .filter(|&i| procs[i].logs().contains("bootstrapped a new cluster"))
+        .collect();
+    assert_eq!(bootstrappers.len(), 1, "{}", all_logs(&procs));
+    let (created, conflicts) = env.kube.config_map_creates();
+    assert_eq!(
+        (created, conflicts),
+        (1, 2),
+        "one record per install, the others refused with 409 AlreadyExists"
+    );
+    let record = env
+        .kube
+        .config_map("kube-system", "evio-cluster")
+        .unwrap_or_else(|| panic!("no cluster record"));
+    let first = bootstrappers[0];
+    assert_eq!(record["data"]["bootstrap-node"], names[first], "{record}");
+
+    // One cluster of three, the same cluster id in every data dir.
+    let client = |i: usize| procs[i].client(Some(TOKEN));
+    // Three voters, so that losing the bootstrapper (the first leader) keeps a quorum.
+    let cluster = eventually(
+        "three voters",
+        || all_logs(&procs),
+        || async {
+            let c = client(0).cluster().await.ok()?;
+            let voters = c
+                .members
+                .iter()
+                .filter(|m| m.role == "voter" || m.role == "leader")
+                .count();
+            (voters == 3).then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(cluster.members.len(), 3);
+    // The cluster id each member recorded in its data dir.
+    let cluster_id_of = |name: &str| -> Option<String> {
+        let path = env.dir.path().join(name).join("identity.json");
+        let identity: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        identity["clusterId"].as_str().map(str::to_string)
+    };
+    let cluster_id = cluster_id_of(names[first]).unwrap_or_else(|| panic!("no cluster id"));
+    for name in names {
+        let id = eventually(
+            "the cluster id recorded",
+            || all_logs(&procs),
+            || async { cluster_id_of(name) },
+        )
+        .await;
+        assert_eq!(id, cluster_id, "{name}");
+    }
+    eventually(
+        "the cluster id in the record",
+        || all_logs(&procs),
+        || async {
+            let record = env.kube.config_map("kube-system", "evio-cluster")?;
+            (record["data"]["cluster-id"].as_str() == Some(cluster_id.as_str())).then_some(())
+        },
+    )
+    .await;
+
+    // The bootstrapper loses its data dir: it must join, not create a second cluster.
+    procs[first].signal(Signal::SIGKILL);
+    std::fs::remove_dir_all(env.dir.path().join(names[first])).unwrap_or_else(|e| panic!("{e}"));
+    let rejoined = env.start(names[first], &free_addr(), &auto);
+    assert!(
+        !rejoined.logs().contains("bootstrapped a new cluster"),
+        "{}",
+        rejoined.logs()
+    );
+    assert_eq!(
+        cluster_id_of(names[first]).as_deref(),
+        Some(cluster_id.as_str()),
+        "{}",
+        rejoined.logs()
+    );
+    assert_eq!(env.kube.config_map_creates().0, 1);
+
+    // An explicit --bootstrap on a wiped node of this install is refused, naming the record.
+    let other = (first + 1) % names.len();
+    procs[other].signal(Signal::SIGKILL);
+    std::fs::remove_dir_all(env.dir.path().join(names[other])).unwrap_or_else(|e| panic!("{e}"));
+    let out = env
+        .command(names[other], &free_addr(), &["--kubernetes", "--bootstrap"])
+        .args(["--node-name", names[other]])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--bootstrap refused") && stderr.contains("evio-cluster"),
+        "{stderr}"
+    );
+    rejoined.assert_no_panics();
+}

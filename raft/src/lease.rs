@@ -23,12 +23,15 @@ pub enum LeaseCommand {
         /// Unix milliseconds, set by the proposer.
         at: u64,
     },
-    /// Return `node`'s block to the pool; a no-op when it holds none.
+    /// Return `node`'s block to the pool; a no-op when it holds none. With `if_revision`,
+    /// only when the lease is still at that revision (a stale release is refused).
     #[serde(rename_all = "camelCase")]
     Release {
         node: String,
         request_id: String,
         at: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_revision: Option<u64>,
     },
     /// Hold `block` for `owner` (an imported range, `legacy:...`), so it is never handed to a
     /// node. Idempotent for the same owner and block; refused when the block is taken.
@@ -83,6 +86,18 @@ pub enum Refusal {
     /// The claimed lease does not exist.
     #[serde(rename_all = "camelCase")]
     NoSuchLease { owner: String },
+    /// A claim names an owner that is not an imported `legacy:` range (a node's lease is
+    /// never taken from it). Decided by the proposer, never in the log: older logs may hold
+    /// such claims and must replay as they were applied.
+    #[serde(rename_all = "camelCase")]
+    NotLegacyOwner { owner: String },
+    /// A conditional release named a revision the lease is no longer at.
+    #[serde(rename_all = "camelCase")]
+    RevisionMismatch {
+        owner: String,
+        expected: u64,
+        actual: u64,
+    },
 }
 
 /// One node's lease as stored: the block index plus bookkeeping. The subnet and addresses are
@@ -337,6 +352,27 @@ impl LeaseTable {
                     Change::Put(record),
                 )
             }
+            LeaseCommand::Release {
+                node,
+                if_revision: Some(expected),
+                ..
+            } if self
+                .by_node
+                .get(node)
+                .is_some_and(|r| r.revision != *expected) =>
+            {
+                let actual = self.by_node.get(node).map_or(0, |r| r.revision);
+                (
+                    LeaseOutcome::Refused {
+                        reason: Refusal::RevisionMismatch {
+                            owner: node.clone(),
+                            expected: *expected,
+                            actual,
+                        },
+                    },
+                    Change::Unchanged,
+                )
+            }
             LeaseCommand::Release { node, .. } => match self.by_node.remove(node) {
                 Some(record) => {
                     self.free.give_back(record.block);
@@ -516,7 +552,55 @@ mod tests {
             node: node.into(),
             request_id: format!("rel-{node}"),
             at: 1_700_000_000_001,
+            if_revision: None,
         }
+    }
+
+    #[test]
+    fn a_conditional_release_needs_the_current_revision() {
+        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
+        t.apply(&acquire("a"), 5);
+        let stale = LeaseCommand::Release {
+            node: "a".into(),
+            request_id: "r".into(),
+            at: 1,
+            if_revision: Some(4),
+        };
+        let (o, change) = t.apply(&stale, 6);
+        assert!(
+            matches!(
+                o,
+                LeaseOutcome::Refused {
+                    reason: Refusal::RevisionMismatch {
+                        expected: 4,
+                        actual: 5,
+                        ..
+                    }
+                }
+            ),
+            "{o:?}"
+        );
+        assert!(matches!(change, Change::Unchanged));
+        assert!(t.get("a").is_some());
+        let current = LeaseCommand::Release {
+            node: "a".into(),
+            request_id: "r2".into(),
+            at: 2,
+            if_revision: Some(5),
+        };
+        let (o, _) = t.apply(&current, 7);
+        assert_eq!(o, LeaseOutcome::Released { existed: true });
+        // A release logged by earlier versions (no ifRevision) still reads and applies.
+        let old: LeaseCommand =
+            serde_json::from_str(r#"{"op":"release","node":"a","requestId":"x","at":1}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            old,
+            LeaseCommand::Release {
+                if_revision: None,
+                ..
+            }
+        ));
     }
 
     fn acquired_block(outcome: &LeaseOutcome) -> (u32, bool) {

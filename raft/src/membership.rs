@@ -48,6 +48,15 @@ pub enum AdmitError {
         id: NodeId,
         addr: String,
     },
+    /// The name's member does not answer now, but the leader heard from it within the
+    /// voter grace: a partition or a pause, not a node back with a wiped disk. Retry later.
+    #[error("node name {name:?} belongs to member {id} at {addr}, which the leader heard from less than {grace:?} ago (--voter-grace); not replacing it yet")]
+    RecentlyHeard {
+        name: String,
+        id: NodeId,
+        addr: String,
+        grace: Duration,
+    },
     #[error(transparent)]
     Request(#[from] RequestError),
 }
@@ -96,12 +105,26 @@ impl Replica {
             if node.name != join.name || *id == join.node_id {
                 continue;
             }
-            if self.probe_node_id(&node.addr).await == Some(*id) {
+            let answered = self.probe_node_id(&node.addr).await;
+            if answered == Some(*id) {
                 return Err(AdmitError::DuplicateName {
                     name: join.name.clone(),
                     id: *id,
                     addr: node.addr.clone(),
                 });
+            }
+            // The joiner itself answers at the old member's address: that member is gone
+            // from it (a node back with a wiped disk). Otherwise silence alone must outlast
+            // the voter grace, as for replacing a voter.
+            if answered != Some(join.node_id) {
+                if let Some(grace) = self.heard_within_grace(*id) {
+                    return Err(AdmitError::RecentlyHeard {
+                        name: join.name.clone(),
+                        id: *id,
+                        addr: node.addr.clone(),
+                        grace,
+                    });
+                }
             }
             tracing::info!(old_id = id, new_id = join.node_id, name = %join.name, "member returned under a new id; removing the old id");
             let is_voter = membership.voter_ids().any(|v| v == *id);
@@ -197,6 +220,7 @@ impl MembershipController {
         let metrics = replica.metrics();
         if metrics.current_leader != Some(replica.node_id()) {
             self.last_seen.clear();
+            replica.set_liveness(self.grace, &self.last_seen);
             return Ok(());
         }
         let membership = metrics.membership_config.membership().clone();
@@ -221,6 +245,7 @@ impl MembershipController {
         self.last_seen.insert(replica.node_id(), now);
         self.last_seen
             .retain(|id, _| membership.get_node(id).is_some());
+        replica.set_liveness(self.grace, &self.last_seen);
 
         let leader_last = metrics.last_log_index.unwrap_or(0);
         let matched = |id: &NodeId| {

@@ -2,12 +2,12 @@
 //! two ways to touch leases — local reads that never leave the node, and writes/linearizable
 //! reads that go through the Raft leader.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
@@ -15,7 +15,7 @@ use openraft::{Config, SnapshotPolicy};
 
 use crate::data_dir::{random_hex, DataDir, DataDirError};
 use crate::lease::{validate_node_name, Lease, LeaseCommand, LeaseOutcome, NodeNameError, Refusal};
-use crate::legacy::validate_owner;
+use crate::legacy::{is_legacy_owner, validate_owner};
 use crate::network::{HttpNetwork, PeerHttp, SNAPSHOT_CHUNK_BYTES};
 use crate::pool::Pool;
 use crate::store::{self, LocalView, StoreError};
@@ -121,6 +121,16 @@ fn describe_refusal(refusal: &Refusal) -> String {
             format!("{owner} already holds another block ({block})")
         }
         Refusal::NoSuchLease { owner } => format!("{owner} holds no lease"),
+        Refusal::RevisionMismatch {
+            owner,
+            expected,
+            actual,
+        } => format!(
+            "the lease of {owner} is at revision {actual}, not {expected}: it changed since it was read"
+        ),
+        Refusal::NotLegacyOwner { owner } => format!(
+            "{owner:?} is not an imported range (legacy:<rangeStart>-<rangeEnd>): a node's lease is never claimed from it"
+        ),
     }
 }
 
@@ -137,6 +147,9 @@ pub struct Replica {
     /// Snapshot bytes received from leaders: a joining member's progress before its first
     /// snapshot is installed.
     snapshot_bytes: AtomicU64,
+    /// While leader: the voter grace and when each member last answered (or was first
+    /// tracked), kept by the membership controller, read by admissions.
+    liveness: Mutex<(Duration, HashMap<NodeId, Instant>)>,
 }
 
 /// How long one snapshot chunk RPC may take. Real snapshots over edge links take longer than
@@ -223,6 +236,7 @@ impl Replica {
             committed_at_open,
             request_timeout: config.request_timeout,
             snapshot_bytes: AtomicU64::new(0),
+            liveness: Mutex::new((Duration::ZERO, HashMap::new())),
         }))
     }
 
@@ -297,6 +311,24 @@ impl Replica {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// Records the controller's view of when members last answered (see [`Self::heard_within_grace`]).
+    pub(crate) fn set_liveness(&self, grace: Duration, last_seen: &HashMap<NodeId, Instant>) {
+        let mut liveness = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        *liveness = (grace, last_seen.clone());
+    }
+
+    /// `Some(grace)` unless this leader has tracked `id` for longer than the voter grace
+    /// without an answer: a member is only given up after the grace, never on one failed
+    /// probe (a partition would otherwise hand its name, and subnet, to a second host).
+    pub(crate) fn heard_within_grace(&self, id: NodeId) -> Option<Duration> {
+        let liveness = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        let (grace, last_seen) = &*liveness;
+        match last_seen.get(&id) {
+            Some(seen) if seen.elapsed() > *grace => None,
+            _ => Some(*grace),
+        }
     }
 
     /// Counts snapshot bytes received (the Raft RPC server calls this per chunk).
@@ -426,10 +458,15 @@ impl Replica {
         self.expand(outcome)
     }
 
-    /// Gives `from`'s block to `node` (which must hold no lease).
+    /// Gives `from`'s block (an imported `legacy:` range) to `node` (which must hold no lease).
     pub async fn claim(&self, node: &str, from: &str) -> Result<Lease, RequestError> {
         validate_node_name(node)?;
         validate_owner(from)?;
+        if !is_legacy_owner(from) {
+            return Err(RequestError::Refused(Refusal::NotLegacyOwner {
+                owner: from.to_string(),
+            }));
+        }
         let outcome = self
             .write(LeaseCommand::Claim {
                 node: node.to_string(),
@@ -444,16 +481,29 @@ impl Replica {
     /// Returns `node`'s block to the pool (a node or a `legacy:...` owner). Ok(false) when it
     /// held none.
     pub async fn release(&self, node: &str) -> Result<bool, RequestError> {
+        self.release_if(node, None).await
+    }
+
+    /// Like [`Self::release`]; with `if_revision`, refused (nothing changes) unless the lease
+    /// is still at that revision, so a release decided on a stale read cannot free a lease
+    /// given out again since.
+    pub async fn release_if(
+        &self,
+        node: &str,
+        if_revision: Option<u64>,
+    ) -> Result<bool, RequestError> {
         validate_owner(node)?;
         let outcome = self
             .write(LeaseCommand::Release {
                 node: node.to_string(),
                 request_id: request_id(),
                 at: unix_millis(),
+                if_revision,
             })
             .await?;
         match outcome {
             LeaseOutcome::Released { existed } => Ok(existed),
+            LeaseOutcome::Refused { reason } => Err(RequestError::Refused(reason)),
             other => Err(RequestError::Fatal(format!("unexpected outcome {other:?}"))),
         }
     }

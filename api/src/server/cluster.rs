@@ -9,6 +9,7 @@ use evio_raft::{JoinRequest, JoinResponse};
 
 use super::errors::{parse_body, ApiError};
 use super::ApiState;
+use crate::types::ErrorBody;
 use crate::types::{ClusterJson, ErrorCode, EtcdMirrorJson, MemberJson};
 
 /// The mirror's state with the lag computed now, so it is never stale.
@@ -29,6 +30,8 @@ pub fn etcd_mirror_now(state: &ApiState) -> Option<EtcdMirrorJson> {
     Some(json)
 }
 
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    responses((status = 200, description = "leader, term, members as this member sees them", body = ClusterJson)))]
 pub(super) async fn status(State(state): State<ApiState>) -> Json<ClusterJson> {
     let replica = &state.replica;
     let metrics = replica.metrics();
@@ -66,6 +69,8 @@ pub(super) async fn status(State(state): State<ApiState>) -> Json<ClusterJson> {
     })
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "cluster",
+    responses((status = 200, description = "Raft runs", body = Object), (status = 503, description = "`raft_stopped`", body = ErrorBody)))]
 pub(super) async fn healthz(State(state): State<ApiState>) -> Response {
     match &state.replica.metrics().running_state {
         Ok(()) => (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response(),
@@ -75,6 +80,8 @@ pub(super) async fn healthz(State(state): State<ApiState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "cluster",
+    responses((status = 200, description = "in a cluster and caught up", body = Object), (status = 503, description = "`not_ready`", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait before retrying")))))]
 pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
     if state.replica.is_ready() {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
@@ -87,6 +94,8 @@ pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "cluster",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
 pub(super) async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let text = state
         .metrics
@@ -102,6 +111,11 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
         .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/cluster/join", tag = "cluster",
+    request_body(content = Object, description = "evio_raft::JoinRequest: the joining node's id, name, address and pool"),
+    responses((status = 200, description = "admitted (evio_raft::JoinResponse)", body = Object),
+        (status = 400, description = "`invalid_body`", body = ErrorBody), (status = 401, description = "`unauthorized`: missing or wrong cluster token", body = ErrorBody), (status = 409, description = "`pool_mismatch` or `duplicate_node_name`", body = ErrorBody), (status = 413, description = "`payload_too_large`", body = ErrorBody), (status = 503, description = "`no_quorum`, `not_leader` or `timeout`: retry later", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait before retrying")))),
+    security(("token" = [])))]
 pub(super) async fn join(
     State(state): State<ApiState>,
     body: Bytes,

@@ -71,6 +71,9 @@ impl From<AdmitError> for ApiError {
             AdmitError::DuplicateName { .. } => {
                 ApiError::new(ErrorCode::DuplicateNodeName, e.to_string())
             }
+            AdmitError::RecentlyHeard { .. } => {
+                ApiError::new(ErrorCode::MemberRecentlyHeard, e.to_string())
+            }
             AdmitError::Request(e) => e.into(),
         }
     }
@@ -103,6 +106,8 @@ impl From<RequestError> for ApiError {
                     Refusal::BlockTaken { .. } => ErrorCode::BlockTaken,
                     Refusal::OwnerHoldsOther { .. } => ErrorCode::HoldsOtherLease,
                     Refusal::NoSuchLease { .. } => ErrorCode::NotFound,
+                    Refusal::NotLegacyOwner { .. } => ErrorCode::NotLegacyOwner,
+                    Refusal::RevisionMismatch { .. } => ErrorCode::RevisionMismatch,
                 };
                 ApiError::new(code, e.to_string())
             }

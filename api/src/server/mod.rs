@@ -13,6 +13,7 @@ pub mod errors;
 mod forwarding;
 mod guards;
 mod leases;
+pub mod openapi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,11 +44,9 @@ pub struct ApiState {
 }
 
 /// Body limits: lease and join bodies are small JSON documents; Raft RPC carries log entries
-/// and snapshot chunks. openraft sends snapshots in chunks of at most
-/// `snapshot_max_chunk_size` (3 MiB by default), JSON-encoded as an array of numbers
-/// (at most 4 bytes per byte): 16 MiB leaves room for that and for append batches.
+/// and snapshot chunks, sized by the Raft crate (a 1 MiB binary chunk or an append batch).
 pub const API_MAX_BODY: usize = 64 * 1024;
-pub const RAFT_MAX_BODY: usize = 16 * 1024 * 1024;
+pub const RAFT_MAX_BODY: usize = network::RPC_BODY_LIMIT;
 /// Request timeouts: lease calls wait for the leader (and forwarding) at most this long;
 /// Raft RPC (a snapshot chunk install included) and plain reads have their own.
 const API_TIMEOUT: Duration = Duration::from_secs(20);
@@ -105,6 +104,7 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .route("/metrics", get(cluster::metrics))
+        .route("/openapi.json", get(openapi::document))
         .route_layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             READ_TIMEOUT,
@@ -113,13 +113,14 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
         .merge(leader_bound)
         .merge(raft_rpc)
         .merge(reads)
+        // After routing, so a body on an unknown method or route gets 405/404 first.
+        .route_layer(middleware::from_fn(guards::refuse_read_bodies))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
         ))
-        .layer(middleware::from_fn(guards::refuse_read_bodies))
         .layer(middleware::map_response(errors::json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), guards::track))
         .with_state(state)

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use evio_api::{ApiOptions, Client, ServeLimits, Trusted};
+use evio_api::{ApiOptions, Classify, Client, ServeLimits};
 use evio_raft::{Pool, RaftTuning, Replica, ReplicaConfig};
 
 pub const TOKEN: &str = "test-cluster-token";
@@ -36,19 +36,19 @@ impl Member {
             tuning,
             options,
             ServeLimits::default(),
-            evio_api::listener::loopback_only(),
+            evio_api::listener::loopback_exempt(),
         )
         .await
     }
 
-    /// Serves with the given listener limits and trusted addresses.
+    /// Serves with the given listener limits and connection classes.
     pub async fn start_limited(
         name: &str,
         pool: Pool,
         tuning: RaftTuning,
         options: ApiOptions,
         limits: ServeLimits,
-        trusted: Trusted,
+        classify: Classify,
     ) -> Member {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -71,7 +71,7 @@ impl Member {
             let stopped = async {
                 let _ = stopped.await;
             };
-            let _ = evio_api::serve(listener, app, limits, trusted, stopped).await;
+            let _ = evio_api::serve(listener, app, limits, classify, stopped).await;
         });
         Member {
             base: format!("http://{addr}"),

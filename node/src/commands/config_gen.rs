@@ -52,6 +52,11 @@ pub struct ConfigGenArgs {
     /// This node's host-overlay address, recorded with a new lease.
     #[arg(long)]
     host_ip: Option<Ipv4Addr>,
+    /// When this node holds no lease and none can be had by the deadline, exit 0 writing
+    /// nothing: for an init container whose `evio-node run --cni-conf-dir` writes the conflist
+    /// once it holds a lease (otherwise nodes could wait on each other for ever).
+    #[arg(long)]
+    no_lease_ok: bool,
 }
 
 /// What the local replica says about this node.
@@ -84,11 +89,20 @@ pub async fn run(args: ConfigGenArgs) -> anyhow::Result<()> {
 
     let (lease, source) = match local_lease(&args.data_dir, pool, &node, token.as_deref()).await? {
         Local::Lease(lease) => (lease, "local replica"),
+        Local::None if args.no_lease_ok && args.join.is_empty() => {
+            tracing::info!(node = %node, "no local lease and no --join member to ask: the conflist is left to evio-node run");
+            return Ok(());
+        }
         Local::None => {
             let remaining = deadline.saturating_sub(started.elapsed());
-            let lease =
-                cluster_lease(&args.join, &node, args.host_ip, token, pool, remaining).await?;
-            (lease, "cluster")
+            match cluster_lease(&args.join, &node, args.host_ip, token, pool, remaining).await {
+                Ok(lease) => (lease, "cluster"),
+                Err(e) if args.no_lease_ok => {
+                    tracing::warn!(node = %node, error = %format!("{e:#}"), "no lease yet: the conflist is left to evio-node run");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
         }
     };
     let path = args.cni_conf_dir.join(CONFLIST_FILE);

@@ -125,6 +125,11 @@ pub struct RunArgs {
     /// Release the lease of a Node deleted for longer than this (e.g. 10m). Default: 10m.
     #[arg(long)]
     node_gc_grace: Option<String>,
+    /// With --kubernetes: the namespace of the cluster record (ConfigMap evio-cluster) that
+    /// decides which single node creates the cluster. Default: $POD_NAMESPACE, then
+    /// kube-system.
+    #[arg(long, env = "POD_NAMESPACE")]
+    kube_namespace: Option<String>,
 }
 
 /// Settings after merging flags, config file and defaults, all validated.
@@ -149,6 +154,7 @@ struct Settings {
     join_from_kubernetes: bool,
     kubeconfig: Option<PathBuf>,
     node_gc_grace: Duration,
+    kube_namespace: String,
 }
 
 impl RunArgs {
@@ -196,6 +202,7 @@ impl RunArgs {
             join_from_kubernetes: self.join_from_kubernetes || file.join_from_kubernetes,
             kubeconfig: self.kubeconfig.or(file.kubeconfig),
             node_gc_grace: self.node_gc_grace.or(file.node_gc_grace),
+            kube_namespace: self.kube_namespace.or(file.kube_namespace),
         })
     }
 
@@ -261,7 +268,7 @@ impl RunArgs {
         let join = args.join.unwrap_or_default();
         if !args.bootstrap && join.is_empty() && !args.join_from_kubernetes {
             bail!(
-                "pass --join ADDR[,ADDR] (or --join-from-kubernetes) to join a cluster, or --bootstrap for the very first node"
+                "pass --join ADDR[,ADDR] (or --kubernetes --join-from-kubernetes) to join a cluster, or --bootstrap for the very first node"
             );
         }
         let cni_socket = args
@@ -332,6 +339,7 @@ impl RunArgs {
             join_from_kubernetes: args.join_from_kubernetes,
             kubeconfig: args.kubeconfig,
             node_gc_grace,
+            kube_namespace: args.kube_namespace.unwrap_or_else(|| "kube-system".into()),
         })
     }
 }
@@ -455,11 +463,45 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let start = async {
-        if settings.bootstrap {
-            replica.bootstrap_single().await?;
-            tracing::info!(cluster = ?replica.cluster_id(), "bootstrapped a new cluster");
-        } else if !initialized {
-            join(&replica, &settings, kube_client.as_ref()).await?;
+        if !initialized {
+            let record = kube_client.as_ref().filter(|_| settings.kubernetes);
+            // With --kubernetes the cluster record decides, so that exactly one node per
+            // install ever bootstraps (an explicit --bootstrap only if it agrees).
+            let bootstrap = match record {
+                Some(client) => {
+                    let role = crate::kube::bootstrap::claim(
+                        client,
+                        &settings.kube_namespace,
+                        &settings.node_name,
+                        replica.node_id(),
+                    )
+                    .await;
+                    match role {
+                        crate::kube::bootstrap::Role::Bootstrap => true,
+                        crate::kube::bootstrap::Role::Join { bootstrapper }
+                            if settings.bootstrap =>
+                        {
+                            bail!("--bootstrap refused: {bootstrapper} already created this install's cluster (ConfigMap {}/{}); restart without --bootstrap to join it", settings.kube_namespace, crate::kube::bootstrap::RECORD)
+                        }
+                        crate::kube::bootstrap::Role::Join { .. } => false,
+                    }
+                }
+                None => settings.bootstrap,
+            };
+            if bootstrap {
+                replica.bootstrap_single().await?;
+                tracing::info!(cluster = ?replica.cluster_id(), "bootstrapped a new cluster");
+                if let (Some(client), Some(id)) = (record, replica.cluster_id()) {
+                    crate::kube::bootstrap::record_cluster_id(
+                        client,
+                        &settings.kube_namespace,
+                        &id,
+                    )
+                    .await;
+                }
+            } else {
+                join(&replica, &settings, kube_client.as_ref()).await?;
+            }
         }
         anyhow::Ok(())
     };

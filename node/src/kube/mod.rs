@@ -1,12 +1,15 @@
 //! Kubernetes integration (`evio-node run --kubernetes`, `--join-from-kubernetes`):
 //!
+//! - [`bootstrap`]: a create-if-absent ConfigMap decides the one node that creates the cluster;
 //! - [`annotate`]: this node's Node object carries its pod subnet and evio's API address;
 //! - [`peers`]: other members found through those annotations, for joining;
 //! - [`node_gc`]: the Raft leader returns the leases of deleted Nodes to the pool.
 //!
-//! Kubernetes is only ever a hint source: nothing here blocks the daemon or a lease grant.
+//! Kubernetes is otherwise only a hint source: nothing here blocks the daemon or a lease grant
+//! (only a node that is not yet a member waits for the cluster record).
 
 pub mod annotate;
+pub mod bootstrap;
 pub mod node_gc;
 pub mod peers;
 

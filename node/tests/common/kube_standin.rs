@@ -7,7 +7,10 @@
 //!   after `N`, then live; an `ERROR` event with a 410 `Status` when `N` was compacted;
 //! - `GET /api/v1/nodes/{name}`: the Node, or 404 with a `Status` body;
 //! - `PATCH /api/v1/nodes/{name}`: JSON merge patch (RFC 7386); any other content type gets
-//!   415, an unknown node 404 (both with a `Status` body).
+//!   415, an unknown node 404 (both with a `Status` body);
+//! - `POST /api/v1/namespaces/{ns}/configmaps`: create, 201 with the object (uid and
+//!   resourceVersion set), or 409 `AlreadyExists`, atomically as the API server does;
+//!   `GET`/`PATCH` (merge patch) `/api/v1/namespaces/{ns}/configmaps/{name}`, 404 `NotFound`.
 //!
 //! It runs on its own thread and runtime, so blocking test code never starves it.
 
@@ -38,6 +41,11 @@ struct Cluster {
     lists: u64,
     /// Watches from before this resource version get `410 Gone` (history compacted).
     compacted: u64,
+    /// ConfigMaps by (namespace, name).
+    config_maps: BTreeMap<(String, String), Value>,
+    /// ConfigMap creates answered 201 and 409.
+    creates: u64,
+    create_conflicts: u64,
 }
 
 impl Cluster {
@@ -86,6 +94,14 @@ impl KubeStandIn {
                 let app = Router::new()
                     .route("/api/v1/nodes", get(list_or_watch))
                     .route("/api/v1/nodes/{name}", get(get_node).patch(patch_node))
+                    .route(
+                        "/api/v1/namespaces/{ns}/configmaps",
+                        axum::routing::post(create_config_map),
+                    )
+                    .route(
+                        "/api/v1/namespaces/{ns}/configmaps/{name}",
+                        get(get_config_map).patch(patch_config_map),
+                    )
                     .with_state(state);
                 tokio::select! {
                     served = axum::serve(listener, app) => if let Err(e) = served { eprintln!("stand-in: {e}") },
@@ -192,6 +208,19 @@ impl KubeStandIn {
     /// How many merge patches were applied.
     pub fn patches(&self) -> u64 {
         lock(&self.shared).patches
+    }
+
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<Value> {
+        lock(&self.shared)
+            .config_maps
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// (ConfigMap creates answered 201, answered 409 AlreadyExists).
+    pub fn config_map_creates(&self) -> (u64, u64) {
+        let cluster = lock(&self.shared);
+        (cluster.creates, cluster.create_conflicts)
     }
 }
 
@@ -330,6 +359,80 @@ async fn patch_node(
     cluster.patches += 1;
     cluster.event("MODIFIED", &node);
     Json(node).into_response()
+}
+
+async fn create_config_map(
+    State(shared): State<Shared>,
+    UrlPath(namespace): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let mut object: Value = match serde_json::from_slice(&body) {
+        Ok(object) => object,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+    };
+    let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "ConfigMap \"\" is invalid: metadata.name: Required value: name is required".into(),
+        );
+    };
+    let mut cluster = lock(&shared);
+    let key = (namespace.clone(), name.clone());
+    if cluster.config_maps.contains_key(&key) {
+        cluster.create_conflicts += 1;
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("configmaps \"{name}\" already exists"),
+        );
+    }
+    let version = cluster.bump();
+    object["apiVersion"] = json!("v1");
+    object["kind"] = json!("ConfigMap");
+    object["metadata"]["namespace"] = json!(namespace);
+    object["metadata"]["uid"] = json!(format!("uid-cm-{name}-{version}"));
+    object["metadata"]["resourceVersion"] = json!(version);
+    cluster.config_maps.insert(key, object.clone());
+    cluster.creates += 1;
+    (StatusCode::CREATED, Json(object)).into_response()
+}
+
+fn config_map_not_found(name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("configmaps \"{name}\" not found"),
+    )
+}
+
+async fn get_config_map(
+    State(shared): State<Shared>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Response {
+    match lock(&shared).config_maps.get(&(namespace, name.clone())) {
+        Some(object) => Json(object.clone()).into_response(),
+        None => config_map_not_found(&name),
+    }
+}
+
+async fn patch_config_map(
+    State(shared): State<Shared>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let patch: Value = match serde_json::from_slice(&body) {
+        Ok(patch) => patch,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+    };
+    let mut cluster = lock(&shared);
+    let version = cluster.bump();
+    let Some(object) = cluster.config_maps.get_mut(&(namespace, name.clone())) else {
+        return config_map_not_found(&name);
+    };
+    merge_patch(object, &patch);
+    object["metadata"]["resourceVersion"] = json!(version);
+    Json(object.clone()).into_response()
 }
 
 /// RFC 7386 JSON merge patch.

@@ -128,12 +128,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(VOTE)
     }
 
-    /// Kept so a restarted member re-applies what it knew was committed before serving reads.
-    /// Not flushed here: the next append or vote flush carries it, and a stale value only
-    /// means re-applying later, once the leader confirms the commit again.
+    /// Kept so a restarted member re-applies what it knew was committed before serving reads,
+    /// and so offline `config-gen` sees every committed lease. Flushed before openraft applies
+    /// the entries and the client gets its answer: an acknowledged lease is on disk as
+    /// committed even if the daemon is killed right after (sled otherwise keeps the write in
+    /// its buffers for up to a second).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.write_meta(COMMITTED, &committed)
             .map_err(|e| StorageIOError::write(&e))?;
+        self.flush().await.map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
 

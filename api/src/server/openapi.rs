@@ -1,0 +1,100 @@
+//! The OpenAPI 3.1 document, generated from the handlers' own annotations and types
+//! (utoipa), served at `GET /openapi.json` and kept in `docs/openapi.json`.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::types::{
+    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, ErrorCode, EtcdMirrorJson,
+    LeaseJson, MemberJson, ReserveBody,
+};
+
+/// The Raft RPC routes live in `evio_raft::network::server`; they are described here so the
+/// document covers every route. Bodies are openraft's own JSON.
+#[allow(dead_code)] // documentation only: the routes are served by evio-raft
+mod raft_rpc {
+    use crate::types::ErrorBody;
+
+    #[utoipa::path(post, path = "/raft/append", tag = "raft",
+        request_body(content = Object, description = "openraft AppendEntriesRequest"),
+        responses((status = 200, description = "openraft's result", body = Object),
+            (status = 400, description = "`invalid_body`", body = ErrorBody),
+            (status = 401, description = "`unauthorized`", body = ErrorBody),
+            (status = 403, description = "`cluster_mismatch`", body = ErrorBody),
+            (status = 413, description = "`payload_too_large` (over 16 MiB)", body = ErrorBody),
+            (status = 421, description = "`wrong_node`", body = ErrorBody)),
+        security(("token" = [])))]
+    fn append() {}
+
+    #[utoipa::path(post, path = "/raft/vote", tag = "raft",
+        request_body(content = Object, description = "openraft VoteRequest"),
+        responses((status = 200, description = "openraft's result", body = Object),
+            (status = 400, description = "`invalid_body`", body = ErrorBody),
+            (status = 401, description = "`unauthorized`", body = ErrorBody),
+            (status = 403, description = "`cluster_mismatch`", body = ErrorBody),
+            (status = 413, description = "`payload_too_large`", body = ErrorBody),
+            (status = 421, description = "`wrong_node`", body = ErrorBody)),
+        security(("token" = [])))]
+    fn vote() {}
+
+    #[utoipa::path(post, path = "/raft/snapshot", tag = "raft",
+        request_body(content = Object, description = "openraft InstallSnapshotRequest (one chunk)"),
+        responses((status = 200, description = "openraft's result", body = Object),
+            (status = 400, description = "`invalid_body`", body = ErrorBody),
+            (status = 401, description = "`unauthorized`", body = ErrorBody),
+            (status = 403, description = "`cluster_mismatch`", body = ErrorBody),
+            (status = 413, description = "`payload_too_large` (over 16 MiB)", body = ErrorBody),
+            (status = 421, description = "`wrong_node`", body = ErrorBody)),
+        security(("token" = [])))]
+    fn snapshot() {}
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "cluster",
+    responses((status = 200, description = "this document", body = Object)))]
+pub(super) async fn document() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], json()).into_response()
+}
+
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("the cluster token (--cluster-token-file)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "evio", description = "evio's HTTP API: subnet leases, cluster status, Raft RPC. Every error is `{error, code}`; the code fixes the status."),
+    paths(
+        super::leases::list, super::leases::get, super::leases::put, super::leases::delete,
+        super::leases::reserve, super::leases::claim,
+        super::cluster::status, super::cluster::join, super::cluster::healthz,
+        super::cluster::readyz, super::cluster::metrics, document,
+        raft_rpc::append, raft_rpc::vote, raft_rpc::snapshot,
+    ),
+    components(schemas(
+        LeaseJson, AcquireBody, ReserveBody, ClaimBody, ClusterJson, MemberJson,
+        EtcdMirrorJson, ErrorBody, ErrorCode, Consistency,
+    )),
+    modifiers(&BearerToken),
+)]
+struct ApiDoc;
+
+/// The document as pretty JSON (what `docs/openapi.json` holds).
+pub fn json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}

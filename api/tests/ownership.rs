@@ -1,0 +1,97 @@
+//! Ownership safety over HTTP on a real single-member cluster (issue 14 item 8): a node's
+//! lease is never claimed from it (only imported `legacy:` ranges are), and a release made
+//! conditional on the lease's revision is refused once the lease has changed.
+
+mod common;
+
+use common::{pool, Member};
+use evio_api::{ClientError, Consistency, ErrorCode};
+use evio_raft::RaftTuning;
+
+async fn single() -> Member {
+    let member = Member::start("solo", pool("10.244.0.0/16", 8), RaftTuning::default()).await;
+    member
+        .replica
+        .bootstrap_single()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    member
+        .replica
+        .wait_for_leader(std::time::Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    member
+}
+
+fn refused(result: Result<impl std::fmt::Debug, ClientError>, status: u16, code: ErrorCode) {
+    match result {
+        Err(e) => assert_eq!((e.status(), e.code()), (Some(status), Some(code)), "{e}"),
+        Ok(v) => panic!("expected {status} {code}, got {v:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_nodes_lease_is_never_claimed() {
+    let m = single().await;
+    let client = m.client();
+    let (held, _) = client
+        .acquire("live-node", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    refused(
+        client.claim("thief", "live-node").await,
+        409,
+        ErrorCode::NotLegacyOwner,
+    );
+    // Nothing changed: the live node keeps its subnet, the claimer got nothing.
+    let still = client
+        .get_lease("live-node", Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("live-node lost its lease"));
+    assert_eq!(still.subnet, held.subnet);
+    assert!(client
+        .get_lease("thief", Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .is_none());
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_conditional_release_is_refused() {
+    let m = single().await;
+    let client = m.client();
+    let (first, _) = client
+        .acquire("n1", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The lease changes after it was read (here: released and acquired again).
+    client.release("n1").await.unwrap_or_else(|e| panic!("{e}"));
+    let (second, _) = client
+        .acquire("n1", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(first.revision, second.revision);
+    refused(
+        client.release_if("n1", first.revision).await,
+        409,
+        ErrorCode::RevisionMismatch,
+    );
+    assert!(client
+        .get_lease("n1", Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .is_some());
+    // At the current revision it goes.
+    client
+        .release_if("n1", second.revision)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(client
+        .get_lease("n1", Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .is_none());
+    m.shutdown().await;
+}
