@@ -545,10 +545,13 @@ async fn nodes_starting_at_once_create_one_cluster_and_a_wiped_bootstrapper_join
     )
     .await;
 
-    // The bootstrapper loses its data dir: it must join, not create a second cluster.
+    // The bootstrapper loses its data dir: it must join, not create a second cluster. It
+    // comes back at its own address, as a DaemonSet pod on the same host does: that is how
+    // the leader tells a wiped node from a paused one and replaces it at once (a new address
+    // would wait out --voter-grace, issue 14 item 8).
     procs[first].signal(Signal::SIGKILL);
     std::fs::remove_dir_all(env.dir.path().join(names[first])).unwrap_or_else(|e| panic!("{e}"));
-    let rejoined = env.start(names[first], &free_addr(), &auto);
+    let rejoined = env.start(names[first], &addrs[first], &auto);
     assert!(
         !rejoined.logs().contains("bootstrapped a new cluster"),
         "{}",
