@@ -34,6 +34,8 @@ pub struct NetConf {
     /// ovsdb-server's socket when not the default `/run/openvswitch/db.sock`; written to the
     /// conflist only when set.
     pub ovsdb_socket: Option<String>,
+    /// Seconds the shim waits for the daemon (`replyTimeout`); written only when set.
+    pub reply_timeout: Option<u64>,
 }
 
 impl Default for NetConf {
@@ -50,6 +52,7 @@ impl Default for NetConf {
             socket: crate::spec::DEFAULT_SOCKET.into(),
             ovs_datapath: OvsDatapath::System,
             ovsdb_socket: None,
+            reply_timeout: None,
         }
     }
 }
@@ -74,6 +77,7 @@ pub struct OriginalNetConf {
     pub socket: Option<String>,
     pub ovs_datapath: Option<OvsDatapath>,
     pub ovsdb_socket: Option<String>,
+    pub reply_timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +162,7 @@ impl OriginalNetConf {
             socket: field!("socket"),
             ovs_datapath: field!("ovsDatapath"),
             ovsdb_socket: field!("ovsdbSocket"),
+            reply_timeout: field!("replyTimeout"),
         };
         let bits = evio_raft::Pool::parse_node_bits(&conf.node_bits.as_string())
             .map_err(|e| invalid("nodeBits", &e.to_string()))?;
@@ -179,6 +184,13 @@ impl OriginalNetConf {
         }
         if conf.socket.as_ref().is_some_and(|s| !s.starts_with('/')) {
             return Err(invalid("socket", "expected an absolute path"));
+        }
+        let replies = crate::spec::REPLY_TIMEOUT_RANGE;
+        if conf.reply_timeout.is_some_and(|s| !replies.contains(&s)) {
+            return Err(invalid(
+                "replyTimeout",
+                &format!("expected {} to {} seconds", replies.start(), replies.end()),
+            ));
         }
         if conf
             .ovsdb_socket
@@ -221,6 +233,7 @@ impl OriginalNetConf {
             socket: self.socket.clone().unwrap_or(d.socket),
             ovs_datapath: self.ovs_datapath.unwrap_or(d.ovs_datapath),
             ovsdb_socket: self.ovsdb_socket.clone().or(d.ovsdb_socket),
+            reply_timeout: self.reply_timeout.or(d.reply_timeout),
         }
     }
 }
@@ -267,6 +280,7 @@ pub fn plugin_conf(conf: &NetConf, lease: &Lease) -> PluginConf {
         socket: Some(conf.socket.clone()),
         ovs_datapath: conf.ovs_datapath,
         ovsdb_socket: conf.ovsdb_socket.clone(),
+        reply_timeout: conf.reply_timeout,
         pod_cidr: Some(pod_cidr),
         node_subnet: Some(lease.block.subnet),
         ipam: json!({
@@ -438,6 +452,8 @@ mod tests {
             ("ovsDatapath", serde_json::json!("dpdk")),
             ("socket", serde_json::json!("relative.sock")),
             ("ovsdbSocket", serde_json::json!("run/db.sock")),
+            ("replyTimeout", serde_json::json!(5)),
+            ("replyTimeout", serde_json::json!("120")),
         ];
         for (key, value) in cases {
             let mut conf = base.clone();
@@ -474,6 +490,20 @@ mod tests {
             value["plugins"][0]["ovsdbSocket"],
             "/run/ovs-host-1/db.sock"
         );
+    }
+
+    #[test]
+    fn reply_timeout_reaches_the_conflist_only_when_set() {
+        let lease = lease_at_block_3();
+        let plain = conflist(&NetConf::default(), &lease);
+        assert!(plain["plugins"][0].get("replyTimeout").is_none(), "{plain}");
+        let original = OriginalNetConf::from_value(
+            "net-conf.json",
+            &serde_json::json!({"podCIDR": "10.244.0.0/16", "nodeBits": 8, "replyTimeout": 30}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let value = conflist(&original.net_conf(), &lease);
+        assert_eq!(value["plugins"][0]["replyTimeout"], 30);
     }
 
     #[test]

@@ -147,6 +147,58 @@ async fn is_gateway_false_leaves_the_bridge_without_an_address() {
     pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
 }
 
+/// A dir holding `evio-hung-ipam`, an IPAM plugin that answers VERSION and then sleeps for
+/// ever, and the sleep's command line (unique to this process, to find it afterwards).
+fn hung_ipam_plugin(tag: &str) -> (tempfile::TempDir, String) {
+    let bin = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let script = bin.path().join("evio-hung-ipam");
+    let sleep = format!("sleep {tag}.{}", std::process::id());
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$CNI_COMMAND\" = VERSION ] && exec echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}}'\nexec {sleep}\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    (bin, sleep)
+}
+
+/// The daemon's deadline fits below the shim's wait the config names (`replyTimeout`): with
+/// a daemon deadline far longer than that wait, a hung IPAM plugin still fails the ADD with
+/// code 11 before the shim would give up, so the runtime hears why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_fits_below_the_shims_reply_timeout() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("LXBR");
+    fx.octet = 56;
+    let pods = PodNetwork::with_limits(Limits {
+        deadline: Duration::from_secs(600),
+        ..Limits::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (bin, _sleep) = hung_ipam_plugin("1235");
+    let ns = fx.netns("reply");
+    let mut config = fx.config("3.254");
+    config["ipam"]["type"] = json!("evio-hung-ipam");
+    config["replyTimeout"] = json!(15);
+    let mut add = fx.request(Command::Add, "reply", &ns, config);
+    add.path = format!("{}:{}", bin.path().display(), add.path);
+    // The shim would give up at 15 s; the daemon must answer before that.
+    let answered = tokio::time::timeout(Duration::from_secs(15), pods.add(&add))
+        .await
+        .unwrap_or_else(|_| panic!("the ADD outlived the shim's 15 s replyTimeout"));
+    let err = answered.map(|_| ()).unwrap_err();
+    assert_eq!(err.code, code::TRY_AGAIN_LATER, "{err:?}");
+    assert!(!link_exists(&attachment::host_veth_name(
+        &add.container_id,
+        "eth0"
+    )));
+}
+
 /// An IPAM plugin that hangs: the ADD fails with code 11 once the daemon's deadline passes
 /// (the plugin killed), leaves nothing behind, and another pod's ADD meanwhile succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,19 +213,7 @@ async fn a_hung_ipam_plugin_fails_the_add_at_the_deadline() {
         ..Limits::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    let bin = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let script = bin.path().join("evio-hung-ipam");
-    // A sleep no other process on the host runs, to find it afterwards.
-    let sleep = format!("sleep 1234.{}", std::process::id());
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$CNI_COMMAND\" = VERSION ] && exec echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}}'\nexec {sleep}\n"
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (bin, sleep) = hung_ipam_plugin("1234");
     let (ns_hung, ns_ok) = (fx.netns("hung"), fx.netns("ok"));
     let mut hung_config = fx.config("3.254");
     hung_config["ipam"]["type"] = json!("evio-hung-ipam");
