@@ -26,7 +26,8 @@ pub struct NetConf {
     pub is_gateway: bool,
     pub is_default_gateway: bool,
     pub is_ip_masq: bool,
-    pub mtu: u32,
+    /// Pod MTU; `None` lets each ADD follow the link carrying the node's host IP.
+    pub mtu: Option<u32>,
     /// The evio-node CNI socket the plugin forwards requests to.
     pub socket: String,
     /// OVS datapath: kernel, userspace, or decided by the daemon on its host.
@@ -48,7 +49,7 @@ impl Default for NetConf {
             is_gateway: true,
             is_default_gateway: true,
             is_ip_masq: true,
-            mtu: 1500,
+            mtu: None,
             socket: crate::spec::DEFAULT_SOCKET.into(),
             ovs_datapath: OvsDatapath::System,
             ovsdb_socket: None,
@@ -229,7 +230,7 @@ impl OriginalNetConf {
             is_gateway: self.is_gateway.unwrap_or(d.is_gateway),
             is_default_gateway: self.is_default_gateway.unwrap_or(d.is_default_gateway),
             is_ip_masq: self.is_ip_masq.unwrap_or(d.is_ip_masq),
-            mtu: self.mtu.unwrap_or(d.mtu),
+            mtu: self.mtu.or(d.mtu),
             socket: self.socket.clone().unwrap_or(d.socket),
             ovs_datapath: self.ovs_datapath.unwrap_or(d.ovs_datapath),
             ovsdb_socket: self.ovsdb_socket.clone().or(d.ovsdb_socket),
@@ -275,7 +276,8 @@ pub fn plugin_conf(conf: &NetConf, lease: &Lease) -> PluginConf {
         is_gateway: conf.is_gateway,
         is_default_gateway: conf.is_default_gateway,
         is_ip_masq: conf.is_ip_masq,
-        mtu: Some(conf.mtu),
+        mtu: conf.mtu,
+        host_ip: lease.record.host_ip,
         hairpin_mode: false,
         socket: Some(conf.socket.clone()),
         ovs_datapath: conf.ovs_datapath,

@@ -84,9 +84,14 @@ pub struct PluginConf {
     pub is_default_gateway: bool,
     #[serde(default, rename = "isIPMasq")]
     pub is_ip_masq: bool,
-    /// Pod MTU; absent → [`DEFAULT_MTU`].
+    /// Pod MTU; absent → the MTU of the link carrying `hostIP` (the host overlay), else
+    /// [`DEFAULT_MTU`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// This node's address on the host overlay (from its lease): the link carrying it bounds
+    /// the pod MTU.
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::Ipv4Addr>,
     /// Hairpin on the bridge port (Linux bridge): a pod reaches itself through a service IP.
     #[serde(default, skip_serializing_if = "is_false")]
     pub hairpin_mode: bool,

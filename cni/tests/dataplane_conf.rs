@@ -174,7 +174,7 @@ async fn the_deadline_fits_below_the_shims_reply_timeout() {
         return;
     }
     let mut fx = Fixture::new("LXBR");
-    fx.octet = 56;
+    fx.octet = 53;
     let pods = PodNetwork::with_limits(Limits {
         deadline: Duration::from_secs(600),
         ..Limits::default()
@@ -197,6 +197,77 @@ async fn the_deadline_fits_below_the_shims_reply_timeout() {
         &add.container_id,
         "eth0"
     )));
+}
+
+/// Removes the stand-in host-overlay link however the test ends.
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.0]);
+    }
+}
+
+/// Without `mtu` the pod follows the link carrying the node's host IP (the host overlay); an
+/// `mtu` that link cannot carry is refused with code 7 naming the key, nothing created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_mtu_follows_the_host_overlay_link() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("LXBR");
+    fx.octet = 52;
+    // A veth standing in for the Evio tunnel (no dummy module here), with a host IP of a
+    // test-only range.
+    let overlay = LinkGuard(format!("evmtu{}", std::process::id() % 100_000));
+    let peer = format!("{}p", overlay.0);
+    let host_ip = format!("198.18.{}.{}", fx.octet, std::process::id() % 250 + 1);
+    for args in [
+        vec![
+            "link", "add", &overlay.0, "type", "veth", "peer", "name", &peer,
+        ],
+        vec!["link", "set", &overlay.0, "mtu", "1380", "up"],
+        vec!["addr", "add", &format!("{host_ip}/32"), "dev", &overlay.0],
+    ] {
+        let out = ip(&args);
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let (ns_a, ns_b) = (fx.netns("a"), fx.netns("b"));
+    let mut follows = fx.config("3.254");
+    follows.as_object_mut().map(|c| c.remove("mtu"));
+    follows["hostIP"] = json!(host_ip);
+    let add = fx.request(Command::Add, "a", &ns_a, follows.clone());
+    pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let inside = String::from_utf8_lossy(
+        &ip(&[
+            "-n",
+            ns_a.trim_start_matches("/run/netns/"),
+            "link",
+            "show",
+            "eth0",
+        ])
+        .stdout,
+    )
+    .to_string();
+    assert!(inside.contains("mtu 1380"), "{inside}");
+
+    let mut too_big = follows;
+    too_big["mtu"] = json!(1500);
+    let refused = fx.request(Command::Add, "b", &ns_b, too_big);
+    let err = pods.add(&refused).await.map(|_| ()).unwrap_err();
+    assert_eq!(err.code, code::INVALID_NETWORK_CONFIG, "{err:?}");
+    assert!(
+        err.msg.contains("mtu") && err.msg.contains("1380"),
+        "{err:?}"
+    );
+    assert!(!link_exists(&attachment::host_veth_name(
+        &refused.container_id,
+        "eth0"
+    )));
+    assert_eq!(fx.reservations().len(), 1, "{:?}", fx.reservations());
+    let del = fx.request(Command::Del, "a", &ns_a, fx.config("3.254"));
+    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
 }
 
 /// An IPAM plugin that hangs: the ADD fails with code 11 once the daemon's deadline passes
