@@ -26,7 +26,8 @@ pub struct NetConf {
     pub is_gateway: bool,
     pub is_default_gateway: bool,
     pub is_ip_masq: bool,
-    pub mtu: u32,
+    /// Pod MTU; `None` lets each ADD follow the link carrying the node's host IP.
+    pub mtu: Option<u32>,
     /// The evio-node CNI socket the plugin forwards requests to.
     pub socket: String,
     /// OVS datapath: kernel, userspace, or decided by the daemon on its host.
@@ -34,6 +35,8 @@ pub struct NetConf {
     /// ovsdb-server's socket when not the default `/run/openvswitch/db.sock`; written to the
     /// conflist only when set.
     pub ovsdb_socket: Option<String>,
+    /// Seconds the shim waits for the daemon (`replyTimeout`); written only when set.
+    pub reply_timeout: Option<u64>,
 }
 
 impl Default for NetConf {
@@ -46,10 +49,11 @@ impl Default for NetConf {
             is_gateway: true,
             is_default_gateway: true,
             is_ip_masq: true,
-            mtu: 1500,
+            mtu: None,
             socket: crate::spec::DEFAULT_SOCKET.into(),
             ovs_datapath: OvsDatapath::System,
             ovsdb_socket: None,
+            reply_timeout: None,
         }
     }
 }
@@ -74,6 +78,7 @@ pub struct OriginalNetConf {
     pub socket: Option<String>,
     pub ovs_datapath: Option<OvsDatapath>,
     pub ovsdb_socket: Option<String>,
+    pub reply_timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +163,7 @@ impl OriginalNetConf {
             socket: field!("socket"),
             ovs_datapath: field!("ovsDatapath"),
             ovsdb_socket: field!("ovsdbSocket"),
+            reply_timeout: field!("replyTimeout"),
         };
         let bits = evio_raft::Pool::parse_node_bits(&conf.node_bits.as_string())
             .map_err(|e| invalid("nodeBits", &e.to_string()))?;
@@ -179,6 +185,13 @@ impl OriginalNetConf {
         }
         if conf.socket.as_ref().is_some_and(|s| !s.starts_with('/')) {
             return Err(invalid("socket", "expected an absolute path"));
+        }
+        let replies = crate::spec::REPLY_TIMEOUT_RANGE;
+        if conf.reply_timeout.is_some_and(|s| !replies.contains(&s)) {
+            return Err(invalid(
+                "replyTimeout",
+                &format!("expected {} to {} seconds", replies.start(), replies.end()),
+            ));
         }
         if conf
             .ovsdb_socket
@@ -217,10 +230,11 @@ impl OriginalNetConf {
             is_gateway: self.is_gateway.unwrap_or(d.is_gateway),
             is_default_gateway: self.is_default_gateway.unwrap_or(d.is_default_gateway),
             is_ip_masq: self.is_ip_masq.unwrap_or(d.is_ip_masq),
-            mtu: self.mtu.unwrap_or(d.mtu),
+            mtu: self.mtu.or(d.mtu),
             socket: self.socket.clone().unwrap_or(d.socket),
             ovs_datapath: self.ovs_datapath.unwrap_or(d.ovs_datapath),
             ovsdb_socket: self.ovsdb_socket.clone().or(d.ovsdb_socket),
+            reply_timeout: self.reply_timeout.or(d.reply_timeout),
         }
     }
 }
@@ -262,11 +276,13 @@ pub fn plugin_conf(conf: &NetConf, lease: &Lease) -> PluginConf {
         is_gateway: conf.is_gateway,
         is_default_gateway: conf.is_default_gateway,
         is_ip_masq: conf.is_ip_masq,
-        mtu: Some(conf.mtu),
+        mtu: conf.mtu,
+        host_ip: lease.record.host_ip,
         hairpin_mode: false,
         socket: Some(conf.socket.clone()),
         ovs_datapath: conf.ovs_datapath,
         ovsdb_socket: conf.ovsdb_socket.clone(),
+        reply_timeout: conf.reply_timeout,
         pod_cidr: Some(pod_cidr),
         node_subnet: Some(lease.block.subnet),
         ipam: json!({
@@ -438,6 +454,8 @@ mod tests {
             ("ovsDatapath", serde_json::json!("dpdk")),
             ("socket", serde_json::json!("relative.sock")),
             ("ovsdbSocket", serde_json::json!("run/db.sock")),
+            ("replyTimeout", serde_json::json!(5)),
+            ("replyTimeout", serde_json::json!("120")),
         ];
         for (key, value) in cases {
             let mut conf = base.clone();
@@ -474,6 +492,20 @@ mod tests {
             value["plugins"][0]["ovsdbSocket"],
             "/run/ovs-host-1/db.sock"
         );
+    }
+
+    #[test]
+    fn reply_timeout_reaches_the_conflist_only_when_set() {
+        let lease = lease_at_block_3();
+        let plain = conflist(&NetConf::default(), &lease);
+        assert!(plain["plugins"][0].get("replyTimeout").is_none(), "{plain}");
+        let original = OriginalNetConf::from_value(
+            "net-conf.json",
+            &serde_json::json!({"podCIDR": "10.244.0.0/16", "nodeBits": 8, "replyTimeout": 30}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let value = conflist(&original.net_conf(), &lease);
+        assert_eq!(value["plugins"][0]["replyTimeout"], 30);
     }
 
     #[test]

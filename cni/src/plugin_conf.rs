@@ -84,15 +84,24 @@ pub struct PluginConf {
     pub is_default_gateway: bool,
     #[serde(default, rename = "isIPMasq")]
     pub is_ip_masq: bool,
-    /// Pod MTU; absent → [`DEFAULT_MTU`].
+    /// Pod MTU; absent → the MTU of the link carrying `hostIP` (the host overlay), else
+    /// [`DEFAULT_MTU`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// This node's address on the host overlay (from its lease): the link carrying it bounds
+    /// the pod MTU.
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::Ipv4Addr>,
     /// Hairpin on the bridge port (Linux bridge): a pod reaches itself through a service IP.
     #[serde(default, skip_serializing_if = "is_false")]
     pub hairpin_mode: bool,
     /// The evio-node CNI socket the shim forwards to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    /// Seconds the shim waits for the daemon (default 120); the daemon's deadline for the
+    /// request shrinks to fit below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_timeout: Option<u64>,
     #[serde(default)]
     pub ovs_datapath: OvsDatapath,
     /// ovsdb-server's socket when not the default.
@@ -151,6 +160,20 @@ impl PluginConf {
             .map_err(|reason| invalid("bridge", format!("{:?}: {reason}", self.bridge)))?;
         if let Some(mtu) = self.mtu.filter(|m| !(68..=65535).contains(m)) {
             return Err(invalid("mtu", format!("{mtu}: expected 68 to 65535")));
+        }
+        if let Some(secs) = self
+            .reply_timeout
+            .filter(|s| !crate::spec::REPLY_TIMEOUT_RANGE.contains(s))
+        {
+            let range = crate::spec::REPLY_TIMEOUT_RANGE;
+            return Err(invalid(
+                "replyTimeout",
+                format!(
+                    "{secs}: expected {} to {} seconds",
+                    range.start(),
+                    range.end()
+                ),
+            ));
         }
         if self.is_ip_masq && (self.node_subnet.is_none() || self.pod_cidr.is_none()) {
             return Err(invalid(

@@ -6,15 +6,11 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::dataplane::error::CODE_PLUGIN_NOT_AVAILABLE;
 use crate::spec::{code, version_result, CniError, Command, Reply, Request, LATEST_VERSION};
-
-/// How long the shim waits for the daemon to answer one request.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the shim prints on stdout and its exit code.
 pub struct Outcome {
@@ -78,7 +74,7 @@ fn forward(request: &Request) -> Result<Reply, CniError> {
     };
     let mut stream = UnixStream::connect(&socket).map_err(|e| unreachable("connect", e))?;
     stream
-        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .set_read_timeout(Some(request.reply_timeout()))
         .map_err(|e| unreachable("socket", e))?;
     let mut line = serde_json::to_vec(request).map_err(|e| {
         CniError::new(

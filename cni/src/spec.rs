@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -12,6 +14,10 @@ pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "
 pub const LATEST_VERSION: &str = "1.1.0";
 /// Where the shim finds the daemon unless the config's `socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/evio/cni.sock";
+/// How long the shim waits for the daemon by default; the daemon's deadline stays below it.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+/// `replyTimeout` seconds allowed: room for a deadline and a rollback below it, at most an hour.
+pub const REPLY_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 15..=3600;
 
 /// The spec's well-known error codes.
 pub mod code {
@@ -226,6 +232,17 @@ impl Request {
             .as_str()
             .unwrap_or(LATEST_VERSION)
             .to_string()
+    }
+
+    /// How long the shim waits for the daemon's answer: the config's `replyTimeout` (seconds,
+    /// [`REPLY_TIMEOUT_RANGE`]), or [`DEFAULT_REPLY_TIMEOUT`]. A bad value falls back to the
+    /// default here; the daemon refuses it (code 7) on ADD and CHECK.
+    pub fn reply_timeout(&self) -> Duration {
+        self.config["replyTimeout"]
+            .as_u64()
+            .filter(|s| REPLY_TIMEOUT_RANGE.contains(s))
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_REPLY_TIMEOUT)
     }
 
     /// The daemon socket named by the config (`socket`), or the default.

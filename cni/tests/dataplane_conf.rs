@@ -147,6 +147,129 @@ async fn is_gateway_false_leaves_the_bridge_without_an_address() {
     pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
 }
 
+/// A dir holding `evio-hung-ipam`, an IPAM plugin that answers VERSION and then sleeps for
+/// ever, and the sleep's command line (unique to this process, to find it afterwards).
+fn hung_ipam_plugin(tag: &str) -> (tempfile::TempDir, String) {
+    let bin = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let script = bin.path().join("evio-hung-ipam");
+    let sleep = format!("sleep {tag}.{}", std::process::id());
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$CNI_COMMAND\" = VERSION ] && exec echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}}'\nexec {sleep}\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    (bin, sleep)
+}
+
+/// The daemon's deadline fits below the shim's wait the config names (`replyTimeout`): with
+/// a daemon deadline far longer than that wait, a hung IPAM plugin still fails the ADD with
+/// code 11 before the shim would give up, so the runtime hears why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_fits_below_the_shims_reply_timeout() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("LXBR");
+    fx.octet = 53;
+    let pods = PodNetwork::with_limits(Limits {
+        deadline: Duration::from_secs(600),
+        ..Limits::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (bin, _sleep) = hung_ipam_plugin("1235");
+    let ns = fx.netns("reply");
+    let mut config = fx.config("3.254");
+    config["ipam"]["type"] = json!("evio-hung-ipam");
+    config["replyTimeout"] = json!(15);
+    let mut add = fx.request(Command::Add, "reply", &ns, config);
+    add.path = format!("{}:{}", bin.path().display(), add.path);
+    // The shim would give up at 15 s; the daemon must answer before that.
+    let answered = tokio::time::timeout(Duration::from_secs(15), pods.add(&add))
+        .await
+        .unwrap_or_else(|_| panic!("the ADD outlived the shim's 15 s replyTimeout"));
+    let err = answered.map(|_| ()).unwrap_err();
+    assert_eq!(err.code, code::TRY_AGAIN_LATER, "{err:?}");
+    assert!(!link_exists(&attachment::host_veth_name(
+        &add.container_id,
+        "eth0"
+    )));
+}
+
+/// Removes the stand-in host-overlay link however the test ends.
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.0]);
+    }
+}
+
+/// Without `mtu` the pod follows the link carrying the node's host IP (the host overlay); an
+/// `mtu` that link cannot carry is refused with code 7 naming the key, nothing created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_mtu_follows_the_host_overlay_link() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("LXBR");
+    fx.octet = 52;
+    // A veth standing in for the Evio tunnel (no dummy module here), with a host IP of a
+    // test-only range.
+    let overlay = LinkGuard(format!("evmtu{}", std::process::id() % 100_000));
+    let peer = format!("{}p", overlay.0);
+    let host_ip = format!("198.18.{}.{}", fx.octet, std::process::id() % 250 + 1);
+    for args in [
+        vec![
+            "link", "add", &overlay.0, "type", "veth", "peer", "name", &peer,
+        ],
+        vec!["link", "set", &overlay.0, "mtu", "1380", "up"],
+        vec!["addr", "add", &format!("{host_ip}/32"), "dev", &overlay.0],
+    ] {
+        let out = ip(&args);
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let (ns_a, ns_b) = (fx.netns("a"), fx.netns("b"));
+    let mut follows = fx.config("3.254");
+    follows.as_object_mut().map(|c| c.remove("mtu"));
+    follows["hostIP"] = json!(host_ip);
+    let add = fx.request(Command::Add, "a", &ns_a, follows.clone());
+    pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let inside = String::from_utf8_lossy(
+        &ip(&[
+            "-n",
+            ns_a.trim_start_matches("/run/netns/"),
+            "link",
+            "show",
+            "eth0",
+        ])
+        .stdout,
+    )
+    .to_string();
+    assert!(inside.contains("mtu 1380"), "{inside}");
+
+    let mut too_big = follows;
+    too_big["mtu"] = json!(1500);
+    let refused = fx.request(Command::Add, "b", &ns_b, too_big);
+    let err = pods.add(&refused).await.map(|_| ()).unwrap_err();
+    assert_eq!(err.code, code::INVALID_NETWORK_CONFIG, "{err:?}");
+    assert!(
+        err.msg.contains("mtu") && err.msg.contains("1380"),
+        "{err:?}"
+    );
+    assert!(!link_exists(&attachment::host_veth_name(
+        &refused.container_id,
+        "eth0"
+    )));
+    assert_eq!(fx.reservations().len(), 1, "{:?}", fx.reservations());
+    let del = fx.request(Command::Del, "a", &ns_a, fx.config("3.254"));
+    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+}
+
 /// An IPAM plugin that hangs: the ADD fails with code 11 once the daemon's deadline passes
 /// (the plugin killed), leaves nothing behind, and another pod's ADD meanwhile succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,19 +284,7 @@ async fn a_hung_ipam_plugin_fails_the_add_at_the_deadline() {
         ..Limits::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    let bin = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let script = bin.path().join("evio-hung-ipam");
-    // A sleep no other process on the host runs, to find it afterwards.
-    let sleep = format!("sleep 1234.{}", std::process::id());
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$CNI_COMMAND\" = VERSION ] && exec echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}}'\nexec {sleep}\n"
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (bin, sleep) = hung_ipam_plugin("1234");
     let (ns_hung, ns_ok) = (fx.netns("hung"), fx.netns("ok"));
     let mut hung_config = fx.config("3.254");
     hung_config["ipam"]["type"] = json!("evio-hung-ipam");

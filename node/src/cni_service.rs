@@ -32,13 +32,9 @@ pub struct CniService {
 }
 
 impl CniService {
-    /// Binds the socket (replacing a stale one left by a crash), owner-only.
-    pub fn bind(path: &Path) -> Result<Self, ServiceError> {
-        Self::bind_with(path, Limits::default())
-    }
-
-    /// As [`CniService::bind`], with the dataplane's request deadline and OVSDB timeout.
-    pub fn bind_with(path: &Path, limits: Limits) -> Result<Self, ServiceError> {
+    /// Binds the socket (replacing a stale one left by a crash), owner-only, with the
+    /// dataplane's request deadline and OVSDB timeout.
+    pub fn bind(path: &Path, limits: Limits) -> Result<Self, ServiceError> {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let err = |source| ServiceError::Socket {
             path: path.to_path_buf(),

@@ -747,6 +747,18 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
             ("mtu a string", "mtu", json!("1500"), "mtu"),
             ("mtu negative", "mtu", json!(-1), "mtu"),
             (
+                "replyTimeout too short",
+                "replyTimeout",
+                json!(5),
+                "replyTimeout",
+            ),
+            (
+                "replyTimeout a string",
+                "replyTimeout",
+                json!("120"),
+                "replyTimeout",
+            ),
+            (
                 "bridgeType VXLAN",
                 "bridgeType",
                 json!("VXLAN"),

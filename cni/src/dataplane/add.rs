@@ -18,7 +18,7 @@ use super::netlink;
 use super::pod_netns::{self, PodInterface, PodNetns};
 use super::pods::{enable_forwarding, PodNetwork, ROLLBACK_BUDGET};
 use super::reaper::RETIRED;
-use crate::plugin_conf::PluginConf;
+use crate::plugin_conf::{InvalidKey, PluginConf, DEFAULT_MTU};
 use crate::result;
 use crate::spec::{Command, Request};
 
@@ -33,6 +33,32 @@ pub(super) fn ipam_address(result: &Value) -> Result<(Ipv4Network, Option<Ipv4Ad
         })?;
     let gateway = first["gateway"].as_str().and_then(|g| g.parse().ok());
     Ok((address, gateway))
+}
+
+/// The pod MTU: the config's `mtu`, which the link carrying the node's host IP (the host
+/// overlay) must be able to carry; absent, that link's MTU ([`DEFAULT_MTU`] without one).
+async fn pod_mtu(net: &PodNetwork, conf: &PluginConf) -> Result<u32> {
+    let carrier = match conf.host_ip {
+        Some(ip) => netlink::link_carrying(&net.handle, ip)
+            .await?
+            .map(|(link, mtu)| (ip, link, mtu)),
+        None => None,
+    };
+    match (conf.mtu, carrier) {
+        (Some(mtu), Some((ip, link, limit))) if mtu > limit => Err(InvalidKey {
+            key: "mtu".into(),
+            reason: format!(
+                "{mtu} is more than {link} carries ({limit}), the link holding hostIP {ip}"
+            ),
+        }
+        .into()),
+        (Some(mtu), _) => Ok(mtu),
+        (None, Some((ip, link, mtu))) => {
+            tracing::info!(mtu, %ip, link, "pod MTU follows the host overlay's link");
+            Ok(mtu)
+        }
+        (None, None) => Ok(DEFAULT_MTU),
+    }
 }
 
 /// What an ADD has done so far, undone in reverse when a later step fails.
@@ -70,6 +96,8 @@ pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) 
     }
     let driver = net.drivers.pick(&conf.teardown()).await;
     driver.validate(&net.handle, &conf.bridge).await?;
+    let mut conf = conf;
+    conf.mtu = Some(pod_mtu(net, &conf).await?);
     let ifname = request.ifname.as_str();
     let host = host_veth_name(&request.container_id, ifname);
     if let Some(existing) = netlink::link_by_name(&net.handle, &host).await? {

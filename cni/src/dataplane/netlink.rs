@@ -5,6 +5,7 @@ use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
 
@@ -111,6 +112,44 @@ pub async fn link_by_index(
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(fail(format!("looking up link {index}"))(e)),
     }
+}
+
+/// The link that carries `addr` (assigned to it in this namespace): its name and MTU.
+pub async fn link_carrying(
+    handle: &Handle,
+    addr: Ipv4Addr,
+) -> Result<Option<(String, u32)>, NetlinkError> {
+    let wanted = IpAddr::V4(addr);
+    let mut addresses = handle.address().get().execute();
+    let mut index = None;
+    while let Some(msg) = addresses
+        .try_next()
+        .await
+        .map_err(fail("listing addresses"))?
+    {
+        let carries = msg.attributes.iter().any(|a| {
+            matches!(a, AddressAttribute::Address(ip) | AddressAttribute::Local(ip) if *ip == wanted)
+        });
+        if carries {
+            index = Some(msg.header.index);
+            break;
+        }
+    }
+    let Some(link) = (match index {
+        Some(index) => link_by_index(handle, index).await?,
+        None => None,
+    }) else {
+        return Ok(None);
+    };
+    let (mut name, mut mtu) = (String::new(), None);
+    for attr in link.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => name = n,
+            LinkAttribute::Mtu(m) => mtu = Some(m),
+            _ => {}
+        }
+    }
+    Ok(mtu.map(|mtu| (name, mtu)))
 }
 
 pub fn mac_of(link: &LinkMessage) -> String {

@@ -136,7 +136,14 @@ impl PodNetwork {
         F: FnOnce(&'a PodNetwork, &'a Request, Instant) -> Fut,
         Fut: std::future::Future<Output = Result<Value>> + 'a,
     {
-        let deadline = Instant::now() + self.limits.deadline;
+        // Below the shim's wait, leaving the backstop's rollback time, so the runtime always
+        // hears why rather than a timeout.
+        let budget = self.limits.deadline.min(
+            request
+                .reply_timeout()
+                .saturating_sub(ROLLBACK_BUDGET * 2 + Duration::from_secs(1)),
+        );
+        let deadline = Instant::now() + budget;
         let keyed = matches!(
             request.command,
             Command::Add | Command::Del | Command::Check
@@ -161,7 +168,7 @@ impl PodNetwork {
                 Err(DataplaneError::Deadline(format!(
                     "{:?} did not finish within {} s",
                     request.command,
-                    self.limits.deadline.as_secs()
+                    budget.as_secs()
                 )))
             });
         outcome.map_err(|e| e.into_cni(&request.version()))

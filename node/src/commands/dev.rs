@@ -110,7 +110,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         deadline: Duration::from_secs(args.cni_deadline),
         ..Limits::default()
     };
-    let cni = CniService::bind_with(&cni_socket, limits)?;
+    let cni = CniService::bind(&cni_socket, limits)?;
     let cni = tokio::spawn(cni.run());
 
     let setup = async {

@@ -18,6 +18,7 @@ use crate::commands::config_gen;
 use crate::etcd::mirror::EtcdMirror;
 use crate::etcd::EtcdSettings;
 use crate::serve::{self, spawn_api, ShutdownSignals};
+use evio_cni::dataplane::Limits;
 
 /// Flags; the same keys (kebab-case) may come from `--config FILE` (JSON). Flags win.
 #[derive(clap::Args, Deserialize, Default)]
@@ -83,6 +84,11 @@ pub struct RunArgs {
     /// The CNI socket evio-cni forwards to. Default: /run/evio/cni.sock.
     #[arg(long)]
     cni_socket: Option<PathBuf>,
+    /// Seconds the daemon gives one CNI request (IPAM and nft still running then are killed),
+    /// 1..=110; kept below the shim's wait (120 s, or the conflist's `replyTimeout`).
+    /// Default: 60.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=110))]
+    cni_deadline: Option<u64>,
     /// Require the cluster token for lease reads too.
     #[arg(long)]
     #[serde(default)]
@@ -147,6 +153,7 @@ struct Settings {
     tuning: RaftTuning,
     auth_reads: bool,
     cni_socket: PathBuf,
+    cni_limits: Limits,
     /// The conflist to keep current, with its node-independent settings.
     cni_conf: Option<(PathBuf, evio_cni::NetConf)>,
     etcd: Option<EtcdSettings>,
@@ -191,6 +198,7 @@ impl RunArgs {
             snapshot_chunk_kib: self.snapshot_chunk_kib.or(file.snapshot_chunk_kib),
             auth_reads: self.auth_reads || file.auth_reads,
             cni_socket: self.cni_socket.or(file.cni_socket),
+            cni_deadline: self.cni_deadline.or(file.cni_deadline),
             cni_conf_dir: self.cni_conf_dir.or(file.cni_conf_dir),
             etcd_endpoints: self.etcd_endpoints.or(file.etcd_endpoints),
             etcd_username_file: self.etcd_username_file.or(file.etcd_username_file),
@@ -333,6 +341,16 @@ impl RunArgs {
             },
             auth_reads: args.auth_reads,
             cni_socket,
+            cni_limits: match args.cni_deadline {
+                Some(secs) if (1..=110).contains(&secs) => Limits {
+                    deadline: Duration::from_secs(secs),
+                    ..Limits::default()
+                },
+                Some(secs) => {
+                    bail!("cni-deadline {secs} is out of range: expected 1..=110 seconds")
+                }
+                None => Limits::default(),
+            },
             cni_conf,
             etcd,
             kubernetes: args.kubernetes,
@@ -422,7 +440,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = server_stop.wait_for(|stop| *stop).await;
         },
     );
-    let cni = match CniService::bind(&settings.cni_socket) {
+    let cni = match CniService::bind(&settings.cni_socket, settings.cni_limits) {
         Ok(service) => tokio::spawn(service.run()),
         Err(e) => {
             let _ = stop_tx.send(true);
