@@ -6,21 +6,9 @@ mod common;
 
 use common::{pool, Member};
 use evio_api::{ClientError, Consistency, ErrorCode};
-use evio_raft::RaftTuning;
 
 async fn single() -> Member {
-    let member = Member::start("solo", pool("10.244.0.0/16", 8), RaftTuning::default()).await;
-    member
-        .replica
-        .bootstrap_single()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    member
-        .replica
-        .wait_for_leader(std::time::Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    member
+    Member::single("solo", pool("10.244.0.0/16", 8)).await
 }
 
 fn refused(result: Result<impl std::fmt::Debug, ClientError>, status: u16, code: ErrorCode) {

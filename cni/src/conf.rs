@@ -282,18 +282,28 @@ pub fn plugin_conf(conf: &NetConf, lease: &Lease) -> PluginConf {
     }
 }
 
-/// Renders the conflist for `lease`: `cniVersion` plus the `cniVersions` list (every
-/// version we support up to `cniVersion`), so libcni runtimes pick the newest version they
-/// share with us and send STATUS and GC on 1.1.0. Every plugin of the list must support the
-/// chosen version: with an older `portmap` (Debian 12's stops at 1.0.0) set `cniVersion`
-/// to "1.0.0" in net-conf.json.
+/// The `cniVersion` a runtime reads when its libcni predates `cniVersions` (containerd 1.6
+/// and 1.7, libcni < 1.2): they refuse a 1.1.0 result outright, so that field stays at 1.0.0
+/// unless net-conf.json asks for less.
+const COMPAT_VERSION: &str = "1.0.0";
+
+/// Renders the conflist for `lease`: `cniVersions` lists every version we support up to the
+/// configured one, so libcni >= 1.2 runtimes pick the newest they share with us (1.1.0 by
+/// default) and send STATUS and GC; `cniVersion` is what older runtimes use (see
+/// [`COMPAT_VERSION`]). Every plugin of the list must support the chosen version: with an
+/// older `portmap` (Debian 12's stops at 1.0.0) set `cniVersion` "1.0.0" in net-conf.json.
 pub fn conflist(conf: &NetConf, lease: &Lease) -> Value {
     let versions: Vec<&str> = SUPPORTED_VERSIONS
         .into_iter()
         .filter(|v| version_key(v) <= version_key(&conf.cni_version))
         .collect();
+    let compat = if version_key(&conf.cni_version) > version_key(COMPAT_VERSION) {
+        COMPAT_VERSION
+    } else {
+        conf.cni_version.as_str()
+    };
     json!({
-        "cniVersion": conf.cni_version,
+        "cniVersion": compat,
         "cniVersions": versions,
         "name": conf.name,
         "plugins": [
@@ -356,18 +366,31 @@ mod tests {
         assert_eq!(range["rangeEnd"], "10.244.3.254");
         assert_eq!(range["gateway"], "10.244.3.1");
         assert_eq!(value["name"], "k8s-pod-network");
-        assert_eq!(value["cniVersion"], "1.1.0");
-        assert_eq!(value["cniVersions"].as_array().map(Vec::len), Some(5));
+        // Older libcni (containerd 1.6/1.7) reads cniVersion and refuses 1.1.0 results;
+        // newer ones pick 1.1.0 from cniVersions.
+        assert_eq!(value["cniVersion"], "1.0.0");
+        assert_eq!(
+            value["cniVersions"],
+            json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
         assert_eq!(plugin["isGateway"], true);
         let older = NetConf {
             cni_version: "1.0.0".into(),
             ..NetConf::default()
         };
         let value = conflist(&older, &lease_at_block_3());
+        assert_eq!(value["cniVersion"], "1.0.0");
         assert_eq!(
             value["cniVersions"],
             json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0"])
         );
+        let oldest = NetConf {
+            cni_version: "0.4.0".into(),
+            ..NetConf::default()
+        };
+        let value = conflist(&oldest, &lease_at_block_3());
+        assert_eq!(value["cniVersion"], "0.4.0");
+        assert_eq!(value["cniVersions"], json!(["0.3.0", "0.3.1", "0.4.0"]));
         assert_eq!(plugin["ovsDatapath"], "system");
         assert_eq!(plugin["socket"], "/run/evio/cni.sock");
         assert_eq!(value["plugins"][1]["type"], "portmap");

@@ -313,10 +313,9 @@ impl World {
         // module on these machines).
         let mut conflist = evio.conflist.clone();
         conflist["name"] = json!(format!("evio-cri-{tag}"));
-        // Debian 12's containerd 1.6 (libcni 1.1) ignores `cniVersions` and refuses 1.1.0
-        // results ("unsupported CNI result version"), and its portmap stops at 1.0.0: the
-        // setting conf.rs documents for such hosts (net-conf.json `cniVersion` "1.0.0").
-        conflist["cniVersion"] = json!("1.0.0");
+        // Debian 12's containerd 1.6 (libcni 1.1) ignores `cniVersions` and reads only
+        // `cniVersion`, which the generated conflist keeps at 1.0.0 for such runtimes.
+        assert_eq!(conflist["cniVersion"], "1.0.0", "{conflist}");
         let plugin0 = &mut conflist["plugins"][0];
         plugin0["bridge"] = json!(bridge);
         plugin0["bridgeType"] = json!(if ovs { "OVS" } else { "LXBR" });

@@ -82,6 +82,22 @@ impl Member {
         }
     }
 
+    /// A member that bootstrapped a cluster of its own and leads it.
+    pub async fn single(name: &str, pool: Pool) -> Member {
+        let member = Self::start(name, pool, RaftTuning::default()).await;
+        member
+            .replica
+            .bootstrap_single()
+            .await
+            .unwrap_or_else(|e| panic!("bootstrap: {e}"));
+        member
+            .replica
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("no leader: {e}"));
+        member
+    }
+
     /// A client carrying the cluster token.
     pub fn client(&self) -> Client {
         Client::new(&self.base)
