@@ -273,3 +273,56 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
         n.proc.assert_no_panics();
     }
 }
+
+/// With `--auth-reads` the page asks for the token instead of showing an error, and
+/// `evio-node status` names the missing token; with `--token-file` it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_asks_for_the_token_when_reads_need_it() {
+    let chromium = chromium();
+    if !common::cni::prerequisites("status_page", &[("chromium", chromium.is_some())]) {
+        return;
+    }
+    let Some(chromium) = chromium else { return };
+    let cluster = Cluster::new();
+    let solo = cluster.start(
+        "solo",
+        &common::cluster::free_addr(),
+        &[],
+        &["--auth-reads"],
+    );
+    wait_cluster(&solo, "a leader", |c| c.leader_id.is_some()).await;
+    let dir = cluster.path("browser");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+
+    let (dom, log) = dump_dom(&chromium, &dir, &solo);
+    assert!(
+        dom.contains(r#"<section id="token-box">"#)
+            && dom.contains("Lease reads need the cluster token")
+            && !dom.contains("data-rendered"),
+        "the page does not ask for the token:\n{dom}\n{log}"
+    );
+
+    let out = evio_node(&["status", "--api", &solo.proc.base])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("unauthorized"),
+        "status without the token: {stderr}"
+    );
+    let out = evio_node(&[
+        "status",
+        "--api",
+        &solo.proc.base,
+        "--token-file",
+        &cluster.token_arg(),
+    ])
+    .output()
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("leader:       solo"),
+        "status with the token: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
