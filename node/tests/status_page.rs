@@ -257,8 +257,12 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
         victim.name
     );
     assert!(
-        dom.contains(r#"class="banner local""#),
-        "no local banner:\n{dom}"
+        dom.contains(r#"class="banner local""#)
+            && dom.contains(&format!(
+                "Cut off: {} cannot reach the cluster",
+                victim.name
+            )),
+        "no cut-off banner:\n{dom}"
     );
     assert_eq!(
         dom.matches(r#"class="block held""#).count(),

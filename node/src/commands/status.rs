@@ -83,7 +83,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         p.held, p.reserved, p.free, p.blocks
     );
     if let Some(why) = &status.local_because {
-        println!("WARNING: cut off from the cluster ({why}); leases from this member's local replica, possibly stale");
+        println!(
+            "WARNING: the leader did not confirm the leases ({why}); shown from this member's \
+             local replica, possibly stale"
+        );
     }
     println!();
     print_leases(&status.leases);
