@@ -9,7 +9,7 @@
 set -euo pipefail
 
 packages=(containernetworking-plugins nftables iproute2 iputils-ping openvswitch-switch
-    etcd-server etcd-client openssl iptables containerd runc busybox-static)
+    etcd-server etcd-client openssl iptables containerd runc busybox-static chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -209,6 +209,10 @@ pub struct MemberJson {
     pub addr: String,
     /// `leader`, `voter` or `learner`.
     pub role: String,
+    /// Log entries this member is behind the leader's log; only in the leader's answer
+    /// (followers do not track each other's progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_lag: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -58,6 +58,7 @@ async fn served_document_matches_docs_and_covers_every_route() {
         ("/readyz", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/", "get"),
         (evio_raft::network::APPEND_PATH, "post"),
         (evio_raft::network::VOTE_PATH, "post"),
         (evio_raft::network::SNAPSHOT_PATH, "post"),

@@ -5,6 +5,7 @@
 //! - `config-gen`: the init container — this node's conflist from its lease ([`commands::config_gen`]).
 //! - `import-etcd`: the original Evio ranges in etcd become reserved leases ([`commands::import_etcd`]).
 //! - `leases`, `cluster`: the CLI client for a running member's HTTP API ([`commands::client`]).
+//! - `status`: the status page's picture in a terminal ([`commands::status`]).
 //!
 //! The daemon's HTTP API (and Raft RPC) is served by [`serve`].
 
@@ -48,6 +49,9 @@ enum Command {
     /// Cluster state through a member's API.
     #[command(subcommand)]
     Cluster(commands::client::ClusterCommand),
+    /// Members, leader, term and the pool's blocks as one member sees them (the terminal
+    /// twin of the status page at `/`).
+    Status(commands::status::StatusArgs),
     /// Write this node's CNI conflist from its lease (the init container).
     ConfigGen(commands::config_gen::ConfigGenArgs),
     /// Import the original Evio ranges from etcd as reserved leases.
@@ -76,6 +80,7 @@ async fn main() -> std::process::ExitCode {
         Command::Run(args) => commands::run::run(*args).await,
         Command::Leases(cmd) => commands::client::leases(cmd).await,
         Command::Cluster(cmd) => commands::client::cluster(cmd).await,
+        Command::Status(args) => commands::status::run(args).await,
         Command::ConfigGen(args) => commands::config_gen::run(args).await,
         Command::ImportEtcd(args) => commands::import_etcd::run(args).await,
     };

@@ -37,6 +37,12 @@ pub(super) async fn status(State(state): State<ApiState>) -> Json<ClusterJson> {
     let metrics = replica.metrics();
     let membership = metrics.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    // Only the leader tracks how far each member's log is matched.
+    let last_log = metrics.last_log_index.unwrap_or(0);
+    let lag = |id: &u64| {
+        let matched = metrics.replication.as_ref()?.get(id)?;
+        Some(last_log.saturating_sub(matched.map_or(0, |l| l.index)))
+    };
     let members = membership
         .nodes()
         .map(|(id, node)| {
@@ -52,6 +58,7 @@ pub(super) async fn status(State(state): State<ApiState>) -> Json<ClusterJson> {
                 name: node.name.clone(),
                 addr: node.addr.clone(),
                 role: role.to_string(),
+                replication_lag: lag(id),
             }
         })
         .collect();

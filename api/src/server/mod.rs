@@ -4,8 +4,9 @@
 //!
 //! By concern: [`errors`] (the `{error, code}` responses), [`auth`] (token, read budget),
 //! [`forwarding`] (to the leader), [`leases`], [`cluster`] (status, join, health, metrics),
-//! [`guards`] (bounded metrics labels, no bodies on reads). Raft RPC lives in
-//! `evio_raft::network::server`; connection limits in [`crate::listener`].
+//! [`guards`] (bounded metrics labels, no bodies on reads), [`page`] (the status page at
+//! `/`). Raft RPC lives in `evio_raft::network::server`; connection limits in
+//! [`crate::listener`].
 
 mod auth;
 mod cluster;
@@ -14,6 +15,7 @@ mod forwarding;
 mod guards;
 mod leases;
 pub mod openapi;
+mod page;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +102,7 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
         .route_layer(DefaultBodyLimit::max(RAFT_MAX_BODY))
         .route_layer(RequestBodyLimitLayer::new(RAFT_MAX_BODY));
     let reads = Router::new()
+        .route("/", get(page::status_page))
         .route("/v1/cluster", get(cluster::status))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))

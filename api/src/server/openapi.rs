@@ -81,7 +81,7 @@ impl Modify for BearerToken {
         super::leases::list, super::leases::get, super::leases::put, super::leases::delete,
         super::leases::reserve, super::leases::claim,
         super::cluster::status, super::cluster::join, super::cluster::healthz,
-        super::cluster::readyz, super::cluster::metrics, document,
+        super::cluster::readyz, super::cluster::metrics, document, super::page::status_page,
         raft_rpc::append, raft_rpc::vote, raft_rpc::snapshot,
     ),
     components(schemas(

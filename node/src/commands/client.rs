@@ -9,10 +9,10 @@ use evio_api::{Client, ClusterJson, Consistency, LeaseJson};
 pub struct ApiArgs {
     /// The member's API root.
     #[arg(long, env = "EVIO_API", default_value = "http://127.0.0.1:7700")]
-    api: String,
+    pub(crate) api: String,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
-    output: Output,
+    pub(crate) output: Output,
     /// File with the cluster token (needed to change leases; `evio-node dev` writes
     /// `<data-dir>/cluster-token`).
     #[arg(long, env = "EVIO_TOKEN_FILE")]
@@ -20,7 +20,7 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let token = match &self.token_file {
             Some(path) => Some(crate::commands::run::read_token(path)?),
             None => None,
@@ -102,12 +102,12 @@ pub enum ClusterCommand {
     },
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
-fn print_leases(leases: &[LeaseJson]) {
+pub(crate) fn print_leases(leases: &[LeaseJson]) {
     println!(
         "{:<30} {:<18} {:<15} {:<33} {:<15} {:>8}  ACQUIRED",
         "NODE", "SUBNET", "GATEWAY", "RANGE", "HOST-IP", "REVISION"
@@ -177,13 +177,16 @@ pub async fn leases(cmd: LeasesCommand) -> anyhow::Result<()> {
     }
 }
 
-fn print_cluster(c: &ClusterJson) {
+pub(crate) fn print_cluster(c: &ClusterJson) {
     println!("node:         {} (id {})", c.node_name, c.node_id);
-    println!(
-        "leader:       {}",
-        c.leader_id
-            .map_or_else(|| "none".to_string(), |id| id.to_string())
+    let leader = c.leader_id.map_or_else(
+        || "none".to_string(),
+        |id| match c.members.iter().find(|m| m.id == id) {
+            Some(m) => format!("{} (id {id})", m.name),
+            None => id.to_string(),
+        },
     );
+    println!("leader:       {leader}");
     println!("term:         {}", c.term);
     println!(
         "last applied: {}",
@@ -194,9 +197,19 @@ fn print_cluster(c: &ClusterJson) {
         "pool:         podCIDR {} nodeBits {}",
         c.pod_cidr, c.node_bits
     );
-    println!("{:<22} {:<30} {:<22} ROLE", "ID", "NAME", "ADDR");
+    // The lag is known only on the leader, which tracks every member's log.
+    println!(
+        "{:<22} {:<30} {:<22} {:<8} LAG",
+        "ID", "NAME", "ADDR", "ROLE"
+    );
     for m in &c.members {
-        println!("{:<22} {:<30} {:<22} {}", m.id, m.name, m.addr, m.role);
+        let lag = m
+            .replication_lag
+            .map_or_else(|| "-".to_string(), |l| l.to_string());
+        println!(
+            "{:<22} {:<30} {:<22} {:<8} {lag}",
+            m.id, m.name, m.addr, m.role
+        );
     }
 }
 
