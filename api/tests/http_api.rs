@@ -16,34 +16,26 @@ use common::{error_code, pool, Member};
 /// whose peer does not exist, so it can never reach a quorum.
 async fn start(cidr: &str, bits: u8, single: bool) -> Member {
     let member = Member::start("api-test", pool(cidr, bits), Default::default()).await;
-    let replica = &member.replica;
     if single {
-        replica
-            .bootstrap_single()
-            .await
-            .unwrap_or_else(|e| panic!("bootstrap: {e}"));
-        replica
-            .wait_for_leader(Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|e| panic!("leader: {e}"));
-    } else {
-        // A closed port on loopback: the second voter never answers.
-        let members = BTreeMap::from([
-            (replica.node_id(), replica.node().clone()),
-            (
-                replica.node_id() ^ 1,
-                EvioNode {
-                    name: "ghost".into(),
-                    addr: "127.0.0.1:9".into(),
-                },
-            ),
-        ]);
-        replica
-            .raft()
-            .initialize(members)
-            .await
-            .unwrap_or_else(|e| panic!("initialize: {e}"));
+        return member.lead().await;
     }
+    let replica = &member.replica;
+    // A closed port on loopback: the second voter never answers.
+    let members = BTreeMap::from([
+        (replica.node_id(), replica.node().clone()),
+        (
+            replica.node_id() ^ 1,
+            EvioNode {
+                name: "ghost".into(),
+                addr: "127.0.0.1:9".into(),
+            },
+        ),
+    ]);
+    replica
+        .raft()
+        .initialize(members)
+        .await
+        .unwrap_or_else(|e| panic!("initialize: {e}"));
     member
 }
 
@@ -444,17 +436,9 @@ async fn reads_can_be_closed_and_writes_always_need_the_token() {
         Default::default(),
         options,
     )
+    .await
+    .lead()
     .await;
-    member
-        .replica
-        .bootstrap_single()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    member
-        .replica
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
     let anonymous = Client::new(&member.base).unwrap_or_else(|e| panic!("{e}"));
     let err = anonymous
         .list_leases(Consistency::Local)

@@ -27,7 +27,7 @@ async fn start(limits: ServeLimits) -> Member {
             Admission::Other
         }
     });
-    let member = Member::start_limited(
+    Member::start_limited(
         "limits",
         pool("10.244.0.0/16", 8),
         Default::default(),
@@ -35,18 +35,9 @@ async fn start(limits: ServeLimits) -> Member {
         limits,
         classify,
     )
-    .await;
-    member
-        .replica
-        .bootstrap_single()
-        .await
-        .unwrap_or_else(|e| panic!("bootstrap: {e}"));
-    member
-        .replica
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("leader: {e}"));
-    member
+    .await
+    .lead()
+    .await
 }
 
 fn addr(member: &Member) -> SocketAddr {

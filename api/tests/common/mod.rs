@@ -84,18 +84,23 @@ impl Member {
 
     /// A member that bootstrapped a cluster of its own and leads it.
     pub async fn single(name: &str, pool: Pool) -> Member {
-        let member = Self::start(name, pool, RaftTuning::default()).await;
-        member
-            .replica
+        Self::start(name, pool, RaftTuning::default())
+            .await
+            .lead()
+            .await
+    }
+
+    /// Bootstraps this member alone and waits until it leads.
+    pub async fn lead(self) -> Member {
+        self.replica
             .bootstrap_single()
             .await
             .unwrap_or_else(|e| panic!("bootstrap: {e}"));
-        member
-            .replica
+        self.replica
             .wait_for_leader(Duration::from_secs(10))
             .await
             .unwrap_or_else(|e| panic!("no leader: {e}"));
-        member
+        self
     }
 
     /// A client carrying the cluster token.
