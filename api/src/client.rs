@@ -68,6 +68,7 @@ impl Client {
                 reason: "scheme must be http or https".into(),
             });
         }
+        evio_raft::tls::ensure_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

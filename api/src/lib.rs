@@ -8,6 +8,8 @@ pub mod server;
 pub mod types;
 
 pub use client::{Client, ClientError};
+/// Mutual TLS (the PKI and rustls configurations), for crates that only depend on the API.
+pub use evio_raft::tls;
 pub use listener::{serve, Admission, Classify, ServeLimits};
 pub use server::{router, ApiOptions, EtcdMirrorStatus};
 pub use types::{

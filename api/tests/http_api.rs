@@ -48,6 +48,7 @@ async fn raw(
     url: &str,
     body: Option<&str>,
 ) -> (u16, Option<String>, String) {
+    evio_raft::tls::ensure_provider();
     let http = reqwest::Client::new();
     let mut request = http.request(method, url).bearer_auth(common::TOKEN);
     if let Some(body) = body {
@@ -654,6 +655,7 @@ async fn node_names_equal_to_route_words_get_leases() {
 async fn anonymous_linearizable_reads_are_capped() {
     let server = start("10.244.0.0/16", 8, false).await;
     let url = format!("{}/v1/leases", server.base);
+    evio_raft::tls::ensure_provider();
     let anonymous = reqwest::Client::new();
     let reads = (0..16).map(|_| {
         let request = anonymous.get(&url).send();

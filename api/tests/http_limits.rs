@@ -68,6 +68,7 @@ async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 }
 
 fn http(from: Option<Ipv4Addr>) -> reqwest::Client {
+    evio_raft::tls::ensure_provider();
     reqwest::Client::builder()
         .local_address(from.map(IpAddr::V4))
         .timeout(Duration::from_secs(10))

@@ -16,6 +16,7 @@ fn docs_file() -> PathBuf {
 #[tokio::test]
 async fn served_document_matches_docs_and_covers_every_route() {
     let member = Member::start("openapi", pool("10.244.0.0/16", 8), Default::default()).await;
+    evio_raft::tls::ensure_provider();
     let response = reqwest::get(format!("{}/openapi.json", member.base))
         .await
         .unwrap_or_else(|e| panic!("GET /openapi.json: {e}"));

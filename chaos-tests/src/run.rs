@@ -108,6 +108,7 @@ impl Report {
 }
 
 async fn http_ok(url: &str) -> bool {
+    evio_api::tls::ensure_provider();
     let Ok(client) = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()

@@ -336,6 +336,7 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 
     // Lease writes and Raft RPC without / with a wrong token or cluster, and garbage bodies.
+    evio_raft::tls::ensure_provider();
     let http = reqwest::Client::new();
     let base = &n0.proc.base;
     let ours = identity_cluster_id(&cluster.path("n0"));
@@ -397,6 +398,7 @@ fn identity_cluster_id(data_dir: &Path) -> String {
 
 /// The member's `evio_raft_purged_index` from /metrics.
 async fn purged_index(node: &Node) -> u64 {
+    evio_raft::tls::ensure_provider();
     let text = reqwest::get(format!("{}/metrics", node.proc.base))
         .await
         .unwrap_or_else(|e| panic!("{e}"))

@@ -118,6 +118,7 @@ async fn mirror_follows_leases_and_reconciles_after_outage_and_leader_change() {
         let m = mirror_of(follower).await;
         assert!(!m.active, "{}: a follower mirrors: {m:#?}", follower.name);
     }
+    evio_raft::tls::ensure_provider();
     let metrics = reqwest::get(format!("{}/metrics", leader.proc.base))
         .await
         .unwrap_or_else(|e| panic!("{e}"))

@@ -305,6 +305,7 @@ async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
         );
         assert!(entry["fields"]["gone_for"].as_str().is_some(), "{entry}");
     }
+    evio_raft::tls::ensure_provider();
     let metrics = reqwest::get(format!("{}/metrics", a.base))
         .await
         .unwrap_or_else(|e| panic!("{e}"))

@@ -15,6 +15,7 @@ pub mod network;
 pub mod pool;
 pub mod replica;
 pub mod store;
+pub mod tls;
 pub mod types;
 
 pub use lease::{

@@ -37,6 +37,7 @@ pub struct Denied(pub String);
 
 impl PeerHttp {
     pub fn new(token: &str, cluster_id: Option<String>) -> Self {
+        crate::tls::ensure_provider();
         let deny = std::env::var(DENY_PEERS_ENV)
             .map(|v| {
                 v.split(',')

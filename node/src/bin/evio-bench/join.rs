@@ -70,6 +70,7 @@ async fn fill(client: &evio_api::Client, names: &[String]) -> Result<()> {
 
 /// The leader's `evio_raft_purged_index`: above 0 once its log was compacted.
 async fn purged_index(addr: &str) -> Option<u64> {
+    evio_raft::tls::ensure_provider();
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .ok()?
