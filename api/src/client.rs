@@ -83,6 +83,19 @@ impl Client {
         })
     }
 
+    /// Speaks TLS with `config` (the cluster CA, and a client certificate for writes): see
+    /// `evio_raft::tls`.
+    pub fn with_tls(mut self, config: evio_raft::tls::ClientConfig) -> Result<Self, ClientError> {
+        self.http =
+            evio_raft::tls::http_client(config, Some(Duration::from_secs(30))).map_err(|e| {
+                ClientError::InvalidUrl {
+                    url: self.base.clone(),
+                    reason: format!("TLS client: {e}"),
+                }
+            })?;
+        Ok(self)
+    }
+
     /// Sends the cluster token (needed for lease changes, and for reads where closed).
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token;
@@ -235,6 +248,16 @@ impl Client {
         request: &evio_raft::JoinRequest,
     ) -> Result<evio_raft::JoinResponse, ClientError> {
         let url = self.url("/v1/cluster/join");
+        let response = self.send(self.http.post(&url).json(request), &url).await?;
+        Self::json(response, &url).await
+    }
+
+    /// Trades the cluster token and a certificate request for this node's certificate.
+    pub async fn certificate(
+        &self,
+        request: &crate::types::CertificateRequest,
+    ) -> Result<crate::types::CertificateResponse, ClientError> {
+        let url = self.url("/v1/cluster/certificate");
         let response = self.send(self.http.post(&url).json(request), &url).await?;
         Self::json(response, &url).await
     }

@@ -9,6 +9,9 @@
 //!   loopback (the local CLI, probes) is exempt from the caps, so a flood from loopback
 //!   cannot lock the CLI out either (it is bounded by the header-read timeout and the fd
 //!   limit). Beyond its cap a connection is closed at once.
+//! - TLS: with a [`TlsContext`] every connection must start a TLS 1.3 handshake within the
+//!   header-read timeout (a plaintext request gets a 400 saying so, then the connection is
+//!   closed); the client certificate's identity is put on each request ([`TlsPeer`]).
 //! - Per-route body limits and request timeouts are tower layers on the router
 //!   ([`crate::server`]), not here.
 
@@ -18,11 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use evio_raft::tls::{peer_identity, TlsContext, TlsPeer};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 /// Limits of the API listener.
@@ -100,13 +105,20 @@ fn member_ip(addr: &str) -> Option<IpAddr> {
     addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
 }
 
+/// What a plaintext HTTP request to a TLS port gets before the connection is closed.
+const TLS_REQUIRED: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 92\r\n\r\n{\"error\":\"this evio API speaks TLS: use https:// (plaintext refused)\",\"code\":\"tls_required\"}";
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
-/// (at most `limits.drain`).
+/// (at most `limits.drain`). With `tls`, only TLS is spoken.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServeLimits,
     classify: Classify,
+    tls: Option<Arc<TlsContext>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let general = Arc::new(Semaphore::new(limits.max_connections));
@@ -141,9 +153,42 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let Some(tls) = tls.clone() else {
+            let service = TowerToHyperService::new(app.clone());
+            let connection =
+                graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "API connection ended");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task (bounded by the header-read timeout),
+        // so a slow client never holds up the accept loop.
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let timeout = limits.header_read_timeout;
         tokio::spawn(async move {
+            let Some((stream, identity)) =
+                tokio::time::timeout(timeout, handshake(stream, &tls, peer))
+                    .await
+                    .ok()
+                    .flatten()
+            else {
+                drop(permit);
+                return;
+            };
+            let service = tower::ServiceBuilder::new()
+                .map_request(move |mut request: axum::http::Request<_>| {
+                    request.extensions_mut().insert(TlsPeer(identity.clone()));
+                    request
+                })
+                .service(app);
+            let service = TowerToHyperService::new(service);
+            let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "API connection ended");
             }
@@ -158,6 +203,51 @@ pub async fn serve(
         tracing::debug!("API connections still open after the drain time; closing them");
     }
     Ok(())
+}
+
+/// Accepts TLS on `stream`; `None` (logged) when the client spoke plaintext or the
+/// handshake failed (unknown CA, expired certificate, ...).
+async fn handshake(
+    mut stream: TcpStream,
+    tls: &TlsContext,
+    peer: std::net::SocketAddr,
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    Option<evio_raft::tls::PeerIdentity>,
+)> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1..) if first[0] == TLS_HANDSHAKE => {}
+        Ok(1..) => {
+            tracing::warn!(%peer, "refused a plaintext connection: this API speaks TLS");
+            let _ = stream.write_all(TLS_REQUIRED).await;
+            let _ = stream.shutdown().await;
+            return None;
+        }
+        _ => return None,
+    }
+    let config = match tls.server_config() {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "refused a TLS connection: no certificate to serve yet");
+            return None;
+        }
+    };
+    match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+        Ok(stream) => {
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(peer_identity);
+            Some((stream, identity))
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "refused a TLS connection: handshake failed");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

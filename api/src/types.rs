@@ -85,6 +85,15 @@ pub enum ErrorCode {
     Unauthorized,
     /// 403: Raft RPC from another cluster.
     ClusterMismatch,
+    /// 400: plaintext HTTP to a member that speaks TLS.
+    TlsRequired,
+    /// 401: over TLS, a write or Raft RPC without a client certificate of the cluster.
+    CertificateRequired,
+    /// 403: Raft RPC speaking for another node than the sender's certificate names.
+    WrongSender,
+    /// 403: a certificate request this member will not sign (another member's node id, or
+    /// no CA key here).
+    CertificateRefused,
     /// 404: no such route, or no such lease.
     NotFound,
     /// 405: the route exists, the method does not.
@@ -135,9 +144,9 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidNodeName | InvalidBody | InvalidQuery | BodyNotAllowed | OutsidePool
-            | BadRequest => 400,
-            Unauthorized => 401,
-            ClusterMismatch => 403,
+            | BadRequest | TlsRequired => 400,
+            Unauthorized | CertificateRequired => 401,
+            ClusterMismatch | WrongSender | CertificateRefused => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
             BlockTaken | HoldsOtherLease | PoolExhausted | PoolMismatch | DuplicateNodeName
@@ -171,6 +180,10 @@ impl ErrorCode {
             BadRequest => "bad_request",
             Unauthorized => "unauthorized",
             ClusterMismatch => "cluster_mismatch",
+            TlsRequired => "tls_required",
+            CertificateRequired => "certificate_required",
+            WrongSender => "wrong_sender",
+            CertificateRefused => "certificate_refused",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             PayloadTooLarge => "payload_too_large",
@@ -257,6 +270,28 @@ pub struct EtcdMirrorJson {
     /// RFC 3339, UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error_at: Option<String>,
+}
+
+/// Body of `POST /v1/cluster/certificate`: a joining node's certificate request, shown with
+/// the cluster token (the one exchange the token authorises when members speak TLS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertificateRequest {
+    pub node_id: u64,
+    pub name: String,
+    /// PKCS#10 request in PEM; only its public key is used.
+    pub csr: String,
+}
+
+/// Answer to a [`CertificateRequest`]: the node's certificate (PEM, followed by the CA's),
+/// the CA certificate, and the CA key (every member signs joins and renews itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateResponse {
+    pub certificate: String,
+    pub ca: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
 }
 
 /// Body of `POST /v1/reservations`: hold a block for an imported range.

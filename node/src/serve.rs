@@ -41,12 +41,14 @@ pub fn spawn_api(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let app = evio_api::router(replica.clone(), options);
+    let tls = replica.peers().tls().cloned();
     let classify = evio_api::listener::loopback_exempt_members_reserved(replica);
     tokio::spawn(evio_api::serve(
         listener,
         app,
         evio_api::ServeLimits::default(),
         classify,
+        tls,
         shutdown,
     ))
 }

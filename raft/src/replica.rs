@@ -61,8 +61,11 @@ pub struct ReplicaConfig {
     pub tuning: RaftTuning,
     /// How long a write or linearizable read waits for the leader/quorum before giving up.
     pub request_timeout: Duration,
-    /// The cluster secret every member-to-member request carries.
+    /// The cluster secret: what a joining node shows to get its certificate (TLS), or what
+    /// every member-to-member request carries (plaintext).
     pub token: String,
+    /// Mutual TLS between members; `None`: plaintext (`dev`, `--insecure-plaintext`).
+    pub tls: Option<Arc<crate::tls::TlsContext>>,
 }
 
 impl ReplicaConfig {
@@ -76,6 +79,7 @@ impl ReplicaConfig {
             tuning: RaftTuning::default(),
             request_timeout: Duration::from_secs(5),
             token: String::new(),
+            tls: None,
         }
     }
 }
@@ -209,7 +213,11 @@ impl Replica {
         }
         .validate()
         .map_err(|e| OpenError::Config(e.to_string()))?;
-        let peers = PeerHttp::new(&config.token, data_dir.cluster_id().map(str::to_string));
+        let peers = PeerHttp::new(
+            &config.token,
+            data_dir.cluster_id().map(str::to_string),
+            config.tls.clone(),
+        );
         let network = HttpNetwork::new(peers.clone());
         let node_id = data_dir.node_id();
         let raft = Raft::new(node_id, Arc::new(raft_config), network, logs, state_machine)

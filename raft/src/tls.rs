@@ -29,9 +29,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+pub use rustls::ClientConfig;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
 };
 
 use crate::types::NodeId;
@@ -163,6 +163,11 @@ pub struct PeerIdentity {
     pub node_id: NodeId,
     pub name: Option<String>,
 }
+
+/// Put on every request that came over TLS: the client certificate's identity, `None`
+/// when the client sent no certificate (allowed at the TLS layer, refused per route).
+#[derive(Debug, Clone)]
+pub struct TlsPeer(pub Option<PeerIdentity>);
 
 /// Reads the evio identity out of a certificate (`None` when it names no node id).
 pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
@@ -570,6 +575,14 @@ struct Loaded {
 pub struct TlsContext {
     source: Source,
     current: RwLock<Option<Arc<Loaded>>>,
+}
+
+impl std::fmt::Debug for TlsContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsContext")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TlsContext {

@@ -6,6 +6,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use evio_raft::network;
+use evio_raft::tls::TlsPeer;
 
 use super::errors::ApiError;
 use super::ApiState;
@@ -30,8 +31,15 @@ pub(super) fn token_matches(given: &[u8], expected: &[u8]) -> bool {
         == 0
 }
 
-/// Raft RPC, joins and lease changes need the cluster token; lease reads only with
-/// `auth_reads`. Health, readiness, metrics and cluster status stay open for probes.
+/// Where the token is the credential with TLS: a joining node has no certificate yet.
+pub(super) const CERTIFICATE_PATH: &str = "/v1/cluster/certificate";
+const JOIN_PATH: &str = "/v1/cluster/join";
+
+/// Who may do what. Plaintext: Raft RPC, joins and lease changes need the cluster token;
+/// lease reads only with `auth_reads`. TLS: a client certificate of the cluster replaces
+/// the token everywhere but where a node gets its certificate (the token only bootstraps);
+/// Raft RPC takes no token at all. Health, readiness, metrics and cluster status stay open
+/// for probes.
 pub(super) async fn authenticate(
     State(state): State<ApiState>,
     mut request: Request,
@@ -39,7 +47,8 @@ pub(super) async fn authenticate(
 ) -> Response {
     let path = request.uri().path();
     let is_read = request.method() == axum::http::Method::GET;
-    let needs_token = if path.starts_with(network::PATH_PREFIX) || path == "/v1/cluster/join" {
+    let is_rpc = path.starts_with(network::PATH_PREFIX);
+    let needs_credentials = if is_rpc || path == JOIN_PATH || path == CERTIFICATE_PATH {
         true
     } else if path.starts_with("/v1/leases") || path.starts_with("/v1/reservations") {
         !is_read || state.options.auth_reads
@@ -53,21 +62,42 @@ pub(super) async fn authenticate(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     let expected = state.replica.peers().token();
-    let authenticated =
-        !expected.is_empty() && token_matches(given.as_bytes(), expected.as_bytes());
+    let token_ok = !expected.is_empty() && token_matches(given.as_bytes(), expected.as_bytes());
+    let tls = state.replica.peers().tls().is_some();
+    let certificate = request
+        .extensions()
+        .get::<TlsPeer>()
+        .and_then(|peer| peer.0.clone());
+    // With TLS the certificate route is the token's alone (a member's certificate does not
+    // mint others), and every other route the certificate's.
+    let authenticated = match (tls, path == CERTIFICATE_PATH) {
+        (true, true) => token_ok,
+        (true, false) => certificate.is_some(),
+        (false, _) => token_ok,
+    };
     if authenticated {
         request.extensions_mut().insert(Authenticated);
         return next.run(request).await;
     }
-    if !needs_token {
+    if !needs_credentials {
         return next.run(request).await;
     }
     tracing::warn!(
         method = %request.method(),
         path = request.uri().path(),
         token_present = !given.is_empty(),
+        tls,
         "refused unauthenticated request"
     );
+    if tls && path != CERTIFICATE_PATH {
+        return ApiError::new(
+            ErrorCode::CertificateRequired,
+            "this route needs a client certificate issued by the cluster CA (on a member: \
+             evio-node finds it in the data dir; elsewhere pass --ca-file, --cert-file and \
+             --key-file)",
+        )
+        .into_response();
+    }
     ApiError::new(
         ErrorCode::Unauthorized,
         "missing or wrong cluster token (Authorization: Bearer <token>)",

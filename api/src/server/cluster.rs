@@ -4,13 +4,16 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
+use evio_raft::tls::TlsPeer;
 use evio_raft::{JoinRequest, JoinResponse};
 
 use super::errors::{parse_body, ApiError};
 use super::ApiState;
 use crate::types::ErrorBody;
-use crate::types::{ClusterJson, ErrorCode, EtcdMirrorJson, MemberJson};
+use crate::types::{
+    CertificateRequest, CertificateResponse, ClusterJson, ErrorCode, EtcdMirrorJson, MemberJson,
+};
 
 /// The mirror's state with the lag computed now, so it is never stale.
 pub fn etcd_mirror_now(state: &ApiState) -> Option<EtcdMirrorJson> {
@@ -125,8 +128,88 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
     security(("token" = [])))]
 pub(super) async fn join(
     State(state): State<ApiState>,
+    peer: Option<Extension<TlsPeer>>,
     body: Bytes,
 ) -> Result<Json<JoinResponse>, ApiError> {
     let request: JoinRequest = parse_body(&body, "join")?;
+    // Over TLS a node joins as the node its certificate names; a member forwarding the
+    // join to the leader speaks with its own certificate.
+    if let Some(Extension(TlsPeer(Some(peer)))) = peer {
+        let is_member = state
+            .replica
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&peer.node_id)
+            .is_some();
+        if peer.node_id != request.node_id && !is_member {
+            tracing::warn!(
+                certified = peer.node_id,
+                claimed = request.node_id,
+                "refused a join for another node than the certificate names"
+            );
+            return Err(ApiError::new(
+                ErrorCode::WrongSender,
+                format!(
+                    "the join is for node {}, but the client certificate names node {}",
+                    request.node_id, peer.node_id
+                ),
+            ));
+        }
+    }
     Ok(Json(state.replica.admit(&request).await?))
+}
+
+#[utoipa::path(post, path = "/v1/cluster/certificate", tag = "cluster",
+    request_body = CertificateRequest,
+    responses((status = 200, description = "the node's certificate, the CA certificate and key", body = CertificateResponse),
+        (status = 400, description = "`invalid_body` or `invalid_node_name`", body = ErrorBody), (status = 401, description = "`unauthorized`: missing or wrong cluster token", body = ErrorBody), (status = 403, description = "`certificate_refused`: another member's node id, or no CA key on this member", body = ErrorBody), (status = 413, description = "`payload_too_large`", body = ErrorBody)),
+    security(("token" = [])))]
+pub(super) async fn certificate(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<CertificateResponse>, ApiError> {
+    let request: CertificateRequest = parse_body(&body, "certificate")?;
+    evio_raft::validate_node_name(&request.name)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidNodeName, e.to_string()))?;
+    let refused = |message: String| {
+        tracing::warn!(node_id = request.node_id, name = %request.name, "refused a certificate request: {message}");
+        ApiError::new(ErrorCode::CertificateRefused, message)
+    };
+    let Some(tls) = state.replica.peers().tls() else {
+        return Err(refused(
+            "this cluster's members speak plaintext: there is no CA".into(),
+        ));
+    };
+    // A token holder must not get a certificate naming a live member under another name
+    // (it would then speak for it); a node that lost its data dir gets a new id anyway.
+    let metrics = state.replica.metrics();
+    if let Some(member) = metrics
+        .membership_config
+        .membership()
+        .get_node(&request.node_id)
+    {
+        if member.name != request.name {
+            return Err(refused(format!(
+                "node id {} belongs to member {}",
+                request.node_id, member.name
+            )));
+        }
+    }
+    let certificate = tls
+        .sign_request(&request.csr, request.node_id, &request.name)
+        .map_err(|e| match e {
+            evio_raft::tls::TlsError::Rcgen(_) => ApiError::new(
+                ErrorCode::InvalidBody,
+                format!("invalid certificate request: {e}"),
+            ),
+            e => refused(e.to_string()),
+        })?;
+    let authority = tls.authority().map_err(|e| refused(e.to_string()))?;
+    tracing::info!(node_id = request.node_id, name = %request.name, "issued a member certificate");
+    Ok(Json(CertificateResponse {
+        certificate,
+        ca: authority.cert_pem().to_string(),
+        ca_key: authority.key_pem(),
+    }))
 }

@@ -89,6 +89,8 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
             state.clone(),
             forwarding::forwarding,
         ))
+        // Any member with the CA key signs: no leader needed, so joins work with a minority down.
+        .route(auth::CERTIFICATE_PATH, post(cluster::certificate))
         .route_layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             API_TIMEOUT,

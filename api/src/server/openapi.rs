@@ -7,8 +7,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::types::{
-    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, ErrorCode, EtcdMirrorJson,
-    LeaseJson, MemberJson, ReserveBody,
+    AcquireBody, CertificateRequest, CertificateResponse, ClaimBody, ClusterJson, Consistency,
+    ErrorBody, ErrorCode, EtcdMirrorJson, LeaseJson, MemberJson, ReserveBody,
 };
 
 /// The Raft RPC routes live in `evio_raft::network::server`; they are described here so the
@@ -22,7 +22,7 @@ mod raft_rpc {
         responses((status = 200, description = "openraft's result", body = Object),
             (status = 400, description = "`invalid_body`", body = ErrorBody),
             (status = 401, description = "`unauthorized`", body = ErrorBody),
-            (status = 403, description = "`cluster_mismatch`", body = ErrorBody),
+            (status = 403, description = "`cluster_mismatch`, or `wrong_sender` (over TLS: the RPC speaks for another node than the client certificate names)", body = ErrorBody),
             (status = 413, description = "`payload_too_large` (over evio-raft's RPC body limit)", body = ErrorBody),
             (status = 421, description = "`wrong_node`", body = ErrorBody)),
         security(("token" = [])))]
@@ -33,7 +33,7 @@ mod raft_rpc {
         responses((status = 200, description = "openraft's result", body = Object),
             (status = 400, description = "`invalid_body`", body = ErrorBody),
             (status = 401, description = "`unauthorized`", body = ErrorBody),
-            (status = 403, description = "`cluster_mismatch`", body = ErrorBody),
+            (status = 403, description = "`cluster_mismatch`, or `wrong_sender` (over TLS: the RPC speaks for another node than the client certificate names)", body = ErrorBody),
             (status = 413, description = "`payload_too_large`", body = ErrorBody),
             (status = 421, description = "`wrong_node`", body = ErrorBody)),
         security(("token" = [])))]
@@ -44,7 +44,7 @@ mod raft_rpc {
         responses((status = 200, description = "openraft's result", body = Object),
             (status = 400, description = "`invalid_body`", body = ErrorBody),
             (status = 401, description = "`unauthorized`", body = ErrorBody),
-            (status = 403, description = "`cluster_mismatch`", body = ErrorBody),
+            (status = 403, description = "`cluster_mismatch`, or `wrong_sender` (over TLS: the RPC speaks for another node than the client certificate names)", body = ErrorBody),
             (status = 413, description = "`payload_too_large` (over evio-raft's RPC body limit)", body = ErrorBody),
             (status = 421, description = "`wrong_node`", body = ErrorBody)),
         security(("token" = [])))]
@@ -67,7 +67,7 @@ impl Modify for BearerToken {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("the cluster token (--cluster-token-file)"))
+                    .description(Some("the cluster token (--cluster-token-file); with TLS between members only for /v1/cluster/certificate, every other route takes a client certificate of the cluster CA"))
                     .build(),
             ),
         );
@@ -80,13 +80,15 @@ impl Modify for BearerToken {
     paths(
         super::leases::list, super::leases::get, super::leases::put, super::leases::delete,
         super::leases::reserve, super::leases::claim,
-        super::cluster::status, super::cluster::join, super::cluster::healthz,
+        super::cluster::status, super::cluster::join, super::cluster::certificate,
+        super::cluster::healthz,
         super::cluster::readyz, super::cluster::metrics, document, super::page::status_page,
         raft_rpc::append, raft_rpc::vote, raft_rpc::snapshot,
     ),
     components(schemas(
         LeaseJson, AcquireBody, ReserveBody, ClaimBody, ClusterJson, MemberJson,
-        EtcdMirrorJson, ErrorBody, ErrorCode, Consistency,
+        EtcdMirrorJson, ErrorBody, ErrorCode, Consistency, CertificateRequest,
+        CertificateResponse,
     )),
     modifiers(&BearerToken),
 )]

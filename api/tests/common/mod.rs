@@ -51,6 +51,46 @@ impl Member {
         classify: Classify,
     ) -> Member {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        Self::start_in(dir, name, pool, tuning, options, limits, classify, None).await
+    }
+
+    /// A member speaking mutual TLS with the managed PKI in `<dir>/data/tls` (empty until
+    /// the caller creates a CA or stores a certificate).
+    pub async fn start_tls(name: &str, pool: Pool) -> Member {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let tls = evio_raft::tls::TlsContext::new(evio_raft::tls::Source::Managed {
+            dir: dir.path().join("data").join(evio_raft::tls::TLS_DIR),
+            lifetime: evio_raft::tls::DEFAULT_CERT_LIFETIME,
+        })
+        .unwrap_or_else(|e| panic!("tls: {e}"));
+        let limits = ServeLimits::default();
+        let classify = evio_api::listener::loopback_exempt();
+        let tuning = RaftTuning::default();
+        let options = ApiOptions::default();
+        Self::start_in(
+            dir,
+            name,
+            pool,
+            tuning,
+            options,
+            limits,
+            classify,
+            Some(tls),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_in(
+        dir: tempfile::TempDir,
+        name: &str,
+        pool: Pool,
+        tuning: RaftTuning,
+        options: ApiOptions,
+        limits: ServeLimits,
+        classify: Classify,
+        tls: Option<Arc<evio_raft::tls::TlsContext>>,
+    ) -> Member {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -62,6 +102,8 @@ impl Member {
         config.request_timeout = Duration::from_millis(1500);
         config.tuning = tuning;
         config.token = TOKEN.into();
+        config.tls = tls.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let replica = Replica::open(config)
             .await
             .unwrap_or_else(|e| panic!("open: {e}"));
@@ -71,10 +113,10 @@ impl Member {
             let stopped = async {
                 let _ = stopped.await;
             };
-            let _ = evio_api::serve(listener, app, limits, classify, stopped).await;
+            let _ = evio_api::serve(listener, app, limits, classify, tls, stopped).await;
         });
         Member {
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             replica,
             stop: Some(stop),
             task: Some(task),

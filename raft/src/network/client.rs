@@ -18,25 +18,37 @@ use super::{
     encode_snapshot_chunk, APPEND_PATH, CLUSTER_HEADER, DENY_PEERS_ENV, SNAPSHOT_CONTENT_TYPE,
     SNAPSHOT_PATH, TARGET_HEADER, VOTE_PATH,
 };
+use crate::tls::{TlsContext, TlsError};
 use crate::types::{EvioNode, NodeId, TypeConfig};
 
-/// HTTP to other members: one connection pool, the cluster token on every request, the
-/// cluster id once known.
+/// HTTP to other members: one connection pool, the cluster id once known, and either mutual
+/// TLS with this member's certificate or (plaintext, `--insecure-plaintext` and `dev`) the
+/// cluster token on every request.
 #[derive(Clone)]
 pub struct PeerHttp {
     http: reqwest::Client,
     token: Arc<str>,
     cluster_id: Arc<RwLock<Option<String>>>,
     deny: Arc<Vec<String>>,
+    tls: Option<Arc<TlsContext>>,
 }
 
-/// A request this process may not send (test-only deny list).
+/// A request this process cannot send.
 #[derive(Debug, thiserror::Error)]
-#[error("path to {0} is blocked by {DENY_PEERS_ENV}")]
-pub struct Denied(pub String);
+pub enum Denied {
+    /// Test-only deny list.
+    #[error("path to {0} is blocked by {DENY_PEERS_ENV}")]
+    Blocked(String),
+    #[error("TLS to {addr}: {source}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: TlsError,
+    },
+}
 
 impl PeerHttp {
-    pub fn new(token: &str, cluster_id: Option<String>) -> Self {
+    pub fn new(token: &str, cluster_id: Option<String>, tls: Option<Arc<TlsContext>>) -> Self {
         crate::tls::ensure_provider();
         let deny = std::env::var(DENY_PEERS_ENV)
             .map(|v| {
@@ -54,6 +66,21 @@ impl PeerHttp {
             token: Arc::from(token),
             cluster_id: Arc::new(RwLock::new(cluster_id)),
             deny: Arc::new(deny),
+            tls,
+        }
+    }
+
+    /// This member's TLS, `None` when members speak plaintext.
+    pub fn tls(&self) -> Option<&Arc<TlsContext>> {
+        self.tls.as_ref()
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
         }
     }
 
@@ -71,7 +98,8 @@ impl PeerHttp {
         &self.token
     }
 
-    /// A request to `http://{addr}{path}` carrying the token and cluster id.
+    /// A request to `{scheme}://{addr}{path}` carrying the cluster id, and the token when
+    /// members speak plaintext (with TLS the certificate says who is asking).
     pub fn request(
         &self,
         method: reqwest::Method,
@@ -79,12 +107,21 @@ impl PeerHttp {
         path: &str,
     ) -> Result<reqwest::RequestBuilder, Denied> {
         if self.deny.iter().any(|d| d == addr) {
-            return Err(Denied(addr.to_string()));
+            return Err(Denied::Blocked(addr.to_string()));
         }
-        let mut request = self
-            .http
-            .request(method, format!("http://{addr}{path}"))
-            .bearer_auth(&*self.token);
+        let mut request = match &self.tls {
+            Some(tls) => tls
+                .http()
+                .map_err(|source| Denied::Tls {
+                    addr: addr.to_string(),
+                    source,
+                })?
+                .request(method, format!("https://{addr}{path}")),
+            None => self
+                .http
+                .request(method, format!("http://{addr}{path}"))
+                .bearer_auth(&*self.token),
+        };
         if let Some(id) = self.cluster_id() {
             request = request.header(CLUSTER_HEADER, id);
         }
@@ -152,7 +189,7 @@ impl HttpPeer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}{}", self.node.addr, path);
+        let url = format!("{}://{}{}", self.peers.scheme(), self.node.addr, path);
         let response = self
             .peers
             .request(reqwest::Method::POST, &self.node.addr, path)

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 
@@ -19,7 +19,8 @@ use super::{
     TARGET_HEADER, VOTE_PATH,
 };
 use crate::replica::Replica;
-use crate::types::{NodeId, TypeConfig};
+use crate::tls::TlsPeer;
+use crate::types::{NodeId, TypeConfig, Vote};
 
 /// Why a Raft RPC was not handed to openraft. Answered as the API's JSON error body
 /// `{error, code}`.
@@ -35,6 +36,13 @@ pub enum RpcRefusal {
     InvalidChunk(#[from] super::ChunkError),
     #[error("this is node {me}, the RPC is for node {target:?}")]
     WrongNode { me: NodeId, target: Option<String> },
+    #[error(
+        "the RPC speaks for node {claimed:?}, but the sender's certificate names node {certified}"
+    )]
+    WrongSender {
+        certified: NodeId,
+        claimed: Option<NodeId>,
+    },
     #[error("this member belongs to cluster {ours}, the request to {theirs:?}")]
     ClusterMismatch {
         ours: String,
@@ -50,6 +58,7 @@ impl RpcRefusal {
             }
             RpcRefusal::WrongNode { .. } => (StatusCode::MISDIRECTED_REQUEST, "wrong_node"),
             RpcRefusal::ClusterMismatch { .. } => (StatusCode::FORBIDDEN, "cluster_mismatch"),
+            RpcRefusal::WrongSender { .. } => (StatusCode::FORBIDDEN, "wrong_sender"),
         }
     }
 }
@@ -116,21 +125,55 @@ fn parse<T: DeserializeOwned>(body: &Bytes, what: &'static str) -> Result<T, Rpc
     serde_json::from_slice(body).map_err(|source| RpcRefusal::InvalidBody { what, source })
 }
 
-async fn append(State(replica): State<Arc<Replica>>, body: Bytes) -> Result<Response, RpcRefusal> {
+/// Over TLS, the node an RPC speaks for (the leader or candidate in its vote) must be the
+/// node the sender's certificate names: one member's certificate cannot speak for another.
+fn check_sender(peer: Option<Extension<TlsPeer>>, vote: &Vote) -> Result<(), RpcRefusal> {
+    let Some(Extension(TlsPeer(Some(peer)))) = peer else {
+        // Plaintext (the token was checked) or no certificate (refused before routing).
+        return Ok(());
+    };
+    let claimed = vote.leader_id().voted_for();
+    if claimed != Some(peer.node_id) {
+        tracing::warn!(
+            certified = peer.node_id,
+            ?claimed,
+            "refused Raft RPC speaking for another node than its certificate names"
+        );
+        return Err(RpcRefusal::WrongSender {
+            certified: peer.node_id,
+            claimed,
+        });
+    }
+    Ok(())
+}
+
+async fn append(
+    State(replica): State<Arc<Replica>>,
+    peer: Option<Extension<TlsPeer>>,
+    body: Bytes,
+) -> Result<Response, RpcRefusal> {
     let rpc: AppendEntriesRequest<TypeConfig> = parse(&body, "append-entries")?;
+    check_sender(peer, &rpc.vote)?;
     Ok(Json(replica.raft().append_entries(rpc).await).into_response())
 }
 
-async fn vote(State(replica): State<Arc<Replica>>, body: Bytes) -> Result<Response, RpcRefusal> {
+async fn vote(
+    State(replica): State<Arc<Replica>>,
+    peer: Option<Extension<TlsPeer>>,
+    body: Bytes,
+) -> Result<Response, RpcRefusal> {
     let rpc: VoteRequest<NodeId> = parse(&body, "vote")?;
+    check_sender(peer, &rpc.vote)?;
     Ok(Json(replica.raft().vote(rpc).await).into_response())
 }
 
 async fn snapshot(
     State(replica): State<Arc<Replica>>,
+    peer: Option<Extension<TlsPeer>>,
     body: Bytes,
 ) -> Result<Response, RpcRefusal> {
     let rpc = decode_snapshot_chunk(&body)?;
+    check_sender(peer, &rpc.vote)?;
     replica.note_snapshot_bytes(rpc.data.len());
     Ok(Json(replica.raft().install_snapshot(rpc).await).into_response())
 }
