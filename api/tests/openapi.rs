@@ -58,6 +58,7 @@ async fn served_document_matches_docs_and_covers_every_route() {
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
+        ("/v1/cluster/certificate", "post"),
         ("/openapi.json", "get"),
         ("/", "get"),
         (evio_raft::network::APPEND_PATH, "post"),
