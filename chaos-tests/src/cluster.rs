@@ -124,11 +124,25 @@ impl Cluster {
         let tag = format!("evc{}", std::process::id());
         let hub = format!("{tag}-hub");
         let token_file = run_dir.join("token");
-        std::fs::write(
-            &token_file,
-            format!("chaos-{}-{}", tag, rand::random::<u64>()),
-        )
-        .map_err(io_err(&token_file))?;
+        // Mode 0600 and 32+ bytes, or evio-node refuses it.
+        let token = format!(
+            "chaos-{}-{:016x}{:016x}",
+            tag,
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&token_file)
+                .and_then(|mut f| f.write_all(token.as_bytes()))
+                .map_err(io_err(&token_file))?;
+        }
         let mut cluster = Cluster {
             tag: tag.clone(),
             hub: hub.clone(),
@@ -238,6 +252,8 @@ impl Cluster {
             .args(["--heartbeat-ms", "75", "--snapshot-every", "200"])
             .args(["--snapshot-keep", "50", "--cluster-token-file"])
             .arg(&self.token_file)
+            // The chaos checker's clients speak plaintext with the token (TLS: not yet).
+            .arg("--insecure-plaintext")
             .arg("--cni-socket")
             .arg(&node.cni_socket);
         if bootstrap {

@@ -14,6 +14,7 @@ mod commands;
 mod etcd;
 mod kube;
 mod serve;
+mod tls;
 
 use clap::{Parser, Subcommand, ValueEnum};
 

@@ -109,7 +109,7 @@ fn dev_survives_schemathesis() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_follower_survives_schemathesis() {
     let Some(st) = schemathesis() else { return };
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let nodes = cluster.three(&[]).await;
     let refs: Vec<&common::cluster::Node> = nodes.iter().collect();
     let leader_name = leader(&refs).await.name.clone();

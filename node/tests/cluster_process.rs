@@ -299,6 +299,8 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
         "12",
         "--cluster-token-file",
         &cluster.token_file.to_string_lossy(),
+        "--ca-file",
+        &common::cluster::ca_file(&cluster.path("n0")),
     ])
     .output()
     .unwrap_or_else(|e| panic!("{e}"));
@@ -308,9 +310,9 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
 
-    // Wrong token: the join is refused (401) and the member set is unchanged.
+    // Wrong token: the certificate request is refused (401) and the member set is unchanged.
     let wrong = cluster.dir.path().join("wrong-token");
-    std::fs::write(&wrong, "not-the-token").unwrap_or_else(|e| panic!("{e}"));
+    common::cluster::write_token(&wrong, "not-the-token-but-long-enough-to-be-read");
     let out = evio_node(&[
         "run",
         "--node-name",
@@ -329,15 +331,27 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
         "8",
         "--cluster-token-file",
         &wrong.to_string_lossy(),
+        "--ca-file",
+        &common::cluster::ca_file(&cluster.path("n0")),
     ])
     .output()
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 
-    // Lease writes and Raft RPC without / with a wrong token or cluster, and garbage bodies.
-    evio_raft::tls::ensure_provider();
-    let http = reqwest::Client::new();
+    // Lease writes and Raft RPC without a certificate (a TLS client trusting the CA, with or
+    // without a token), then with n0's certificate and a wrong cluster, target or body.
+    let ca = std::fs::read_to_string(common::cluster::ca_file(&cluster.path("n0")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let anonymous = evio_raft::tls::http_client(
+        evio_raft::tls::anonymous_client_config(
+            evio_raft::tls::Trust::ca_pem(&ca).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let http = n0.proc.http();
     let base = &n0.proc.base;
     let ours = identity_cluster_id(&cluster.path("n0"));
     let n0_id = status(&n0)
@@ -356,13 +370,21 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
             .header("x-evio-target-node", target)
     };
     let cases = [
-        (http.put(format!("{base}/v1/leases/x")), 401),
+        (anonymous.put(format!("{base}/v1/leases/x")), 401),
         (
-            http.put(format!("{base}/v1/leases/x")).bearer_auth("wrong"),
+            anonymous
+                .put(format!("{base}/v1/leases/x"))
+                .bearer_auth(TOKEN),
             401,
         ),
-        (http.delete(format!("{base}/v1/leases/filler")), 401),
-        (http.post(format!("{base}/raft/vote")).body("{}"), 401),
+        (anonymous.delete(format!("{base}/v1/leases/filler")), 401),
+        (
+            anonymous
+                .post(format!("{base}/raft/vote"))
+                .bearer_auth(TOKEN)
+                .body("{}"),
+            401,
+        ),
         (rpc("append", &ours, &n0_id).body("{garbage"), 400),
         (rpc("vote", &ours, &n0_id).body(""), 400),
         (rpc("vote", "another-cluster", &n0_id).body("{}"), 403),
@@ -398,8 +420,11 @@ fn identity_cluster_id(data_dir: &Path) -> String {
 
 /// The member's `evio_raft_purged_index` from /metrics.
 async fn purged_index(node: &Node) -> u64 {
-    evio_raft::tls::ensure_provider();
-    let text = reqwest::get(format!("{}/metrics", node.proc.base))
+    let text = node
+        .proc
+        .http()
+        .get(format!("{}/metrics", node.proc.base))
+        .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .text()
@@ -501,7 +526,12 @@ fn join_to_an_unreachable_address_retries_with_backoff() {
     let nobody = free_addr(); // nothing listens here
     let addr = free_addr();
     let mut child = cluster
-        .command("lonely", &addr, &[&nobody], &[])
+        .command(
+            "lonely",
+            &addr,
+            &[&nobody],
+            &["--ca-hash", &format!("sha256:{}", "0".repeat(64))],
+        )
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -130,7 +130,7 @@ fn host_local_add(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflist_from_the_cluster_then_from_the_local_replica_with_all_peers_killed() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let mut nodes = cluster.three(&[]).await;
     // Blocks 0 and 1 go to others, so c's block is not the first one by accident.
     support::acquire(&nodes[0], "other-0").await;
@@ -240,7 +240,7 @@ async fn conflist_from_the_cluster_then_from_the_local_replica_with_all_peers_ki
 
 #[test]
 fn no_replica_and_no_member_fails_cleanly_leaving_the_conflist() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let net_d = cluster.path("net.d");
     std::fs::create_dir_all(&net_d).unwrap_or_else(|e| panic!("{e}"));
     let existing = net_d.join("10-evio.conflist");
@@ -269,7 +269,7 @@ fn no_replica_and_no_member_fails_cleanly_leaving_the_conflist() {
 
 #[test]
 fn bad_net_conf_names_key_and_value_and_writes_nothing() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let cases = [
         (
             r#""nodeBits":"8""#,
@@ -328,7 +328,7 @@ fn bad_net_conf_names_key_and_value_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_writes_and_keeps_its_conflist() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let net_conf = cluster.path("net-conf.json");
     std::fs::write(
         &net_conf,
@@ -401,7 +401,7 @@ async fn the_daemon_writes_and_keeps_its_conflist() {
 /// members that themselves wait in their init step).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_init_sequence_never_blocks_a_node_whose_cluster_is_unreachable_at_first() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let (addr_a, addr_x) = (free_addr(), free_addr());
     // x joins a's cluster without ever taking a lease, then the whole cluster goes down.
     let mut a = cluster.start("a", &addr_a, &[], &[]);

@@ -83,7 +83,7 @@ async fn mirror_follows_leases_and_reconciles_after_outage_and_leader_change() {
     if !have("etcd", "etcd-server") {
         return;
     }
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let mut etcd = Etcd::start(cluster.dir.path(), "mirror");
     // A key of the original tool's own (its lock) must survive every reconcile.
     etcd.put("/evpn/evio-lock/694d", "x").await;
@@ -171,7 +171,7 @@ async fn wrong_credentials_leave_the_mirror_unhealthy_and_nothing_else() {
     if !have("etcd", "etcd-server") {
         return;
     }
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let etcd = Etcd::start(cluster.dir.path(), "auth");
     {
         // etcd's auth API, through the same JSON gateway evio uses.
@@ -235,7 +235,7 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
     if !have("etcd", "etcd-server") {
         return;
     }
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let etcd = Etcd::start(cluster.dir.path(), "import");
     let addr = support::free_addr();
     let node = cluster.start("solo", &addr, &[], &[]);
@@ -386,7 +386,7 @@ async fn a_deposed_leader_is_fenced_off_by_the_term_key() {
     if !have("etcd", "etcd-server") {
         return;
     }
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let etcd = Etcd::start(cluster.dir.path(), "fence");
     // As if a leader of a much later term had mirrored already.
     etcd.put("/evio/mirror/term", &format!("{:020}", u64::MAX / 2))
@@ -419,7 +419,7 @@ async fn imported_and_claimed_ranges_are_mirrored_under_their_owner() {
     if !have("etcd", "etcd-server") {
         return;
     }
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let etcd = Etcd::start(cluster.dir.path(), "claim");
     let node = cluster.start(
         "solo",
@@ -473,7 +473,7 @@ async fn mirror_over_tls_with_a_client_certificate() {
     if !have("etcd", "etcd-server") || !have("openssl", "openssl") {
         return;
     }
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let tls = support::TlsFiles::make(cluster.dir.path());
     let etcd = Etcd::start_tls(cluster.dir.path(), "tls", tls.clone());
     let arg = |p: &std::path::Path| p.to_string_lossy().to_string();

@@ -34,7 +34,7 @@ impl Env {
     fn new() -> Env {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let token_file = dir.path().join("token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
+        common::cluster::write_token(&token_file, TOKEN);
         let kube = KubeStandIn::start();
         let kubeconfig = kube.write_kubeconfig(dir.path());
         Env {
@@ -76,6 +76,9 @@ impl Env {
         let kubeconfig = self.kubeconfig.to_string_lossy().to_string();
         let base = run_args(&data, addr, &token);
         let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
+        // Joins here find the cluster through Node annotations; the CA for them would come
+        // from a Kubernetes Secret, which the stand-in does not serve yet.
+        args.push("--insecure-plaintext");
         if !extra.contains(&"--voters") {
             args.extend_from_slice(&["--voters", "1"]);
         }

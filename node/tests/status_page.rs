@@ -117,7 +117,7 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
         return;
     }
     let Some(chromium) = chromium else { return };
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let nodes = cluster.three(&[]).await;
     let refs: Vec<&Node> = nodes.iter().collect();
     let leader_name = leader(&refs).await.name.clone();
@@ -287,7 +287,7 @@ async fn status_page_asks_for_the_token_when_reads_need_it() {
         return;
     }
     let Some(chromium) = chromium else { return };
-    let cluster = Cluster::new();
+    let cluster = Cluster::plaintext();
     let solo = cluster.start(
         "solo",
         &common::cluster::free_addr(),

@@ -38,7 +38,7 @@ const POD_CIDR: &str = "10.92.0.0/16";
 /// Host-overlay addresses (the Evio overlay in production), one per host.
 const OVERLAY: [&str; 2] = ["10.93.0.1", "10.93.0.2"];
 const API_PORT: u16 = 7700;
-const TOKEN: &str = "two-host-test-token";
+const TOKEN: &str = "two-host-test-token-of-32-bytes-at-least";
 const OVS_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 /// Generous: two busy cores, debug builds.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -318,6 +318,7 @@ impl Host {
             &socket,
             "--cluster-token-file",
             &token,
+            "--insecure-plaintext",
         ];
         match join {
             Some(member) => args.extend_from_slice(&["--join", member]),
@@ -446,7 +447,8 @@ fn two_hosts(mode: Mode) {
     let bridge = format!("br2h{tag}");
     assert!(bridge.len() <= 15, "{bridge}");
     let token = dir.path().join("token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
+    evio_raft::data_dir::write_atomic(&token, format!("{TOKEN}\n").as_bytes(), 0o600)
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // Locals drop in reverse: the hosts (daemons, switches, namespaces), then the pods'
     // namespaces, then `dir`.

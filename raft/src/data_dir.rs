@@ -35,6 +35,12 @@ pub enum DataDirError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("data dir {path} belongs to node id {stored}, but this member's certificate names node id {wanted}; use the certificate issued for it, or an empty data dir")]
+    NodeIdMismatch {
+        path: PathBuf,
+        stored: NodeId,
+        wanted: NodeId,
+    },
     #[error("data dir {path} holds a database but no {IDENTITY_FILE}; refusing to re-initialise it (restore the file or use an empty data dir)")]
     MissingIdentity { path: PathBuf },
     #[error("data dir {path}: {IDENTITY_FILE} is unreadable: {reason}")]
@@ -59,6 +65,26 @@ pub struct DataDir {
 impl DataDir {
     /// Opens `root` for `pool`, creating it with a fresh random node id when it is new.
     pub fn open(root: &Path, pool: Pool) -> Result<Self, DataDirError> {
+        Self::open_as(root, pool, None)
+    }
+
+    /// Like [`Self::open`]; with `node_id` (what an operator-issued certificate names), a new
+    /// data dir takes that id and an existing one must have it.
+    pub fn open_as(root: &Path, pool: Pool, node_id: Option<NodeId>) -> Result<Self, DataDirError> {
+        let opened = Self::open_inner(root, pool, node_id)?;
+        match node_id {
+            Some(wanted) if wanted != opened.identity.node_id => {
+                Err(DataDirError::NodeIdMismatch {
+                    path: root.to_path_buf(),
+                    stored: opened.identity.node_id,
+                    wanted,
+                })
+            }
+            _ => Ok(opened),
+        }
+    }
+
+    fn open_inner(root: &Path, pool: Pool, node_id: Option<NodeId>) -> Result<Self, DataDirError> {
         let io = |source| DataDirError::Io {
             path: root.to_path_buf(),
             source,
@@ -109,7 +135,7 @@ impl DataDir {
                     format: FORMAT,
                     // 53 bits so ids survive JSON consumers that use doubles; zero is
                     // reserved so an id is never confused with "unset".
-                    node_id: (rand::random::<u64>() >> 11).max(1),
+                    node_id: node_id.unwrap_or_else(|| (rand::random::<u64>() >> 11).max(1)),
                     pod_cidr: pool.pod_cidr().to_string(),
                     node_bits: pool.node_bits(),
                     cluster_id: None,

@@ -189,7 +189,14 @@ impl Replica {
     /// Opens the data dir and store and starts Raft. Does not join or bootstrap a cluster.
     pub async fn open(config: ReplicaConfig) -> Result<Arc<Self>, OpenError> {
         validate_node_name(&config.node_name)?;
-        let data_dir = DataDir::open(&config.data_dir, config.pool)?;
+        // Operator-issued certificates name the node id: a new data dir takes it.
+        let certified = config
+            .tls
+            .as_ref()
+            .filter(|tls| matches!(tls.source(), crate::tls::Source::Files { .. }))
+            .and_then(|tls| tls.credentials().ok())
+            .map(|c| c.identity.node_id);
+        let data_dir = DataDir::open_as(&config.data_dir, config.pool, certified)?;
         let (mut logs, state_machine) =
             store::open(&data_dir.db_path(), config.pool, config.cache_bytes)?;
         let committed_at_open = logs

@@ -7,9 +7,10 @@ use evio_api::{Client, ClusterJson, Consistency, LeaseJson};
 
 #[derive(Args)]
 pub struct ApiArgs {
-    /// The member's API root.
-    #[arg(long, env = "EVIO_API", default_value = "http://127.0.0.1:7700")]
-    pub(crate) api: String,
+    /// The member's API root. Default: https://127.0.0.1:7700 when this node's certificate
+    /// is found (the data dir, or --cert-file), else http://127.0.0.1:7700.
+    #[arg(long, env = "EVIO_API")]
+    pub(crate) api: Option<String>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     pub(crate) output: Output,
@@ -17,6 +18,19 @@ pub struct ApiArgs {
     /// `<data-dir>/cluster-token`).
     #[arg(long, env = "EVIO_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// The member's data dir, where its certificate is found when members speak TLS.
+    #[arg(long, env = "EVIO_DATA_DIR", default_value = "/var/lib/evio")]
+    data_dir: std::path::PathBuf,
+    /// The cluster CA certificate (PEM), with --cert-file and --key-file: TLS from
+    /// anywhere (instead of the data dir's certificate).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// A client certificate issued by the cluster CA (PEM).
+    #[arg(long)]
+    cert_file: Option<std::path::PathBuf>,
+    /// The key of --cert-file (PEM).
+    #[arg(long)]
+    key_file: Option<std::path::PathBuf>,
 }
 
 impl ApiArgs {
@@ -25,7 +39,13 @@ impl ApiArgs {
             Some(path) => Some(crate::commands::run::read_token(path)?),
             None => None,
         };
-        Ok(Client::new(&self.api)?.with_token(token))
+        let credentials = crate::tls::cli_credentials(
+            &self.data_dir,
+            self.ca_file.as_deref(),
+            self.cert_file.as_deref(),
+            self.key_file.as_deref(),
+        )?;
+        crate::tls::cli_client(self.api.as_deref(), token, credentials)
     }
 }
 
@@ -99,6 +119,15 @@ pub enum ClusterCommand {
     Status {
         #[command(flatten)]
         api: ApiArgs,
+    },
+    /// The cluster CA's hash (sha256:...), what a joining node passes as --ca-hash.
+    CaHash {
+        /// A member's data dir (its CA is in tls/ca.pem).
+        #[arg(long, env = "EVIO_DATA_DIR", default_value = "/var/lib/evio")]
+        data_dir: std::path::PathBuf,
+        /// The CA certificate (PEM) instead of the data dir's.
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -224,6 +253,10 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        ClusterCommand::CaHash { data_dir, ca_file } => {
+            println!("{}", crate::tls::ca_hash(&data_dir, ca_file.as_deref())?);
+            Ok(())
         }
     }
 }

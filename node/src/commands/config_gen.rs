@@ -278,7 +278,7 @@ fn lease_from_json(json: &LeaseJson, pool: Pool) -> anyhow::Result<Lease> {
 /// re-acquire after an operator released it).
 pub async fn keep_current(
     replica: std::sync::Arc<evio_raft::Replica>,
-    api: String,
+    advertise: String,
     token: String,
     dir: PathBuf,
     conf: NetConf,
@@ -302,12 +302,13 @@ pub async fn keep_current(
             }
             Some(_) => {}
             None if replica.is_ready() => {
-                let acquired = match Client::new(&api) {
+                let tls = replica.peers().tls().map(|t| t.as_ref());
+                let acquired = match crate::tls::member_client(&advertise, tls, Some(&token)) {
                     Ok(client) => client
-                        .with_token(Some(token.clone()))
                         .acquire(&node, None)
                         .await
-                        .map(|_| ()),
+                        .map(|_| ())
+                        .map_err(anyhow::Error::from),
                     Err(e) => Err(e),
                 };
                 match acquired {

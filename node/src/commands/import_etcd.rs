@@ -41,9 +41,13 @@ pub struct ImportEtcdArgs {
     /// Client key (PEM) for etcd over TLS.
     #[arg(long)]
     key_file: Option<PathBuf>,
-    /// The evio member's API root.
-    #[arg(long, env = "EVIO_API", default_value = "http://127.0.0.1:7700")]
-    api: String,
+    /// The evio member's API root. Default: https://127.0.0.1:7700 when the member's
+    /// certificate is in --data-dir, else http://127.0.0.1:7700.
+    #[arg(long, env = "EVIO_API")]
+    api: Option<String>,
+    /// The evio member's data dir, where its certificate is found when members speak TLS.
+    #[arg(long, env = "EVIO_DATA_DIR", default_value = "/var/lib/evio")]
+    data_dir: PathBuf,
     /// File with the cluster token (reservations change leases).
     #[arg(long, env = "EVIO_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -70,7 +74,8 @@ pub async fn run(args: ImportEtcdArgs) -> anyhow::Result<()> {
         Some(path) => Some(crate::commands::run::read_token(path)?),
         None => None,
     };
-    let api = Client::new(&args.api)?.with_token(token);
+    let credentials = crate::tls::cli_credentials(&args.data_dir, None, None, None)?;
+    let api = crate::tls::cli_client(args.api.as_deref(), token, credentials)?;
     let cluster = api.cluster().await.context("reading the evio pool")?;
     let pool = Pool::new(cluster.pod_cidr, cluster.node_bits)?;
 

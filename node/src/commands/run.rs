@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use evio_api::{ApiOptions, Client, ClientError};
+use evio_api::{ApiOptions, ClientError};
 use evio_raft::{
     JoinRequest, JoinResponse, MembershipController, Pool, RaftTuning, Replica, ReplicaConfig,
 };
@@ -59,9 +59,34 @@ pub struct RunArgs {
     /// The original Evio net-conf.json (podCIDR, nodeBits, bridge settings).
     #[arg(long)]
     net_conf: Option<PathBuf>,
-    /// File holding the cluster secret (required).
+    /// File holding the cluster secret (required; mode 0600, at least 32 bytes). With TLS it
+    /// only buys a joining node its certificate.
     #[arg(long)]
     cluster_token_file: Option<PathBuf>,
+    /// Speak plain HTTP to the other members, the token on every request (debugging only:
+    /// anyone reading the network gets the cluster). Default: mutual TLS.
+    #[arg(long)]
+    #[serde(default)]
+    insecure_plaintext: bool,
+    /// Joining: the cluster CA's hash (sha256:...; `evio-node cluster ca-hash` on a member
+    /// prints it); the token is only sent to a member whose certificate chains to that CA.
+    #[arg(long)]
+    ca_hash: Option<String>,
+    /// The cluster CA certificate (PEM): what a joining node trusts instead of --ca-hash,
+    /// or, with --cert-file and --key-file, the CA of operator-supplied certificates.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Operator-supplied certificate of this member (PEM, naming URI evio://node/<id>);
+    /// re-read to renew. Without it the cluster runs its own CA in <data-dir>/tls/.
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// The key of --cert-file (PEM).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Lifetime of the certificates the cluster CA issues (renewed when a third is left).
+    /// Default: 30d.
+    #[arg(long)]
+    cert_lifetime: Option<String>,
     /// Replace a voter unreachable for longer than this (e.g. 60s, 2m). Default: 60s.
     #[arg(long)]
     voter_grace: Option<String>,
@@ -149,6 +174,7 @@ struct Settings {
     voters: usize,
     pool: Pool,
     token: String,
+    tls: crate::tls::TlsMode,
     voter_grace: Duration,
     tuning: RaftTuning,
     auth_reads: bool,
@@ -190,6 +216,12 @@ impl RunArgs {
             node_bits: self.node_bits.or(file.node_bits),
             net_conf: self.net_conf.or(file.net_conf),
             cluster_token_file: self.cluster_token_file.or(file.cluster_token_file),
+            insecure_plaintext: self.insecure_plaintext || file.insecure_plaintext,
+            ca_hash: self.ca_hash.or(file.ca_hash),
+            ca_file: self.ca_file.or(file.ca_file),
+            cert_file: self.cert_file.or(file.cert_file),
+            key_file: self.key_file.or(file.key_file),
+            cert_lifetime: self.cert_lifetime.or(file.cert_lifetime),
             voter_grace: self.voter_grace.or(file.voter_grace),
             election_timeout_ms: self.election_timeout_ms.or(file.election_timeout_ms),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
@@ -238,6 +270,14 @@ impl RunArgs {
             .cluster_token_file
             .context("--cluster-token-file is required: every member shares one cluster secret")?;
         let token = read_token(&token_file)?;
+        let tls = crate::tls::mode(
+            args.insecure_plaintext,
+            args.ca_hash.as_deref(),
+            args.ca_file.as_deref(),
+            args.cert_file.as_deref(),
+            args.key_file.as_deref(),
+            args.cert_lifetime.as_deref(),
+        )?;
         let voter_grace = match &args.voter_grace {
             Some(text) => humantime::parse_duration(text).with_context(|| {
                 format!("--voter-grace {text:?}: expected a duration like 60s or 2m")
@@ -328,6 +368,7 @@ impl RunArgs {
             voters,
             pool,
             token,
+            tls,
             voter_grace,
             tuning: RaftTuning {
                 heartbeat_ms: heartbeat,
@@ -362,14 +403,40 @@ impl RunArgs {
     }
 }
 
-/// Reads a token file; whitespace around the secret is ignored, an empty secret refused.
+/// The shortest cluster token accepted.
+pub const MIN_TOKEN_BYTES: usize = 32;
+
+/// Reads a token file; whitespace around the secret is ignored. A file readable by group or
+/// others, or a secret shorter than [`MIN_TOKEN_BYTES`], is refused saying how to fix it.
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading the cluster token file {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "the cluster token file {} is readable by group or others (mode {:o}): chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
     let token = std::fs::read_to_string(path)
         .with_context(|| format!("reading the cluster token file {}", path.display()))?
         .trim()
         .to_string();
     if token.is_empty() {
         bail!("the cluster token file {} is empty", path.display());
+    }
+    if token.len() < MIN_TOKEN_BYTES {
+        bail!(
+            "the cluster token in {} is {} bytes, shorter than {MIN_TOKEN_BYTES}: make a new one with \
+             (umask 077; head -c 32 /dev/urandom | base64 > {})",
+            path.display(),
+            token.len(),
+            path.display()
+        );
     }
     Ok(token)
 }
@@ -405,6 +472,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     config.tuning = settings.tuning.clone();
     config.token = settings.token.clone();
+    let tls = crate::tls::context(&settings.tls, &settings.data_dir)?;
+    config.tls = tls.clone();
     let replica = Replica::open(config).await?;
     let initialized = replica.raft().is_initialized().await?;
     if settings.bootstrap && (initialized || replica.cluster_id().is_some()) {
@@ -453,10 +522,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         MembershipController::new(replica.clone(), settings.voters, settings.voter_grace);
     let controller = tokio::spawn(controller.run(stop_rx.clone()));
     let mirror = mirror.map(|m| tokio::spawn(m.run(stop_rx.clone())));
+    let renewal = tls
+        .clone()
+        .map(|tls| tokio::spawn(crate::tls::keep_renewed(tls, stop_rx.clone())));
     let conflist = settings.cni_conf.clone().map(|(dir, conf)| {
         tokio::spawn(config_gen::keep_current(
             replica.clone(),
-            format!("http://{advertise}"),
+            advertise.clone(),
             settings.token.clone(),
             dir,
             conf,
@@ -509,6 +581,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             if bootstrap {
                 replica.bootstrap_single().await?;
                 tracing::info!(cluster = ?replica.cluster_id(), "bootstrapped a new cluster");
+                if let Some(tls) = &tls {
+                    let cluster = replica.cluster_id().unwrap_or_default();
+                    crate::tls::create_authority(
+                        tls,
+                        &cluster,
+                        replica.node_id(),
+                        &settings.node_name,
+                    )?;
+                }
                 if let (Some(client), Some(id)) = (record, replica.cluster_id()) {
                     crate::kube::bootstrap::record_cluster_id(
                         client,
@@ -520,18 +601,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             } else {
                 join(&replica, &settings, kube_client.as_ref()).await?;
             }
+        } else if let Some(tls) = &tls {
+            if !tls.has_files() {
+                bail!(
+                    "this member has no TLS certificate ({} is missing): restore it, or use an empty data dir to join again",
+                    settings.data_dir.join(evio_raft::tls::TLS_DIR).display()
+                );
+            }
+        }
+        if let Some(tls) = &tls {
+            crate::tls::log_ca_hash(tls);
         }
         anyhow::Ok(())
     };
     let outcome = tokio::select! {
         result = start => match result {
             Ok(()) => {
+                let scheme = replica.peers().scheme();
                 tracing::info!(
-                    api = %format!("http://{advertise}"),
+                    api = %format!("{scheme}://{advertise}"),
                     node = %settings.node_name,
                     node_id = replica.node_id(),
                     cluster = ?replica.cluster_id(),
-                    "evio-node running: API at http://{advertise}"
+                    "evio-node running: API at {scheme}://{advertise}"
                 );
                 serve::until_signal(&mut signals, &mut server).await
             }
@@ -544,7 +636,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = cni.await;
     let _ = tokio::time::timeout(Duration::from_secs(10), &mut server).await;
     let _ = controller.await;
-    for task in [mirror, conflist].into_iter().flatten() {
+    for task in [mirror, conflist, renewal].into_iter().flatten() {
         let _ = task.await;
     }
     for task in kube_tasks {
@@ -580,8 +672,31 @@ async fn join(
             tracing::warn!(retry_in = ?backoff, "join: no member to try yet (no --join given and no other Node carries an evio.io/api-address annotation)");
         }
         for peer in &peers {
-            let client =
-                Client::new(&format!("http://{peer}"))?.with_token(Some(settings.token.clone()));
+            let tls = replica.peers().tls().map(|t| t.as_ref());
+            if let (Some(tls), crate::tls::TlsMode::Managed { join_trust, .. }) =
+                (tls, &settings.tls)
+            {
+                if !tls.has_files() {
+                    let exchange = crate::tls::obtain_certificate(
+                        tls,
+                        join_trust.as_ref(),
+                        peer,
+                        &settings.token,
+                        replica.node_id(),
+                        &settings.node_name,
+                    )
+                    .await;
+                    match exchange {
+                        Ok(()) => {}
+                        Err(crate::tls::ExchangeError::Fatal(e)) => return Err(e),
+                        Err(crate::tls::ExchangeError::Retry(e)) => {
+                            tracing::warn!(peer, error = %format!("{e:#}"), retry_in = ?backoff, "join: cannot join through this peer yet");
+                            continue;
+                        }
+                    }
+                }
+            }
+            let client = crate::tls::member_client(peer, tls, Some(&settings.token))?;
             match client.join(&request).await {
                 Ok(JoinResponse {
                     cluster_id,
@@ -600,7 +715,8 @@ async fn join(
                 }
                 Err(
                     e @ ClientError::Api {
-                        status: 401 | 409, ..
+                        status: 401 | 403 | 409,
+                        ..
                     },
                 ) => {
                     return Err(anyhow::Error::new(e)
@@ -693,11 +809,16 @@ mod tests {
         }
     }
 
+    fn write_private(path: &Path, text: &str) {
+        evio_raft::data_dir::write_atomic(path, text.as_bytes(), 0o600)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     #[test]
     fn config_file_fills_what_flags_leave_out() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let token = dir.path().join("token");
-        std::fs::write(&token, "s3cret\n").unwrap_or_else(|e| panic!("{e}"));
+        write_private(&token, &format!("{}\n", "s".repeat(MIN_TOKEN_BYTES)));
         let config = dir.path().join("evio.json");
         let body = serde_json::json!({
             "node-name": "from-file", "listen": "127.0.0.1:7999", "join": ["10.10.0.1:7700"],
@@ -715,7 +836,7 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:7999");
         assert_eq!(s.join, vec!["10.10.0.1:7700".to_string()]);
         assert_eq!(s.voters, 5);
-        assert_eq!(s.token, "s3cret");
+        assert_eq!(s.token, "s".repeat(MIN_TOKEN_BYTES));
         assert_eq!(s.voter_grace, Duration::from_secs(120));
         assert_eq!(s.pool.block_count(), 256);
         assert!(s.kubernetes && s.join_from_kubernetes);
@@ -727,7 +848,7 @@ mod tests {
     fn bad_settings_name_the_value() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let token = dir.path().join("token");
-        std::fs::write(&token, "t").unwrap_or_else(|e| panic!("{e}"));
+        write_private(&token, &"t".repeat(MIN_TOKEN_BYTES));
         let token_arg = token.to_string_lossy().to_string();
         let base = [
             "--node-name",
@@ -775,9 +896,38 @@ mod tests {
             assert!(msg.contains(needle), "{extra:?}: {msg}");
         }
         let empty = dir.path().join("empty");
-        std::fs::write(&empty, "  \n").unwrap_or_else(|e| panic!("{e}"));
+        write_private(&empty, "  \n");
         let err = read_token(&empty).map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
+        // Token hygiene: too short, or readable by others, is refused saying how to fix it.
+        let short = dir.path().join("short");
+        write_private(&short, "s3cret");
+        let err = read_token(&short).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("head -c 32 /dev/urandom"), "{err}");
+        let open = dir.path().join("open");
+        std::fs::write(&open, "o".repeat(40)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = read_token(&open).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        // TLS flags: bad combinations name the flags.
+        let tls_cases: [(&[&str], &str); 5] = [
+            (
+                &["--insecure-plaintext", "--ca-hash", "sha256:00"],
+                "--insecure-plaintext",
+            ),
+            (&["--ca-hash", "md5:1"], "--ca-hash"),
+            (&["--cert-file", "/c"], "--key-file"),
+            (&["--cert-file", "/c", "--key-file", "/k"], "--ca-file"),
+            (&["--cert-lifetime", "1s"], "--cert-lifetime"),
+        ];
+        for (extra, needle) in tls_cases {
+            let mut args: Vec<&str> = base.to_vec();
+            args.extend_from_slice(extra);
+            let err = parse(&args).settings().map(|_| ()).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains(needle), "{extra:?}: {msg}");
+        }
         let no_join = parse(&[
             "--node-name",
             "n",

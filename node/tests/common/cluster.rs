@@ -10,7 +10,22 @@ use evio_api::{ClusterJson, Consistency, LeaseJson};
 
 use super::{evio_node, Proc};
 
-pub const TOKEN: &str = "cluster-test-token";
+/// At least 32 bytes: shorter tokens are refused.
+pub const TOKEN: &str = "cluster-test-token-of-32-bytes-or-more";
+
+/// Writes a token file as the README says (mode 0600; anything readable by others is refused).
+pub fn write_token(path: &std::path::Path, token: &str) {
+    evio_raft::data_dir::write_atomic(path, format!("{token}\n").as_bytes(), 0o600)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// The CA file a joining test member trusts: the bootstrap member `data`'s own CA.
+pub fn ca_file(data: &std::path::Path) -> String {
+    data.join(evio_raft::tls::TLS_DIR)
+        .join(evio_raft::tls::CA_CERT_FILE)
+        .to_string_lossy()
+        .to_string()
+}
 
 /// A free 127.0.0.1 port (bound and released; the race is harmless in tests).
 pub fn free_addr() -> String {
@@ -49,6 +64,10 @@ pub struct Cluster {
     grace: &'static str,
     /// `--pod-cidr` and `--node-bits` when not run_args' 10.244.0.0/16 with 8.
     pool: Option<(&'static str, u8)>,
+    /// The data dir of the member that bootstrapped: joiners trust its CA (`--ca-file`).
+    bootstrap_data: std::sync::Mutex<Option<PathBuf>>,
+    /// Every member with `--insecure-plaintext`.
+    plaintext: bool,
 }
 
 pub struct Node {
@@ -73,13 +92,23 @@ impl Cluster {
     pub fn with_grace(grace: &'static str) -> Cluster {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let token_file = dir.path().join("token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
+        write_token(&token_file, TOKEN);
         Cluster {
             dir,
             token_file,
             grace,
             pool: None,
+            bootstrap_data: std::sync::Mutex::new(None),
+            plaintext: false,
         }
+    }
+
+    /// Members speaking plain HTTP with the token (`--insecure-plaintext`), for tests whose
+    /// clients (the CLI's config-gen and import paths, a browser) are not on TLS yet.
+    pub fn plaintext() -> Cluster {
+        let mut cluster = Cluster::new();
+        cluster.plaintext = true;
+        cluster
     }
 
     /// Members on another pool (e.g. 10.0.0.0/8 with 16 node bits, room for 65,536 leases).
@@ -131,10 +160,25 @@ impl Cluster {
         }
         args.extend(["--node-name", name, "--voter-grace", self.grace].map(String::from));
         let join = join.join(",");
+        let mut bootstrap_data = self
+            .bootstrap_data
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if join.is_empty() {
             args.push("--bootstrap".into());
+            *bootstrap_data = Some(self.path(data_name));
         } else {
             args.extend(["--join".into(), join]);
+        }
+        if self.plaintext {
+            args.push("--insecure-plaintext".into());
+        }
+        let plaintext = self.plaintext || extra.contains(&"--insecure-plaintext");
+        let has_trust = extra.iter().any(|a| *a == "--ca-file" || *a == "--ca-hash");
+        if let (false, false, Some(data)) = (plaintext, has_trust, bootstrap_data.as_ref()) {
+            if !args.iter().any(|a| a == "--bootstrap") {
+                args.extend(["--ca-file".into(), ca_file(data)]);
+            }
         }
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

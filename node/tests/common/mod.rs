@@ -31,14 +31,29 @@ pub fn evio_node(args: &[&str]) -> Command {
 
 pub struct Proc {
     pub child: Child,
-    /// `http://host:port` of the API, from the ready log line.
+    /// `https://host:port` (`http://` in plaintext) of the API, from the ready log line.
     pub base: String,
+    /// `--data-dir`: where a member keeps its certificate (the clients below present it).
+    pub data_dir: Option<std::path::PathBuf>,
+    /// `--ca-file`, `--cert-file`, `--key-file` of a member with operator-supplied PKI.
+    pub tls_files: Option<[std::path::PathBuf; 3]>,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proc {
     /// Spawns `cmd` and waits (60 s at most) for the log line that carries `fields.api`.
     pub fn spawn(mut cmd: Command) -> Result<Proc, String> {
+        let arg = |flag: &str| {
+            cmd.get_args()
+                .skip_while(|a| *a != flag)
+                .nth(1)
+                .map(std::path::PathBuf::from)
+        };
+        let data_dir = arg("--data-dir");
+        let tls_files = match (arg("--ca-file"), arg("--cert-file"), arg("--key-file")) {
+            (Some(ca), Some(cert), Some(key)) => Some([ca, cert, key]),
+            _ => None,
+        };
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -61,7 +76,13 @@ impl Proc {
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(base) => Ok(Proc { child, base, logs }),
+            Ok(base) => Ok(Proc {
+                child,
+                base,
+                data_dir,
+                tls_files,
+                logs,
+            }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -73,10 +94,47 @@ impl Proc {
         }
     }
 
+    /// A client of this member: over TLS with the member's own certificate (as the CLI on a
+    /// node), else plaintext with `token`.
     pub fn client(&self, token: Option<&str>) -> Client {
-        Client::new(&self.base)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .with_token(token.map(str::to_string))
+        let client = Client::new(&self.base).unwrap_or_else(|e| panic!("{e}"));
+        match self.tls_config() {
+            Some(config) => client.with_tls(config).unwrap_or_else(|e| panic!("{e}")),
+            None => client.with_token(token.map(str::to_string)),
+        }
+    }
+
+    /// A raw HTTP client for this member (`/metrics` and the like), TLS when it speaks TLS.
+    pub fn http(&self) -> reqwest::Client {
+        evio_raft::tls::ensure_provider();
+        match self.tls_config() {
+            Some(config) => evio_raft::tls::http_client(config, Some(Duration::from_secs(30)))
+                .unwrap_or_else(|e| panic!("{e}")),
+            None => reqwest::Client::new(),
+        }
+    }
+
+    /// The member's certificate as a client identity, when it speaks TLS.
+    pub fn tls_config(&self) -> Option<evio_raft::tls::ClientConfig> {
+        if !self.base.starts_with("https://") {
+            return None;
+        }
+        let [ca, cert, key] = match &self.tls_files {
+            Some(files) => files.clone(),
+            None => {
+                let data = self.data_dir.as_ref()?;
+                let [ca, _, cert, key] =
+                    evio_raft::tls::managed_paths(&data.join(evio_raft::tls::TLS_DIR));
+                [ca, cert, key]
+            }
+        };
+        let credentials = evio_raft::tls::Credentials::load(&ca, &cert, &key)
+            .unwrap_or_else(|e| panic!("{}: {e}", cert.display()));
+        Some(
+            credentials
+                .client_config()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
     }
 
     pub fn logs(&self) -> String {

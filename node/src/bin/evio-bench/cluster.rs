@@ -18,7 +18,8 @@ use serde::Deserialize;
 
 use crate::Bins;
 
-const TOKEN: &str = "evio-bench-token";
+/// 32+ bytes, written 0600: evio-node refuses anything else.
+const TOKEN: &str = "evio-bench-token-of-at-least-32-bytes";
 
 /// A free 127.0.0.1 port (bound and released; nothing else on this machine races for it long).
 pub fn free_addr() -> Result<String> {
@@ -191,7 +192,8 @@ pub struct EvioCluster {
 impl EvioCluster {
     pub async fn start(bins: &Bins, size: usize, pod_cidr: &str, node_bits: u8) -> Result<Self> {
         let dir = scratch_dir("evio")?;
-        std::fs::write(dir.path().join("token"), TOKEN).context("write the cluster token")?;
+        evio_raft::data_dir::write_atomic(&dir.path().join("token"), TOKEN.as_bytes(), 0o600)
+            .context("write the cluster token")?;
         let mut cluster = EvioCluster {
             members: Vec::new(),
             bin: bins.evio_node.clone(),
@@ -264,6 +266,16 @@ impl EvioCluster {
         } else {
             let others: Vec<&str> = self.members.iter().map(|m| m.addr.as_str()).collect();
             args.extend(["--join".to_string(), others.join(",")]);
+            if !self.plaintext() {
+                // Joiners trust the first member's CA (what --ca-hash does on real hosts).
+                let ca = self
+                    .dir
+                    .path()
+                    .join("bench-0")
+                    .join(evio_raft::tls::TLS_DIR)
+                    .join(evio_raft::tls::CA_CERT_FILE);
+                args.extend(["--ca-file".to_string(), ca.to_string_lossy().into_owned()]);
+            }
         }
         let log = self.dir.path().join(format!("{name}.log"));
         let process = Process::start(&name, &self.bin, args, log)?;
@@ -275,11 +287,44 @@ impl EvioCluster {
         Ok(i)
     }
 
+    /// Members speak plaintext (`--evio-run-arg=--insecure-plaintext`), else mutual TLS.
+    pub fn plaintext(&self) -> bool {
+        self.run_args.iter().any(|a| a == "--insecure-plaintext")
+    }
+
+    /// The member's API root.
+    pub fn base(&self, index: usize) -> String {
+        let scheme = if self.plaintext() { "http" } else { "https" };
+        format!("{scheme}://{}", self.members[index].addr)
+    }
+
+    /// The member's own certificate as a client identity (TLS), as the CLI on a node uses it.
+    fn tls_config(&self, index: usize) -> Result<Option<evio_raft::tls::ClientConfig>> {
+        if self.plaintext() {
+            return Ok(None);
+        }
+        let data = self.dir.path().join(&self.members[index].name);
+        let [ca, _, cert, key] = evio_raft::tls::managed_paths(&data.join(evio_raft::tls::TLS_DIR));
+        let credentials = evio_raft::tls::Credentials::load(&ca, &cert, &key)
+            .with_context(|| format!("{}'s certificate", self.members[index].name))?;
+        Ok(Some(credentials.client_config()?))
+    }
+
     pub fn client(&self, index: usize) -> Result<Client> {
-        let member = &self.members[index];
-        Ok(Client::new(&format!("http://{}", member.addr))
-            .context("evio API client")?
-            .with_token(Some(TOKEN.to_string())))
+        let client = Client::new(&self.base(index)).context("evio API client")?;
+        Ok(match self.tls_config(index)? {
+            Some(config) => client.with_tls(config)?,
+            None => client.with_token(Some(TOKEN.to_string())),
+        })
+    }
+
+    /// A raw HTTP client of the member (`/metrics`).
+    pub fn http(&self, index: usize) -> Result<reqwest::Client> {
+        evio_raft::tls::ensure_provider();
+        Ok(match self.tls_config(index)? {
+            Some(config) => evio_raft::tls::http_client(config, Some(Duration::from_secs(10)))?,
+            None => reqwest::Client::new(),
+        })
     }
 
     /// Waits until member `index` answers with a leader and `check` holds.

@@ -69,9 +69,10 @@ async fn fill(client: &evio_api::Client, names: &[String]) -> Result<()> {
 }
 
 /// The leader's `evio_raft_purged_index`: above 0 once its log was compacted.
-async fn purged_index(addr: &str) -> Option<u64> {
-    evio_raft::tls::ensure_provider();
-    let text = reqwest::get(format!("http://{addr}/metrics"))
+async fn purged_index(http: &reqwest::Client, base: &str) -> Option<u64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
         .await
         .ok()?
         .text()
@@ -95,11 +96,16 @@ pub async fn run(bins: &Bins, quick: bool, leases: Option<usize>) -> Result<Valu
         "join: filled {leases} leases in {:.1} s",
         filled.elapsed().as_secs_f64()
     );
-    let leader_addr = cluster.members[leader].addr.clone();
+    let leader_base = cluster.base(leader);
+    let leader_http = cluster.http(leader)?;
     crate::cluster::wait_for(
         "the leader's log to be compacted",
         Duration::from_secs(60),
-        || async { purged_index(&leader_addr).await.filter(|p| *p > 0) },
+        || async {
+            purged_index(&leader_http, &leader_base)
+                .await
+                .filter(|p| *p > 0)
+        },
     )
     .await?;
     let target = client

@@ -1,0 +1,318 @@
+//! The daemon's and CLI's side of mutual TLS (the PKI itself is `evio_raft::tls`): which
+//! certificates a member uses, the certificate exchange of a joining node, renewal, and the
+//! TLS client the CLI builds from a member's data dir or from files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use evio_api::tls::{self, Credentials, Source, TlsContext, Trust};
+use evio_api::types::CertificateRequest;
+use evio_api::Client;
+
+/// How a member speaks to the others.
+#[derive(Debug, Clone)]
+pub enum TlsMode {
+    /// `--insecure-plaintext`: HTTP and the shared token, for debugging only.
+    Plaintext,
+    /// The cluster's own CA in `<data-dir>/tls/`; a joining node trusts the cluster by
+    /// `join_trust` when it has no certificate yet.
+    Managed {
+        lifetime: Duration,
+        join_trust: Option<JoinTrust>,
+    },
+    /// Operator-supplied CA certificate, node certificate and key (no CA key anywhere).
+    Files {
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+/// What a joining node checks the cluster's CA against before it sends the token.
+#[derive(Debug, Clone)]
+pub enum JoinTrust {
+    /// `--ca-hash sha256:...`
+    Hash(String),
+    /// `--ca-file PATH` (read when joining: it may be written later, e.g. from a Secret).
+    CaFile(PathBuf),
+}
+
+/// The TLS flags of `run`, validated.
+pub fn mode(
+    insecure_plaintext: bool,
+    ca_hash: Option<&str>,
+    ca_file: Option<&Path>,
+    cert_file: Option<&Path>,
+    key_file: Option<&Path>,
+    cert_lifetime: Option<&str>,
+) -> anyhow::Result<TlsMode> {
+    if insecure_plaintext {
+        if ca_hash.is_some() || ca_file.is_some() || cert_file.is_some() || key_file.is_some() {
+            bail!("--insecure-plaintext cannot be combined with --ca-hash, --ca-file, --cert-file or --key-file");
+        }
+        return Ok(TlsMode::Plaintext);
+    }
+    match (cert_file, key_file) {
+        (Some(cert), Some(key)) => {
+            let ca = ca_file.context(
+                "--cert-file and --key-file need --ca-file (the CA that issued every member's certificate)",
+            )?;
+            return Ok(TlsMode::Files {
+                ca: ca.to_path_buf(),
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+            });
+        }
+        (Some(_), None) => bail!("--cert-file needs --key-file"),
+        (None, Some(_)) => bail!("--key-file needs --cert-file"),
+        (None, None) => {}
+    }
+    let lifetime = match cert_lifetime {
+        Some(text) => {
+            let lifetime = humantime::parse_duration(text).with_context(|| {
+                format!("--cert-lifetime {text:?}: expected a duration like 30d or 12h")
+            })?;
+            if lifetime < Duration::from_secs(3) {
+                bail!("--cert-lifetime {text}: at least 3s (renewal starts when a third is left)");
+            }
+            lifetime
+        }
+        None => tls::DEFAULT_CERT_LIFETIME,
+    };
+    let join_trust = match (ca_hash, ca_file) {
+        (Some(_), Some(_)) => bail!("pass either --ca-hash or --ca-file, not both"),
+        (Some(hash), None) => Some(JoinTrust::Hash(
+            tls::parse_ca_hash(hash).context("--ca-hash")?,
+        )),
+        (None, Some(file)) => Some(JoinTrust::CaFile(file.to_path_buf())),
+        (None, None) => None,
+    };
+    Ok(TlsMode::Managed {
+        lifetime,
+        join_trust,
+    })
+}
+
+/// The member's TLS context (`None` in plaintext), loading what the data dir or files hold.
+pub fn context(mode: &TlsMode, data_dir: &Path) -> anyhow::Result<Option<Arc<TlsContext>>> {
+    let source = match mode {
+        TlsMode::Plaintext => {
+            tracing::warn!(
+                "INSECURE: --insecure-plaintext: members speak plain HTTP, the cluster token and \
+                 every Raft RPC cross the network in cleartext, and anyone holding the token \
+                 can speak for any member. For debugging only."
+            );
+            return Ok(None);
+        }
+        TlsMode::Managed { lifetime, .. } => Source::Managed {
+            dir: data_dir.join(tls::TLS_DIR),
+            lifetime: *lifetime,
+        },
+        TlsMode::Files { ca, cert, key } => Source::Files {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+    };
+    let context = TlsContext::new(source).context("loading this member's TLS certificates")?;
+    Ok(Some(context))
+}
+
+/// Bootstrap: the new cluster's CA and this member's certificate (managed mode, once).
+pub fn create_authority(
+    tls: &TlsContext,
+    cluster: &str,
+    node_id: u64,
+    name: &str,
+) -> anyhow::Result<()> {
+    if !matches!(tls.source(), Source::Managed { .. }) || tls.has_files() {
+        return Ok(());
+    }
+    tls.create_authority(cluster, node_id, name)
+        .context("creating the cluster CA")?;
+    log_ca_hash(tls);
+    Ok(())
+}
+
+/// What joining nodes pass as `--ca-hash`.
+pub fn log_ca_hash(tls: &TlsContext) {
+    match tls.credentials() {
+        Ok(credentials) => {
+            if let Some(ca) = credentials.ca.first() {
+                let hash = tls::ca_hash(ca);
+                tracing::info!(ca_hash = %hash, "cluster CA: joining nodes pass --ca-hash {hash}");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "no CA to name yet"),
+    }
+}
+
+/// Why a certificate exchange failed: retrying elsewhere may help, or nothing will.
+pub enum ExchangeError {
+    Retry(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+/// A joining node without a certificate: makes a key, and trades the token and a request
+/// for a certificate at `peer` — after checking `peer` chains to the cluster CA, so the
+/// token never reaches an impostor.
+pub async fn obtain_certificate(
+    tls: &TlsContext,
+    trust: Option<&JoinTrust>,
+    peer: &str,
+    token: &str,
+    node_id: u64,
+    name: &str,
+) -> Result<(), ExchangeError> {
+    let fatal = |e: anyhow::Error| ExchangeError::Fatal(e);
+    let trust = match trust {
+        None => {
+            return Err(fatal(anyhow::anyhow!(
+                "this node has no certificate yet: pass --ca-hash sha256:... (`evio-node \
+                 cluster ca-hash` on a member, or the bootstrap member's log, prints it) or \
+                 --ca-file with the cluster CA, so the join can check it talks to the real \
+                 cluster before sending the token"
+            )))
+        }
+        Some(JoinTrust::Hash(hash)) => Trust::CaHash(hash.clone()),
+        Some(JoinTrust::CaFile(path)) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --ca-file {}", path.display()))
+                .map_err(ExchangeError::Retry)?;
+            Trust::ca_pem(&pem)
+                .with_context(|| format!("--ca-file {}", path.display()))
+                .map_err(fatal)?
+        }
+    };
+    let config = tls::anonymous_client_config(trust).map_err(|e| fatal(e.into()))?;
+    let client = Client::new(&format!("https://{peer}"))
+        .and_then(|c| c.with_tls(config))
+        .map_err(|e| fatal(e.into()))?
+        .with_token(Some(token.to_string()));
+    let (key, csr) = tls::new_key_and_request(node_id, name).map_err(|e| fatal(e.into()))?;
+    let issued = client
+        .certificate(&CertificateRequest {
+            node_id,
+            name: name.to_string(),
+            csr,
+        })
+        .await
+        .map_err(|e| match e.status() {
+            Some(400 | 401 | 403) => fatal(
+                anyhow::Error::new(e)
+                    .context(format!("{peer} refused this node's certificate request")),
+            ),
+            _ => ExchangeError::Retry(e.into()),
+        })?;
+    tls.store_managed(
+        &issued.ca,
+        issued.ca_key.as_deref(),
+        &issued.certificate,
+        &key,
+    )
+    .map_err(|e| fatal(anyhow::Error::new(e).context(format!("the certificate {peer} issued"))))?;
+    tracing::info!(peer, "got this node's certificate from the cluster");
+    Ok(())
+}
+
+/// A client of a member's API: TLS with `tls`'s certificate, else plaintext with `token`.
+pub fn member_client(
+    addr: &str,
+    tls: Option<&TlsContext>,
+    token: Option<&str>,
+) -> anyhow::Result<Client> {
+    Ok(match tls {
+        Some(tls) => Client::new(&format!("https://{addr}"))?
+            .with_tls(tls.credentials()?.client_config()?)?,
+        None => Client::new(&format!("http://{addr}"))?.with_token(token.map(str::to_string)),
+    })
+}
+
+/// Renews (managed) or re-reads (files) this member's certificate before it expires,
+/// swapping it in without a restart, until `stop`.
+pub async fn keep_renewed(tls: Arc<TlsContext>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tls.renew_interval()) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if !tls.has_files() {
+            continue;
+        }
+        match tls.renew_if_due() {
+            Ok(true) => {
+                let until = tls
+                    .credentials()
+                    .map(|c| humantime::format_rfc3339_seconds(c.not_after).to_string())
+                    .unwrap_or_default();
+                tracing::info!(valid_until = %until, "renewed this member's certificate");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing this member's certificate failed; retrying")
+            }
+        }
+    }
+}
+
+/// The CLI's TLS: `--cert-file/--key-file/--ca-file`, else this node's certificate in the
+/// data dir when there is one; `None` when neither (plaintext, or `dev`).
+pub fn cli_credentials(
+    data_dir: &Path,
+    ca_file: Option<&Path>,
+    cert_file: Option<&Path>,
+    key_file: Option<&Path>,
+) -> anyhow::Result<Option<Credentials>> {
+    let [ca, _, cert, key] = tls::managed_paths(&data_dir.join(tls::TLS_DIR));
+    let (ca, cert, key) = match (ca_file, cert_file, key_file) {
+        (Some(ca), Some(cert), Some(key)) => {
+            (ca.to_path_buf(), cert.to_path_buf(), key.to_path_buf())
+        }
+        (None, None, None) if cert.exists() => (ca, cert, key),
+        (None, None, None) => return Ok(None),
+        _ => bail!("pass --ca-file, --cert-file and --key-file together"),
+    };
+    let credentials = Credentials::load(&ca, &cert, &key).with_context(|| {
+        format!(
+            "reading this node's TLS certificate ({}, {})",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(Some(credentials))
+}
+
+/// The CLI's client: TLS with `credentials` (the API root defaulting to
+/// https://127.0.0.1:7700), else plaintext (http://127.0.0.1:7700); the token when given.
+pub fn cli_client(
+    api: Option<&str>,
+    token: Option<String>,
+    credentials: Option<Credentials>,
+) -> anyhow::Result<Client> {
+    let default = match credentials {
+        Some(_) => "https://127.0.0.1:7700",
+        None => "http://127.0.0.1:7700",
+    };
+    let api = api.unwrap_or(default);
+    let client = Client::new(api)?.with_token(token);
+    Ok(match credentials {
+        Some(credentials) if api.starts_with("https://") => {
+            client.with_tls(credentials.client_config()?)?
+        }
+        _ => client,
+    })
+}
+
+/// `sha256:...` of the CA in `ca_file`, else of the data dir's.
+pub fn ca_hash(data_dir: &Path, ca_file: Option<&Path>) -> anyhow::Result<String> {
+    let path = ca_file.map_or_else(
+        || data_dir.join(tls::TLS_DIR).join(tls::CA_CERT_FILE),
+        Path::to_path_buf,
+    );
+    let pem = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the cluster CA {}", path.display()))?;
+    let certs = tls::certs_from_pem(&pem, &path.display().to_string())?;
+    Ok(tls::ca_hash(&certs[0]))
+}

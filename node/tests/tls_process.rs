@@ -1,0 +1,207 @@
+//! Mutual TLS with real `evio-node run` processes on 127.0.0.1: operator-supplied
+//! certificates (no CA key on any member), renewal in place with short lifetimes, and the
+//! token file refused when others can read it or it is too short. (The cluster CA made by
+//! the bootstrap member, joins by token and CA file, and the refused peers are exercised by
+//! every test built on `common::cluster`, which runs with TLS.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{acquire, free_addr, local_has, wait_cluster, write_token, Cluster, TOKEN};
+use common::evio_node;
+use evio_raft::tls::{self, Authority};
+
+/// Writes a key and an operator-issued certificate naming `id` and `name` into `dir`.
+fn issue(ca: &Authority, dir: &std::path::Path, id: u64, name: &str) -> (String, String) {
+    let (key, csr) = tls::new_key_and_request(id, name).unwrap_or_else(|e| panic!("{e}"));
+    let cert = ca
+        .sign_request(&csr, id, name, Duration::from_secs(3600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cert_path = dir.join(format!("{name}.pem"));
+    let key_path = dir.join(format!("{name}-key.pem"));
+    std::fs::write(&cert_path, cert).unwrap_or_else(|e| panic!("{e}"));
+    evio_raft::data_dir::write_atomic(&key_path, key.as_bytes(), 0o600)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (
+        cert_path.to_string_lossy().into_owned(),
+        key_path.to_string_lossy().into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_supplied_certificates_form_a_cluster_without_a_ca_key() {
+    let cluster = Cluster::new();
+    let ca = Authority::generate("operator").unwrap_or_else(|e| panic!("{e}"));
+    let ca_file = cluster.path("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap_or_else(|e| panic!("{e}"));
+    let ca_arg = ca_file.to_string_lossy().into_owned();
+    let (a_cert, a_key) = issue(&ca, cluster.dir.path(), 11, "op-a");
+    let (b_cert, b_key) = issue(&ca, cluster.dir.path(), 12, "op-b");
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let files = |cert: &str, key: &str| {
+        [
+            "--ca-file".to_string(),
+            ca_arg.clone(),
+            "--cert-file".into(),
+            cert.into(),
+            "--key-file".into(),
+            key.into(),
+        ]
+    };
+    let a_files = files(&a_cert, &a_key);
+    let a_extra: Vec<&str> = a_files.iter().map(String::as_str).collect();
+    let a = cluster.start("op-a", &a_addr, &[], &a_extra);
+    let b_files = files(&b_cert, &b_key);
+    let b_extra: Vec<&str> = b_files.iter().map(String::as_str).collect();
+    // Joiners name their trust themselves here (the helper adds --ca-file otherwise).
+    let b = cluster.start_with(
+        cluster.command("op-b", &b_addr, &[&a_addr], &b_extra),
+        "op-b",
+        &b_addr,
+    );
+    let c = wait_cluster(&a, "two members", |c| c.members.len() == 2).await;
+    // The node ids are the certificates'.
+    let mut ids: Vec<u64> = c.members.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![11, 12]);
+    // The CLI's way from outside: the operator's files.
+    let config = tls::Credentials::load(
+        &ca_file,
+        std::path::Path::new(&b_cert),
+        std::path::Path::new(&b_key),
+    )
+    .and_then(|c| c.client_config())
+    .unwrap_or_else(|e| panic!("{e}"));
+    let b_client = evio_api::Client::new(&b.proc.base)
+        .and_then(|c| c.with_tls(config))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut deadline = Instant::now() + Duration::from_secs(30);
+    let lease = loop {
+        match b_client.acquire("from-b", None).await {
+            Ok((lease, _)) => break lease,
+            Err(e) => assert!(Instant::now() < deadline, "acquire: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    deadline = Instant::now() + Duration::from_secs(30);
+    while a
+        .proc
+        .client(None)
+        .get_lease("from-b", evio_api::Consistency::Local)
+        .await
+        .ok()
+        .flatten()
+        .map(|l| l.subnet)
+        != Some(lease.subnet)
+    {
+        assert!(Instant::now() < deadline, "a never saw b's write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // No CA key on any member: nothing in their data dirs but what they were given.
+    for name in ["op-a", "op-b"] {
+        assert!(
+            !cluster.path(name).join("tls").exists(),
+            "{name} made a PKI of its own"
+        );
+    }
+    // A member whose data dir belongs to another id than its certificate names is refused.
+    let out = evio_node(&[
+        "run",
+        "--node-name",
+        "op-a",
+        "--data-dir",
+        &cluster.path("op-a").to_string_lossy(),
+        "--listen",
+        &free_addr(),
+        "--pod-cidr",
+        "10.244.0.0/16",
+        "--node-bits",
+        "8",
+        "--cluster-token-file",
+        &cluster.token_arg(),
+        "--cni-socket",
+        &cluster.path("op-a2.sock").to_string_lossy(),
+        "--join",
+        &b_addr,
+        "--ca-file",
+        &ca_arg,
+        "--cert-file",
+        &b_cert,
+        "--key-file",
+        &b_key,
+    ])
+    .output()
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("node id 12"), "{stderr}");
+    a.proc.assert_no_panics();
+    b.proc.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_renewed_without_a_restart() {
+    let cluster = Cluster::new();
+    let extra = ["--cert-lifetime", "6s"];
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = cluster.start("rn-a", &a_addr, &[], &extra);
+    let b = cluster.start("rn-b", &b_addr, &[&a_addr], &extra);
+    wait_cluster(&a, "two members", |c| c.members.len() == 2).await;
+    let cert_path = |name: &str| cluster.path(name).join("tls").join("node.pem");
+    let first = std::fs::read(cert_path("rn-b")).unwrap_or_else(|e| panic!("{e}"));
+    // Renewal starts when 2 s are left: within a few seconds both certificates change.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read(cert_path("rn-b")).ok().as_deref() == Some(first.as_slice()) {
+        assert!(
+            Instant::now() < deadline,
+            "rn-b's certificate was never renewed:\n{}",
+            b.proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Long after the first certificates expired, the same processes still replicate
+    // (new connections are made with the renewed certificates).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let lease = acquire(&a, "after-renewal").await;
+    assert_eq!(local_has(&b, "after-renewal").await.subnet, lease.subnet);
+    assert!(b.proc.logs().contains("renewed this member's certificate"));
+    a.proc.assert_no_panics();
+    b.proc.assert_no_panics();
+}
+
+#[test]
+fn token_files_readable_by_others_or_short_are_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let open = dir.path().join("open");
+    std::fs::write(&open, TOKEN).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let short = dir.path().join("short");
+    write_token(&short, "only-20-bytes-secret");
+    for (file, needle) in [(&open, "chmod 600"), (&short, "head -c 32 /dev/urandom")] {
+        let data = dir.path().join("data");
+        let out = evio_node(&[
+            "run",
+            "--node-name",
+            "t",
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--listen",
+            "127.0.0.1:0",
+            "--pod-cidr",
+            "10.244.0.0/16",
+            "--node-bits",
+            "8",
+            "--bootstrap",
+            "--cluster-token-file",
+            &file.to_string_lossy(),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+        assert!(!data.exists(), "a refused start left a data dir");
+    }
+}
