@@ -1,14 +1,29 @@
 //! `evio-bench <figure> --quick` keeps working: each subcommand runs its real processes (evio
 //! members, etcd members) at tiny sizes, exits 0 and writes JSON with the expected fields and
 //! sane values. No timing goal is asserted here: the figures are for docs/benchmarks.md.
+//!
+//! The evio-node and evio-cni binaries are the ones beside evio-bench in the target directory:
+//! `cargo test --workspace` builds them; alone, run `cargo build -p evio-node -p evio-cni` first.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::LazyLock;
 
 use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_evio-bench");
-const EVIO_NODE: &str = env!("CARGO_BIN_EXE_evio-node");
+
+/// The evio-node binary beside evio-bench (another package's binary: cargo names only this
+/// package's in `CARGO_BIN_EXE_*`).
+static EVIO_NODE: LazyLock<String> = LazyLock::new(|| {
+    let path: PathBuf = Path::new(BENCH).with_file_name("evio-node");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (cargo build -p evio-node)",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+});
 
 fn etcd_available() -> bool {
     let found = Command::new("etcd").arg("--version").output().is_ok();
@@ -27,7 +42,7 @@ fn quick_with(global: &[&str], figure: &str) -> Value {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let json = dir.path().join(format!("{figure}.json"));
     let out = Command::new(BENCH)
-        .args(["--evio-node", EVIO_NODE])
+        .args(["--evio-node", EVIO_NODE.as_str()])
         .args(global)
         .args([figure, "--quick", "--json"])
         .arg(&json)
@@ -155,7 +170,11 @@ fn join_quick() {
 #[test]
 fn a_bad_evio_run_arg_fails_with_the_members_error() {
     let out = Command::new(BENCH)
-        .args(["--evio-node", EVIO_NODE, "--evio-run-arg=--heartbeat-ms=0"])
+        .args([
+            "--evio-node",
+            EVIO_NODE.as_str(),
+            "--evio-run-arg=--heartbeat-ms=0",
+        ])
         .args(["scale", "--quick"])
         .output()
         .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
@@ -210,7 +229,7 @@ fn pods_and_fill_quick() {
         let out = Command::new(BENCH)
             .args([
                 "--evio-node",
-                EVIO_NODE,
+                EVIO_NODE.as_str(),
                 figure,
                 "--quick",
                 "--kind",
