@@ -13,7 +13,7 @@ use evio_raft::{
 };
 use serde::Deserialize;
 
-use crate::cni_service::CniService;
+use crate::cni_service::{CniService, IPAM_DIR};
 use crate::commands::config_gen;
 use crate::etcd::mirror::EtcdMirror;
 use crate::etcd::EtcdSettings;
@@ -440,8 +440,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = server_stop.wait_for(|stop| *stop).await;
         },
     );
-    let cni = match CniService::bind(&settings.cni_socket, settings.cni_limits) {
-        Ok(service) => tokio::spawn(service.run()),
+    let cni = match CniService::bind(
+        &settings.cni_socket,
+        settings.cni_limits,
+        settings.data_dir.join(IPAM_DIR),
+    ) {
+        Ok(service) => {
+            tokio::spawn(crate::cni_service::follow_lease(
+                replica.clone(),
+                service.pods(),
+                stop_rx.clone(),
+            ));
+            tokio::spawn(service.run())
+        }
         Err(e) => {
             let _ = stop_tx.send(true);
             let _ = server.await;
