@@ -19,11 +19,16 @@ use super::{evio_node, Proc, BIN};
 pub const PLUGIN_DIR: &str = "/usr/lib/cni";
 
 pub fn evio_cni_binary() -> PathBuf {
+    cni_crate_binary("evio-cni")
+}
+
+/// A binary of the evio-cni crate (`evio-cni`, `evio-ipam`).
+pub fn cni_crate_binary(name: &str) -> PathBuf {
     // Built by `cargo test --workspace` next to evio-node.
-    let path = Path::new(BIN).with_file_name("evio-cni");
+    let path = Path::new(BIN).with_file_name(name);
     assert!(
         path.is_file(),
-        "{} missing: build the workspace (cargo build -p evio-cni)",
+        "{} missing: build the workspace (cargo build -p evio-cni --bins)",
         path.display()
     );
     path
@@ -111,6 +116,20 @@ pub fn exec_plugin_in(
     if let Some(host) = host {
         in_netns(&mut cmd, host);
     }
+    exec_plugin_cmd(cmd, PLUGIN_DIR, command, container, netns, ifname, config)
+}
+
+/// `cmd` (a plugin binary) run as a runtime does, with `cni_path` as `CNI_PATH`.
+pub fn exec_plugin_cmd(
+    mut cmd: Command,
+    cni_path: &str,
+    command: &str,
+    container: &str,
+    netns: &str,
+    ifname: &str,
+    config: &Value,
+) -> (i32, Value) {
+    let binary = PathBuf::from(cmd.get_program());
     let mut child = cmd
         .env_clear()
         // plugins that exec iptables find it on the runtime's PATH
@@ -119,7 +138,7 @@ pub fn exec_plugin_in(
         .env("CNI_CONTAINERID", container)
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", ifname)
-        .env("CNI_PATH", PLUGIN_DIR)
+        .env("CNI_PATH", cni_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
