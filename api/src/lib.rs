@@ -11,8 +11,9 @@ pub use client::{Client, ClientError};
 /// Mutual TLS (the PKI and rustls configurations), for crates that only depend on the API.
 pub use evio_raft::tls;
 pub use listener::{serve, Admission, Classify, ServeLimits};
-pub use server::{router, ApiOptions, EtcdMirrorStatus};
+pub use server::{router, ApiOptions, EtcdMirrorStatus, NodeProvider, PodsError, PodsFuture};
 pub use types::{
-    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, ErrorCode, EtcdMirrorJson,
-    LeaseJson, MemberJson, ReserveBody,
+    AcquireBody, ClaimBody, ClusterJson, CniJson, Consistency, ErrorBody, ErrorCode,
+    EtcdMirrorJson, KubernetesJson, LeaseJson, MemberJson, NodeJson, NodePodsJson, PodJson,
+    ReserveBody,
 };

@@ -3,15 +3,13 @@
 //! forwarding works around a blocked path, a wiped node rejoins with its old subnet, and bad
 //! peers are refused.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cluster::{free_addr, wait_cluster, Cluster, Node, TOKEN};
-use common::evio_node;
 use evio_api::{ClusterJson, Consistency};
+use evio_test_support::cluster::{free_addr, wait_cluster, Cluster, Node, TOKEN};
+use evio_test_support::evio_node;
 use nix::sys::signal::Signal;
 
 async fn status(node: &Node) -> Option<ClusterJson> {
@@ -300,7 +298,7 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
         "--cluster-token-file",
         &cluster.token_file.to_string_lossy(),
         "--ca-file",
-        &common::cluster::ca_file(&cluster.path("n0")),
+        &evio_test_support::cluster::ca_file(&cluster.path("n0")),
     ])
     .output()
     .unwrap_or_else(|e| panic!("{e}"));
@@ -312,7 +310,7 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
 
     // Wrong token: the certificate request is refused (401) and the member set is unchanged.
     let wrong = cluster.dir.path().join("wrong-token");
-    common::cluster::write_token(&wrong, "not-the-token-but-long-enough-to-be-read");
+    evio_test_support::cluster::write_token(&wrong, "not-the-token-but-long-enough-to-be-read");
     let out = evio_node(&[
         "run",
         "--node-name",
@@ -332,7 +330,7 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
         "--cluster-token-file",
         &wrong.to_string_lossy(),
         "--ca-file",
-        &common::cluster::ca_file(&cluster.path("n0")),
+        &evio_test_support::cluster::ca_file(&cluster.path("n0")),
     ])
     .output()
     .unwrap_or_else(|e| panic!("{e}"));
@@ -341,7 +339,7 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
 
     // Lease writes and Raft RPC without a certificate (a TLS client trusting the CA, with or
     // without a token), then with n0's certificate and a wrong cluster, target or body.
-    let ca = std::fs::read_to_string(common::cluster::ca_file(&cluster.path("n0")))
+    let ca = std::fs::read_to_string(evio_test_support::cluster::ca_file(&cluster.path("n0")))
         .unwrap_or_else(|e| panic!("{e}"));
     let anonymous = evio_raft::tls::http_client(
         evio_raft::tls::anonymous_client_config(
@@ -584,7 +582,7 @@ async fn member_joins_a_table_too_big_for_one_json_snapshot() {
     let cluster = Cluster::new().with_pool("10.0.0.0/8", 16);
     let nodes = cluster.three(&opts).await;
     let refs: Vec<&Node> = nodes.iter().collect();
-    let leader = common::cluster::leader(&refs).await;
+    let leader = evio_test_support::cluster::leader(&refs).await;
     let client = leader.client();
     let failures = futures::stream::iter(0..BIG_TABLE)
         .map(|i| {
@@ -701,7 +699,7 @@ async fn an_acknowledged_lease_survives_a_sigkill_of_the_leader_for_config_gen()
     let cluster = Cluster::new();
     let mut nodes = cluster.three(&[]).await;
     let refs: Vec<&Node> = nodes.iter().collect();
-    let leader_name = common::cluster::leader(&refs).await.name.clone();
+    let leader_name = evio_test_support::cluster::leader(&refs).await.name.clone();
     let at = nodes
         .iter()
         .position(|n| n.name == leader_name)
@@ -745,7 +743,7 @@ async fn a_same_name_join_never_evicts_a_member_heard_within_the_grace() {
     let cluster = Cluster::new(); // --voter-grace 60s
     let mut nodes = cluster.three(&[]).await;
     let refs: Vec<&Node> = nodes.iter().collect();
-    let leader_name = common::cluster::leader(&refs).await.name.clone();
+    let leader_name = evio_test_support::cluster::leader(&refs).await.name.clone();
     let victim = nodes
         .iter()
         .position(|n| n.name != leader_name)

@@ -2,15 +2,15 @@
 //! certificates (no CA key on any member), renewal in place with short lifetimes, and the
 //! token file refused when others can read it or it is too short. (The cluster CA made by
 //! the bootstrap member, joins by token and CA file, and the refused peers are exercised by
-//! every test built on `common::cluster`, which runs with TLS.)
-
-mod common;
+//! every test built on `evio_test_support::cluster`, which runs with TLS.)
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{acquire, free_addr, local_has, wait_cluster, write_token, Cluster, TOKEN};
-use common::evio_node;
 use evio_raft::tls::{self, Authority};
+use evio_test_support::cluster::{
+    acquire, free_addr, local_has, wait_cluster, write_token, Cluster, TOKEN,
+};
+use evio_test_support::evio_node;
 
 /// Writes a key and an operator-issued certificate naming `id` and `name` into `dir`.
 fn issue(ca: &Authority, dir: &std::path::Path, id: u64, name: &str) -> (String, String) {

@@ -39,7 +39,7 @@ const JOIN_PATH: &str = "/v1/cluster/join";
 /// lease reads only with `auth_reads`. TLS: a client certificate of the cluster replaces
 /// the token everywhere but where a node gets its certificate (the token only bootstraps);
 /// Raft RPC takes no token at all. Health, readiness, metrics and cluster status stay open
-/// for probes.
+/// for probes; node reads (pods and integration errors) are lease-like reads.
 pub(super) async fn authenticate(
     State(state): State<ApiState>,
     mut request: Request,
@@ -50,7 +50,11 @@ pub(super) async fn authenticate(
     let is_rpc = path.starts_with(network::PATH_PREFIX);
     let needs_credentials = if is_rpc || path == JOIN_PATH || path == CERTIFICATE_PATH {
         true
-    } else if path.starts_with("/v1/leases") || path.starts_with("/v1/reservations") {
+    } else if path.starts_with("/v1/leases")
+        || path.starts_with("/v1/reservations")
+        || path == "/v1/node"
+        || path.starts_with("/v1/node/")
+    {
         !is_read || state.options.auth_reads
     } else {
         false

@@ -120,6 +120,13 @@ fn header(request: &Request, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The sender of an RPC is the leader or candidate its vote names.
+fn heard(replica: &Replica, vote: &Vote) {
+    if let Some(sender) = vote.leader_id().voted_for() {
+        replica.peers().contacts().heard(sender);
+    }
+}
+
 /// Bodies are parsed here, not by axum's `Json`, so garbage gets a JSON 400.
 fn parse<T: DeserializeOwned>(body: &Bytes, what: &'static str) -> Result<T, RpcRefusal> {
     serde_json::from_slice(body).map_err(|source| RpcRefusal::InvalidBody { what, source })
@@ -154,6 +161,7 @@ async fn append(
 ) -> Result<Response, RpcRefusal> {
     let rpc: AppendEntriesRequest<TypeConfig> = parse(&body, "append-entries")?;
     check_sender(peer, &rpc.vote)?;
+    heard(&replica, &rpc.vote);
     Ok(Json(replica.raft().append_entries(rpc).await).into_response())
 }
 
@@ -164,6 +172,7 @@ async fn vote(
 ) -> Result<Response, RpcRefusal> {
     let rpc: VoteRequest<NodeId> = parse(&body, "vote")?;
     check_sender(peer, &rpc.vote)?;
+    heard(&replica, &rpc.vote);
     Ok(Json(replica.raft().vote(rpc).await).into_response())
 }
 
@@ -174,6 +183,7 @@ async fn snapshot(
 ) -> Result<Response, RpcRefusal> {
     let rpc = decode_snapshot_chunk(&body)?;
     check_sender(peer, &rpc.vote)?;
+    heard(&replica, &rpc.vote);
     replica.note_snapshot_bytes(rpc.data.len());
     Ok(Json(replica.raft().install_snapshot(rpc).await).into_response())
 }

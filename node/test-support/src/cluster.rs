@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use evio_api::{ClusterJson, Consistency, LeaseJson};
 
-use super::{evio_node, Proc};
+use crate::{evio_node, Proc};
 
 /// At least 32 bytes: shorter tokens are refused.
 pub const TOKEN: &str = "cluster-test-token-of-32-bytes-or-more";
@@ -79,6 +79,12 @@ pub struct Node {
 impl Node {
     pub fn client(&self) -> evio_api::Client {
         self.proc.client(Some(TOKEN))
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Cluster {
+        Cluster::new()
     }
 }
 
