@@ -37,6 +37,8 @@ pub enum JoinTrust {
     Hash(String),
     /// `--ca-file PATH` (read when joining: it may be written later, e.g. from a Secret).
     CaFile(PathBuf),
+    /// The CA certificate itself (PEM), e.g. from the Kubernetes cluster record.
+    CaPem(String),
 }
 
 /// The TLS flags of `run`, validated.
@@ -177,6 +179,9 @@ pub async fn obtain_certificate(
             )))
         }
         Some(JoinTrust::Hash(hash)) => Trust::CaHash(hash.clone()),
+        Some(JoinTrust::CaPem(pem)) => Trust::ca_pem(pem)
+            .context("the recorded cluster CA")
+            .map_err(fatal)?,
         Some(JoinTrust::CaFile(path)) => {
             let pem = std::fs::read_to_string(path)
                 .with_context(|| format!("reading --ca-file {}", path.display()))

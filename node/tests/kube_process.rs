@@ -24,6 +24,9 @@ struct Env {
     token_file: PathBuf,
     kubeconfig: PathBuf,
     kube: KubeStandIn,
+    /// The data dir of the member started with --bootstrap: members joining by address
+    /// trust its CA (those joining from Kubernetes read it from the cluster record).
+    bootstrap_data: std::sync::Mutex<Option<PathBuf>>,
 }
 
 impl Env {
@@ -38,6 +41,7 @@ impl Env {
             token_file,
             kubeconfig,
             kube,
+            bootstrap_data: std::sync::Mutex::new(None),
         }
     }
 
@@ -72,9 +76,6 @@ impl Env {
         let kubeconfig = self.kubeconfig.to_string_lossy().to_string();
         let base = run_args(&data, addr, &token);
         let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
-        // Joins here find the cluster through Node annotations; the CA for them would come
-        // from a Kubernetes Secret, which the stand-in does not serve yet.
-        args.push("--insecure-plaintext");
         if !extra.contains(&"--voters") {
             args.extend_from_slice(&["--voters", "1"]);
         }
@@ -82,6 +83,20 @@ impl Env {
             args.extend_from_slice(&["--kubeconfig", &kubeconfig]);
         }
         args.extend_from_slice(extra);
+        let mut bootstrap = self
+            .bootstrap_data
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if extra.contains(&"--bootstrap") {
+            *bootstrap = Some(self.dir.path().join(name));
+        }
+        let ca_file = bootstrap
+            .as_deref()
+            .filter(|_| extra.contains(&"--join") && !extra.contains(&"--join-from-kubernetes"))
+            .map(evio_test_support::cluster::ca_file);
+        if let Some(ca_file) = &ca_file {
+            args.extend_from_slice(&["--ca-file", ca_file]);
+        }
         let mut cmd = evio_node(&args);
         if kubeconfig_flag {
             cmd.env_remove("KUBECONFIG");
@@ -304,8 +319,10 @@ async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
         );
         assert!(entry["fields"]["gone_for"].as_str().is_some(), "{entry}");
     }
-    evio_raft::tls::ensure_provider();
-    let metrics = reqwest::get(format!("{}/metrics", a.base))
+    let metrics = a
+        .http()
+        .get(format!("{}/metrics", a.base))
+        .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .text()

@@ -603,6 +603,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             if bootstrap {
                 replica.bootstrap_single().await?;
                 tracing::info!(cluster = ?replica.cluster_id(), "bootstrapped a new cluster");
+
                 if let Some(tls) = &tls {
                     let cluster = replica.cluster_id().unwrap_or_default();
                     crate::tls::create_authority(
@@ -619,6 +620,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         &id,
                     )
                     .await;
+                    if let Some(ca) = tls.as_ref().and_then(|t| t.ca_pem().ok()) {
+                        crate::kube::bootstrap::record_ca(client, &settings.kube_namespace, &ca)
+                            .await;
+                    }
                 }
             } else {
                 join(&replica, &settings, kube_client.as_ref()).await?;
@@ -699,9 +704,25 @@ async fn join(
                 (tls, &settings.tls)
             {
                 if !tls.has_files() {
+                    // With the Kubernetes record, the CA the bootstrap member recorded there.
+                    let recorded = match (join_trust, kube_client) {
+                        (None, Some(client))
+                            if settings.kubernetes || settings.join_from_kubernetes =>
+                        {
+                            crate::kube::bootstrap::recorded_ca(client, &settings.kube_namespace)
+                                .await
+                                .map(crate::tls::JoinTrust::CaPem)
+                        }
+                        _ => None,
+                    };
+                    let from_record = settings.kubernetes || settings.join_from_kubernetes;
+                    if join_trust.is_none() && from_record && recorded.is_none() {
+                        tracing::warn!(retry_in = ?backoff, "join: the cluster CA is not in the cluster record yet");
+                        break;
+                    }
                     let exchange = crate::tls::obtain_certificate(
                         tls,
-                        join_trust.as_ref(),
+                        join_trust.as_ref().or(recorded.as_ref()),
                         peer,
                         &settings.token,
                         replica.node_id(),

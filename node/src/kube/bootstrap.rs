@@ -88,13 +88,37 @@ pub async fn claim(client: &kube::Client, namespace: &str, node_name: &str, node
 /// Adds the new cluster's id to the record (informational: joiners learn it from the
 /// members). A failure is logged, never fatal.
 pub async fn record_cluster_id(client: &kube::Client, namespace: &str, cluster_id: &str) {
+    record(client, namespace, CLUSTER_ID_KEY, cluster_id).await;
+}
+
+/// Key of the cluster record holding the cluster CA certificate (PEM; public): what nodes
+/// joining with `--join-from-kubernetes` trust, the Kubernetes API vouching for it.
+pub const CA_KEY: &str = "ca.crt";
+
+pub async fn record_ca(client: &kube::Client, namespace: &str, ca_pem: &str) {
+    record(client, namespace, CA_KEY, ca_pem).await;
+}
+
+async fn record(client: &kube::Client, namespace: &str, key: &str, value: &str) {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let patch = serde_json::json!({ "data": { CLUSTER_ID_KEY: cluster_id } });
+    let patch = serde_json::json!({ "data": { key: value } });
     if let Err(e) = api
         .patch(RECORD, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        tracing::warn!(error = %e, "cannot record the cluster id in {namespace}/{RECORD}");
+        tracing::warn!(error = %e, "cannot record {key} in {namespace}/{RECORD}");
+    }
+}
+
+/// The cluster CA recorded by the bootstrap member, once it is there.
+pub async fn recorded_ca(client: &kube::Client, namespace: &str) -> Option<String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    match api.get_opt(RECORD).await {
+        Ok(record) => record?.data?.get(CA_KEY).cloned(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read {namespace}/{RECORD} for the cluster CA");
+            None
+        }
     }
 }
 

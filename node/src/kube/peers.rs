@@ -28,7 +28,15 @@ fn peer_addresses(nodes: &[Node], self_name: &str) -> Vec<String> {
                 .get(API_ADDRESS_ANNOTATION)
         })
         .map(|addr| addr.trim().to_string())
-        .filter(|addr| !addr.is_empty())
+        .filter(|addr| {
+            // Only IP:port: a bad or hostile annotation is skipped (never dialled, never
+            // aborts the join); the token only goes where the CA check passes anyway.
+            let valid = addr.parse::<std::net::SocketAddr>().is_ok();
+            if !valid {
+                tracing::warn!(addr = %addr, "join: skipping an {API_ADDRESS_ANNOTATION} annotation that is not IP:port");
+            }
+            valid
+        })
         .collect();
     peers.sort();
     peers.dedup();
@@ -80,6 +88,10 @@ mod tests {
             node("c", Some(" 10.0.0.3:7700 ")),
             node("d", Some("10.0.0.1:7700")),
             node("e", Some("")),
+            // Not IP:port: skipped, never dialled.
+            node("f", Some("evil.example:7700")),
+            node("g", Some("10.0.0.7")),
+            node("h", Some("10.0.0.8:99999")),
         ];
         assert_eq!(
             peer_addresses(&nodes, "me"),
