@@ -235,6 +235,17 @@ pub fn member_client(
     })
 }
 
+/// A client of the member at `addr` for a process beside a member (config-gen): TLS with the
+/// certificate in `data_dir` when there is one, else plaintext with `token`.
+pub fn data_dir_client(addr: &str, data_dir: &Path, token: Option<&str>) -> anyhow::Result<Client> {
+    let credentials = cli_credentials(data_dir, None, None, None)?;
+    let base = match credentials {
+        Some(_) => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    };
+    cli_client(Some(&base), token.map(str::to_string), credentials)
+}
+
 /// Renews (managed) or re-reads (files) this member's certificate before it expires,
 /// swapping it in without a restart, until `stop`.
 pub async fn keep_renewed(tls: Arc<TlsContext>, mut stop: tokio::sync::watch::Receiver<bool>) {

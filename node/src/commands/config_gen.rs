@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use evio_api::{Client, ClientError, Consistency, LeaseJson};
+use evio_api::{ClientError, Consistency, LeaseJson};
 use evio_cni::{NetConf, OriginalNetConf, CONFLIST_FILE};
 use evio_raft::data_dir::DataDir;
 use evio_raft::{Lease, LeaseRecord, Pool};
@@ -95,7 +95,17 @@ pub async fn run(args: ConfigGenArgs) -> anyhow::Result<()> {
         }
         Local::None => {
             let remaining = deadline.saturating_sub(started.elapsed());
-            match cluster_lease(&args.join, &node, args.host_ip, token, pool, remaining).await {
+            match cluster_lease(
+                &args.data_dir,
+                &args.join,
+                &node,
+                args.host_ip,
+                token,
+                pool,
+                remaining,
+            )
+            .await
+            {
                 Ok(lease) => (lease, "cluster"),
                 Err(e) if args.no_lease_ok => {
                     tracing::warn!(node = %node, error = %format!("{e:#}"), "no lease yet: the conflist is left to evio-node run");
@@ -169,8 +179,7 @@ async fn local_lease(
                     return Ok(Local::None);
                 }
             };
-            let client =
-                Client::new(&format!("http://{addr}"))?.with_token(token.map(str::to_string));
+            let client = crate::tls::data_dir_client(&addr, data_dir, token)?;
             let answer = tokio::time::timeout(
                 Duration::from_secs(5),
                 client.get_lease(node, Consistency::Local),
@@ -198,6 +207,7 @@ async fn local_lease(
 
 /// Acquires (or fetches) the lease through any reachable member, until `deadline`.
 async fn cluster_lease(
+    data_dir: &Path,
     members: &[String],
     node: &str,
     host_ip: Option<Ipv4Addr>,
@@ -214,7 +224,7 @@ async fn cluster_lease(
             if remaining.is_zero() {
                 break;
             }
-            let client = Client::new(&format!("http://{member}"))?.with_token(token.clone());
+            let client = crate::tls::data_dir_client(member, data_dir, token.as_deref())?;
             match tokio::time::timeout(remaining, client.acquire(node, host_ip)).await {
                 Ok(Ok((json, created))) => {
                     tracing::info!(member, created, subnet = %json.subnet, "lease from the cluster");
