@@ -8,8 +8,9 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -28,6 +29,9 @@ pub struct PeerHttp {
     token: Arc<str>,
     cluster_id: Arc<RwLock<Option<String>>>,
     deny: Arc<Vec<String>>,
+    /// When each member last answered a Raft RPC with a result (its Raft runs): the
+    /// leader's liveness record, fed by the heartbeats it sends anyway.
+    answered: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 /// A request this process may not send (test-only deny list).
@@ -53,6 +57,7 @@ impl PeerHttp {
             token: Arc::from(token),
             cluster_id: Arc::new(RwLock::new(cluster_id)),
             deny: Arc::new(deny),
+            answered: Arc::default(),
         }
     }
 
@@ -64,6 +69,17 @@ impl PeerHttp {
 
     pub fn cluster_id(&self) -> Option<String> {
         self.cluster_id.read().ok().and_then(|id| id.clone())
+    }
+
+    /// When member `id` last answered a Raft RPC from this process.
+    pub fn last_answer(&self, id: NodeId) -> Option<Instant> {
+        let answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        answered.get(&id).copied()
+    }
+
+    fn note_answer(&self, id: NodeId) {
+        let mut answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        answered.insert(id, Instant::now());
     }
 
     pub fn token(&self) -> &str {
@@ -179,6 +195,9 @@ impl HttpPeer {
             .json()
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if result.is_ok() {
+            self.peers.note_answer(self.target);
+        }
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
