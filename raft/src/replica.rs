@@ -226,7 +226,7 @@ impl Replica {
         .validate()
         .map_err(|e| OpenError::Config(e.to_string()))?;
         let peers = PeerHttp::new(&config.token, data_dir.cluster_id().map(str::to_string));
-        let network = HttpNetwork::new(peers.clone());
+        let network = HttpNetwork::new(peers.clone(), view.clone());
         let node_id = data_dir.node_id();
         let raft = Raft::new(node_id, Arc::new(raft_config), network, logs, state_machine)
             .await
