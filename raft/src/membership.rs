@@ -223,7 +223,7 @@ impl MembershipController {
         let now = Instant::now();
         for (id, _) in membership.nodes() {
             let seen = self.last_seen.entry(*id).or_insert(now);
-            if let Some(answered) = replica.peers().last_answer(*id) {
+            if let Some(answered) = replica.peers().contacts().get(*id).answered {
                 *seen = (*seen).max(answered);
             }
         }

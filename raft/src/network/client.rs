@@ -8,13 +8,13 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::contact::Contacts;
 use super::{
     encode_snapshot_chunk, APPEND_PATH, CLUSTER_HEADER, DENY_PEERS_ENV, SNAPSHOT_CONTENT_TYPE,
     SNAPSHOT_PATH, TARGET_HEADER, VOTE_PATH,
@@ -30,9 +30,7 @@ pub struct PeerHttp {
     token: Arc<str>,
     cluster_id: Arc<RwLock<Option<String>>>,
     deny: Arc<Vec<String>>,
-    /// When each member last answered a Raft RPC with a result (its Raft runs): the
-    /// leader's liveness record, fed by the heartbeats it sends anyway.
-    answered: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    contacts: Arc<Contacts>,
 }
 
 /// A request this process may not send (test-only deny list).
@@ -58,7 +56,7 @@ impl PeerHttp {
             token: Arc::from(token),
             cluster_id: Arc::new(RwLock::new(cluster_id)),
             deny: Arc::new(deny),
-            answered: Arc::default(),
+            contacts: Arc::default(),
         }
     }
 
@@ -72,15 +70,9 @@ impl PeerHttp {
         self.cluster_id.read().ok().and_then(|id| id.clone())
     }
 
-    /// When member `id` last answered a Raft RPC from this process.
-    pub fn last_answer(&self, id: NodeId) -> Option<Instant> {
-        let answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
-        answered.get(&id).copied()
-    }
-
-    fn note_answer(&self, id: NodeId) {
-        let mut answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
-        answered.insert(id, Instant::now());
+    /// The Raft traffic with each member so far.
+    pub fn contacts(&self) -> &Contacts {
+        &self.contacts
     }
 
     pub fn token(&self) -> &str {
@@ -185,8 +177,30 @@ impl HttpPeer {
         self.send(path, "application/json", body, option).await
     }
 
-    /// Posts `body` and reads openraft's JSON result.
+    /// Posts `body` and reads openraft's JSON result, noting whether the target answered.
     async fn send<Resp, E>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, EvioNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result = self.exchange(path, content_type, body, option).await;
+        let contacts = self.peers.contacts();
+        match &result {
+            // A remote error is an answer: the member is reachable.
+            Ok(_) => contacts.answered(self.target),
+            Err(RPCError::RemoteError(_)) => contacts.reached(self.target),
+            Err(e) => contacts.failed(self.target, e),
+        }
+        result
+    }
+
+    async fn exchange<Resp, E>(
         &self,
         path: &str,
         content_type: &str,
@@ -225,9 +239,6 @@ impl HttpPeer {
             .json()
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        if result.is_ok() {
-            self.peers.note_answer(self.target);
-        }
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
