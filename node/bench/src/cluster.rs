@@ -338,8 +338,20 @@ impl EvioCluster {
         }
         let data = self.dir.path().join(&self.members[index].name);
         let [ca, _, cert, key] = evio_raft::tls::managed_paths(&data.join(evio_raft::tls::TLS_DIR));
-        let credentials = evio_raft::tls::Credentials::load(&ca, &cert, &key)
-            .with_context(|| format!("{}'s certificate", self.members[index].name))?;
+        // A member just started has its certificate once it bootstrapped or joined.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cert.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let member = &self.members[index];
+        let credentials =
+            evio_raft::tls::Credentials::load(&ca, &cert, &key).with_context(|| {
+                format!(
+                    "{}'s certificate\n{}",
+                    member.name,
+                    member.process.log_tail()
+                )
+            })?;
         Ok(Some(credentials.client_config()?))
     }
 
@@ -366,14 +378,17 @@ impl EvioCluster {
         index: usize,
         check: impl Fn(&ClusterJson) -> bool,
     ) -> Result<ClusterJson> {
-        let client = self.client(index)?;
         let check = &check;
         let last = std::sync::Mutex::new(String::new());
         let last = &last;
         let healthy = wait_for("a healthy evio cluster", Duration::from_secs(60), || {
-            let client = client.clone();
+            // Made each time: a member has its certificate only once it bootstrapped or joined.
+            let client = self.client(index);
             async move {
-                let c = client.cluster().await;
+                let c = match client {
+                    Ok(client) => client.cluster().await.map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                };
                 if let Ok(mut seen) = last.lock() {
                     *seen = format!("{c:?}");
                 }
