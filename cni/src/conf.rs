@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
-use evio_raft::data_dir::write_atomic;
-use evio_raft::Lease;
+use evio_lease_model::write_atomic;
+use evio_lease_model::Lease;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -165,9 +165,9 @@ impl OriginalNetConf {
             ovsdb_socket: field!("ovsdbSocket"),
             reply_timeout: field!("replyTimeout"),
         };
-        let bits = evio_raft::Pool::parse_node_bits(&conf.node_bits.as_string())
+        let bits = evio_lease_model::Pool::parse_node_bits(&conf.node_bits.as_string())
             .map_err(|e| invalid("nodeBits", &e.to_string()))?;
-        evio_raft::Pool::parse(&conf.pod_cidr, bits)
+        evio_lease_model::Pool::parse(&conf.pod_cidr, bits)
             .map_err(|e| invalid("podCIDR", &e.to_string()))?;
         if let Some(bridge) = &conf.bridge {
             let ok = !bridge.is_empty()
@@ -214,9 +214,9 @@ impl OriginalNetConf {
     }
 
     /// The pool this file describes (already checked by `load`).
-    pub fn pool(&self) -> Result<evio_raft::Pool, evio_raft::PoolError> {
-        let bits = evio_raft::Pool::parse_node_bits(&self.node_bits.as_string())?;
-        evio_raft::Pool::parse(&self.pod_cidr, bits)
+    pub fn pool(&self) -> Result<evio_lease_model::Pool, evio_lease_model::PoolError> {
+        let bits = evio_lease_model::Pool::parse_node_bits(&self.node_bits.as_string())?;
+        evio_lease_model::Pool::parse(&self.pod_cidr, bits)
     }
 
     /// The node-independent CNI settings, defaults where the file is silent.
@@ -350,7 +350,7 @@ pub fn write_conflist(dir: &Path, conf: &NetConf, lease: &Lease) -> Result<bool,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use evio_raft::{LeaseCommand, LeaseTable, Pool};
+    use evio_lease_model::{LeaseCommand, LeaseTable, Pool};
 
     fn lease_at_block_3() -> Lease {
         let pool = Pool::parse("10.244.0.16/16", 8).unwrap_or_else(|e| panic!("{e}"));
