@@ -57,6 +57,15 @@ impl CniService {
         })
     }
 
+    /// The pod networking behind the socket (its attachments are `GET /v1/node/pods`).
+    pub fn pods(&self) -> Arc<PodNetwork> {
+        self.pods.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Serves until the task is dropped or aborted.
     pub async fn run(self) {
         loop {

@@ -299,7 +299,7 @@ async fn status_page_asks_for_the_token_when_reads_need_it() {
     let (dom, log) = dump_dom(&chromium, &dir, &solo);
     assert!(
         dom.contains(r#"<section id="token-box">"#)
-            && dom.contains("Lease reads need the cluster token")
+            && dom.contains("Lease and node reads need the cluster token")
             && !dom.contains("data-rendered"),
         "the page does not ask for the token:\n{dom}\n{log}"
     );
