@@ -114,9 +114,3 @@ pub fn lease_keys(lease: &Lease) -> [(String, String); 2] {
         (format!("{LEASES_PREFIX}{}", lease.record.node), json),
     ]
 }
-
-/// Resolves once `stop` turns true (or its sender is gone). Returns nothing, so no watch
-/// guard is held across an await.
-pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
