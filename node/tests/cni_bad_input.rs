@@ -285,6 +285,8 @@ impl Fixture {
         }
         let mut reservations = Vec::new();
         collect_reservations(&self.ipam_dir, &mut reservations);
+        // evio-ipam's (the dev daemon's data dir)
+        collect_reservations(&self.dir.path().join("data/ipam"), &mut reservations);
         host.sort();
         pods.sort();
         ovs.sort();
@@ -1053,6 +1055,40 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
             move |_, i| {
                 i.config["ipam"]["ranges"] =
                     json!([[{"subnet": net("0/24"), "rangeStart": "10.91.77.5"}]])
+            },
+        );
+        c.case(
+            "ADD evio-ipam range outside the node's block",
+            k,
+            fails(7, "outside this node's block"),
+            |_, i| i.config["ipam"]["type"] = json!("evio-ipam"),
+        );
+        c.case(
+            "ADD evio-ipam ranges not a list",
+            k,
+            fails(7, "ipam.ranges"),
+            |_, i| {
+                i.config["ipam"]["type"] = json!("evio-ipam");
+                i.config["ipam"]["ranges"] = json!("10.91.0.0/16");
+            },
+        );
+        c.case(
+            "ADD evio-ipam subnet invalid",
+            k,
+            fails(7, "ipam.ranges[0][0].subnet"),
+            |_, i| {
+                i.config["ipam"]["type"] = json!("evio-ipam");
+                i.config["ipam"]["ranges"] = json!([[{"subnet": "10.91.300.0/24"}]]);
+            },
+        );
+        c.case(
+            "ADD evio-ipam rangeEnd before rangeStart",
+            k,
+            fails(7, "before rangeStart"),
+            move |_, i| {
+                i.config["ipam"]["type"] = json!("evio-ipam");
+                i.config["ipam"]["ranges"] = json!([[{"subnet": net("0/24"),
+                    "rangeStart": net("9"), "rangeEnd": net("3")}]]);
             },
         );
         c.case(

@@ -2,12 +2,12 @@
 //! host-local data dir) removed on drop, and small host probes (the generic ones come from
 //! evio-test-support).
 
-#![allow(dead_code)] // each test file uses its own part
+#![allow(dead_code, unused_imports)] // each test file uses its own part
 
 use std::path::Path;
 use std::process::Command as Process;
 
-use evio_cni::dataplane::masquerade;
+use evio_cni::dataplane::{masquerade, PodNetwork};
 use evio_cni::spec::{Command, Request};
 use serde_json::{json, Value};
 
@@ -48,7 +48,10 @@ pub struct Fixture {
     pub tag: String,
     pub namespaces: Vec<String>,
     pub bridge: String,
+    /// host-local's `dataDir`, or evio-ipam's state dir (the same layout).
     pub ipam_dir: tempfile::TempDir,
+    /// `ipam.type`: "host-local" (default) or "evio-ipam".
+    pub ipam: &'static str,
 }
 
 impl Fixture {
@@ -62,7 +65,23 @@ impl Fixture {
             tag,
             namespaces: Vec::new(),
             ipam_dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+            ipam: "host-local",
         }
+    }
+
+    /// The fixture's network name.
+    pub fn name(&self) -> String {
+        format!("evio-test-{}", self.tag)
+    }
+
+    /// A pod network serving evio-ipam from the fixture's dir, the node holding its subnet.
+    pub fn pod_network(&self) -> PodNetwork {
+        let pods = PodNetwork::new()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_ipam_dir(self.ipam_dir.path().to_path_buf());
+        pods.allocator()
+            .set_node_blocks(vec![self.node_subnet().into()]);
+        pods
     }
 
     /// `10.<octet>.<rest>`.
@@ -88,18 +107,26 @@ impl Fixture {
 
     pub fn config(&self, range_end: &str) -> Value {
         json!({
-            "cniVersion": self.version, "name": format!("evio-test-{}", self.tag), "type": "evio-cni",
+            "cniVersion": self.version, "name": self.name(), "type": "evio-cni",
             "bridge": self.bridge, "bridgeType": self.kind, "ovsDatapath": "netdev",
             "bridgeIPv4": self.net("3.1/16"),
             "isGateway": true, "isDefaultGateway": true, "mtu": 1400,
             "isIPMasq": true, "nodeSubnet": self.net("3.0/24"), "podCIDR": self.net("0.0/16"),
-            "ipam": {
-                "type": "host-local",
-                "dataDir": self.ipam_dir.path(),
-                "ranges": [[{"subnet": self.net("0.0/16"), "rangeStart": self.net("3.2"),
-                             "rangeEnd": self.net(range_end), "gateway": self.net("3.1")}]],
-            },
+            "ipam": self.ipam_config(range_end),
         })
+    }
+
+    /// The `ipam` object: host-local's, or the same ranges for evio-ipam (no dataDir).
+    pub fn ipam_config(&self, range_end: &str) -> Value {
+        let mut ipam = json!({
+            "type": self.ipam,
+            "ranges": [[{"subnet": self.net("0.0/16"), "rangeStart": self.net("3.2"),
+                         "rangeEnd": self.net(range_end), "gateway": self.net("3.1")}]],
+        });
+        if self.ipam == "host-local" {
+            ipam["dataDir"] = json!(self.ipam_dir.path());
+        }
+        ipam
     }
 
     pub fn request(
@@ -116,13 +143,14 @@ impl Fixture {
             ifname: "eth0".into(),
             args: String::new(),
             path: HOST_LOCAL_DIRS.into(),
+            plugin: Default::default(),
             config,
         }
     }
 
-    /// Files host-local keeps for reserved addresses.
+    /// Files host-local (or evio-ipam) keeps for reserved addresses.
     pub fn reservations(&self) -> Vec<String> {
-        let dir = self.ipam_dir.path().join(format!("evio-test-{}", self.tag));
+        let dir = self.ipam_dir.path().join(self.name());
         std::fs::read_dir(dir)
             .map(|it| {
                 it.filter_map(Result::ok)

@@ -17,7 +17,12 @@ use crate::{evio_node, is_root, prerequisites, run, target_bin, Proc};
 pub const PLUGIN_DIR: &str = "/usr/lib/cni";
 
 pub fn evio_cni_binary() -> PathBuf {
-    target_bin("evio-cni")
+    cni_crate_binary("evio-cni")
+}
+
+/// A binary of the evio-cni crate (`evio-cni`, `evio-ipam`), built by `cargo test --workspace`.
+pub fn cni_crate_binary(name: &str) -> PathBuf {
+    target_bin(name)
 }
 
 pub fn plugin(name: &str) -> PathBuf {
@@ -78,6 +83,20 @@ pub fn exec_plugin_in(
     if let Some(host) = host {
         in_netns(&mut cmd, host);
     }
+    exec_plugin_cmd(cmd, PLUGIN_DIR, command, container, netns, ifname, config)
+}
+
+/// `cmd` (a plugin binary) run as a runtime does, with `cni_path` as `CNI_PATH`.
+pub fn exec_plugin_cmd(
+    mut cmd: Command,
+    cni_path: &str,
+    command: &str,
+    container: &str,
+    netns: &str,
+    ifname: &str,
+    config: &Value,
+) -> (i32, Value) {
+    let binary = PathBuf::from(cmd.get_program());
     let mut child = cmd
         .env_clear()
         // plugins that exec iptables find it on the runtime's PATH
@@ -86,7 +105,7 @@ pub fn exec_plugin_in(
         .env("CNI_CONTAINERID", container)
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", ifname)
-        .env("CNI_PATH", PLUGIN_DIR)
+        .env("CNI_PATH", cni_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

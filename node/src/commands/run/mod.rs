@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use evio_api::ApiOptions;
 use evio_raft::{MembershipController, Replica, ReplicaConfig};
 
-use crate::cni_service::CniService;
+use crate::cni_service::{CniService, IPAM_DIR};
 use crate::daemon::Tasks;
 use crate::etcd::mirror::EtcdMirror;
 use crate::host::API_ADDRESS_FILE;
@@ -69,7 +69,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .etcd
         .clone()
         .map(|etcd| EtcdMirror::new(etcd, replica.clone()));
-    let cni = match CniService::bind(&settings.cni_socket, settings.cni_limits) {
+    let cni = match CniService::bind(
+        &settings.cni_socket,
+        settings.cni_limits,
+        settings.data_dir.join(IPAM_DIR),
+    ) {
         Ok(service) => service,
         Err(e) => {
             replica.shutdown().await;
@@ -94,6 +98,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             node: Some(Arc::new(node_info)),
         },
         server_stop.cancelled_owned(),
+    );
+    tasks.spawn(
+        "evio-ipam blocks",
+        crate::cni_service::follow_lease(replica.clone(), cni.pods(), tasks.stop_token()),
     );
     // The CNI service stops with the runtime: a request in flight must not hold up shutdown.
     let cni = tokio::spawn(cni.run());
