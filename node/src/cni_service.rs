@@ -158,7 +158,7 @@ pub async fn follow_lease(
     pods: Arc<PodNetwork>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut metrics = replica.raft().metrics();
+    let mut metrics = replica.watch_metrics();
     let node = replica.node().name.clone();
     loop {
         let blocks: Vec<ipnetwork::IpNetwork> = replica

@@ -27,7 +27,7 @@ pub async fn keep_current(
     conf: NetConf,
     stop: CancellationToken,
 ) {
-    let mut metrics = replica.raft().metrics();
+    let mut metrics = replica.watch_metrics();
     let node = replica.node().name.clone();
     let mut written: Option<u32> = None;
     let mut backoff = RETRY;

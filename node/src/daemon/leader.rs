@@ -3,8 +3,8 @@
 
 use std::future::Future;
 
+use evio_raft::types::ServerState;
 use evio_raft::Replica;
-use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
 /// Runs `session(leading)` each time this member becomes leader, until `stop` is cancelled or
@@ -17,7 +17,7 @@ where
     S: FnMut(CancellationToken) -> F,
     F: Future<Output = ()>,
 {
-    let mut metrics = replica.raft().metrics();
+    let mut metrics = replica.watch_metrics();
     loop {
         let led = tokio::select! {
             led = metrics.wait_for(|m| m.state == ServerState::Leader) => led.is_ok(),

@@ -18,7 +18,6 @@ use evio_api::{EtcdMirrorJson, EtcdMirrorStatus, LeaseJson};
 use evio_node::etcd_gateway::{Compare, Gateway, Op, RangeShape};
 use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
 use evio_raft::Replica;
-use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::backoff::{sleep_or_stop, Backoff};
@@ -79,7 +78,7 @@ impl EtcdMirror {
     }
 
     fn is_leader(&self) -> bool {
-        self.replica.raft().metrics().borrow().state == ServerState::Leader
+        self.replica.is_leader()
     }
 
     /// Mirrors while this member leads, until `stop` is cancelled.
@@ -151,7 +150,7 @@ impl EtcdMirror {
         let Some(mut known) = self.reconcile(&client).await? else {
             return Ok(SessionEnd::Fenced);
         };
-        let mut metrics = self.replica.raft().metrics();
+        let mut metrics = self.replica.watch_metrics();
         loop {
             tokio::select! {
                 changed = metrics.changed() => {

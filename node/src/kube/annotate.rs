@@ -71,7 +71,7 @@ pub async fn run(
     status: KubeStatus,
     stop: CancellationToken,
 ) {
-    let mut raft_metrics = replica.raft().metrics();
+    let mut raft_metrics = replica.watch_metrics();
     let mut applied: Option<Desired> = None;
     let mut backoff = RETRY;
     loop {

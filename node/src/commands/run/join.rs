@@ -83,7 +83,7 @@ const JOIN_STALL: Duration = Duration::from_secs(60);
 /// installed at once), the applied or log index moving. A fixed limit failed joins of big
 /// tables that were progressing fine.
 async fn wait_for_membership(replica: &Replica) -> anyhow::Result<()> {
-    let mut metrics = replica.raft().metrics();
+    let mut metrics = replica.watch_metrics();
     let progress = |m: &evio_raft::types::RaftMetrics| {
         (
             replica.snapshot_bytes_received(),

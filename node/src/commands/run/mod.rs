@@ -47,7 +47,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.tuning = settings.tuning.clone();
     config.token = settings.token.clone();
     let replica = Replica::open(config).await?;
-    let initialized = replica.raft().is_initialized().await?;
+    let initialized = replica.is_initialized().await?;
     if settings.bootstrap && (initialized || replica.cluster_id().is_some()) {
         replica.shutdown().await;
         bail!(
