@@ -144,32 +144,27 @@ impl HttpPeer {
     {
         let body =
             serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(path, "application/json", body, option).await
+        self.noted(self.send(path, "application/json", body, option).await)
     }
 
-    /// Posts `body` and reads openraft's JSON result, noting whether the target answered.
-    async fn send<Resp, E>(
+    /// Notes whether the target answered (a remote error is an answer: it is reachable).
+    fn noted<T, E>(
         &self,
-        path: &str,
-        content_type: &str,
-        body: Vec<u8>,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, EvioNode, RaftError<NodeId, E>>>
+        result: Result<T, RPCError<NodeId, EvioNode, E>>,
+    ) -> Result<T, RPCError<NodeId, EvioNode, E>>
     where
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
+        E: std::error::Error,
     {
-        let result = self.exchange(path, content_type, body, option).await;
         let contacts = self.peers.contacts();
         match &result {
-            // A remote error is an answer: the member is reachable.
             Ok(_) | Err(RPCError::RemoteError(_)) => contacts.reached(self.target),
             Err(e) => contacts.failed(self.target, e),
         }
         result
     }
 
-    async fn exchange<Resp, E>(
+    /// Posts `body` and reads openraft's JSON result.
+    async fn send<Resp, E>(
         &self,
         path: &str,
         content_type: &str,
@@ -237,8 +232,10 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
     > {
         let body =
             encode_snapshot_chunk(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(SNAPSHOT_PATH, SNAPSHOT_CONTENT_TYPE, body, &option)
-            .await
+        self.noted(
+            self.send(SNAPSHOT_PATH, SNAPSHOT_CONTENT_TYPE, body, &option)
+                .await,
+        )
     }
 
     async fn vote(
