@@ -2,24 +2,20 @@
 //! 3-member `evio-node run` cluster: every member, the leader and the pool's 256 blocks with
 //! the held and reserved ones marked, member `a`'s attached pod (a real netns added through
 //! its CNI socket by the real `evio-cni`) and its Kubernetes integration (against the local
-//! API stand-in, `common::kube_standin`: no real API server here), no console messages,
+//! API stand-in, `evio_test_support::kube_standin`: no real API server here), no console messages,
 //! screenshots (desktop and a 390 px wide phone) kept under target/tmp; a stopped member
 //! shows as unreachable on the leader's page; then one member cut off (its peers SIGSTOPped)
 //! says it answers from its local replica and sees its peers unreachable.
 //! `evio-node status -o json` is checked against the same cluster.
 
-mod common;
-#[path = "common/kube_standin.rs"]
-mod kube_standin;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{acquire, leader, wait_cluster, Cluster, Node};
-use common::cni::{self as cni_support, LinuxBridge, Netns};
-use common::evio_node;
-use kube_standin::KubeStandIn;
+use evio_test_support::cluster::{acquire, leader, wait_cluster, Cluster, Node};
+use evio_test_support::cni::{self as cni_support, LinuxBridge, Netns};
+use evio_test_support::evio_node;
+use evio_test_support::kube_standin::KubeStandIn;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -140,18 +136,18 @@ fn wait_conflist(path: &Path, node: &Node) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
     let chromium = chromium();
-    let ready = cni_support::prerequisites(
+    let ready = evio_test_support::prerequisites(
         "status_page",
         &[
             ("chromium", chromium.is_some()),
-            ("root", cni_support::is_root()),
+            ("root", evio_test_support::is_root()),
             ("host-local", cni_support::plugin("host-local").is_file()),
         ],
     );
     let Some(chromium) = chromium.filter(|_| ready) else {
         return;
     };
-    let tag = std::process::id();
+    let tag = evio_test_support::unique_tag();
     let cluster = Cluster::new();
     // Member a runs the Kubernetes integration against the stand-in and writes a conflist
     // for a Linux bridge of this test's own.
@@ -548,14 +544,14 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_asks_for_the_token_when_reads_need_it() {
     let chromium = chromium();
-    if !common::cni::prerequisites("status_page", &[("chromium", chromium.is_some())]) {
+    if !evio_test_support::prerequisites("status_page", &[("chromium", chromium.is_some())]) {
         return;
     }
     let Some(chromium) = chromium else { return };
     let cluster = Cluster::new();
     let solo = cluster.start(
         "solo",
-        &common::cluster::free_addr(),
+        &evio_test_support::cluster::free_addr(),
         &[],
         &["--auth-reads"],
     );

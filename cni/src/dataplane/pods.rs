@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::attachment::parse_any_owner;
 use super::bridge::Drivers;
 use super::error::{DataplaneError, Result};
+use super::evio_ipam::Allocator;
 use super::masquerade::Masquerade;
 use super::netlink::{self, NetlinkError};
 use super::reaper::Reaper;
@@ -120,6 +121,8 @@ pub struct PodNetwork {
     pub(super) bridge_lock: tokio::sync::Mutex<()>,
     pub(super) masquerade: Masquerade,
     pub(super) reaper: Reaper,
+    /// evio-ipam, served in-process.
+    pub(super) allocator: Allocator,
     /// Bounds the requests in flight on the shared netlink socket: with ~50 at once its
     /// receive buffer overflowed and an answer was lost (an ADD then waited forever).
     in_flight: tokio::sync::Semaphore,
@@ -143,6 +146,7 @@ impl PodNetwork {
             bridge_lock: tokio::sync::Mutex::new(()),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             masquerade: Masquerade::default(),
+            allocator: Allocator::new(None),
             attachments: Attachments::default(),
             added: Mutex::default(),
             limits,
@@ -151,6 +155,17 @@ impl PodNetwork {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Enables evio-ipam with its reservations kept under `state_dir`.
+    pub fn with_ipam_dir(mut self, state_dir: std::path::PathBuf) -> Self {
+        self.allocator = Allocator::new(Some(state_dir));
+        self
+    }
+
+    /// evio-ipam (the daemon sets the node's blocks on it as its lease changes).
+    pub fn allocator(&self) -> &Allocator {
+        &self.allocator
     }
 
     /// Runs one verb under the request's deadline (with its attachment's turn when it has
@@ -301,6 +316,18 @@ impl PodNetwork {
         self.serve(request, status).await
     }
 
+    /// A request from the `evio-ipam` binary (another plugin's IPAM): served by the
+    /// allocator, in the attachment's turn like evio-cni's own requests.
+    pub async fn ipam(&self, request: &Request) -> Result<Value, CniError> {
+        self.serve(request, |net, request, deadline| async move {
+            match request.command {
+                Command::Gc => gc::gc_evio_ipam(net, request),
+                command => Ok(ipam::run(&net.allocator, request, command, deadline).await?),
+            }
+        })
+        .await
+    }
+
     /// Waits until the veths of deleted pods are gone (DEL leaves their deletion to a queue).
     pub async fn settled(&self) {
         self.reaper.drained().await
@@ -310,13 +337,18 @@ impl PodNetwork {
 async fn status(net: &PodNetwork, request: &Request, deadline: Instant) -> Result<Value> {
     let conf = PluginConf::parse(&request.config)?;
     let unavailable = |e: &dyn std::fmt::Display| DataplaneError::Unavailable(e.to_string());
-    ipam::plugin_path(request).map_err(|e| unavailable(&e))?;
+    let evio_ipam = super::evio_ipam::is_requested(request);
+    if !evio_ipam {
+        ipam::plugin_path(request).map_err(|e| unavailable(&e))?;
+    }
     let driver = net.drivers.pick(&conf.teardown()).await;
     driver
         .available()
         .await
         .map_err(|e| unavailable(&format!("{}: {e}", driver.describe())))?;
-    if ipam::supports(request, "1.1.0", deadline).await {
+    if evio_ipam {
+        net.allocator.status().map_err(|e| unavailable(&e))?;
+    } else if ipam::supports(request, "1.1.0", deadline).await {
         ipam::delegate(request, Command::Status, deadline).await?;
     }
     Ok(Value::Null)

@@ -10,7 +10,7 @@ use evio_cni::dataplane::Limits;
 use evio_cni::{BridgeType, NetConf, OvsDatapath};
 use evio_raft::{Pool, Replica, ReplicaConfig};
 
-use crate::cni_service::CniService;
+use crate::cni_service::{CniService, IPAM_DIR};
 use crate::node_info::NodeInfo;
 use crate::serve::{self, spawn_api, ShutdownSignals};
 
@@ -108,11 +108,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         deadline: Duration::from_secs(args.cni_deadline),
         ..Limits::default()
     };
-    let cni = CniService::bind(&cni_socket, limits)?;
+    let cni = CniService::bind(&cni_socket, limits, args.data_dir.join(IPAM_DIR))?;
+    let pods = cni.pods();
     let options = evio_api::ApiOptions {
         node: Some(std::sync::Arc::new(NodeInfo {
             cni_socket: cni.path().to_path_buf(),
-            pods: cni.pods(),
+            pods: pods.clone(),
             kubernetes: None,
         })),
         ..Default::default()
@@ -126,6 +127,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         replica.bootstrap_single().await?;
         replica.wait_for_leader(Duration::from_secs(30)).await?;
         let (lease, created) = replica.acquire(&node_name, None).await?;
+        pods.allocator()
+            .set_node_blocks(vec![lease.block.subnet.into()]);
         let net_d = args.data_dir.join("net.d");
         // The conflist names this daemon's socket, so evio-cni reaches this dev instance.
         let conf = NetConf {

@@ -14,7 +14,7 @@ use evio_raft::{
 };
 use serde::Deserialize;
 
-use crate::cni_service::CniService;
+use crate::cni_service::{CniService, IPAM_DIR};
 use crate::commands::config_gen;
 use crate::etcd::mirror::EtcdMirror;
 use crate::etcd::EtcdSettings;
@@ -431,7 +431,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .etcd
         .clone()
         .map(|etcd| EtcdMirror::new(etcd, replica.clone()));
-    let cni = match CniService::bind(&settings.cni_socket, settings.cni_limits) {
+    let cni = match CniService::bind(
+        &settings.cni_socket,
+        settings.cni_limits,
+        settings.data_dir.join(IPAM_DIR),
+    ) {
         Ok(service) => service,
         Err(e) => {
             replica.shutdown().await;
@@ -459,6 +463,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = server_stop.wait_for(|stop| *stop).await;
         },
     );
+    tokio::spawn(crate::cni_service::follow_lease(
+        replica.clone(),
+        cni.pods(),
+        stop_rx.clone(),
+    ));
     let cni = tokio::spawn(cni.run());
     let controller =
         MembershipController::new(replica.clone(), settings.voters, settings.voter_grace);
