@@ -144,23 +144,18 @@ impl HttpPeer {
     {
         let body =
             serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.noted(self.send(path, "application/json", body, option).await)
+        let result = self.send(path, "application/json", body, option).await;
+        self.note(&result);
+        result
     }
 
     /// Notes whether the target answered (a remote error is an answer: it is reachable).
-    fn noted<T, E>(
-        &self,
-        result: Result<T, RPCError<NodeId, EvioNode, E>>,
-    ) -> Result<T, RPCError<NodeId, EvioNode, E>>
-    where
-        E: std::error::Error,
-    {
+    fn note<T, E: std::error::Error>(&self, result: &Result<T, RPCError<NodeId, EvioNode, E>>) {
         let contacts = self.peers.contacts();
-        match &result {
+        match result {
             Ok(_) | Err(RPCError::RemoteError(_)) => contacts.reached(self.target),
             Err(e) => contacts.failed(self.target, e),
         }
-        result
     }
 
     /// Posts `body` and reads openraft's JSON result.
@@ -232,10 +227,11 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
     > {
         let body =
             encode_snapshot_chunk(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.noted(
-            self.send(SNAPSHOT_PATH, SNAPSHOT_CONTENT_TYPE, body, &option)
-                .await,
-        )
+        let result = self
+            .send(SNAPSHOT_PATH, SNAPSHOT_CONTENT_TYPE, body, &option)
+            .await;
+        self.note(&result);
+        result
     }
 
     async fn vote(
