@@ -128,6 +128,9 @@ pub struct PodNetwork {
     in_flight: tokio::sync::Semaphore,
     attachments: Attachments,
     added: Mutex<HashMap<AttachmentKey, Added>>,
+    /// One link listing for the status page at a time: anonymous readers must not crowd
+    /// the netlink socket the CNI requests share.
+    listing: tokio::sync::Mutex<()>,
     limits: Limits,
 }
 
@@ -149,6 +152,7 @@ impl PodNetwork {
             allocator: Allocator::new(None),
             attachments: Attachments::default(),
             added: Mutex::default(),
+            listing: tokio::sync::Mutex::new(()),
             limits,
         })
     }
@@ -268,7 +272,10 @@ impl PodNetwork {
     /// The pod interfaces this daemon attached (or adopted) whose host veth is still there,
     /// sorted by container and ifname; the others are forgotten (GC removed them).
     pub async fn attached(&self) -> Result<Vec<AttachedPod>, NetlinkError> {
-        let veths = self.tagged_veths().await?;
+        let veths = {
+            let _one_at_a_time = self.listing.lock().await;
+            self.tagged_veths().await?
+        };
         let mut added = self.added_lock();
         added.retain(|key, _| veths.contains_key(key));
         let mut pods: Vec<AttachedPod> = added
