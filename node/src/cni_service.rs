@@ -75,6 +75,11 @@ impl CniService {
 
     /// Serves until the task is dropped or aborted.
     pub async fn run(self) {
+        match self.pods.adopt_attached().await {
+            Ok(0) => {}
+            Ok(found) => tracing::info!(found, "pod interfaces attached before this start"),
+            Err(e) => tracing::warn!(error = %e, "cannot list the pod interfaces already attached"),
+        }
         loop {
             let (stream, _) = match self.listener.accept().await {
                 Ok(conn) => conn,

@@ -83,7 +83,7 @@ pub struct RunArgs {
     /// Default: 60.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=110))]
     cni_deadline: Option<u64>,
-    /// Require the cluster token for lease reads too.
+    /// Require the cluster token for lease and node reads too.
     #[arg(long)]
     #[serde(default)]
     auth_reads: bool,
