@@ -303,7 +303,7 @@ pub fn plugin_conf(conf: &NetConf, lease: &Lease) -> PluginConf {
     };
     let mut ranges = Vec::new();
     let mut routes = Vec::new();
-    for block in lease.pool.blocks(lease.record.block) {
+    for block in lease.blocks() {
         let Some(pod_cidr) = lease.pool.cidr_of(block.family()) else {
             continue;
         };

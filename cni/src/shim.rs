@@ -10,7 +10,9 @@ use std::os::unix::net::UnixStream;
 use serde_json::Value;
 
 use crate::dataplane::error::CODE_PLUGIN_NOT_AVAILABLE;
-use crate::spec::{code, version_result, CniError, Command, Reply, Request, LATEST_VERSION};
+use crate::spec::{
+    code, version_result, CniError, Command, Plugin, Reply, Request, LATEST_VERSION,
+};
 
 /// What the shim prints on stdout and its exit code.
 pub struct Outcome {
@@ -34,13 +36,18 @@ impl Outcome {
     }
 }
 
-/// Runs one CNI invocation.
+/// Runs one CNI invocation of evio-cni.
 pub fn run(env: &BTreeMap<String, String>, stdin: &[u8]) -> Outcome {
+    run_as(Plugin::EvioCni, env, stdin)
+}
+
+/// Runs one CNI invocation of `plugin` (evio-cni, or evio-ipam as another plugin's IPAM).
+pub fn run_as(plugin: Plugin, env: &BTreeMap<String, String>, stdin: &[u8]) -> Outcome {
     if env.get("CNI_COMMAND").map(String::as_str) == Some("VERSION") {
         return Outcome::ok(&version_result(stdin));
     }
     let request = match Request::from_env(env, stdin) {
-        Ok(request) => request,
+        Ok(request) => Request { plugin, ..request },
         Err(e) => return Outcome::error(&e),
     };
     match forward(&request) {
@@ -100,6 +107,20 @@ fn forward(request: &Request) -> Result<Reply, CniError> {
         )
         .with_details(format!("{e}: {}", String::from_utf8_lossy(&reply)))
     })
+}
+
+/// A shim binary's whole life: stdin and `CNI_*` in, the answer on stdout, its exit code.
+pub fn main_as(plugin: Plugin) -> ! {
+    let mut stdin = Vec::new();
+    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
+        Ok(_) => run_as(plugin, &cni_env(), &stdin),
+        Err(e) => stdin_error(&e),
+    };
+    let mut stdout = std::io::stdout();
+    // Nothing more can be reported if stdout itself is gone.
+    let _ = stdout.write_all(outcome.stdout.as_bytes());
+    let _ = stdout.flush();
+    std::process::exit(outcome.exit_code);
 }
 
 /// The `CNI_*` variables of this process.

@@ -113,6 +113,22 @@ pub fn version_key(version: &str) -> Vec<u32> {
     version.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 
+/// Which binary forwarded a request: evio-cni (the network plugin) or evio-ipam (an IPAM
+/// plugin another plugin delegated to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Plugin {
+    #[default]
+    EvioCni,
+    EvioIpam,
+}
+
+impl Plugin {
+    fn is_evio_cni(&self) -> bool {
+        *self == Plugin::EvioCni
+    }
+}
+
 /// What the shim forwards to the daemon: the operation, every `CNI_*` variable and the
 /// network configuration (with `prevResult`, `cni.dev/valid-attachments`, ...) as received.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +141,8 @@ pub struct Request {
     /// `CNI_ARGS` as given (`K=V;K=V`).
     pub args: String,
     pub path: String,
+    #[serde(default, skip_serializing_if = "Plugin::is_evio_cni")]
+    pub plugin: Plugin,
     pub config: Value,
 }
 
@@ -222,6 +240,7 @@ impl Request {
             ifname: var("CNI_IFNAME"),
             args: var("CNI_ARGS"),
             path: var("CNI_PATH"),
+            plugin: Plugin::EvioCni,
             config,
         })
     }
@@ -245,10 +264,14 @@ impl Request {
             .unwrap_or(DEFAULT_REPLY_TIMEOUT)
     }
 
-    /// The daemon socket named by the config (`socket`), or the default.
+    /// The daemon socket named by the config (`socket`; for evio-ipam `ipam.socket` first),
+    /// or the default.
     pub fn socket(&self) -> String {
-        self.config["socket"]
-            .as_str()
+        let ipam = match self.plugin {
+            Plugin::EvioIpam => self.config["ipam"]["socket"].as_str(),
+            Plugin::EvioCni => None,
+        };
+        ipam.or(self.config["socket"].as_str())
             .filter(|s| !s.is_empty())
             .unwrap_or(DEFAULT_SOCKET)
             .to_string()

@@ -17,27 +17,37 @@ use serde_json::json;
 /// network (`10.<60 + n>.0.0/16`), as the reference bridge plugin's suite runs every scenario
 /// per version.
 macro_rules! scenario_matrix {
-    ($($name:ident: $kind:literal, $version:literal, $octet:literal;)*) => {$(
+    ($($name:ident: $kind:literal, $ipam:literal, $version:literal, $octet:literal;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             if prerequisites() && ($kind == "LXBR" || ovs_running()) {
-                scenario($kind, $version, $octet).await;
+                scenario($kind, $ipam, $version, $octet).await;
             }
         }
     )*};
 }
 
 scenario_matrix! {
-    lxbr_0_3_0: "LXBR", "0.3.0", 60;
-    lxbr_0_3_1: "LXBR", "0.3.1", 61;
-    lxbr_0_4_0: "LXBR", "0.4.0", 62;
-    lxbr_1_0_0: "LXBR", "1.0.0", 63;
-    lxbr_1_1_0: "LXBR", "1.1.0", 64;
-    ovs_0_3_0: "OVS", "0.3.0", 65;
-    ovs_0_3_1: "OVS", "0.3.1", 66;
-    ovs_0_4_0: "OVS", "0.4.0", 67;
-    ovs_1_0_0: "OVS", "1.0.0", 68;
-    ovs_1_1_0: "OVS", "1.1.0", 69;
+    lxbr_0_3_0: "LXBR", "host-local", "0.3.0", 60;
+    lxbr_0_3_1: "LXBR", "host-local", "0.3.1", 61;
+    lxbr_0_4_0: "LXBR", "host-local", "0.4.0", 62;
+    lxbr_1_0_0: "LXBR", "host-local", "1.0.0", 63;
+    lxbr_1_1_0: "LXBR", "host-local", "1.1.0", 64;
+    ovs_0_3_0: "OVS", "host-local", "0.3.0", 65;
+    ovs_0_3_1: "OVS", "host-local", "0.3.1", 66;
+    ovs_0_4_0: "OVS", "host-local", "0.4.0", 67;
+    ovs_1_0_0: "OVS", "host-local", "1.0.0", 68;
+    ovs_1_1_0: "OVS", "host-local", "1.1.0", 69;
+    lxbr_evio_ipam_0_3_0: "LXBR", "evio-ipam", "0.3.0", 70;
+    lxbr_evio_ipam_0_3_1: "LXBR", "evio-ipam", "0.3.1", 71;
+    lxbr_evio_ipam_0_4_0: "LXBR", "evio-ipam", "0.4.0", 72;
+    lxbr_evio_ipam_1_0_0: "LXBR", "evio-ipam", "1.0.0", 73;
+    lxbr_evio_ipam_1_1_0: "LXBR", "evio-ipam", "1.1.0", 74;
+    ovs_evio_ipam_0_3_0: "OVS", "evio-ipam", "0.3.0", 75;
+    ovs_evio_ipam_0_3_1: "OVS", "evio-ipam", "0.3.1", 76;
+    ovs_evio_ipam_0_4_0: "OVS", "evio-ipam", "0.4.0", 77;
+    ovs_evio_ipam_1_0_0: "OVS", "evio-ipam", "1.0.0", 78;
+    ovs_evio_ipam_1_1_0: "OVS", "evio-ipam", "1.1.0", 79;
 }
 
 /// IPv6-only and dual-stack pod networks on either bridge kind (`fd00:0:<n>::/48`, and
@@ -255,12 +265,14 @@ fn the_matrix_covers_every_supported_version() {
     );
 }
 
-/// The same pod lifecycle on either bridge type, in one config version.
-async fn scenario(kind: &'static str, version: &'static str, octet: u8) {
+/// The same pod lifecycle on either bridge type with either IPAM (host-local exec'd, evio-ipam
+/// in-process), in one config version.
+async fn scenario(kind: &'static str, ipam: &'static str, version: &'static str, octet: u8) {
     let mut fx = Fixture::new(kind);
     fx.version = version;
     fx.octet = octet;
-    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    fx.ipam = ipam;
+    let pods = fx.pod_network();
     let (ns_a, ns_b) = (fx.netns("a"), fx.netns("b"));
 
     let add_a = fx.request(Command::Add, "a", &ns_a, fx.config("3.254"));
@@ -324,17 +336,23 @@ async fn scenario(kind: &'static str, version: &'static str, octet: u8) {
         assert_eq!(err.code, codes::CODE_CHECK_FAILED, "{err:?}");
     }
 
-    // STATUS: ready with host-local installed, "not available" without it.
+    // STATUS: ready with host-local installed, "not available" without it (evio-ipam:
+    // without a block to allocate from).
     let status = fx.request(Command::Status, "s", "", fx.config("3.254"));
     pods.status(&status)
         .await
         .unwrap_or_else(|e| panic!("{e:?}"));
     let mut no_ipam = status.clone();
     no_ipam.path = "/nonexistent".into();
+    if ipam == "evio-ipam" {
+        pods.allocator().set_node_blocks(Vec::new());
+    }
     assert_eq!(
         pods.status(&no_ipam).await.map(|_| ()).unwrap_err().code,
         codes::CODE_PLUGIN_NOT_AVAILABLE
     );
+    pods.allocator()
+        .set_node_blocks(vec![fx.node_subnet().into()]);
 
     // ADD of an ifname that exists fails, and leaves pod a intact.
     let again = pods.add(&add_a).await.map(|_| ()).unwrap_err();
@@ -463,9 +481,23 @@ fn bridge_ports(fx: &Fixture) -> usize {
 const CONCURRENT_PODS: usize = 50;
 
 async fn concurrent_adds_and_dels(kind: &'static str, octet: u8) {
+    concurrent_adds_and_dels_with(kind, "host-local", octet).await
+}
+
+/// The same with evio-ipam in-process: 50 ADDs at once never share an address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_adds_with_evio_ipam() {
+    if !prerequisites() {
+        return;
+    }
+    concurrent_adds_and_dels_with("LXBR", "evio-ipam", 80).await;
+}
+
+async fn concurrent_adds_and_dels_with(kind: &'static str, ipam: &'static str, octet: u8) {
     let mut fx = Fixture::new(kind);
     fx.octet = octet; // its own network, apart from the other tests
-    let pods = std::sync::Arc::new(PodNetwork::new().unwrap_or_else(|e| panic!("{e}")));
+    fx.ipam = ipam;
+    let pods = std::sync::Arc::new(fx.pod_network());
     let versions = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
     let mut requests = Vec::new();
     for i in 0..CONCURRENT_PODS {

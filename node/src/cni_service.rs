@@ -7,9 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use evio_cni::dataplane::{netlink, Limits, PodNetwork};
-use evio_cni::spec::{code, version_result, CniError, Command, Reply, Request, LATEST_VERSION};
+use evio_cni::spec::{
+    code, version_result, CniError, Command, Plugin, Reply, Request, LATEST_VERSION,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+
+/// evio-ipam's reservations, under the data dir.
+pub const IPAM_DIR: &str = "ipam";
 
 /// Requests are small JSON documents; anything bigger is refused.
 const MAX_REQUEST: u64 = 1 << 20;
@@ -33,8 +38,9 @@ pub struct CniService {
 
 impl CniService {
     /// Binds the socket (replacing a stale one left by a crash), owner-only, with the
-    /// dataplane's request deadline and OVSDB timeout.
-    pub fn bind(path: &Path, limits: Limits) -> Result<Self, ServiceError> {
+    /// dataplane's request deadline and OVSDB timeout; evio-ipam keeps its reservations
+    /// under `ipam_dir`.
+    pub fn bind(path: &Path, limits: Limits, ipam_dir: PathBuf) -> Result<Self, ServiceError> {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let err = |source| ServiceError::Socket {
             path: path.to_path_buf(),
@@ -53,8 +59,18 @@ impl CniService {
         Ok(Self {
             path: path.to_path_buf(),
             listener,
-            pods: Arc::new(PodNetwork::with_limits(limits)?),
+            pods: Arc::new(PodNetwork::with_limits(limits)?.with_ipam_dir(ipam_dir)),
         })
+    }
+
+    /// The pod networking behind the socket (its attachments are `GET /v1/node/pods`; the
+    /// daemon hands evio-ipam the node's blocks through it).
+    pub fn pods(&self) -> Arc<PodNetwork> {
+        self.pods.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Serves until the task is dropped or aborted.
@@ -112,25 +128,53 @@ async fn serve_one(mut stream: UnixStream, pods: &PodNetwork) {
 async fn dispatch(pods: &PodNetwork, request: &Request) -> Reply {
     let started = std::time::Instant::now();
     let outcome = match request.command {
-        Command::Add => pods.add(request).await,
-        Command::Del => pods.del(request).await,
         Command::Version => Ok(version_result(
             &serde_json::to_vec(&request.config).unwrap_or_default(),
         )),
+        _ if request.plugin == Plugin::EvioIpam => pods.ipam(request).await,
+        Command::Add => pods.add(request).await,
+        Command::Del => pods.del(request).await,
         Command::Check => pods.check(request).await,
         Command::Status => pods.status(request).await,
         Command::Gc => pods.gc(request).await,
     };
     match &outcome {
         Ok(_) => {
-            tracing::info!(command = ?request.command, container = %request.container_id, ifname = %request.ifname, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "CNI request done")
+            tracing::info!(command = ?request.command, plugin = ?request.plugin, container = %request.container_id, ifname = %request.ifname, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "CNI request done")
         }
         Err(e) => {
-            tracing::warn!(command = ?request.command, container = %request.container_id, code = e.code, error = %e.msg, details = %e.details, "CNI request failed")
+            tracing::warn!(command = ?request.command, plugin = ?request.plugin, container = %request.container_id, code = e.code, error = %e.msg, details = %e.details, "CNI request failed")
         }
     }
     match outcome {
         Ok(value) => Reply::Ok(value),
         Err(e) => Reply::Error(e),
+    }
+}
+
+/// Keeps evio-ipam's blocks equal to this node's lease (none while it holds none).
+pub async fn follow_lease(
+    replica: Arc<evio_raft::Replica>,
+    pods: Arc<PodNetwork>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut metrics = replica.raft().metrics();
+    let node = replica.node().name.clone();
+    loop {
+        let blocks: Vec<ipnetwork::IpNetwork> = replica
+            .local()
+            .read()
+            .table
+            .get(&node)
+            .map(|lease| lease.subnets())
+            .unwrap_or_default();
+        if blocks != pods.allocator().node_blocks() {
+            tracing::info!(?blocks, "evio-ipam allocates from this node's block");
+            pods.allocator().set_node_blocks(blocks);
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = crate::etcd::stopped(&mut stop) => return,
+        }
     }
 }

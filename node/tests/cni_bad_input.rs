@@ -7,19 +7,18 @@
 //! namespaces, no new OVS bridge or port, no host-local reservation file.
 //! Needs root, host-local and ovsdb (fails loudly under CI=true without them).
 
-mod common;
-
-use common::cni as cni_support;
+use evio_test_support::cni as cni_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use cni_support::{evio_cni_prerequisites, exec_cni, ip, run, HostLink, Netns, OvsBridge};
-use common::{evio_node, Proc};
+use cni_support::{evio_cni_prerequisites, exec_cni, ip, HostLink, Netns, OvsBridge};
 use evio_cni::dataplane::attachment::host_veth_name;
 use evio_cni::dataplane::error::CODE_INTERFACE_EXISTS;
 use evio_cni::dataplane::reaper::RETIRED;
 use evio_cni::spec::SUPPORTED_VERSIONS;
+use evio_test_support::run;
+use evio_test_support::{evio_node, Proc};
 use serde_json::{json, Value};
 
 const CNI_PATH: &str = "/usr/lib/cni";
@@ -286,6 +285,8 @@ impl Fixture {
         }
         let mut reservations = Vec::new();
         collect_reservations(&self.ipam_dir, &mut reservations);
+        // evio-ipam's (the dev daemon's data dir)
+        collect_reservations(&self.dir.path().join("data/ipam"), &mut reservations);
         host.sort();
         pods.sort();
         ovs.sort();
@@ -1054,6 +1055,40 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
             move |_, i| {
                 i.config["ipam"]["ranges"] =
                     json!([[{"subnet": net("0/24"), "rangeStart": "10.91.77.5"}]])
+            },
+        );
+        c.case(
+            "ADD evio-ipam range outside the node's block",
+            k,
+            fails(7, "outside this node's block"),
+            |_, i| i.config["ipam"]["type"] = json!("evio-ipam"),
+        );
+        c.case(
+            "ADD evio-ipam ranges not a list",
+            k,
+            fails(7, "ipam.ranges"),
+            |_, i| {
+                i.config["ipam"]["type"] = json!("evio-ipam");
+                i.config["ipam"]["ranges"] = json!("10.91.0.0/16");
+            },
+        );
+        c.case(
+            "ADD evio-ipam subnet invalid",
+            k,
+            fails(7, "ipam.ranges[0][0].subnet"),
+            |_, i| {
+                i.config["ipam"]["type"] = json!("evio-ipam");
+                i.config["ipam"]["ranges"] = json!([[{"subnet": "10.91.300.0/24"}]]);
+            },
+        );
+        c.case(
+            "ADD evio-ipam rangeEnd before rangeStart",
+            k,
+            fails(7, "before rangeStart"),
+            move |_, i| {
+                i.config["ipam"]["type"] = json!("evio-ipam");
+                i.config["ipam"]["ranges"] = json!([[{"subnet": net("0/24"),
+                    "rangeStart": net("9"), "rangeEnd": net("3")}]]);
             },
         );
         c.case(

@@ -603,9 +603,15 @@ fn container_build_matches_the_workspace_and_the_daemonset() {
         containerfile.contains("/usr/lib/cni/host-local /usr/lib/cni/portmap /opt/evio/cni-bin/")
     );
     assert!(containerfile.contains("/opt/evio/cni-bin/evio-cni"));
+    assert!(containerfile.contains("/opt/evio/cni-bin/evio-ipam"));
     let script = std::fs::read_to_string(&installer).unwrap_or_else(|e| panic!("{e}"));
     assert!(script.contains("/opt/evio/cni-bin"));
-    for plugin in [evio_cni::conf::PLUGIN_TYPE, "host-local", "portmap"] {
+    for plugin in [
+        evio_cni::conf::PLUGIN_TYPE,
+        evio_cni::dataplane::evio_ipam::PLUGIN,
+        "host-local",
+        "portmap",
+    ] {
         assert!(
             script.contains(&format!(" {plugin}")),
             "evio-install-cni does not install {plugin}"
@@ -644,7 +650,7 @@ fn install_script_replaces_binaries_atomically() {
     std::fs::create_dir_all(&src).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(&dest).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dest.join("host-local"), "old").unwrap_or_else(|e| panic!("{e}"));
-    let plugins = ["evio-cni", "host-local", "portmap"];
+    let plugins = ["evio-cni", "evio-ipam", "host-local", "portmap"];
     for p in plugins {
         std::fs::write(src.join(p), format!("new {p}")).unwrap_or_else(|e| panic!("{e}"));
     }

@@ -84,8 +84,8 @@ pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) 
     let conf = PluginConf::parse(&request.config)?;
     // Not first in the chain: what the plugins before us did is answered with ours.
     let prev = result::prev_result(&request.config, &version)?;
-    // Before anything is created: an IPAM plugin that cannot run fails the ADD here.
-    ipam::plugin_path(request)?;
+    // Before anything is created: an IPAM that cannot serve fails the ADD here.
+    ipam::usable(&net.allocator, request)?;
     let owner = owner_alias(request);
     // The owner tag is the host veth's alias, which the kernel limits to 255 bytes.
     if owner.len() > 255 {
@@ -157,7 +157,7 @@ pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) 
     };
     let (links, ipam_result, masqueraded) = tokio::join!(
         links,
-        ipam::delegate(request, Command::Add, deadline),
+        ipam::run(&net.allocator, request, Command::Add, deadline),
         masquerade
     );
     undo.ipam = ipam_result.is_ok();
@@ -305,7 +305,7 @@ async fn roll_back(
     // Its own budget: the request's deadline may be what failed it.
     let deadline = Instant::now() + ROLLBACK_BUDGET;
     if undo.ipam {
-        if let Err(e) = ipam::delegate(request, Command::Del, deadline).await {
+        if let Err(e) = ipam::run(&net.allocator, request, Command::Del, deadline).await {
             tracing::warn!(error = %e, "IPAM DEL during rollback failed");
         }
     }

@@ -109,6 +109,6 @@ pub(super) async fn check(net: &PodNetwork, request: &Request, deadline: Instant
             )));
         }
     }
-    ipam::delegate(request, Command::Check, deadline).await?;
+    ipam::run(&net.allocator, request, Command::Check, deadline).await?;
     Ok(Value::Null)
 }

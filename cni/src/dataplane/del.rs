@@ -28,7 +28,7 @@ pub(super) async fn del(net: &PodNetwork, request: &Request, deadline: Instant) 
     // pod's processes are gone.
     let release = async {
         if request.config["ipam"]["type"].is_string() {
-            ipam::delegate(request, Command::Del, deadline).await?;
+            ipam::run(&net.allocator, request, Command::Del, deadline).await?;
         }
         Ok::<_, DataplaneError>(())
     };

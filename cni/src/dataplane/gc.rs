@@ -1,4 +1,4 @@
-//! GC: removes the bridge ports, veths and host-local reservations of this network's
+//! GC: removes the bridge ports, veths, evio-ipam and host-local reservations of this network's
 //! attachments that the runtime no longer lists (`cni.dev/valid-attachments`, or
 //! `cni.dev/attachments` as libcni also sends it). Every stale item is tried; GC reports all
 //! that failed.
@@ -11,6 +11,8 @@ use tokio::time::Instant;
 
 use super::attachment::{owner_prefix, parse_owner};
 use super::error::{DataplaneError, Result};
+use super::evio_ipam::AllocError;
+use super::ipam::IpamError;
 use super::netlink;
 use super::pods::PodNetwork;
 use super::reaper::RETIRED;
@@ -84,6 +86,7 @@ pub(super) async fn gc(net: &PodNetwork, request: &Request, _deadline: Instant) 
         }
         Err(e) => errors.push(e.into()),
     }
+    errors.extend(gc_evio_ipam(net, request).err());
     // flock blocks: not on an async worker.
     let (ipam, name) = (
         request.config["ipam"].clone(),
@@ -98,6 +101,16 @@ pub(super) async fn gc(net: &PodNetwork, request: &Request, _deadline: Instant) 
         });
     }
     DataplaneError::collect(errors).map(|()| Value::Null)
+}
+
+/// Releases the network's evio-ipam reservations the runtime no longer lists (whatever the
+/// config's IPAM: a node may have switched away from evio-ipam).
+pub(super) fn gc_evio_ipam(net: &PodNetwork, request: &Request) -> Result<Value> {
+    let valid = valid_attachments(&request.config)?;
+    match net.allocator.gc(request, &valid) {
+        Ok(()) | Err(AllocError::NotEnabled) => Ok(Value::Null),
+        Err(e) => Err(IpamError::from(e).into()),
+    }
 }
 
 /// host-local keeps one file per address (`<containerID>\r\n<ifname>`) under

@@ -1,7 +1,8 @@
 //! IPAM delegation as the spec says: exec the IPAM plugin named by `ipam.type` from
 //! `CNI_PATH`, with the same `CNI_*` environment and the complete network config on stdin.
 //! The exec is async and bounded by the request's deadline: a plugin still running then is
-//! killed.
+//! killed. `evio-ipam` is the exception: the daemon is that plugin, so it is served in-process
+//! ([`run`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command as Process;
 use tokio::time::Instant;
 
+use super::evio_ipam::{self, AllocError, Allocator};
 use crate::spec::{code, version_key, CniError, Command, Request};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,8 @@ pub enum IpamError {
     },
     #[error("IPAM returned no IPv4 address")]
     NoAddress { result: String },
+    #[error(transparent)]
+    Evio(#[from] AllocError),
 }
 
 impl IpamError {
@@ -57,6 +61,7 @@ impl IpamError {
             IpamError::Deadline { .. } => code::TRY_AGAIN_LATER,
             IpamError::Plugin(e) => e.code,
             IpamError::Unreadable { .. } | IpamError::NoAddress { .. } => code::DECODE_FAILURE,
+            IpamError::Evio(e) => e.code(),
         }
     }
 
@@ -169,6 +174,37 @@ pub fn plugin_path(request: &Request) -> Result<PathBuf, IpamError> {
     find_plugin(&request.path, plugin).ok_or_else(|| IpamError::NotFound {
         plugin: plugin.to_string(),
         path: request.path.clone(),
+    })
+}
+
+/// Checks, before anything is built, that the request's IPAM can serve it: evio-ipam's
+/// config against the node's block, any other plugin's binary in `CNI_PATH`.
+pub fn usable(allocator: &Allocator, request: &Request) -> Result<(), IpamError> {
+    if evio_ipam::is_requested(request) {
+        allocator.validate(request)?;
+    } else {
+        plugin_path(request)?;
+    }
+    Ok(())
+}
+
+/// Runs the request's IPAM for `command`: evio-ipam in-process, any other plugin exec'd.
+pub async fn run(
+    allocator: &Allocator,
+    request: &Request,
+    command: Command,
+    deadline: Instant,
+) -> Result<Value, IpamError> {
+    if !evio_ipam::is_requested(request) {
+        return delegate(request, command, deadline).await;
+    }
+    Ok(match command {
+        Command::Add => allocator.add(request)?,
+        Command::Del => allocator.del(request).map(|()| Value::Null)?,
+        Command::Check => allocator.check(request).map(|()| Value::Null)?,
+        Command::Status => allocator.status().map(|()| Value::Null)?,
+        // GC needs the runtime's list (see `gc`); VERSION never reaches IPAM.
+        Command::Gc | Command::Version => Value::Null,
     })
 }
 

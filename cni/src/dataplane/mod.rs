@@ -7,7 +7,7 @@
 //!   `bridge::ovs` (Open vSwitch over one OVSDB session, [`ovsdb`]) and `bridge::linux`.
 //! - [`netlink`]: links, addresses and routes over rtnetlink in the host namespace;
 //!   [`pod_netns`]: the same inside a pod's namespace.
-//! - [`ipam`]: delegation to the IPAM plugin; [`masquerade`]: the nftables rule per node
+//! - [`ipam`]: delegation to the IPAM plugin, or [`evio_ipam`], the daemon's own; [`masquerade`]: the nftables rule per node
 //!   subnet; [`reaper`]: deleting retired veths off the DEL path; [`attachment`]: names.
 
 mod add;
@@ -16,6 +16,7 @@ pub mod bridge;
 mod check;
 mod del;
 pub mod error;
+pub mod evio_ipam;
 mod gc;
 pub mod ipam;
 pub mod masquerade;
@@ -25,4 +26,4 @@ pub mod pod_netns;
 pub mod pods;
 pub mod reaper;
 
-pub use pods::{Limits, PodNetwork};
+pub use pods::{AttachedPod, Limits, PodNetwork};

@@ -5,14 +5,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rtnetlink::Handle;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::attachment::parse_any_owner;
 use super::bridge::Drivers;
 use super::error::{DataplaneError, Result};
+use super::evio_ipam::Allocator;
 use super::masquerade::Masquerade;
 use super::netlink::{self, NetlinkError};
 use super::reaper::Reaper;
@@ -90,6 +92,26 @@ impl Attachments {
     }
 }
 
+/// A pod interface on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedPod {
+    pub container_id: String,
+    pub ifname: String,
+    pub network: String,
+    pub host_veth: String,
+    /// From this daemon's ADD result; empty for one attached before the daemon started.
+    pub addresses: Vec<String>,
+    pub attached_at: Option<SystemTime>,
+}
+
+/// What an ADD answered, kept until the attachment's DEL (the host's links say which
+/// attachments exist; this adds what they do not carry).
+#[derive(Debug, Clone)]
+struct Added {
+    addresses: Vec<String>,
+    at: SystemTime,
+}
+
 /// The node's pod networking.
 pub struct PodNetwork {
     pub(super) handle: Handle,
@@ -98,10 +120,13 @@ pub struct PodNetwork {
     pub(super) bridge_lock: tokio::sync::Mutex<()>,
     pub(super) masquerade: Masquerade,
     pub(super) reaper: Reaper,
+    /// evio-ipam, served in-process.
+    pub(super) allocator: Allocator,
     /// Bounds the requests in flight on the shared netlink socket: with ~50 at once its
     /// receive buffer overflowed and an answer was lost (an ADD then waited forever).
     in_flight: tokio::sync::Semaphore,
     attachments: Attachments,
+    added: Mutex<HashMap<AttachmentKey, Added>>,
     limits: Limits,
 }
 
@@ -120,13 +145,26 @@ impl PodNetwork {
             bridge_lock: tokio::sync::Mutex::new(()),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             masquerade: Masquerade::default(),
+            allocator: Allocator::new(None),
             attachments: Attachments::default(),
+            added: Mutex::default(),
             limits,
         })
     }
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Enables evio-ipam with its reservations kept under `state_dir`.
+    pub fn with_ipam_dir(mut self, state_dir: std::path::PathBuf) -> Self {
+        self.allocator = Allocator::new(Some(state_dir));
+        self
+    }
+
+    /// evio-ipam (the daemon sets the node's blocks on it as its lease changes).
+    pub fn allocator(&self) -> &Allocator {
+        &self.allocator
     }
 
     /// Runs one verb under the request's deadline (with its attachment's turn when it has
@@ -176,12 +214,67 @@ impl PodNetwork {
 
     /// Sets up the pod interface; returns the CNI result for the config's version.
     pub async fn add(&self, request: &Request) -> Result<Value, CniError> {
-        self.serve(request, add::add).await
+        let result = self.serve(request, add::add).await?;
+        let addresses = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str().map(str::to_string))
+            .collect();
+        self.added_lock().insert(
+            (request.container_id.clone(), request.ifname.clone()),
+            Added {
+                addresses,
+                at: SystemTime::now(),
+            },
+        );
+        Ok(result)
+    }
+
+    fn added_lock(&self) -> std::sync::MutexGuard<'_, HashMap<AttachmentKey, Added>> {
+        self.added.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pod interfaces on this host (every network's), sorted by container and ifname:
+    /// the host veths carrying an evio owner tag, with the address this daemon's ADD gave.
+    pub async fn attached(&self) -> Result<Vec<AttachedPod>, NetlinkError> {
+        let links = netlink::links(&self.handle).await?;
+        let mut added = self.added_lock();
+        let mut pods: Vec<AttachedPod> = links
+            .iter()
+            .filter_map(|link| {
+                let (network, container, ifname) = parse_any_owner(&link.alias)?;
+                let key = (container.to_string(), ifname.to_string());
+                let known = added.get(&key);
+                Some(AttachedPod {
+                    network: network.to_string(),
+                    host_veth: link.name.clone(),
+                    addresses: known.map(|a| a.addresses.clone()).unwrap_or_default(),
+                    attached_at: known.map(|a| a.at),
+                    container_id: key.0,
+                    ifname: key.1,
+                })
+            })
+            .collect();
+        // Attachments whose veth is gone (GC, a failed DEL's cleanup) are forgotten.
+        let present: std::collections::HashSet<(&str, &str)> = pods
+            .iter()
+            .map(|p| (p.container_id.as_str(), p.ifname.as_str()))
+            .collect();
+        added.retain(|(container, ifname), _| {
+            present.contains(&(container.as_str(), ifname.as_str()))
+        });
+        drop(added);
+        pods.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+        Ok(pods)
     }
 
     /// Removes the pod interface and releases its address. Idempotent; needs no netns.
     pub async fn del(&self, request: &Request) -> Result<Value, CniError> {
-        self.serve(request, del::del).await
+        let result = self.serve(request, del::del).await?;
+        self.added_lock()
+            .remove(&(request.container_id.clone(), request.ifname.clone()));
+        Ok(result)
     }
 
     /// Verifies the pod's interface, address, routes and bridge port against `prevResult`,
@@ -202,6 +295,18 @@ impl PodNetwork {
         self.serve(request, status).await
     }
 
+    /// A request from the `evio-ipam` binary (another plugin's IPAM): served by the
+    /// allocator, in the attachment's turn like evio-cni's own requests.
+    pub async fn ipam(&self, request: &Request) -> Result<Value, CniError> {
+        self.serve(request, |net, request, deadline| async move {
+            match request.command {
+                Command::Gc => gc::gc_evio_ipam(net, request),
+                command => Ok(ipam::run(&net.allocator, request, command, deadline).await?),
+            }
+        })
+        .await
+    }
+
     /// Waits until the veths of deleted pods are gone (DEL leaves their deletion to a queue).
     pub async fn settled(&self) {
         self.reaper.drained().await
@@ -211,13 +316,18 @@ impl PodNetwork {
 async fn status(net: &PodNetwork, request: &Request, deadline: Instant) -> Result<Value> {
     let conf = PluginConf::parse(&request.config)?;
     let unavailable = |e: &dyn std::fmt::Display| DataplaneError::Unavailable(e.to_string());
-    ipam::plugin_path(request).map_err(|e| unavailable(&e))?;
+    let evio_ipam = super::evio_ipam::is_requested(request);
+    if !evio_ipam {
+        ipam::plugin_path(request).map_err(|e| unavailable(&e))?;
+    }
     let driver = net.drivers.pick(&conf.teardown()).await;
     driver
         .available()
         .await
         .map_err(|e| unavailable(&format!("{}: {e}", driver.describe())))?;
-    if ipam::supports(request, "1.1.0", deadline).await {
+    if evio_ipam {
+        net.allocator.status().map_err(|e| unavailable(&e))?;
+    } else if ipam::supports(request, "1.1.0", deadline).await {
         ipam::delegate(request, Command::Status, deadline).await?;
     }
     Ok(Value::Null)

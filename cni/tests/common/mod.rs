@@ -1,36 +1,33 @@
 //! Shared by the dataplane tests: a fixture with unique names (netns, bridge, network,
-//! host-local data dir) removed on drop, and small host probes.
+//! host-local data dir) removed on drop, and small host probes (the generic ones come from
+//! evio-test-support).
 
-#![allow(dead_code)] // each test file uses its own part
+#![allow(dead_code, unused_imports)] // each test file uses its own part
 
 use std::path::Path;
 use std::process::Command as Process;
 
-use evio_cni::dataplane::masquerade;
+use evio_cni::dataplane::{masquerade, PodNetwork};
 use evio_cni::spec::{Command, Request};
 use serde_json::{json, Value};
+
+pub use evio_test_support::cni::link_exists;
 
 pub const HOST_LOCAL_DIRS: &str = "/usr/lib/cni:/opt/cni/bin";
 
 /// Whether the test can run here; under CI it must.
 pub fn prerequisites() -> bool {
-    let root = nix::unistd::geteuid().is_root();
     let host_local = HOST_LOCAL_DIRS
         .split(':')
         .any(|d| Path::new(d).join("host-local").is_file());
-    let ping = Process::new("ping").arg("-V").output().is_ok();
-    if root && host_local && ping {
-        return true;
-    }
-    let why = format!(
-        "root={root} host-local={host_local} ping={ping} (run scripts/install-deps.sh as root)"
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "dataplane prerequisites missing under CI: {why}"
-    );
-    eprintln!("skipping dataplane test outside CI: {why}");
-    false
+    evio_test_support::prerequisites(
+        "dataplane",
+        &[
+            ("root", evio_test_support::is_root()),
+            ("host-local", host_local),
+            ("ping", evio_test_support::on_path("ping")),
+        ],
+    )
 }
 
 pub fn ip(args: &[&str]) -> std::process::Output {
@@ -51,12 +48,15 @@ pub struct Fixture {
     pub tag: String,
     pub namespaces: Vec<String>,
     pub bridge: String,
+    /// host-local's `dataDir`, or evio-ipam's state dir (the same layout).
     pub ipam_dir: tempfile::TempDir,
+    /// `ipam.type`: "host-local" (default) or "evio-ipam".
+    pub ipam: &'static str,
 }
 
 impl Fixture {
     pub fn new(kind: &'static str) -> Fixture {
-        let tag = format!("{:06x}", rand_u32() & 0xff_ffff);
+        let tag = evio_test_support::unique_tag();
         Fixture {
             kind,
             octet: if kind == "OVS" { 98 } else { 99 },
@@ -65,7 +65,23 @@ impl Fixture {
             tag,
             namespaces: Vec::new(),
             ipam_dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+            ipam: "host-local",
         }
+    }
+
+    /// The fixture's network name.
+    pub fn name(&self) -> String {
+        format!("evio-test-{}", self.tag)
+    }
+
+    /// A pod network serving evio-ipam from the fixture's dir, the node holding its subnet.
+    pub fn pod_network(&self) -> PodNetwork {
+        let pods = PodNetwork::new()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_ipam_dir(self.ipam_dir.path().to_path_buf());
+        pods.allocator()
+            .set_node_blocks(vec![self.node_subnet().into()]);
+        pods
     }
 
     /// `10.<octet>.<rest>`.
@@ -127,18 +143,26 @@ impl Fixture {
 
     pub fn config(&self, range_end: &str) -> Value {
         json!({
-            "cniVersion": self.version, "name": format!("evio-test-{}", self.tag), "type": "evio-cni",
+            "cniVersion": self.version, "name": self.name(), "type": "evio-cni",
             "bridge": self.bridge, "bridgeType": self.kind, "ovsDatapath": "netdev",
             "bridgeIPv4": self.net("3.1/16"),
             "isGateway": true, "isDefaultGateway": true, "mtu": 1400,
             "isIPMasq": true, "nodeSubnet": self.net("3.0/24"), "podCIDR": self.net("0.0/16"),
-            "ipam": {
-                "type": "host-local",
-                "dataDir": self.ipam_dir.path(),
-                "ranges": [[{"subnet": self.net("0.0/16"), "rangeStart": self.net("3.2"),
-                             "rangeEnd": self.net(range_end), "gateway": self.net("3.1")}]],
-            },
+            "ipam": self.ipam_config(range_end),
         })
+    }
+
+    /// The `ipam` object: host-local's, or the same ranges for evio-ipam (no dataDir).
+    pub fn ipam_config(&self, range_end: &str) -> Value {
+        let mut ipam = json!({
+            "type": self.ipam,
+            "ranges": [[{"subnet": self.net("0.0/16"), "rangeStart": self.net("3.2"),
+                         "rangeEnd": self.net(range_end), "gateway": self.net("3.1")}]],
+        });
+        if self.ipam == "host-local" {
+            ipam["dataDir"] = json!(self.ipam_dir.path());
+        }
+        ipam
     }
 
     pub fn request(
@@ -155,13 +179,14 @@ impl Fixture {
             ifname: "eth0".into(),
             args: String::new(),
             path: HOST_LOCAL_DIRS.into(),
+            plugin: Default::default(),
             config,
         }
     }
 
-    /// Files host-local keeps for reserved addresses.
+    /// Files host-local (or evio-ipam) keeps for reserved addresses.
     pub fn reservations(&self) -> Vec<String> {
-        let dir = self.ipam_dir.path().join(format!("evio-test-{}", self.tag));
+        let dir = self.ipam_dir.path().join(self.name());
         std::fs::read_dir(dir)
             .map(|it| {
                 it.filter_map(Result::ok)
@@ -223,31 +248,9 @@ pub fn masquerade_rules(fx: &Fixture) -> usize {
         .count()
 }
 
-pub fn rand_u32() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    nanos ^ std::process::id().rotate_left(16)
-}
-
-pub fn link_exists(name: &str) -> bool {
-    ip(&["link", "show", name]).status.success()
-}
-
 /// Right after DEL a host veth is gone or retired: down, marked for the reaper.
 pub fn assert_cut_off(name: &str) {
-    let out = ip(&["-d", "link", "show", name]);
-    if !out.status.success() {
-        return; // already deleted
-    }
-    let shown = String::from_utf8_lossy(&out.stdout).to_string();
-    let flags = shown.split(['<', '>']).nth(1).unwrap_or_default();
-    assert!(
-        !flags.split(',').any(|f| f == "UP")
-            && shown.contains(&format!("alias {}", evio_cni::dataplane::reaper::RETIRED)),
-        "{name} is not cut off after DEL: {shown}"
-    );
+    evio_test_support::cni::assert_veth_retired(name);
 }
 
 pub fn ping_from(netns_path: &str, target: &str) -> bool {
@@ -263,10 +266,8 @@ pub fn ping_from(netns_path: &str, target: &str) -> bool {
 
 /// Whether ovsdb-server is up; under CI it must be.
 pub fn ovs_running() -> bool {
-    let ovs = Path::new("/run/openvswitch/db.sock").exists();
-    assert!(
-        ovs || std::env::var("CI").as_deref() != Ok("true"),
-        "ovsdb-server is not running under CI (scripts/ovs-start.sh starts it)"
-    );
-    ovs
+    evio_test_support::prerequisites(
+        "OVS dataplane",
+        &[("ovsdb", Path::new("/run/openvswitch/db.sock").exists())],
+    )
 }

@@ -10,7 +10,8 @@ use evio_cni::dataplane::Limits;
 use evio_cni::{BridgeType, NetConf, OvsDatapath};
 use evio_raft::{Pool, Replica, ReplicaConfig};
 
-use crate::cni_service::CniService;
+use crate::cni_service::{CniService, IPAM_DIR};
+use crate::node_info::NodeInfo;
 use crate::serve::{self, spawn_api, ShutdownSignals};
 
 #[derive(clap::Args)]
@@ -96,9 +97,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     config.token = dev_token(&token_file)?;
     let replica = Replica::open(config).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = spawn_api(listener, replica.clone(), Default::default(), async {
-        let _ = stop_rx.await;
-    });
     let cni_socket = args
         .cni_socket
         .clone()
@@ -110,13 +108,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         deadline: Duration::from_secs(args.cni_deadline),
         ..Limits::default()
     };
-    let cni = CniService::bind(&cni_socket, limits)?;
+    let cni = CniService::bind(&cni_socket, limits, args.data_dir.join(IPAM_DIR))?;
+    let pods = cni.pods();
+    let options = evio_api::ApiOptions {
+        node: Some(std::sync::Arc::new(NodeInfo {
+            cni_socket: cni.path().to_path_buf(),
+            pods: pods.clone(),
+            kubernetes: None,
+        })),
+        ..Default::default()
+    };
+    let mut server = spawn_api(listener, replica.clone(), options, async {
+        let _ = stop_rx.await;
+    });
     let cni = tokio::spawn(cni.run());
 
     let setup = async {
         replica.bootstrap_single().await?;
         replica.wait_for_leader(Duration::from_secs(30)).await?;
         let (lease, created) = replica.acquire(&node_name, None).await?;
+        pods.allocator().set_node_blocks(lease.subnets());
         let net_d = args.data_dir.join("net.d");
         // The conflist names this daemon's socket, so evio-cni reaches this dev instance.
         let conf = NetConf {

@@ -122,6 +122,18 @@ pub struct Lease {
     pub pool: Pool,
 }
 
+impl Lease {
+    /// The lease's block in every family of the pool, IPv4 first (same index in each).
+    pub fn blocks(&self) -> Vec<Block> {
+        self.pool.blocks(self.record.block)
+    }
+
+    /// The subnets of [`Lease::blocks`].
+    pub fn subnets(&self) -> Vec<ipnetwork::IpNetwork> {
+        self.blocks().iter().map(|b| b.subnet).collect()
+    }
+}
+
 /// Free block indexes as a set of disjoint `[start, end)` intervals: lowest-free lookup,
 /// acquire and release are O(log n) and the set stays tiny for any pool size.
 #[derive(Debug, Clone, PartialEq, Eq)]
