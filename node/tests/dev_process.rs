@@ -324,6 +324,20 @@ fn ipv6_and_dual_stack_devs_hand_out_working_pod_addresses() {
         want.push("fd00:10:244::/64".to_string());
         assert_eq!(subnets, want);
         assert_eq!(lease.subnet.to_string(), want[0], "the primary block");
+        // The CLI lists every family's block.
+        let token_file = dir.path().join("data/cluster-token");
+        let out = Command::new(evio_node_bin())
+            .args(["leases", "list", "--api", &node.daemon.base, "--token-file"])
+            .arg(&token_file)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let listed = String::from_utf8_lossy(&out.stdout);
+        for subnet in &want {
+            assert!(
+                listed.contains(subnet.as_str()),
+                "{subnet} not in:\n{listed}"
+            );
+        }
 
         let namespaces = [
             Netns::add(format!("evio-v6a-{tag}")),
