@@ -169,16 +169,6 @@ impl Replica {
         let value: serde_json::Value = response.json().await.ok()?;
         value["nodeId"].as_u64()
     }
-
-    async fn probe_healthy(&self, addr: &str) -> bool {
-        let Ok(request) = self.peers().request(reqwest::Method::GET, addr, "/healthz") else {
-            return false;
-        };
-        matches!(
-            request.timeout(Duration::from_secs(1)).send().await,
-            Ok(response) if response.status().is_success()
-        )
-    }
 }
 
 /// The leader's membership loop: keeps `target_voters` voters (odd) out of healthy,
@@ -231,19 +221,14 @@ impl MembershipController {
         if membership.get_joint_config().len() > 1 {
             return Ok(()); // a change is in flight
         }
+        // Liveness is when a member last answered this leader's Raft RPC (heartbeats reach
+        // every member several times a second), not a probe of its own: probing every member
+        // twice a second cost the leader as many requests again as the heartbeats at 256.
         let now = Instant::now();
-        let probes = membership
-            .nodes()
-            .filter(|(id, _)| **id != replica.node_id())
-            .map(|(id, node)| {
-                let replica = replica.clone();
-                let (id, addr) = (*id, node.addr.clone());
-                async move { (id, replica.probe_healthy(&addr).await) }
-            });
-        for (id, healthy) in futures_join_all(probes).await {
-            let seen = self.last_seen.entry(id).or_insert(now);
-            if healthy {
-                *seen = now;
+        for (id, _) in membership.nodes() {
+            let seen = self.last_seen.entry(*id).or_insert(now);
+            if let Some(answered) = replica.peers().contacts().get(*id).answered {
+                *seen = (*seen).max(answered);
             }
         }
         self.last_seen.insert(replica.node_id(), now);
@@ -315,20 +300,4 @@ impl MembershipController {
             .map_err(write_error)?;
         Ok(())
     }
-}
-
-/// Runs futures concurrently and collects their outputs (probes are few and short).
-async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for handle in handles {
-        if let Ok(value) = handle.await {
-            out.push(value);
-        }
-    }
-    out
 }

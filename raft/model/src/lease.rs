@@ -123,7 +123,8 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The lease's block in every family of the pool, IPv4 first (same index in each).
+    /// The node's block in every family of the pool (IPv4 first, same index in each): what its
+    /// bridge and IPAM serve.
     pub fn blocks(&self) -> Vec<Block> {
         self.pool.blocks(self.record.block)
     }
