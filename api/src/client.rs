@@ -7,7 +7,8 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::types::{
-    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, ErrorCode, LeaseJson, ReserveBody,
+    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, ErrorCode, LeaseJson, NodeJson,
+    NodePodsJson, ReserveBody,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +240,21 @@ impl Client {
     }
 
     pub async fn cluster(&self) -> Result<ClusterJson, ClientError> {
-        let url = self.url("/v1/cluster");
+        self.get_json("/v1/cluster").await
+    }
+
+    /// This member's node: lease, CNI socket, etcd mirror, Kubernetes integration.
+    pub async fn node(&self) -> Result<NodeJson, ClientError> {
+        self.get_json("/v1/node").await
+    }
+
+    /// The pods attached through this member's CNI socket.
+    pub async fn node_pods(&self) -> Result<NodePodsJson, ClientError> {
+        self.get_json("/v1/node/pods").await
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = self.url(path);
         let response = self.send(self.http.get(&url), &url).await?;
         Self::json(response, &url).await
     }

@@ -9,8 +9,9 @@ pub mod types;
 
 pub use client::{Client, ClientError};
 pub use listener::{serve, Admission, Classify, ServeLimits};
-pub use server::{router, ApiOptions, EtcdMirrorStatus};
+pub use server::{router, ApiOptions, EtcdMirrorStatus, NodeProvider, PodsError, PodsFuture};
 pub use types::{
-    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, ErrorCode, EtcdMirrorJson,
-    LeaseJson, MemberJson, ReserveBody,
+    AcquireBody, ClaimBody, ClusterJson, CniJson, Consistency, ErrorBody, ErrorCode,
+    EtcdMirrorJson, KubernetesJson, LeaseJson, MemberJson, NodeJson, NodePodsJson, PodJson,
+    ReserveBody,
 };

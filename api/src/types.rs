@@ -1,11 +1,16 @@
 //! JSON shapes of the HTTP API (camelCase), shared by the server and the typed client.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+/// How the API writes a moment: RFC 3339, UTC, milliseconds.
+pub fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
 
 /// A lease as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -43,7 +48,7 @@ impl From<&evio_raft::Lease> for LeaseJson {
             pod_cidr: lease.pool.pod_cidr(),
             host_ip: lease.record.host_ip,
             revision: lease.record.revision,
-            acquired_at: humantime::format_rfc3339_millis(acquired).to_string(),
+            acquired_at: rfc3339(acquired),
         }
     }
 }
@@ -213,6 +218,19 @@ pub struct MemberJson {
     /// (followers do not track each other's progress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_lag: Option<u64>,
+    /// Whether this member exchanged Raft traffic with it lately (this member itself: true).
+    /// Absent when none is expected between the two (two followers of a known leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable: Option<bool>,
+    /// Milliseconds since its last Raft RPC reached this member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_ms_ago: Option<u64>,
+    /// Milliseconds since it last answered an RPC of this member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached_ms_ago: Option<u64>,
+    /// Why this member's last RPC to it failed, when that is newer than its last answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -257,6 +275,93 @@ pub struct EtcdMirrorJson {
     /// RFC 3339, UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error_at: Option<String>,
+    /// When etcd last matched the leases (a reconcile or a mirrored change), RFC 3339, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_at: Option<String>,
+}
+
+/// `GET /v1/node`: this member and what runs beside it on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeJson {
+    pub node_id: u64,
+    pub node_name: String,
+    /// The address other members dial.
+    pub addr: String,
+    /// This node's lease in the local replica (never waits on the network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseJson>,
+    pub cni: CniJson,
+    /// The etcd mirror's state; absent when no etcd is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_mirror: Option<EtcdMirrorJson>,
+    pub kubernetes: KubernetesJson,
+}
+
+/// The CNI service of this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CniJson {
+    /// False when this member serves no CNI socket.
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+}
+
+/// The Kubernetes integration (`run --kubernetes`) of this member.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesJson {
+    pub enabled: bool,
+    /// The Node object this member annotates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// True once the Node carries this member's current subnet and API address.
+    pub annotated: bool,
+    /// The subnet last written to the Node (`evio.io/pod-subnet`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotated_subnet: Option<String>,
+    /// RFC 3339, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotated_at: Option<String>,
+    /// True while this member (the Raft leader) watches Nodes to release deleted ones' leases.
+    pub node_gc_active: bool,
+    pub errors: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// RFC 3339, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<String>,
+}
+
+/// One pod interface attached through this node's CNI socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodJson {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`, the interface inside the pod.
+    pub interface: String,
+    /// The CNI network's name.
+    pub network: String,
+    /// The pod's addresses with prefix (`10.244.3.5/16`); empty when this daemon did not
+    /// attach it itself (before a restart).
+    pub addresses: Vec<String>,
+    /// The host end of the pod's veth.
+    pub host_interface: String,
+    /// When this daemon attached it (RFC 3339, UTC); absent when attached before a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_at: Option<String>,
+}
+
+/// `GET /v1/node/pods`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePodsJson {
+    pub node_name: String,
+    /// False when this member serves no CNI socket (then `pods` is empty).
+    pub cni: bool,
+    pub pods: Vec<PodJson>,
 }
 
 /// Body of `POST /v1/reservations`: hold a block for an imported range.

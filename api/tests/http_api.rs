@@ -682,3 +682,146 @@ async fn anonymous_linearizable_reads_are_capped() {
     assert_eq!(local.status(), 200);
     server.shutdown().await;
 }
+
+/// A stand-in for the daemon's view of its node (the CNI socket and Kubernetes are the
+/// node crate's; their real providers are tested there, end to end).
+struct FakeNode;
+
+impl evio_api::NodeProvider for FakeNode {
+    fn cni_socket(&self) -> Option<String> {
+        Some("/run/evio/test.sock".into())
+    }
+
+    fn pods(&self) -> evio_api::PodsFuture<'_> {
+        Box::pin(async {
+            Ok(vec![evio_api::PodJson {
+                container_id: "c0ffee".into(),
+                interface: "eth0".into(),
+                network: "evio".into(),
+                addresses: vec!["10.244.0.2/16".into()],
+                host_interface: "evio0123456789a".into(),
+                attached_at: None,
+            }])
+        })
+    }
+
+    fn kubernetes(&self) -> evio_api::KubernetesJson {
+        evio_api::KubernetesJson {
+            enabled: true,
+            node_name: Some("node-api".into()),
+            last_error: Some("annotating the Node: 403".into()),
+            errors: 1,
+            ..Default::default()
+        }
+    }
+}
+
+#[tokio::test]
+async fn node_routes_show_the_daemons_view_and_this_member_reaches_itself() {
+    let options = evio_api::ApiOptions {
+        node: Some(std::sync::Arc::new(FakeNode)),
+        ..Default::default()
+    };
+    let member = Member::start_with(
+        "node-api",
+        pool("10.244.0.0/16", 8),
+        Default::default(),
+        options,
+    )
+    .await
+    .lead()
+    .await;
+    let anonymous = Client::new(&member.base).unwrap_or_else(|e| panic!("{e}"));
+    let node = anonymous.node().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(node.node_name, "node-api");
+    assert!(node.lease.is_none(), "{node:?}");
+    assert!(node.cni.enabled && node.cni.socket.as_deref() == Some("/run/evio/test.sock"));
+    assert!(
+        node.kubernetes.enabled && node.kubernetes.errors == 1,
+        "{node:?}"
+    );
+    assert!(node.etcd_mirror.is_none());
+    let lease = member
+        .client()
+        .acquire("node-api", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let node = anonymous.node().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(node.lease.map(|l| l.subnet), Some(lease.0.subnet));
+
+    let pods = anonymous
+        .node_pods()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(pods.cni && pods.node_name == "node-api");
+    assert_eq!(pods.pods.len(), 1);
+    assert_eq!(pods.pods[0].addresses, ["10.244.0.2/16"]);
+
+    let cluster = anonymous.cluster().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cluster.members[0].reachable, Some(true), "{cluster:?}");
+    member.shutdown().await;
+}
+
+#[tokio::test]
+async fn node_routes_without_a_daemon_and_behind_auth_reads() {
+    let member = start("10.244.0.0/16", 8, true).await;
+    let client = client(&member);
+    let pods = client.node_pods().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!pods.cni && pods.pods.is_empty(), "{pods:?}");
+    let node = client.node().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!node.cni.enabled && !node.kubernetes.enabled, "{node:?}");
+    member.shutdown().await;
+
+    let options = evio_api::ApiOptions {
+        auth_reads: true,
+        node: Some(std::sync::Arc::new(FakeNode)),
+        ..Default::default()
+    };
+    let closed = Member::start_with(
+        "closed",
+        pool("10.244.0.0/16", 8),
+        Default::default(),
+        options,
+    )
+    .await
+    .lead()
+    .await;
+    let anonymous = Client::new(&closed.base).unwrap_or_else(|e| panic!("{e}"));
+    for err in [
+        anonymous.node().await.map(|_| ()).unwrap_err(),
+        anonymous.node_pods().await.map(|_| ()).unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+    }
+    assert!(closed.client().node_pods().await.is_ok());
+    closed.shutdown().await;
+}
+
+/// A voter whose only peer never answers: its vote requests fail, so the peer shows as
+/// unreachable with the reason, while the member itself is reachable.
+#[tokio::test]
+async fn an_unanswering_peer_is_unreachable_in_cluster_status() {
+    let member = start("10.244.0.0/16", 8, false).await;
+    let client = client(&member);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let ghost = loop {
+        let cluster = client.cluster().await.unwrap_or_else(|e| panic!("{e}"));
+        let ghost = cluster.members.iter().find(|m| m.name == "ghost").cloned();
+        let ghost = ghost.unwrap_or_else(|| panic!("no ghost member: {cluster:?}"));
+        if ghost.reachable == Some(false) && ghost.last_error.is_some() {
+            let me = cluster.members.iter().find(|m| m.id == cluster.node_id);
+            assert_eq!(me.and_then(|m| m.reachable), Some(true), "{cluster:?}");
+            break ghost;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ghost never showed as unreachable: {cluster:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        ghost.heard_ms_ago.is_none() && ghost.reached_ms_ago.is_none(),
+        "{ghost:?}"
+    );
+    member.shutdown().await;
+}

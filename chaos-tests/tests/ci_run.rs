@@ -3,45 +3,23 @@
 //! host-local plugin (fails loudly under CI=true without them), and the evio-node and evio-cni
 //! binaries of this target dir (`cargo build -p evio-node -p evio-cni`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+use evio_test_support::target_bin;
 
 const CHAOS: &str = env!("CARGO_BIN_EXE_evio-chaos");
 
 fn prerequisites() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let tool = |t: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    let (ip, iptables) = (tool("ip"), tool("iptables"));
-    let host_local = Path::new("/usr/lib/cni/host-local").is_file();
-    if root && ip && iptables && host_local {
-        return true;
-    }
-    let why = format!(
-        "root={root} ip={ip} iptables={iptables} host-local={host_local} (run scripts/install-deps.sh as root)"
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "chaos prerequisites missing under CI: {why}"
-    );
-    eprintln!("skipping the chaos run outside CI: {why}");
-    false
-}
-
-/// evio-node / evio-cni from the same target dir (built by `cargo test --workspace`).
-fn sibling(name: &str) -> PathBuf {
-    let path = Path::new(CHAOS).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} missing: build it first (cargo build -p {name})",
-        path.display()
-    );
-    path
+    evio_test_support::prerequisites(
+        "the chaos run",
+        &[
+            ("root", evio_test_support::is_root()),
+            ("ip", evio_test_support::on_path("ip")),
+            ("iptables", evio_test_support::on_path("iptables")),
+            ("host-local", Path::new("/usr/lib/cni/host-local").is_file()),
+        ],
+    )
 }
 
 #[test]
@@ -49,7 +27,7 @@ fn three_short_seeds_hold_every_invariant() {
     if !prerequisites() {
         return;
     }
-    let (node, cni) = (sibling("evio-node"), sibling("evio-cni"));
+    let (node, cni) = (target_bin("evio-node"), target_bin("evio-cni"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     for seed in [11u64, 12, 13] {
         let report = dir.path().join(format!("seed-{seed}.json"));

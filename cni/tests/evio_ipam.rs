@@ -82,4 +82,6 @@ async fn switching_from_host_local_imports_its_reservations() {
     }
     assert!(held(state.path(), &network).is_empty());
     pods.settled().await;
+    let veth = evio_cni::dataplane::attachment::host_veth_name(&add_c.container_id, "eth0");
+    assert!(!link_exists(&veth), "{veth} left behind");
 }

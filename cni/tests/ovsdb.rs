@@ -30,31 +30,15 @@ fn prerequisites() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     let schema = Path::new(SCHEMA).is_file() && Path::new(LOCAL_CONFIG_SCHEMA).is_file();
-    if server && schema {
-        return true;
-    }
-    let why = format!(
-        "ovsdb-server={server} schemas={schema} (scripts/install-deps.sh installs openvswitch-switch)"
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "OVSDB prerequisites missing under CI: {why}"
-    );
-    eprintln!("skipping OVSDB crate test outside CI: {why}");
-    false
+    evio_test_support::prerequisites(
+        "OVSDB crate test",
+        &[("ovsdb-server", server), ("schemas", schema)],
+    )
 }
 
+/// `program args`, which must succeed; its stdout trimmed.
 fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    evio_test_support::run(program, args).trim().to_string()
 }
 
 /// A private ovsdb-server. `db.sock` serves without inactivity probes (ovsdb-server's default
@@ -237,15 +221,7 @@ impl Drop for VswitchdStandIn {
 }
 
 fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}{:x}{:x}",
-        std::process::id() & 0xfff,
-        nanos & 0xffff
-    )
+    format!("{prefix}{}", evio_test_support::unique_tag())
 }
 
 async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {

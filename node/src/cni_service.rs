@@ -63,9 +63,14 @@ impl CniService {
         })
     }
 
-    /// The pod network it serves (the daemon hands evio-ipam the node's blocks through it).
+    /// The pod networking behind the socket (its attachments are `GET /v1/node/pods`; the
+    /// daemon hands evio-ipam the node's blocks through it).
     pub fn pods(&self) -> Arc<PodNetwork> {
         self.pods.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Serves until the task is dropped or aborted.

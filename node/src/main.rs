@@ -13,6 +13,7 @@ mod cni_service;
 mod commands;
 mod etcd;
 mod kube;
+mod node_info;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};

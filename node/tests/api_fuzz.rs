@@ -9,9 +9,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-mod common;
-
-use common::cluster::{leader, Cluster, TOKEN};
+use evio_test_support::cluster::{leader, Cluster, TOKEN};
 
 const EXAMPLES: &str = "25";
 const SEED: &str = "20261202";
@@ -100,7 +98,7 @@ fn fuzz(st: &PathBuf, base: &str, token: &str, what: &str) {
 fn dev_survives_schemathesis() {
     let Some(st) = schemathesis() else { return };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (mut dev, token) = common::spawn_dev(dir.path(), "fuzz-host");
+    let (mut dev, token) = evio_test_support::spawn_dev(dir.path(), "fuzz-host");
     fuzz(&st, &dev.base, &token, "evio-node dev");
     dev.signal(nix::sys::signal::Signal::SIGTERM);
     dev.assert_no_panics();
@@ -111,7 +109,7 @@ async fn cluster_follower_survives_schemathesis() {
     let Some(st) = schemathesis() else { return };
     let cluster = Cluster::new();
     let nodes = cluster.three(&[]).await;
-    let refs: Vec<&common::cluster::Node> = nodes.iter().collect();
+    let refs: Vec<&evio_test_support::cluster::Node> = nodes.iter().collect();
     let leader_name = leader(&refs).await.name.clone();
     let follower = nodes
         .iter()

@@ -9,8 +9,6 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-mod common;
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -60,7 +58,7 @@ fn metrics_size(addr: &str) -> usize {
 fn method_flood_and_slow_headers_do_nothing_measurable() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let socket = dir.path().join("cni.sock");
-    let (mut dev, token) = common::spawn_dev(dir.path(), "flood-host");
+    let (mut dev, token) = evio_test_support::spawn_dev(dir.path(), "flood-host");
     let addr = dev.base.trim_start_matches("http://").to_string();
     let pid = dev.child.id();
 

@@ -3,15 +3,13 @@
 //! forwarding works around a blocked path, a wiped node rejoins with its old subnet, and bad
 //! peers are refused.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cluster::{free_addr, wait_cluster, Cluster, Node, TOKEN};
-use common::evio_node;
 use evio_api::{ClusterJson, Consistency};
+use evio_test_support::cluster::{free_addr, wait_cluster, Cluster, Node, TOKEN};
+use evio_test_support::evio_node;
 use nix::sys::signal::Signal;
 
 async fn status(node: &Node) -> Option<ClusterJson> {
@@ -552,7 +550,7 @@ async fn member_joins_a_table_too_big_for_one_json_snapshot() {
     let cluster = Cluster::new().with_pool("10.0.0.0/8", 16);
     let nodes = cluster.three(&opts).await;
     let refs: Vec<&Node> = nodes.iter().collect();
-    let leader = common::cluster::leader(&refs).await;
+    let leader = evio_test_support::cluster::leader(&refs).await;
     let client = leader.client();
     let failures = futures::stream::iter(0..BIG_TABLE)
         .map(|i| {
@@ -669,7 +667,7 @@ async fn an_acknowledged_lease_survives_a_sigkill_of_the_leader_for_config_gen()
     let cluster = Cluster::new();
     let mut nodes = cluster.three(&[]).await;
     let refs: Vec<&Node> = nodes.iter().collect();
-    let leader_name = common::cluster::leader(&refs).await.name.clone();
+    let leader_name = evio_test_support::cluster::leader(&refs).await.name.clone();
     let at = nodes
         .iter()
         .position(|n| n.name == leader_name)
@@ -713,7 +711,7 @@ async fn a_same_name_join_never_evicts_a_member_heard_within_the_grace() {
     let cluster = Cluster::new(); // --voter-grace 60s
     let mut nodes = cluster.three(&[]).await;
     let refs: Vec<&Node> = nodes.iter().collect();
-    let leader_name = common::cluster::leader(&refs).await.name.clone();
+    let leader_name = evio_test_support::cluster::leader(&refs).await.name.clone();
     let victim = nodes
         .iter()
         .position(|n| n.name != leader_name)

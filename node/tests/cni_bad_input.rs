@@ -7,19 +7,18 @@
 //! namespaces, no new OVS bridge or port, no host-local reservation file.
 //! Needs root, host-local and ovsdb (fails loudly under CI=true without them).
 
-mod common;
-
-use common::cni as cni_support;
+use evio_test_support::cni as cni_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use cni_support::{evio_cni_prerequisites, exec_cni, ip, run, HostLink, Netns, OvsBridge};
-use common::{evio_node, Proc};
+use cni_support::{evio_cni_prerequisites, exec_cni, ip, HostLink, Netns, OvsBridge};
 use evio_cni::dataplane::attachment::host_veth_name;
 use evio_cni::dataplane::error::CODE_INTERFACE_EXISTS;
 use evio_cni::dataplane::reaper::RETIRED;
 use evio_cni::spec::SUPPORTED_VERSIONS;
+use evio_test_support::run;
+use evio_test_support::{evio_node, Proc};
 use serde_json::{json, Value};
 
 const CNI_PATH: &str = "/usr/lib/cni";

@@ -6,9 +6,7 @@
 //! Linux-bridge mode, pod network 10.90.0.0/16. Needs root; under CI=true a missing
 //! prerequisite fails the test.
 
-mod common;
-
-use common::cni as cni_support;
+use evio_test_support::cni as cni_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,10 +16,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cni_support::{
-    assert_veth_retired_then_gone, cni, exec_plugin, ip, is_root, plugin, prerequisites, DevNode,
-    LinuxBridge, MasqueradeRule, Netns,
+    assert_veth_retired_then_gone, cni, exec_plugin, ip, plugin, DevNode, LinuxBridge,
+    MasqueradeRule, Netns,
 };
 use evio_cni::dataplane::attachment::host_veth_name;
+use evio_test_support::{is_root, prerequisites};
 use serde_json::{json, Value};
 
 /// Debian 12's portmap supports configs up to 1.0.0: the chain runs at 1.0.0, as a list

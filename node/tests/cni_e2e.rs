@@ -2,14 +2,13 @@
 //! real `evio-node dev` daemon behind its unix socket, an OVS bridge (real ovsdb-server and
 //! ovs-vswitchd), a veth into a real netns and the real host-local plugin. Needs root (fails loudly under CI=true without it).
 
-mod common;
-
-use common::cni as cni_support;
+use evio_test_support::cni as cni_support;
 
 use std::path::Path;
 use std::process::Command;
 
-use cni_support::{cni, is_root, prerequisites, DevNode, MasqueradeRule, Netns, OvsBridge};
+use cni_support::{cni, DevNode, MasqueradeRule, Netns, OvsBridge};
+use evio_test_support::{is_root, prerequisites};
 use serde_json::json;
 
 #[test]

@@ -3,16 +3,14 @@
 //! from the local replica with every member SIGKILLed; it fails cleanly (and leaves an
 //! existing conflist alone) with no lease and no member; bad net-conf values are named.
 
-mod common;
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{evio_node, BIN};
+use evio_test_support::cluster::{free_addr, Cluster};
+use evio_test_support::have;
+use evio_test_support::{evio_node, evio_node_bin};
 use nix::sys::signal::Signal;
-use support::{free_addr, have, Cluster};
 
 /// The original Evio ConfigMap, verbatim (nodeBits a string, podCIDR with host bits).
 const ORIGINAL_NET_CONF: &str = r#"{"cniVersion":"0.3.1","name":"k8s-pod-network","type":"evioPlugin",
@@ -57,7 +55,7 @@ fn config_gen(
     evio_node(&args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("{BIN}: {e}"))
+        .unwrap_or_else(|e| panic!("{}: {e}", evio_node_bin()))
 }
 
 /// Two members nobody answers for: the closed discard port (connection refused) and a
@@ -133,8 +131,8 @@ async fn conflist_from_the_cluster_then_from_the_local_replica_with_all_peers_ki
     let cluster = Cluster::new();
     let mut nodes = cluster.three(&[]).await;
     // Blocks 0 and 1 go to others, so c's block is not the first one by accident.
-    support::acquire(&nodes[0], "other-0").await;
-    support::acquire(&nodes[0], "other-1").await;
+    evio_test_support::cluster::acquire(&nodes[0], "other-0").await;
+    evio_test_support::cluster::acquire(&nodes[0], "other-1").await;
     let join: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
 
     // c's daemon holds its replica open: config-gen asks it, finds no lease, asks the cluster.
@@ -167,7 +165,7 @@ async fn conflist_from_the_cluster_then_from_the_local_replica_with_all_peers_ki
     }
     // Running again with the daemon up: the lease now comes from the local replica (via the
     // daemon's API) and the file is left as it is.
-    support::local_has(&nodes[2], "c").await;
+    evio_test_support::cluster::local_has(&nodes[2], "c").await;
     let out = config_gen(&cluster, "c", &cluster.path("c"), &join, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("already current"), "{}", stderr(&out));

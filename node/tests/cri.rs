@@ -8,8 +8,6 @@
 //! down RunPodSandbox fails with the CNI error and works once it is back; after a containerd
 //! restart the pods still tear down; nothing (veth, bridge port, reservation) is left.
 
-mod common;
-
 #[allow(clippy::all, clippy::pedantic, dead_code, unused_qualifications)]
 mod cri_api {
     include!("cri/runtime_v1.rs");
@@ -20,16 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cni_support::{
-    in_netns, is_root, plugin, prerequisites, DevNode, LinuxBridge, MasqueradeRule, OvsBridge,
-};
-use common::cni as cni_support;
+use cni_support::{in_netns, plugin, DevNode, LinuxBridge, MasqueradeRule, OvsBridge};
 use cri_api::runtime_service_client::RuntimeServiceClient;
 use cri_api::{
     LinuxPodSandboxConfig, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata,
     PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest,
     StopPodSandboxRequest,
 };
+use evio_test_support::cni as cni_support;
+use evio_test_support::{is_root, prerequisites};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -126,7 +123,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         };
         containerd.restart();
         let image = dir.join("pause.tar");
-        cni_support::run(
+        evio_test_support::run(
             &scripts().join("pause-image.sh").to_string_lossy(),
             &[&image.to_string_lossy(), PAUSE_IMAGE],
         );
@@ -138,7 +135,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         let socket = self.socket.to_string_lossy();
         let mut all = vec!["--address", &socket, "--namespace", "k8s.io"];
         all.extend_from_slice(args);
-        cni_support::run("ctr", &all)
+        evio_test_support::run("ctr", &all)
     }
 
     fn log(&self) -> String {
@@ -483,7 +480,7 @@ impl World {
             if !exists {
                 return Vec::new();
             }
-            cni_support::run("ovs-vsctl", &["list-ports", &self.bridge])
+            evio_test_support::run("ovs-vsctl", &["list-ports", &self.bridge])
         } else {
             cni_support::ip(&["-o", "link", "show", "master", &self.bridge])
         };

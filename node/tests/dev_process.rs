@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use evio_api::{Client, Consistency, LeaseJson};
 use nix::sys::signal::Signal;
 
-mod common;
-
-use common::{evio_node, Proc, BIN};
+use evio_test_support::{evio_node, evio_node_bin, Proc};
 
 /// `evio-node dev` on a temp data dir, with the token it generates there.
 struct Dev {
@@ -302,7 +300,7 @@ fn cli_client_lists_acquires_and_releases() {
         let mut full: Vec<&str> = args.to_vec();
         let token_file = dev.token_file.to_string_lossy().to_string();
         full.extend_from_slice(&["--api", &dev.base, "--token-file", &token_file]);
-        let out = Command::new(BIN)
+        let out = Command::new(evio_node_bin())
             .args(&full)
             .output()
             .unwrap_or_else(|e| panic!("{e}"));
@@ -342,7 +340,7 @@ fn cli_client_lists_acquires_and_releases() {
     assert_eq!(cluster["nodeName"], "test-host");
 
     // without the token, changes are refused and nothing changes
-    let out = Command::new(BIN)
+    let out = Command::new(evio_node_bin())
         .args(["leases", "release", "cli-node", "--api", &dev.base])
         .env_remove("EVIO_TOKEN_FILE")
         .output()

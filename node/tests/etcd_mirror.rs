@@ -5,16 +5,15 @@
 //! changed, the new leader reconciles etcd; wrong credentials leave the mirror unhealthy and
 //! nothing else; ranges written in the original layout are imported and claimed.
 
-mod common;
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::evio_node;
 use evio_api::{Client, Consistency};
+use evio_test_support::cluster::{Cluster, Node};
+use evio_test_support::etcd::Etcd;
+use evio_test_support::evio_node;
+use evio_test_support::have;
 use nix::sys::signal::Signal;
-use support::{have, Cluster, Etcd, Node};
 
 fn original_key(block: u8) -> String {
     format!("/evpn/10.244.{block}.2,10.244.{block}.254,10.244.{block}.1/16")
@@ -90,9 +89,9 @@ async fn mirror_follows_leases_and_reconciles_after_outage_and_leader_change() {
     let endpoints = etcd.client_url.clone();
     let mut nodes = cluster.three(&["--etcd-endpoints", &endpoints]).await;
     let refs: Vec<&Node> = nodes.iter().collect();
-    let leader = support::leader(&refs).await;
-    support::acquire(leader, "n0").await;
-    support::acquire(leader, "n1").await;
+    let leader = evio_test_support::cluster::leader(&refs).await;
+    evio_test_support::cluster::acquire(leader, "n0").await;
+    evio_test_support::cluster::acquire(leader, "n1").await;
     let mut want = expect(&[("n0", 0), ("n1", 1)]);
     want.insert("/evpn/evio-lock/694d".into(), "x".into());
     etcd_holds(&etcd, &want, "after two acquires").await;
@@ -132,7 +131,7 @@ async fn mirror_follows_leases_and_reconciles_after_outage_and_leader_change() {
 
     // etcd down: leases are still granted, the mirror says it is behind and unhealthy.
     etcd.kill();
-    support::acquire(leader, "n2").await;
+    evio_test_support::cluster::acquire(leader, "n2").await;
     leader
         .client()
         .release("n0")
@@ -148,9 +147,9 @@ async fn mirror_follows_leases_and_reconciles_after_outage_and_leader_change() {
     let index = nodes.iter().position(|n| n.name == old_leader).unwrap_or(0);
     nodes[index].proc.signal(Signal::SIGKILL);
     let survivors: Vec<&Node> = nodes.iter().filter(|n| n.name != old_leader).collect();
-    let new_leader = support::leader(&survivors).await;
+    let new_leader = evio_test_support::cluster::leader(&survivors).await;
     assert_ne!(new_leader.name, old_leader);
-    support::acquire(new_leader, "n3").await;
+    evio_test_support::cluster::acquire(new_leader, "n3").await;
     etcd.restart();
     // n0 released, n1 released, n2 at block 1 (lowest free then), n3 at block 0.
     let mut want = expect(&[("n2", 1), ("n3", 0)]);
@@ -196,7 +195,7 @@ async fn wrong_credentials_leave_the_mirror_unhealthy_and_nothing_else() {
     std::fs::write(cluster.path("password"), "wrong-password\n").unwrap_or_else(|e| panic!("{e}"));
     let user = cluster.path("username").to_string_lossy().to_string();
     let password = cluster.path("password").to_string_lossy().to_string();
-    let addr = support::free_addr();
+    let addr = evio_test_support::cluster::free_addr();
     let node = cluster.start(
         "solo",
         &addr,
@@ -210,7 +209,7 @@ async fn wrong_credentials_leave_the_mirror_unhealthy_and_nothing_else() {
             &password,
         ],
     );
-    let lease = support::acquire(&node, "n0").await;
+    let lease = evio_test_support::cluster::acquire(&node, "n0").await;
     assert_eq!(lease.subnet.to_string(), "10.244.0.0/24");
     wait_mirror(&node, "unhealthy with the refusal", |m| {
         !m.healthy
@@ -236,10 +235,10 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
     }
     let cluster = Cluster::new();
     let etcd = Etcd::start(cluster.dir.path(), "import");
-    let addr = support::free_addr();
+    let addr = evio_test_support::cluster::free_addr();
     let node = cluster.start("solo", &addr, &[], &[]);
     // A node evio already knows holds block 0 (the original tool never used block 0).
-    support::acquire(&node, "known").await;
+    evio_test_support::cluster::acquire(&node, "known").await;
     // What the original tool left behind: its lock, three ranges, and a range of another pool.
     etcd.put("/evpn/evio-lock/1234", "lock").await;
     for block in [0u8, 3, 7] {
@@ -308,7 +307,7 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
     );
     // New nodes never get a reserved block.
     for name in ["new-1", "new-2", "new-3"] {
-        let lease = support::acquire(&node, name).await;
+        let lease = evio_test_support::cluster::acquire(&node, name).await;
         assert!(!["10.244.3.0/24", "10.244.7.0/24"].contains(&lease.subnet.to_string().as_str()));
     }
     // Claim: edge-7 takes the range it had under the original tool.
@@ -392,11 +391,11 @@ async fn a_deposed_leader_is_fenced_off_by_the_term_key() {
         .await;
     let node = cluster.start(
         "solo",
-        &support::free_addr(),
+        &evio_test_support::cluster::free_addr(),
         &[],
         &["--etcd-endpoints", &etcd.client_url],
     );
-    support::acquire(&node, "n0").await;
+    evio_test_support::cluster::acquire(&node, "n0").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !node.proc.logs().contains("a later leader wrote etcd") {
         assert!(
@@ -422,11 +421,11 @@ async fn imported_and_claimed_ranges_are_mirrored_under_their_owner() {
     let etcd = Etcd::start(cluster.dir.path(), "claim");
     let node = cluster.start(
         "solo",
-        &support::free_addr(),
+        &evio_test_support::cluster::free_addr(),
         &[],
         &["--etcd-endpoints", &etcd.client_url],
     );
-    support::acquire(&node, "known").await;
+    evio_test_support::cluster::acquire(&node, "known").await;
     etcd_holds(&etcd, &expect(&[("known", 0)]), "known mirrored").await;
     etcd.put(&original_key(4), "ok").await;
     let out = evio_node(&[
@@ -473,13 +472,13 @@ async fn mirror_over_tls_with_a_client_certificate() {
         return;
     }
     let cluster = Cluster::new();
-    let tls = support::TlsFiles::make(cluster.dir.path());
+    let tls = evio_test_support::etcd::TlsFiles::make(cluster.dir.path());
     let etcd = Etcd::start_tls(cluster.dir.path(), "tls", tls.clone());
     let arg = |p: &std::path::Path| p.to_string_lossy().to_string();
     let (ca, cert, key) = (arg(&tls.ca), arg(&tls.client_cert), arg(&tls.client_key));
     let node = cluster.start(
         "solo",
-        &support::free_addr(),
+        &evio_test_support::cluster::free_addr(),
         &[],
         &[
             "--etcd-endpoints",
@@ -492,7 +491,7 @@ async fn mirror_over_tls_with_a_client_certificate() {
             &key,
         ],
     );
-    support::acquire(&node, "n0").await;
+    evio_test_support::cluster::acquire(&node, "n0").await;
     etcd_holds(&etcd, &expect(&[("n0", 0)]), "mirrored over TLS").await;
     wait_mirror(&node, "healthy over TLS", |m| {
         m.healthy && m.lag_revisions == 0

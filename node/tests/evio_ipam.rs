@@ -6,16 +6,13 @@
 //! reserves nothing; DEL and GC release. Linux bridge, pod network 10.87.0.0/16. Needs root;
 //! under CI=true a missing prerequisite fails the test.
 
-mod common;
-
-use common::cni as cni_support;
+use evio_test_support::cni as cni_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cni_support::{
-    cni_crate_binary, exec_plugin_cmd, is_root, plugin, prerequisites, DevNode, LinuxBridge, Netns,
-};
+use cni_support::{exec_plugin_cmd, plugin, DevNode, LinuxBridge, Netns};
+use evio_test_support::{is_root, prerequisites, target_bin};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -27,7 +24,7 @@ fn plugin_dir(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&bin).unwrap_or_else(|e| panic!("{e}"));
     for (name, target) in [
         ("bridge", plugin("bridge")),
-        ("evio-ipam", cni_crate_binary("evio-ipam")),
+        ("evio-ipam", target_bin("evio-ipam")),
     ] {
         std::os::unix::fs::symlink(&target, bin.join(name)).unwrap_or_else(|e| panic!("{e}"));
     }

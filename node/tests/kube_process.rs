@@ -2,22 +2,18 @@
 //! `--join-from-kubernetes`, and the leader's release of deleted Nodes' leases.
 //!
 //! No Kubernetes API server can be installed on the test machines, so these tests run
-//! against a small local HTTP stand-in (`common/kube_standin.rs`) that serves the real API
-//! paths and JSON (`/api/v1/nodes` list and watch streams, `/api/v1/nodes/{name}` GET and
+//! against a small local HTTP stand-in (`evio_test_support::kube_standin`) that serves the
+//! real API paths and JSON (`/api/v1/nodes` list and watch streams, `/api/v1/nodes/{name}` GET and
 //! merge-patch PATCH, `Status` errors); evio-node reaches it through a kubeconfig file,
 //! exactly as it would reach a real cluster.
-
-mod common;
-#[path = "common/kube_standin.rs"]
-mod kube_standin;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::cluster::{free_addr, run_args, TOKEN};
-use common::{evio_node, Proc};
 use evio_api::{Client, Consistency};
-use kube_standin::KubeStandIn;
+use evio_test_support::cluster::{free_addr, run_args, TOKEN};
+use evio_test_support::kube_standin::KubeStandIn;
+use evio_test_support::{evio_node, Proc};
 use nix::sys::signal::Signal;
 
 const SUBNET: &str = "evio.io/pod-subnet";

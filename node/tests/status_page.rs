@@ -4,14 +4,12 @@
 //! target/tmp; then one member cut off (its peers SIGSTOPped) says it answers from its local
 //! replica. `evio-node status -o json` is checked against the same cluster.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{acquire, leader, wait_cluster, Cluster, Node};
-use common::evio_node;
+use evio_test_support::cluster::{acquire, leader, wait_cluster, Cluster, Node};
+use evio_test_support::evio_node;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -113,7 +111,7 @@ impl Drop for Paused {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
     let chromium = chromium();
-    if !common::cni::prerequisites("status_page", &[("chromium", chromium.is_some())]) {
+    if !evio_test_support::prerequisites("status_page", &[("chromium", chromium.is_some())]) {
         return;
     }
     let Some(chromium) = chromium else { return };
@@ -283,14 +281,14 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_asks_for_the_token_when_reads_need_it() {
     let chromium = chromium();
-    if !common::cni::prerequisites("status_page", &[("chromium", chromium.is_some())]) {
+    if !evio_test_support::prerequisites("status_page", &[("chromium", chromium.is_some())]) {
         return;
     }
     let Some(chromium) = chromium else { return };
     let cluster = Cluster::new();
     let solo = cluster.start(
         "solo",
-        &common::cluster::free_addr(),
+        &evio_test_support::cluster::free_addr(),
         &[],
         &["--auth-reads"],
     );
@@ -301,7 +299,7 @@ async fn status_page_asks_for_the_token_when_reads_need_it() {
     let (dom, log) = dump_dom(&chromium, &dir, &solo);
     assert!(
         dom.contains(r#"<section id="token-box">"#)
-            && dom.contains("Lease reads need the cluster token")
+            && dom.contains("Lease and node reads need the cluster token")
             && !dom.contains("data-rendered"),
         "the page does not ask for the token:\n{dom}\n{log}"
     );

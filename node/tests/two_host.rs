@@ -20,18 +20,16 @@
 //! each gets its own host-local data dir (as separate machines would have). Needs root,
 //! host-local, ping, nft and (OVS) Open vSwitch; under CI=true a missing one fails the test.
 
-mod common;
-mod support;
-
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cni::{cni_in, in_netns, run, wait_until_gone, Netns};
-use common::{evio_node, Proc, BIN};
 use evio_api::ClusterJson;
 use evio_cni::dataplane::attachment::host_veth_name;
+use evio_test_support::cni::{cni_in, in_netns, wait_until_gone, Netns};
+use evio_test_support::run;
+use evio_test_support::{evio_node, evio_node_bin, Proc};
 use serde_json::{json, Value};
 
 const POD_CIDR: &str = "10.92.0.0/16";
@@ -67,18 +65,21 @@ impl Mode {
 
 fn prerequisites(mode: Mode) -> bool {
     if !nix::unistd::geteuid().is_root() {
-        assert!(!support::ci(), "the two-host test needs root under CI");
+        assert!(
+            !evio_test_support::ci(),
+            "the two-host test needs root under CI"
+        );
         eprintln!("SKIPPED: the two-host test needs root");
         return false;
     }
-    let mut ok = support::have("/usr/lib/cni/host-local", "containernetworking-plugins");
-    ok &= support::have("ping", "iputils-ping");
-    ok &= support::have("nft", "nftables");
+    let mut ok = evio_test_support::have("/usr/lib/cni/host-local", "containernetworking-plugins");
+    ok &= evio_test_support::have("ping", "iputils-ping");
+    ok &= evio_test_support::have("nft", "nftables");
     if mode == Mode::Ovs {
         for program in ["ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl"] {
-            ok &= support::have(program, "openvswitch-switch");
+            ok &= evio_test_support::have(program, "openvswitch-switch");
         }
-        ok &= support::have(OVS_SCHEMA, "openvswitch-common");
+        ok &= evio_test_support::have(OVS_SCHEMA, "openvswitch-common");
     }
     ok
 }
@@ -351,7 +352,7 @@ impl Host {
     /// `evio-node cluster status` from inside this host, through its own API.
     fn cluster_status(&self) -> Option<ClusterJson> {
         let api = format!("http://{}:{API_PORT}", self.overlay_ip);
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(evio_node_bin());
         in_netns(&mut cmd, self.netns.path());
         let out = cmd
             .args(["cluster", "status", "--api", &api, "-o", "json"])

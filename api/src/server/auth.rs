@@ -31,7 +31,7 @@ pub(super) fn token_matches(given: &[u8], expected: &[u8]) -> bool {
 }
 
 /// Raft RPC, joins and lease changes need the cluster token; lease reads only with
-/// `auth_reads`. Health, readiness, metrics and cluster status stay open for probes.
+/// `auth_reads` (so are node reads: pods and integration errors). Health, readiness, metrics and cluster status stay open for probes.
 pub(super) async fn authenticate(
     State(state): State<ApiState>,
     mut request: Request,
@@ -41,7 +41,11 @@ pub(super) async fn authenticate(
     let is_read = request.method() == axum::http::Method::GET;
     let needs_token = if path.starts_with(network::PATH_PREFIX) || path == "/v1/cluster/join" {
         true
-    } else if path.starts_with("/v1/leases") || path.starts_with("/v1/reservations") {
+    } else if path.starts_with("/v1/leases")
+        || path.starts_with("/v1/reservations")
+        || path == "/v1/node"
+        || path.starts_with("/v1/node/")
+    {
         !is_read || state.options.auth_reads
     } else {
         false

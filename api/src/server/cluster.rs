@@ -12,6 +12,10 @@ use super::ApiState;
 use crate::types::ErrorBody;
 use crate::types::{ClusterJson, ErrorCode, EtcdMirrorJson, MemberJson};
 
+/// A member is reachable when Raft traffic with it flowed this recently (the leader sends
+/// heartbeats every `--heartbeat-ms`, 100 ms by default).
+const REACHABLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The mirror's state with the lag computed now, so it is never stale.
 pub fn etcd_mirror_now(state: &ApiState) -> Option<EtcdMirrorJson> {
     let status = state.options.etcd_mirror.as_ref()?;
@@ -31,7 +35,7 @@ pub fn etcd_mirror_now(state: &ApiState) -> Option<EtcdMirrorJson> {
 }
 
 #[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
-    responses((status = 200, description = "leader, term, members as this member sees them", body = ClusterJson)))]
+    responses((status = 200, description = "leader, term, members with role, replication lag and reachability as this member sees them", body = ClusterJson)))]
 pub(super) async fn status(State(state): State<ApiState>) -> Json<ClusterJson> {
     let replica = &state.replica;
     let metrics = replica.metrics();
@@ -43,6 +47,16 @@ pub(super) async fn status(State(state): State<ApiState>) -> Json<ClusterJson> {
         let matched = metrics.replication.as_ref()?.get(id)?;
         Some(last_log.saturating_sub(matched.map_or(0, |l| l.index)))
     };
+    let me = replica.node_id();
+    let contacts = replica.peers().contacts();
+    // Traffic is expected with the leader, from a leader to everyone, and between voters
+    // while they elect one.
+    let expected = |id: &u64| {
+        metrics.current_leader == Some(me)
+            || metrics.current_leader == Some(*id)
+            || (metrics.current_leader.is_none() && voters.contains(id) && voters.contains(&me))
+    };
+    let ms_ago = |t: std::time::Instant| t.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
     let members = membership
         .nodes()
         .map(|(id, node)| {
@@ -53,12 +67,23 @@ pub(super) async fn status(State(state): State<ApiState>) -> Json<ClusterJson> {
             } else {
                 "learner"
             };
+            let contact = contacts.get(*id);
+            let reachable = if *id == me {
+                Some(true)
+            } else {
+                contact.reachable(REACHABLE_WITHIN, expected(id))
+            };
+            let last_error = contact.failure().map(|(_, why)| why.to_string());
             MemberJson {
                 id: *id,
                 name: node.name.clone(),
                 addr: node.addr.clone(),
                 role: role.to_string(),
                 replication_lag: lag(id),
+                reachable,
+                heard_ms_ago: contact.heard.map(ms_ago),
+                reached_ms_ago: contact.reached.map(ms_ago),
+                last_error,
             }
         })
         .collect();

@@ -3,7 +3,7 @@
 
 //!
 //! By concern: [`errors`] (the `{error, code}` responses), [`auth`] (token, read budget),
-//! [`forwarding`] (to the leader), [`leases`], [`cluster`] (status, join, health, metrics),
+//! [`forwarding`] (to the leader), [`leases`], [`cluster`] (status, join, health, metrics), [`node`] (this member's node: pods, integrations),
 //! [`guards`] (bounded metrics labels, no bodies on reads), [`page`] (the status page at
 //! `/`). Raft RPC lives in `evio_raft::network::server`; connection limits in
 //! [`crate::listener`].
@@ -14,6 +14,7 @@ pub mod errors;
 mod forwarding;
 mod guards;
 mod leases;
+mod node;
 pub mod openapi;
 mod page;
 
@@ -34,6 +35,7 @@ use crate::metrics::ApiMetrics;
 use crate::types::EtcdMirrorJson;
 pub use cluster::etcd_mirror_now;
 pub use errors::ApiError;
+pub use node::{NodeProvider, PodsError, PodsFuture};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -60,12 +62,24 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub type EtcdMirrorStatus = Arc<std::sync::RwLock<EtcdMirrorJson>>;
 
 /// How the API guards itself. Mutating calls and Raft RPC always need the cluster token.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ApiOptions {
-    /// Also require the token for lease reads.
+    /// Also require the token for lease and node reads.
     pub auth_reads: bool,
     /// Set when this member runs an etcd mirror.
     pub etcd_mirror: Option<EtcdMirrorStatus>,
+    /// The daemon's view of its node (CNI attachments, Kubernetes); absent in bare tests.
+    pub node: Option<Arc<dyn NodeProvider>>,
+}
+
+impl std::fmt::Debug for ApiOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiOptions")
+            .field("auth_reads", &self.auth_reads)
+            .field("etcd_mirror", &self.etcd_mirror)
+            .field("node", &self.node.is_some())
+            .finish()
+    }
 }
 
 pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
@@ -104,6 +118,8 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
     let reads = Router::new()
         .route("/", get(page::status_page))
         .route("/v1/cluster", get(cluster::status))
+        .route("/v1/node", get(node::node))
+        .route("/v1/node/pods", get(node::pods))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .route("/metrics", get(cluster::metrics))

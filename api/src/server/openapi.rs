@@ -7,8 +7,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::types::{
-    AcquireBody, ClaimBody, ClusterJson, Consistency, ErrorBody, ErrorCode, EtcdMirrorJson,
-    LeaseJson, MemberJson, ReserveBody,
+    AcquireBody, ClaimBody, ClusterJson, CniJson, Consistency, ErrorBody, ErrorCode,
+    EtcdMirrorJson, KubernetesJson, LeaseJson, MemberJson, NodeJson, NodePodsJson, PodJson,
+    ReserveBody,
 };
 
 /// The Raft RPC routes live in `evio_raft::network::server`; they are described here so the
@@ -82,11 +83,13 @@ impl Modify for BearerToken {
         super::leases::reserve, super::leases::claim,
         super::cluster::status, super::cluster::join, super::cluster::healthz,
         super::cluster::readyz, super::cluster::metrics, document, super::page::status_page,
+        super::node::node, super::node::pods,
         raft_rpc::append, raft_rpc::vote, raft_rpc::snapshot,
     ),
     components(schemas(
         LeaseJson, AcquireBody, ReserveBody, ClaimBody, ClusterJson, MemberJson,
-        EtcdMirrorJson, ErrorBody, ErrorCode, Consistency,
+        EtcdMirrorJson, ErrorBody, ErrorCode, Consistency, NodeJson, CniJson, KubernetesJson,
+        NodePodsJson, PodJson,
     )),
     modifiers(&BearerToken),
 )]

@@ -40,6 +40,13 @@ pub fn owner_prefix(request: &Request) -> String {
     )
 }
 
+/// The (network, container id, ifname) of any network's owner string.
+pub fn parse_any_owner(owner: &str) -> Option<(&str, &str, &str)> {
+    let (network, rest) = owner.strip_prefix("evio:")?.split_once(':')?;
+    let (container, ifname) = rest.rsplit_once('/')?;
+    Some((network, container, ifname))
+}
+
 /// The (container id, ifname) of an owner string of this request's network.
 pub fn parse_owner<'a>(owner: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
     owner.strip_prefix(prefix)?.rsplit_once('/')
@@ -62,5 +69,15 @@ mod tests {
         );
         assert!(a.len() <= 15 && a.starts_with("evio"), "{a}");
         assert!(retired_pod_name("c", "eth0").len() <= 15);
+    }
+
+    #[test]
+    fn owners_of_any_network_parse() {
+        assert_eq!(
+            parse_any_owner("evio:k8s-pod-network:abc/def/eth0"),
+            Some(("k8s-pod-network", "abc/def", "eth0"))
+        );
+        assert_eq!(parse_any_owner("evio-retired:x"), None);
+        assert_eq!(parse_any_owner("evio:net:no-ifname"), None);
     }
 }

@@ -26,4 +26,4 @@ pub mod pod_netns;
 pub mod pods;
 pub mod reaper;
 
-pub use pods::{Limits, PodNetwork};
+pub use pods::{AttachedPod, Limits, PodNetwork};

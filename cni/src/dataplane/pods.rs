@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rtnetlink::Handle;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::attachment::parse_any_owner;
 use super::bridge::Drivers;
 use super::error::{DataplaneError, Result};
 use super::evio_ipam::Allocator;
@@ -91,6 +92,26 @@ impl Attachments {
     }
 }
 
+/// A pod interface on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedPod {
+    pub container_id: String,
+    pub ifname: String,
+    pub network: String,
+    pub host_veth: String,
+    /// From this daemon's ADD result; empty for one attached before the daemon started.
+    pub addresses: Vec<String>,
+    pub attached_at: Option<SystemTime>,
+}
+
+/// What an ADD answered, kept until the attachment's DEL (the host's links say which
+/// attachments exist; this adds what they do not carry).
+#[derive(Debug, Clone)]
+struct Added {
+    addresses: Vec<String>,
+    at: SystemTime,
+}
+
 /// The node's pod networking.
 pub struct PodNetwork {
     pub(super) handle: Handle,
@@ -105,6 +126,7 @@ pub struct PodNetwork {
     /// receive buffer overflowed and an answer was lost (an ADD then waited forever).
     in_flight: tokio::sync::Semaphore,
     attachments: Attachments,
+    added: Mutex<HashMap<AttachmentKey, Added>>,
     limits: Limits,
 }
 
@@ -125,6 +147,7 @@ impl PodNetwork {
             masquerade: Masquerade::default(),
             allocator: Allocator::new(None),
             attachments: Attachments::default(),
+            added: Mutex::default(),
             limits,
         })
     }
@@ -191,12 +214,67 @@ impl PodNetwork {
 
     /// Sets up the pod interface; returns the CNI result for the config's version.
     pub async fn add(&self, request: &Request) -> Result<Value, CniError> {
-        self.serve(request, add::add).await
+        let result = self.serve(request, add::add).await?;
+        let addresses = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str().map(str::to_string))
+            .collect();
+        self.added_lock().insert(
+            (request.container_id.clone(), request.ifname.clone()),
+            Added {
+                addresses,
+                at: SystemTime::now(),
+            },
+        );
+        Ok(result)
+    }
+
+    fn added_lock(&self) -> std::sync::MutexGuard<'_, HashMap<AttachmentKey, Added>> {
+        self.added.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pod interfaces on this host (every network's), sorted by container and ifname:
+    /// the host veths carrying an evio owner tag, with the address this daemon's ADD gave.
+    pub async fn attached(&self) -> Result<Vec<AttachedPod>, NetlinkError> {
+        let links = netlink::links(&self.handle).await?;
+        let mut added = self.added_lock();
+        let mut pods: Vec<AttachedPod> = links
+            .iter()
+            .filter_map(|link| {
+                let (network, container, ifname) = parse_any_owner(&link.alias)?;
+                let key = (container.to_string(), ifname.to_string());
+                let known = added.get(&key);
+                Some(AttachedPod {
+                    network: network.to_string(),
+                    host_veth: link.name.clone(),
+                    addresses: known.map(|a| a.addresses.clone()).unwrap_or_default(),
+                    attached_at: known.map(|a| a.at),
+                    container_id: key.0,
+                    ifname: key.1,
+                })
+            })
+            .collect();
+        // Attachments whose veth is gone (GC, a failed DEL's cleanup) are forgotten.
+        let present: std::collections::HashSet<(&str, &str)> = pods
+            .iter()
+            .map(|p| (p.container_id.as_str(), p.ifname.as_str()))
+            .collect();
+        added.retain(|(container, ifname), _| {
+            present.contains(&(container.as_str(), ifname.as_str()))
+        });
+        drop(added);
+        pods.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+        Ok(pods)
     }
 
     /// Removes the pod interface and releases its address. Idempotent; needs no netns.
     pub async fn del(&self, request: &Request) -> Result<Value, CniError> {
-        self.serve(request, del::del).await
+        let result = self.serve(request, del::del).await?;
+        self.added_lock()
+            .remove(&(request.container_id.clone(), request.ifname.clone()));
+        Ok(result)
     }
 
     /// Verifies the pod's interface, address, routes and bridge port against `prevResult`,

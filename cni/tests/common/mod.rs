@@ -1,5 +1,6 @@
 //! Shared by the dataplane tests: a fixture with unique names (netns, bridge, network,
-//! host-local data dir) removed on drop, and small host probes.
+//! host-local data dir) removed on drop, and small host probes (the generic ones come from
+//! evio-test-support).
 
 #![allow(dead_code)] // each test file uses its own part
 
@@ -10,27 +11,23 @@ use evio_cni::dataplane::{masquerade, PodNetwork};
 use evio_cni::spec::{Command, Request};
 use serde_json::{json, Value};
 
+pub use evio_test_support::cni::link_exists;
+
 pub const HOST_LOCAL_DIRS: &str = "/usr/lib/cni:/opt/cni/bin";
 
 /// Whether the test can run here; under CI it must.
 pub fn prerequisites() -> bool {
-    let root = nix::unistd::geteuid().is_root();
     let host_local = HOST_LOCAL_DIRS
         .split(':')
         .any(|d| Path::new(d).join("host-local").is_file());
-    let ping = Process::new("ping").arg("-V").output().is_ok();
-    if root && host_local && ping {
-        return true;
-    }
-    let why = format!(
-        "root={root} host-local={host_local} ping={ping} (run scripts/install-deps.sh as root)"
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "dataplane prerequisites missing under CI: {why}"
-    );
-    eprintln!("skipping dataplane test outside CI: {why}");
-    false
+    evio_test_support::prerequisites(
+        "dataplane",
+        &[
+            ("root", evio_test_support::is_root()),
+            ("host-local", host_local),
+            ("ping", evio_test_support::on_path("ping")),
+        ],
+    )
 }
 
 pub fn ip(args: &[&str]) -> std::process::Output {
@@ -59,7 +56,7 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(kind: &'static str) -> Fixture {
-        let tag = format!("{:06x}", rand_u32() & 0xff_ffff);
+        let tag = evio_test_support::unique_tag();
         Fixture {
             kind,
             octet: if kind == "OVS" { 98 } else { 99 },
@@ -197,31 +194,9 @@ pub fn masquerade_rules(fx: &Fixture) -> usize {
         .count()
 }
 
-pub fn rand_u32() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    nanos ^ std::process::id().rotate_left(16)
-}
-
-pub fn link_exists(name: &str) -> bool {
-    ip(&["link", "show", name]).status.success()
-}
-
 /// Right after DEL a host veth is gone or retired: down, marked for the reaper.
 pub fn assert_cut_off(name: &str) {
-    let out = ip(&["-d", "link", "show", name]);
-    if !out.status.success() {
-        return; // already deleted
-    }
-    let shown = String::from_utf8_lossy(&out.stdout).to_string();
-    let flags = shown.split(['<', '>']).nth(1).unwrap_or_default();
-    assert!(
-        !flags.split(',').any(|f| f == "UP")
-            && shown.contains(&format!("alias {}", evio_cni::dataplane::reaper::RETIRED)),
-        "{name} is not cut off after DEL: {shown}"
-    );
+    evio_test_support::cni::assert_veth_retired(name);
 }
 
 pub fn ping_from(netns_path: &str, target: &str) -> bool {
@@ -237,10 +212,8 @@ pub fn ping_from(netns_path: &str, target: &str) -> bool {
 
 /// Whether ovsdb-server is up; under CI it must be.
 pub fn ovs_running() -> bool {
-    let ovs = Path::new("/run/openvswitch/db.sock").exists();
-    assert!(
-        ovs || std::env::var("CI").as_deref() != Ok("true"),
-        "ovsdb-server is not running under CI (scripts/ovs-start.sh starts it)"
-    );
-    ovs
+    evio_test_support::prerequisites(
+        "OVS dataplane",
+        &[("ovsdb", Path::new("/run/openvswitch/db.sock").exists())],
+    )
 }

@@ -197,19 +197,34 @@ pub(crate) fn print_cluster(c: &ClusterJson) {
         "pool:         podCIDR {} nodeBits {}",
         c.pod_cidr, c.node_bits
     );
-    // The lag is known only on the leader, which tracks every member's log.
+    // The lag is known only on the leader, which tracks every member's log; reachability is
+    // this member's own view (`-` where the two exchange no Raft traffic).
     println!(
-        "{:<22} {:<30} {:<22} {:<8} LAG",
-        "ID", "NAME", "ADDR", "ROLE"
+        "{:<22} {:<30} {:<22} {:<8} {:<6} {:<10} LAG",
+        "ID", "NAME", "ADDR", "ROLE", "REACH", "LAST RPC"
     );
     for m in &c.members {
         let lag = m
             .replication_lag
             .map_or_else(|| "-".to_string(), |l| l.to_string());
+        let reach = match m.reachable {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        let last = match m.heard_ms_ago.into_iter().chain(m.reached_ms_ago).min() {
+            Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+            None => "-".to_string(),
+        };
         println!(
-            "{:<22} {:<30} {:<22} {:<8} {lag}",
+            "{:<22} {:<30} {:<22} {:<8} {reach:<6} {last:<10} {lag}",
             m.id, m.name, m.addr, m.role
         );
+    }
+    for m in c.members.iter().filter(|m| m.reachable == Some(false)) {
+        if let Some(why) = &m.last_error {
+            println!("  {} unreachable: {why}", m.name);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use evio_cni::{BridgeType, NetConf, OvsDatapath};
 use evio_raft::{Pool, Replica, ReplicaConfig};
 
 use crate::cni_service::{CniService, IPAM_DIR};
+use crate::node_info::NodeInfo;
 use crate::serve::{self, spawn_api, ShutdownSignals};
 
 #[derive(clap::Args)]
@@ -96,9 +97,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     config.token = dev_token(&token_file)?;
     let replica = Replica::open(config).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = spawn_api(listener, replica.clone(), Default::default(), async {
-        let _ = stop_rx.await;
-    });
     let cni_socket = args
         .cni_socket
         .clone()
@@ -112,6 +110,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let cni = CniService::bind(&cni_socket, limits, args.data_dir.join(IPAM_DIR))?;
     let pods = cni.pods();
+    let options = evio_api::ApiOptions {
+        node: Some(std::sync::Arc::new(NodeInfo {
+            cni_socket: cni.path().to_path_buf(),
+            pods: cni.pods(),
+            kubernetes: None,
+        })),
+        ..Default::default()
+    };
+    let mut server = spawn_api(listener, replica.clone(), options, async {
+        let _ = stop_rx.await;
+    });
     let cni = tokio::spawn(cni.run());
 
     let setup = async {

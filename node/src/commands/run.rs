@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -17,6 +18,8 @@ use crate::cni_service::{CniService, IPAM_DIR};
 use crate::commands::config_gen;
 use crate::etcd::mirror::EtcdMirror;
 use crate::etcd::EtcdSettings;
+use crate::kube::KubeStatus;
+use crate::node_info::NodeInfo;
 use crate::serve::{self, spawn_api, ShutdownSignals};
 use evio_cni::dataplane::Limits;
 
@@ -428,6 +431,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .etcd
         .clone()
         .map(|etcd| EtcdMirror::new(etcd, replica.clone()));
+    let cni = match CniService::bind(
+        &settings.cni_socket,
+        settings.cni_limits,
+        settings.data_dir.join(IPAM_DIR),
+    ) {
+        Ok(service) => service,
+        Err(e) => {
+            replica.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    let kube_status = settings
+        .kubernetes
+        .then(|| KubeStatus::enabled(&settings.node_name));
+    let node_info = NodeInfo {
+        cni_socket: cni.path().to_path_buf(),
+        pods: cni.pods(),
+        kubernetes: kube_status.clone(),
+    };
     let mut server_stop = stop_rx.clone();
     let mut server = spawn_api(
         listener,
@@ -435,31 +457,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ApiOptions {
             auth_reads: settings.auth_reads,
             etcd_mirror: mirror.as_ref().map(EtcdMirror::status),
+            node: Some(Arc::new(node_info)),
         },
         async move {
             let _ = server_stop.wait_for(|stop| *stop).await;
         },
     );
-    let cni = match CniService::bind(
-        &settings.cni_socket,
-        settings.cni_limits,
-        settings.data_dir.join(IPAM_DIR),
-    ) {
-        Ok(service) => {
-            tokio::spawn(crate::cni_service::follow_lease(
-                replica.clone(),
-                service.pods(),
-                stop_rx.clone(),
-            ));
-            tokio::spawn(service.run())
-        }
-        Err(e) => {
-            let _ = stop_tx.send(true);
-            let _ = server.await;
-            replica.shutdown().await;
-            return Err(e.into());
-        }
-    };
+    tokio::spawn(crate::cni_service::follow_lease(
+        replica.clone(),
+        cni.pods(),
+        stop_rx.clone(),
+    ));
+    let cni = tokio::spawn(cni.run());
     let controller =
         MembershipController::new(replica.clone(), settings.voters, settings.voter_grace);
     let controller = tokio::spawn(controller.run(stop_rx.clone()));
@@ -475,18 +484,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
     });
     let mut kube_tasks = Vec::new();
-    if let (true, Some(client)) = (settings.kubernetes, &kube_client) {
+    if let (Some(status), Some(client)) = (&kube_status, &kube_client) {
         kube_tasks.push(tokio::spawn(crate::kube::annotate::run(
             client.clone(),
             replica.clone(),
             settings.node_name.clone(),
             advertise.clone(),
+            status.clone(),
             stop_rx.clone(),
         )));
         kube_tasks.push(tokio::spawn(crate::kube::node_gc::run(
             client.clone(),
             replica.clone(),
             settings.node_gc_grace,
+            status.clone(),
             stop_rx.clone(),
         )));
     }

@@ -114,12 +114,12 @@ impl EtcdMirror {
                 Err(e) => {
                     // One line per attempt: with the backoff that is once per backoff period.
                     tracing::warn!(error = %e, retry_in = ?backoff, "etcd mirror: etcd unavailable");
-                    let at = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+                    let at = evio_api::types::rfc3339(std::time::SystemTime::now());
                     self.update(|s| {
                         s.healthy = false;
                         s.errors += 1;
                         s.last_error = Some(e.to_string());
-                        s.last_error_at = Some(at.to_string());
+                        s.last_error_at = Some(at);
                     });
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -194,6 +194,7 @@ impl EtcdMirror {
             self.update(|s| {
                 s.mirrored_revision = revision;
                 s.keys = keys;
+                s.last_sync_at = Some(evio_api::types::rfc3339(std::time::SystemTime::now()));
             });
         }
     }
@@ -254,6 +255,7 @@ impl EtcdMirror {
             s.healthy = true;
             s.mirrored_revision = revision;
             s.keys = keys;
+            s.last_sync_at = Some(evio_api::types::rfc3339(std::time::SystemTime::now()));
         });
         Ok(Some(desired))
     }

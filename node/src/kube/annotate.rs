@@ -12,7 +12,8 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{json, Value};
 
 use super::{
-    sleep_or_stop, stopped, Backoff, KubeError, API_ADDRESS_ANNOTATION, POD_SUBNET_ANNOTATION,
+    sleep_or_stop, stopped, Backoff, KubeError, KubeStatus, API_ADDRESS_ANNOTATION,
+    POD_SUBNET_ANNOTATION,
 };
 
 /// Re-applied this often even when nothing changed (annotations edited by hand come back).
@@ -66,6 +67,7 @@ pub async fn run(
     replica: Arc<Replica>,
     node_name: String,
     api_address: String,
+    status: KubeStatus,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut raft_metrics = replica.raft().metrics();
@@ -74,15 +76,23 @@ pub async fn run(
     loop {
         let want = desired(&replica, &node_name, &api_address);
         if applied.as_ref() != Some(&want) {
+            status.update(|s| s.annotated = false);
             match apply(&client, &node_name, &want).await {
                 Ok(()) => {
                     tracing::info!(node = %node_name, pod_subnet = ?want.pod_subnet, api_address = %want.api_address, "annotated the Node");
+                    status.update(|s| {
+                        s.annotated = true;
+                        s.annotated_subnet = want.pod_subnet.clone();
+                        s.annotated_at =
+                            Some(evio_api::types::rfc3339(std::time::SystemTime::now()));
+                    });
                     applied = Some(want);
                     backoff.reset();
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(node = %node_name, error = %e, retry_in = ?delay, "cannot annotate the Node");
+                    status.failed("annotating the Node", &e);
                     if sleep_or_stop(delay, &mut stop).await {
                         return;
                     }

@@ -14,7 +14,10 @@ pub mod node_gc;
 pub mod peers;
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use evio_api::KubernetesJson;
 
 /// The Node annotation holding this node's pod subnet (`10.244.3.0/24`).
 pub const POD_SUBNET_ANNOTATION: &str = "evio.io/pod-subnet";
@@ -53,6 +56,38 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeError
         None => kube::Config::infer().await?,
     };
     kube::Client::try_from(config).map_err(KubeError::Client)
+}
+
+/// The integration's state as `GET /v1/node` shows it, written by [`annotate`] and
+/// [`node_gc`].
+#[derive(Clone, Default)]
+pub struct KubeStatus(Arc<RwLock<KubernetesJson>>);
+
+impl KubeStatus {
+    pub fn enabled(node_name: &str) -> Self {
+        Self(Arc::new(RwLock::new(KubernetesJson {
+            enabled: true,
+            node_name: Some(node_name.to_string()),
+            ..KubernetesJson::default()
+        })))
+    }
+
+    pub fn get(&self) -> KubernetesJson {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut KubernetesJson)) {
+        change(&mut self.0.write().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Records a failed Kubernetes call (`what` failed: `error`).
+    pub fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.update(|s| {
+            s.errors += 1;
+            s.last_error = Some(format!("{what}: {error}"));
+            s.last_error_at = Some(evio_api::types::rfc3339(std::time::SystemTime::now()));
+        });
+    }
 }
 
 /// Exponential backoff for retrying Kubernetes calls: 500 ms doubling to 30 s.

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 
-use super::{leadership, sleep_or_stop, stopped, Backoff};
+use super::{leadership, sleep_or_stop, stopped, Backoff, KubeStatus};
 
 /// Whether a lease owner is a real node name (not a reserved owner such as `legacy:...`).
 pub fn is_node_owner(owner: &str) -> bool {
@@ -101,6 +101,7 @@ pub async fn run(
     client: kube::Client,
     replica: Arc<Replica>,
     grace: Duration,
+    status: KubeStatus,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut raft_metrics = replica.raft().metrics();
@@ -115,13 +116,16 @@ pub async fn run(
             replica: replica.clone(),
             book: GraceBook::new(grace),
             backoff: Backoff::default(),
+            status: status.clone(),
         };
+        status.update(|s| s.node_gc_active = true);
         tokio::select! {
             _ = session.run(&mut stop) => return,
             _ = leadership(&mut raft_metrics, false) => {
                 tracing::info!("no longer leader: Node watch stopped");
             }
         }
+        status.update(|s| s.node_gc_active = false);
     }
 }
 
@@ -130,6 +134,7 @@ struct Session {
     replica: Arc<Replica>,
     book: GraceBook,
     backoff: Backoff,
+    status: KubeStatus,
 }
 
 impl Session {
@@ -195,12 +200,14 @@ impl Session {
                                     version = None;
                                 } else {
                                     tracing::warn!(error = %status.message, "Node watch error");
+                                    self.status.failed("node GC: Node watch", &status.message);
                                 }
                                 break;
                             }
                         },
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "Node watch broke; resuming");
+                            self.status.failed("node GC: Node watch", &e);
                             break;
                         }
                     },
@@ -228,6 +235,7 @@ impl Session {
     ) -> bool {
         let delay = self.backoff.next_delay();
         tracing::warn!(error = %error, retry_in = ?delay, "node GC: {what} failed");
+        self.status.failed(&format!("node GC: {what}"), error);
         sleep_or_stop(delay, stop).await
     }
 
@@ -254,6 +262,8 @@ impl Session {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(node = %node, error = %e, "node GC: cannot confirm the Node is gone; retrying later");
+                    self.status
+                        .failed(&format!("node GC: reading Node {node}"), &e);
                     return;
                 }
             }

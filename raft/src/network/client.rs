@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::contact::Contacts;
 use super::{
     encode_snapshot_chunk, APPEND_PATH, CLUSTER_HEADER, DENY_PEERS_ENV, SNAPSHOT_CONTENT_TYPE,
     SNAPSHOT_PATH, TARGET_HEADER, VOTE_PATH,
@@ -28,6 +29,7 @@ pub struct PeerHttp {
     token: Arc<str>,
     cluster_id: Arc<RwLock<Option<String>>>,
     deny: Arc<Vec<String>>,
+    contacts: Arc<Contacts>,
 }
 
 /// A request this process may not send (test-only deny list).
@@ -53,6 +55,7 @@ impl PeerHttp {
             token: Arc::from(token),
             cluster_id: Arc::new(RwLock::new(cluster_id)),
             deny: Arc::new(deny),
+            contacts: Arc::default(),
         }
     }
 
@@ -64,6 +67,11 @@ impl PeerHttp {
 
     pub fn cluster_id(&self) -> Option<String> {
         self.cluster_id.read().ok().and_then(|id| id.clone())
+    }
+
+    /// The Raft traffic with each member so far.
+    pub fn contacts(&self) -> &Contacts {
+        &self.contacts
     }
 
     pub fn token(&self) -> &str {
@@ -139,8 +147,29 @@ impl HttpPeer {
         self.send(path, "application/json", body, option).await
     }
 
-    /// Posts `body` and reads openraft's JSON result.
+    /// Posts `body` and reads openraft's JSON result, noting whether the target answered.
     async fn send<Resp, E>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, EvioNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result = self.exchange(path, content_type, body, option).await;
+        let contacts = self.peers.contacts();
+        match &result {
+            // A remote error is an answer: the member is reachable.
+            Ok(_) | Err(RPCError::RemoteError(_)) => contacts.reached(self.target),
+            Err(e) => contacts.failed(self.target, e),
+        }
+        result
+    }
+
+    async fn exchange<Resp, E>(
         &self,
         path: &str,
         content_type: &str,

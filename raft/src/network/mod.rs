@@ -3,6 +3,7 @@
 //! headers defined here.
 
 pub mod client;
+pub mod contact;
 pub mod server;
 
 use openraft::raft::InstallSnapshotRequest;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::types::{SnapshotMeta, TypeConfig, Vote};
 
 pub use client::{Denied, HttpNetwork, HttpPeer, PeerHttp};
+pub use contact::{Contact, Contacts};
 pub use server::{router, RpcRefusal};
 
 pub const APPEND_PATH: &str = "/raft/append";

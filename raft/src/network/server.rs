@@ -19,7 +19,7 @@ use super::{
     TARGET_HEADER, VOTE_PATH,
 };
 use crate::replica::Replica;
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{NodeId, TypeConfig, Vote};
 
 /// Why a Raft RPC was not handed to openraft. Answered as the API's JSON error body
 /// `{error, code}`.
@@ -111,6 +111,13 @@ fn header(request: &Request, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The sender of an RPC is the leader or candidate its vote names.
+fn heard(replica: &Replica, vote: &Vote) {
+    if let Some(sender) = vote.leader_id().voted_for() {
+        replica.peers().contacts().heard(sender);
+    }
+}
+
 /// Bodies are parsed here, not by axum's `Json`, so garbage gets a JSON 400.
 fn parse<T: DeserializeOwned>(body: &Bytes, what: &'static str) -> Result<T, RpcRefusal> {
     serde_json::from_slice(body).map_err(|source| RpcRefusal::InvalidBody { what, source })
@@ -118,11 +125,13 @@ fn parse<T: DeserializeOwned>(body: &Bytes, what: &'static str) -> Result<T, Rpc
 
 async fn append(State(replica): State<Arc<Replica>>, body: Bytes) -> Result<Response, RpcRefusal> {
     let rpc: AppendEntriesRequest<TypeConfig> = parse(&body, "append-entries")?;
+    heard(&replica, &rpc.vote);
     Ok(Json(replica.raft().append_entries(rpc).await).into_response())
 }
 
 async fn vote(State(replica): State<Arc<Replica>>, body: Bytes) -> Result<Response, RpcRefusal> {
     let rpc: VoteRequest<NodeId> = parse(&body, "vote")?;
+    heard(&replica, &rpc.vote);
     Ok(Json(replica.raft().vote(rpc).await).into_response())
 }
 
@@ -131,6 +140,7 @@ async fn snapshot(
     body: Bytes,
 ) -> Result<Response, RpcRefusal> {
     let rpc = decode_snapshot_chunk(&body)?;
+    heard(&replica, &rpc.vote);
     replica.note_snapshot_bytes(rpc.data.len());
     Ok(Json(replica.raft().install_snapshot(rpc).await).into_response())
 }

@@ -14,8 +14,6 @@
 //!
 //! It runs on its own thread and runtime, so blocking test code never starves it.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};

@@ -1,21 +1,20 @@
 //! `evio-bench <figure> --quick` keeps working: each subcommand runs its real processes (evio
 //! members, etcd members) at tiny sizes, exits 0 and writes JSON with the expected fields and
 //! sane values. No timing goal is asserted here: the figures are for docs/benchmarks.md.
+//!
+//! The evio-node and evio-cni binaries are the ones beside evio-bench in the target directory:
+//! `cargo test --workspace` builds them; alone, run `cargo build -p evio-node -p evio-cni` first.
 
 use std::path::Path;
 use std::process::Command;
 
+use evio_test_support::{evio_node_bin, have, prerequisites, target_bin};
 use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_evio-bench");
-const EVIO_NODE: &str = env!("CARGO_BIN_EXE_evio-node");
 
 fn etcd_available() -> bool {
-    let found = Command::new("etcd").arg("--version").output().is_ok();
-    if !found && std::env::var("CI").as_deref() == Ok("true") {
-        panic!("etcd is not installed (scripts/install-deps.sh installs etcd-server)");
-    }
-    found
+    have("etcd", "etcd-server")
 }
 
 /// Runs `evio-bench <figure> --quick --json FILE` and returns the JSON.
@@ -27,7 +26,7 @@ fn quick_with(global: &[&str], figure: &str) -> Value {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let json = dir.path().join(format!("{figure}.json"));
     let out = Command::new(BENCH)
-        .args(["--evio-node", EVIO_NODE])
+        .args(["--evio-node", evio_node_bin()])
         .args(global)
         .args([figure, "--quick", "--json"])
         .arg(&json)
@@ -155,7 +154,11 @@ fn join_quick() {
 #[test]
 fn a_bad_evio_run_arg_fails_with_the_members_error() {
     let out = Command::new(BENCH)
-        .args(["--evio-node", EVIO_NODE, "--evio-run-arg=--heartbeat-ms=0"])
+        .args([
+            "--evio-node",
+            evio_node_bin(),
+            "--evio-run-arg=--heartbeat-ms=0",
+        ])
         .args(["scale", "--quick"])
         .output()
         .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
@@ -177,23 +180,17 @@ fn missing_evio_node_is_named() {
 
 /// The pod benchmarks need root and the reference plugins; under CI they must run.
 fn pod_bench_prerequisites() -> Option<std::path::PathBuf> {
-    let evio_cni = Path::new(BENCH).with_file_name("evio-cni");
-    let root = nix::unistd::geteuid().is_root();
-    let plugins = Path::new("/usr/lib/cni/bridge").is_file();
-    if root && plugins && evio_cni.is_file() {
-        return Some(evio_cni);
-    }
-    let why = format!(
-        "root={root} /usr/lib/cni/bridge={plugins} {}={}",
-        evio_cni.display(),
-        evio_cni.is_file()
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "pod benchmark prerequisites missing under CI: {why}"
-    );
-    eprintln!("skipping the pod benchmarks outside CI: {why}");
-    None
+    prerequisites(
+        "the pod benchmarks",
+        &[
+            ("root", evio_test_support::is_root()),
+            (
+                "/usr/lib/cni/bridge",
+                Path::new("/usr/lib/cni/bridge").is_file(),
+            ),
+        ],
+    )
+    .then(|| target_bin("evio-cni"))
 }
 
 /// `pods` and `fill` (Linux bridge: OVS is covered by the CNI tests) through the real
@@ -210,7 +207,7 @@ fn pods_and_fill_quick() {
         let out = Command::new(BENCH)
             .args([
                 "--evio-node",
-                EVIO_NODE,
+                evio_node_bin(),
                 figure,
                 "--quick",
                 "--kind",

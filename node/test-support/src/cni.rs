@@ -1,9 +1,7 @@
 //! CNI plugins exec'd the way a container runtime does (`CNI_*` environment, config on
 //! stdin), inside a node's namespace if need be, a real `evio-node dev` daemon behind the
 //! shim's socket, and guards that remove what a test created (netns, links, masquerade rule,
-//! OVS bridge) even when it panics. `common::cni` (`use common::cni as cni_support;`).
-
-#![allow(dead_code)] // each test binary uses a different part
+//! OVS bridge) even when it panics.
 
 use std::fs::File;
 use std::io::Write;
@@ -13,53 +11,17 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use super::{evio_node, Proc, BIN};
+use crate::{evio_node, is_root, prerequisites, run, target_bin, Proc};
 
 /// Where Debian's containernetworking-plugins installs host-local, portmap, ...
 pub const PLUGIN_DIR: &str = "/usr/lib/cni";
 
 pub fn evio_cni_binary() -> PathBuf {
-    cni_crate_binary("evio-cni")
-}
-
-/// A binary of the evio-cni crate (`evio-cni`, `evio-ipam`).
-pub fn cni_crate_binary(name: &str) -> PathBuf {
-    // Built by `cargo test --workspace` next to evio-node.
-    let path = Path::new(BIN).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} missing: build the workspace (cargo build -p evio-cni --bins)",
-        path.display()
-    );
-    path
+    target_bin("evio-cni")
 }
 
 pub fn plugin(name: &str) -> PathBuf {
     Path::new(PLUGIN_DIR).join(name)
-}
-
-/// Whether the test can run here: all `checks` hold. Under CI=true a missing one fails the
-/// test loudly; elsewhere the test is skipped with the reason.
-pub fn prerequisites(test: &str, checks: &[(&str, bool)]) -> bool {
-    if checks.iter().all(|(_, ok)| *ok) {
-        return true;
-    }
-    let why = checks
-        .iter()
-        .map(|(what, ok)| format!("{what}={ok}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let why = format!("{why} (run scripts/install-deps.sh and scripts/ovs-start.sh as root)");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} prerequisites missing under CI: {why}"
-    );
-    eprintln!("skipping {test} outside CI: {why}");
-    false
-}
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 /// Root, host-local and a running ovsdb-server: what most evio-cni tests need.
@@ -217,20 +179,6 @@ pub fn exec_cni<'a>(
     (out.status.code().unwrap_or(-1), value)
 }
 
-/// Runs `program args`, which must succeed; returns its stdout.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `ip ARGS`, asserting success.
 pub fn ip(args: &[&str]) -> String {
     run("ip", args)
@@ -259,8 +207,8 @@ pub fn wait_until_gone(what: &str, mut present: impl FnMut() -> bool) {
 }
 
 /// Right after an evio DEL: the host veth is gone or retired (down, alias marked for the
-/// reaper); then it goes.
-pub fn assert_veth_retired_then_gone(name: &str) {
+/// reaper).
+pub fn assert_veth_retired(name: &str) {
     let shown = Command::new("ip")
         .args(["-o", "link", "show", "dev", name])
         .output()
@@ -270,10 +218,15 @@ pub fn assert_veth_retired_then_gone(name: &str) {
         let flags = shown.split(['<', '>']).nth(1).unwrap_or_default();
         assert!(
             !flags.split(',').any(|f| f == "UP")
-                && shown.contains(evio_cni::dataplane::reaper::RETIRED),
+                && shown.contains(&format!("alias {}", evio_cni::dataplane::reaper::RETIRED)),
             "{name} is neither gone nor retired after DEL: {shown}"
         );
     }
+}
+
+/// `assert_veth_retired`, then waits until the reaper deleted it.
+pub fn assert_veth_retired_then_gone(name: &str) {
+    assert_veth_retired(name);
     wait_until_gone(name, || link_exists(name));
 }
 

@@ -1,26 +1,29 @@
 //! Real `evio-node` processes for tests: spawned with JSON logs, ready once they log their
 //! API address, killed (and reaped) on drop.
 
-#![allow(dead_code)] // each test binary uses a different part
-
-pub mod cluster;
-pub mod cni;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use evio_api::Client;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_evio-node");
+/// The evio-node binary of this target dir (see `target_bin`).
+pub fn evio_node_bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        crate::target_bin("evio-node")
+            .to_string_lossy()
+            .into_owned()
+    })
+}
 
 /// `evio-node --log-format json ARGS` with a clean environment for the knobs tests set.
 pub fn evio_node(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(evio_node_bin());
     cmd.args(["--log-format", "json"]).args(args);
     cmd.env_remove("NODE_NAME")
         .env_remove("EVIO_TOKEN_FILE")
@@ -43,7 +46,7 @@ impl Proc {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("spawn {BIN}: {e}"))?;
+            .map_err(|e| format!("spawn {}: {e}", evio_node_bin()))?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use evio_api::{ClusterJson, Consistency, LeaseJson};
 
-use super::{evio_node, Proc};
+use crate::{evio_node, Proc};
 
 pub const TOKEN: &str = "cluster-test-token";
 
@@ -60,6 +60,12 @@ pub struct Node {
 impl Node {
     pub fn client(&self) -> evio_api::Client {
         self.proc.client(Some(TOKEN))
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Cluster {
+        Cluster::new()
     }
 }
 

@@ -1,7 +1,5 @@
-//! Helpers for the config-gen and etcd tests: small `evio-node run` clusters on 127.0.0.1
-//! and a real `etcd` server (Debian `etcd-server`) on free loopback ports.
-
-#![allow(dead_code)] // each test binary uses a different part
+//! A real `etcd` server (Debian `etcd-server`) on free loopback ports, with TLS files when a
+//! test needs them, and a client through evio-node's etcd JSON gateway.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,27 +7,7 @@ use std::time::{Duration, Instant};
 
 use evio_node::etcd_gateway::{Gateway, Op, RangeShape, TlsFiles as TlsGateway};
 
-pub use crate::common::cluster::*;
-
-pub fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// True when `program` can run; under CI=true a missing program fails the test loudly.
-pub fn have(program: &str, package: &str) -> bool {
-    let found = Path::new(program).is_file()
-        || std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-        });
-    if !found {
-        assert!(
-            !ci(),
-            "{program} is missing (Debian package {package}; scripts/install-deps.sh installs it)"
-        );
-        eprintln!("SKIPPED: {program} missing (install {package})");
-    }
-    found
-}
+use crate::cluster::free_addr;
 
 /// A real etcd server on free 127.0.0.1 ports with its own data dir; killed on drop.
 pub struct Etcd {
