@@ -555,7 +555,21 @@ async fn member_joins_a_table_too_big_for_one_json_snapshot() {
     let failures = futures::stream::iter(0..BIG_TABLE)
         .map(|i| {
             let client = client.clone();
-            async move { client.acquire(&format!("big-{i}"), None).await.err() }
+            // Retried through an election (503), as a node would: under a full test
+            // suite's load a 12,000-write fill can outlast a leader.
+            async move {
+                let mut tries = 0;
+                loop {
+                    match client.acquire(&format!("big-{i}"), None).await {
+                        Ok(_) => return None,
+                        Err(e) if tries < 50 && e.status().is_none_or(|s| s == 503) => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Some(e),
+                    }
+                }
+            }
         })
         .buffer_unordered(32)
         .filter_map(|failed| async move { failed })
