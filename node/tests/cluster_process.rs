@@ -555,18 +555,18 @@ async fn member_joins_a_table_too_big_for_one_json_snapshot() {
     let failures = futures::stream::iter(0..BIG_TABLE)
         .map(|i| {
             let client = client.clone();
-            // Retried through an election (503), as a node would: under a full test
-            // suite's load a 12,000-write fill can outlast a leader.
             async move {
-                let mut tries = 0;
+                // A burst this size on a loaded host may outlast a heartbeat window and cost
+                // an election; a client retries the 503 (an acquire by name is idempotent).
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
                 loop {
                     match client.acquire(&format!("big-{i}"), None).await {
-                        Ok(_) => return None,
-                        Err(e) if tries < 50 && e.status().is_none_or(|s| s == 503) => {
-                            tries += 1;
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        Err(e)
+                            if e.status() == Some(503) && std::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await
                         }
-                        Err(e) => return Some(e),
+                        result => return result.err(),
                     }
                 }
             }

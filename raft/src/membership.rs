@@ -34,11 +34,13 @@ pub struct JoinResponse {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
-    #[error("pool mismatch: this cluster serves podCIDR {cluster_cidr} nodeBits {cluster_bits}, the joining node {node} asks for podCIDR {node_cidr} nodeBits {node_bits}")]
+    #[error("pool mismatch: this cluster serves podCIDR {cluster_cidr} nodeBits {cluster_bits} ({cluster_families}), the joining node {node} asks for podCIDR {node_cidr} nodeBits {node_bits} ({node_families})")]
     PoolMismatch {
         node: String,
         cluster_cidr: String,
         cluster_bits: u8,
+        cluster_families: String,
+        node_families: String,
         node_cidr: String,
         node_bits: u8,
     },
@@ -79,8 +81,10 @@ impl Replica {
         if asked != Some(pool) {
             return Err(AdmitError::PoolMismatch {
                 node: join.name.clone(),
-                cluster_cidr: pool.pod_cidr().to_string(),
+                cluster_cidr: pool.pod_cidr_list(),
                 cluster_bits: pool.node_bits(),
+                cluster_families: pool.family_names(),
+                node_families: asked.map_or_else(|| "invalid".to_string(), |p| p.family_names()),
                 node_cidr: join.pod_cidr.clone(),
                 node_bits: join.node_bits,
             });
