@@ -194,13 +194,25 @@ async fn family_scenario(kind: &'static str, dual: bool, octet: u8) {
     let err = pods.check(&wrong_gw).await.map(|_| ()).unwrap_err();
     assert_eq!(err.code, codes::CODE_CHECK_FAILED, "{err:?}");
 
-    // DEL frees both families' reservations.
+    // GC with only pod b valid frees pod a's address of every family; DEL frees b's.
     assert_eq!(
         fx.reservations().len(),
         2 * (1 + v6),
         "{:?}",
         fx.reservations()
     );
+    let mut gc = fx.request(Command::Gc, "gc", "", config.clone());
+    gc.config["cni.dev/valid-attachments"] =
+        json!([{"containerID": add_b.container_id, "ifname": "eth0"}]);
+    pods.gc(&gc).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let mut kept = fx.reservations();
+    kept.sort();
+    let mut want_kept: Vec<String> = want_b
+        .iter()
+        .map(|a| a.split('/').next().unwrap_or_default().to_string())
+        .collect();
+    want_kept.sort();
+    assert_eq!(kept, want_kept);
     for (pod, ns) in [("a", &ns_a), ("b", &ns_b)] {
         let del = fx.request(Command::Del, pod, ns, config.clone());
         pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
