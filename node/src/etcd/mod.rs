@@ -137,12 +137,6 @@ pub fn original_range(lease: &evio_api::LeaseJson) -> Option<OriginalRange> {
     })
 }
 
-/// Resolves once `stop` turns true (or its sender is gone). Returns nothing, so no watch
-/// guard is held across an await.
-pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
