@@ -32,7 +32,6 @@ async fn start(cidr: &str, bits: u8, single: bool) -> Member {
         ),
     ]);
     replica
-        .raft()
         .initialize(members)
         .await
         .unwrap_or_else(|e| panic!("initialize: {e}"));

@@ -161,9 +161,9 @@ async fn dispatch(pods: &PodNetwork, request: &Request) -> Reply {
 pub async fn follow_lease(
     replica: Arc<evio_raft::Replica>,
     pods: Arc<PodNetwork>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut metrics = replica.raft().metrics();
+    let mut metrics = replica.watch_metrics();
     let node = replica.node().name.clone();
     loop {
         let blocks: Vec<ipnetwork::IpNetwork> = replica
@@ -185,7 +185,7 @@ pub async fn follow_lease(
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
-            _ = crate::etcd::stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -136,9 +136,3 @@ pub fn original_range(lease: &evio_api::LeaseJson) -> Option<OriginalRange> {
         prefix: block.pod_cidr.prefix(),
     })
 }
-
-/// Resolves once `stop` turns true (or its sender is gone). Returns nothing, so no watch
-/// guard is held across an await.
-pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
