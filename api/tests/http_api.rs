@@ -374,6 +374,7 @@ async fn cluster_health_and_metrics() {
     for line in [
         "evio_leases 2",
         "evio_leases_free 254",
+        "evio_pool_cidr{family=\"IPv4\",pod_cidr=\"10.244.0.0/16\"} 1",
         "evio_raft_is_leader 1",
         &format!(
             "evio_raft_leader{{leader_id=\"{}\"}} 1",

@@ -166,7 +166,13 @@ pub async fn follow_lease(
             .read()
             .table
             .get(&node)
-            .map(|lease| vec![lease.block.subnet.into()])
+            .map(|lease| {
+                lease
+                    .blocks()
+                    .into_iter()
+                    .map(|block| block.subnet)
+                    .collect()
+            })
             .unwrap_or_default();
         if blocks != pods.allocator().node_blocks() {
             tracing::info!(?blocks, "evio-ipam allocates from this node's block");

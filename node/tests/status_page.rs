@@ -127,7 +127,9 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
         .client()
         .reserve(
             legacy,
-            "10.244.200.0/24".parse().unwrap_or_else(|e| panic!("{e}")),
+            "10.244.200.0/24"
+                .parse::<ipnetwork::IpNetwork>()
+                .unwrap_or_else(|e| panic!("{e}")),
         )
         .await
         .unwrap_or_else(|e| panic!("reserve: {e}"));

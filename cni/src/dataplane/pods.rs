@@ -335,8 +335,15 @@ async fn status(net: &PodNetwork, request: &Request, deadline: Instant) -> Resul
 
 /// Pods route through the host: forwarding must be on. Failing to set it is logged, not
 /// fatal (it may be managed, and already on, elsewhere).
-pub(super) fn enable_forwarding() {
+pub(super) fn enable_forwarding(ipv6: bool) {
     if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1") {
         tracing::warn!(error = %e, "cannot enable IPv4 forwarding");
+    }
+    // Only for IPv6 pod networks: with forwarding on, the host stops taking router
+    // advertisements on links whose accept_ra is 1 (README: IPv6).
+    if ipv6 {
+        if let Err(e) = std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", b"1") {
+            tracing::warn!(error = %e, "cannot enable IPv6 forwarding");
+        }
     }
 }

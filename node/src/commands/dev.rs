@@ -113,7 +113,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let options = evio_api::ApiOptions {
         node: Some(std::sync::Arc::new(NodeInfo {
             cni_socket: cni.path().to_path_buf(),
-            pods: cni.pods(),
+            pods: pods.clone(),
             kubernetes: None,
         })),
         ..Default::default()
@@ -127,8 +127,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         replica.bootstrap_single().await?;
         replica.wait_for_leader(Duration::from_secs(30)).await?;
         let (lease, created) = replica.acquire(&node_name, None).await?;
-        pods.allocator()
-            .set_node_blocks(vec![lease.block.subnet.into()]);
+        pods.allocator().set_node_blocks(
+            lease
+                .blocks()
+                .into_iter()
+                .map(|block| block.subnet)
+                .collect(),
+        );
         let net_d = args.data_dir.join("net.d");
         // The conflist names this daemon's socket, so evio-cni reaches this dev instance.
         let conf = NetConf {

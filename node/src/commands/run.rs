@@ -68,7 +68,7 @@ pub struct RunArgs {
     /// Replace a voter unreachable for longer than this (e.g. 60s, 2m). Default: 60s.
     #[arg(long)]
     voter_grace: Option<String>,
-    /// Minimum election timeout in ms (the maximum is twice it). Default: 400.
+    /// Minimum election timeout in ms (the maximum is 1.5 times it). Default: 200.
     #[arg(long)]
     election_timeout_ms: Option<u64>,
     /// Leader heartbeat interval in ms. Default: 100.
@@ -335,7 +335,7 @@ impl RunArgs {
             tuning: RaftTuning {
                 heartbeat_ms: heartbeat,
                 election_timeout_min_ms: election_min,
-                election_timeout_max_ms: election_min * 2,
+                election_timeout_max_ms: RaftTuning::election_max_for(election_min),
                 snapshot_every: args.snapshot_every.unwrap_or(defaults.snapshot_every),
                 logs_kept_after_snapshot: args
                     .snapshot_keep
@@ -587,7 +587,7 @@ async fn join(
         node_id: replica.node_id(),
         name: settings.node_name.clone(),
         addr: replica.node().addr.clone(),
-        pod_cidr: settings.pool.pod_cidr().to_string(),
+        pod_cidr: settings.pool.pod_cidr_list(),
         node_bits: settings.pool.node_bits(),
     };
     let mut backoff = Duration::from_millis(250);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 
 use super::{BridgeDriver, Port};
@@ -55,7 +55,7 @@ impl BridgeDriver for OvsBridge {
         handle: &'a Handle,
         bridge: &'a str,
         _mtu: u32,
-        address: Option<Ipv4Network>,
+        addresses: &'a [IpNetwork],
     ) -> BoxFuture<'a, Result<u32>> {
         async move {
             // Asks OVSDB only when the cache has no such bridge.
@@ -63,7 +63,7 @@ impl BridgeDriver for OvsBridge {
                 .ovsdb
                 .ensure_bridge(bridge, self.datapath.as_str())
                 .await?;
-            match netlink::bridge_ready(handle, bridge, address).await {
+            match netlink::bridge_ready(handle, bridge, addresses).await {
                 Ok(index) => Ok(index),
                 Err(e) => {
                     if created {
