@@ -418,7 +418,11 @@ mod tests {
     use evio_lease_model::{LeaseCommand, LeaseTable, Pool};
 
     fn lease_at_block_3() -> Lease {
-        let pool = Pool::parse("10.244.0.16/16", 8).unwrap_or_else(|e| panic!("{e}"));
+        lease_at_block_3_of("10.244.0.16/16")
+    }
+
+    fn lease_at_block_3_of(pod_cidr: &str) -> Lease {
+        let pool = Pool::parse(pod_cidr, 8).unwrap_or_else(|e| panic!("{e}"));
         let mut table = LeaseTable::new(pool);
         for (i, node) in ["a", "b", "c", "d"].iter().enumerate() {
             table.apply(
@@ -475,6 +479,61 @@ mod tests {
         assert_eq!(plugin["ovsDatapath"], "system");
         assert_eq!(plugin["socket"], "/run/evio/cni.sock");
         assert_eq!(value["plugins"][1]["type"], "portmap");
+    }
+
+    #[test]
+    fn conflist_gives_a_range_and_a_default_route_per_family() {
+        let conf = NetConf {
+            is_ipv6_masq: true,
+            ..NetConf::default()
+        };
+        let dual = conflist(
+            &conf,
+            &lease_at_block_3_of("10.244.0.0/16,fd00:10:244::/56"),
+        );
+        let plugin = &dual["plugins"][0];
+        assert_eq!(plugin["bridgeIPv4"], "10.244.3.1/16");
+        assert_eq!(plugin["bridgeIPv6"], "fd00:10:244:3::1/56");
+        assert_eq!(plugin["podCIDR"], "10.244.0.0/16");
+        assert_eq!(plugin["nodeSubnet"], "10.244.3.0/24");
+        assert_eq!(plugin["podCIDRv6"], "fd00:10:244::/56");
+        assert_eq!(plugin["nodeSubnetV6"], "fd00:10:244:3::/64");
+        assert_eq!(plugin["isIPv6Masq"], true);
+        assert_eq!(
+            plugin["ipam"]["ranges"][1],
+            json!([{"subnet": "fd00:10:244::/56", "rangeStart": "fd00:10:244:3::2",
+                    "rangeEnd": "fd00:10:244:3:ffff:ffff:ffff:fffe",
+                    "gateway": "fd00:10:244:3::1"}])
+        );
+        assert_eq!(plugin["ipam"]["ranges"][0][0]["subnet"], "10.244.0.0/16");
+        assert_eq!(
+            plugin["ipam"]["routes"],
+            json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+        );
+        let parsed = PluginConf::parse(&json!(plugin
+            .as_object()
+            .map(|o| {
+                let mut o = o.clone();
+                o.insert("name".into(), json!("n"));
+                o
+            })
+            .unwrap_or_default()));
+        assert!(parsed.is_ok(), "{parsed:?}");
+
+        let v6 = conflist(
+            &NetConf::default(),
+            &lease_at_block_3_of("fd00:10:244::/56"),
+        );
+        let plugin = &v6["plugins"][0];
+        assert!(plugin.get("bridgeIPv4").is_none(), "{plugin}");
+        assert!(plugin.get("podCIDR").is_none(), "{plugin}");
+        assert!(
+            plugin.get("isIPv6Masq").is_none(),
+            "off by default: {plugin}"
+        );
+        assert_eq!(plugin["bridgeIPv6"], "fd00:10:244:3::1/56");
+        assert_eq!(plugin["ipam"]["ranges"].as_array().map(Vec::len), Some(1));
+        assert_eq!(plugin["ipam"]["routes"], json!([{"dst": "::/0"}]));
     }
 
     #[test]
