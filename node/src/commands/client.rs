@@ -22,7 +22,7 @@ pub struct ApiArgs {
 impl ApiArgs {
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let token = match &self.token_file {
-            Some(path) => Some(crate::commands::run::read_token(path)?),
+            Some(path) => Some(crate::host::read_token(path)?),
             None => None,
         };
         Ok(Client::new(&self.api)?.with_token(token))

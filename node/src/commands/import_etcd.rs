@@ -67,7 +67,7 @@ pub async fn run(args: ImportEtcdArgs) -> anyhow::Result<()> {
         key_file: args.key_file.clone(),
     };
     let token = match &args.token_file {
-        Some(path) => Some(crate::commands::run::read_token(path)?),
+        Some(path) => Some(crate::host::read_token(path)?),
         None => None,
     };
     let api = Client::new(&args.api)?.with_token(token);

@@ -174,33 +174,23 @@ impl HttpPeer {
     {
         let body =
             serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(path, "application/json", body, option).await
+        let result = self.send(path, "application/json", body, option).await;
+        self.note(&result);
+        result
     }
 
-    /// Posts `body` and reads openraft's JSON result, noting whether the target answered.
-    async fn send<Resp, E>(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: Vec<u8>,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, EvioNode, RaftError<NodeId, E>>>
-    where
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let result = self.exchange(path, content_type, body, option).await;
+    /// Notes whether the target answered (a remote error is an answer: it is reachable).
+    fn note<T, E: std::error::Error>(&self, result: &Result<T, RPCError<NodeId, EvioNode, E>>) {
         let contacts = self.peers.contacts();
-        match &result {
-            // A remote error is an answer: the member is reachable.
+        match result {
             Ok(_) => contacts.answered(self.target),
             Err(RPCError::RemoteError(_)) => contacts.reached(self.target),
             Err(e) => contacts.failed(self.target, e),
         }
-        result
     }
 
-    async fn exchange<Resp, E>(
+    /// Posts `body` and reads openraft's JSON result.
+    async fn send<Resp, E>(
         &self,
         path: &str,
         content_type: &str,
@@ -288,8 +278,11 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
     > {
         let body =
             encode_snapshot_chunk(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(SNAPSHOT_PATH, SNAPSHOT_CONTENT_TYPE, body, &option)
-            .await
+        let result = self
+            .send(SNAPSHOT_PATH, SNAPSHOT_CONTENT_TYPE, body, &option)
+            .await;
+        self.note(&result);
+        result
     }
 
     async fn vote(
