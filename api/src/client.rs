@@ -207,12 +207,12 @@ impl Client {
     pub async fn reserve(
         &self,
         owner: &str,
-        subnet: ipnetwork::Ipv4Network,
+        subnet: impl Into<ipnetwork::IpNetwork>,
     ) -> Result<(LeaseJson, bool), ClientError> {
         let url = self.url("/v1/reservations");
         let body = ReserveBody {
             owner: owner.to_string(),
-            subnet,
+            subnet: subnet.into(),
         };
         let response = self.send(self.http.post(&url).json(&body), &url).await?;
         let created = response.status() == StatusCode::CREATED;

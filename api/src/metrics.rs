@@ -32,6 +32,12 @@ pub struct LeaderLabels {
     pub leader_id: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub family: String,
+    pub pod_cidr: String,
+}
+
 /// Leases released because their Kubernetes Node was deleted (`evio-node run --kubernetes`).
 /// Process-wide: the node GC increments it, every registry exports it.
 static NODE_GC_RELEASES: std::sync::LazyLock<Counter> = std::sync::LazyLock::new(Counter::default);
@@ -49,6 +55,7 @@ pub struct ApiMetrics {
     leases_free: Gauge,
     term: Gauge,
     leader: Family<LeaderLabels, Gauge>,
+    pool: Family<PoolLabels, Gauge>,
     is_leader: Gauge,
     last_applied: Gauge,
     last_log_index: Gauge,
@@ -79,6 +86,7 @@ impl ApiMetrics {
         let leases_free = Gauge::default();
         let term = Gauge::default();
         let leader = Family::<LeaderLabels, Gauge>::default();
+        let pool = Family::<PoolLabels, Gauge>::default();
         let is_leader = Gauge::default();
         let last_applied = Gauge::default();
         let last_log_index = Gauge::default();
@@ -129,6 +137,11 @@ impl ApiMetrics {
             "Free node blocks in the local replica",
             leases_free.clone(),
         );
+        registry.register(
+            "pool_cidr",
+            "1 for each podCIDR of the pool, by family (two on a dual-stack pool)",
+            pool.clone(),
+        );
         registry.register("raft_term", "Current Raft term", term.clone());
         registry.register(
             "raft_leader",
@@ -168,6 +181,7 @@ impl ApiMetrics {
             leases_free,
             term,
             leader,
+            pool,
             is_leader,
             last_applied,
             last_log_index,
@@ -217,6 +231,16 @@ impl ApiMetrics {
             self.leases.set(gauge_value(applied.table.len() as u64));
             self.leases_free
                 .set(gauge_value(applied.table.free_blocks()));
+            self.pool.clear();
+            let pool = applied.table.pool();
+            for cidr in pool.pod_cidrs() {
+                self.pool
+                    .get_or_create(&PoolLabels {
+                        family: evio_raft::pool::Family::of(&cidr).to_string(),
+                        pod_cidr: cidr.to_string(),
+                    })
+                    .set(1);
+            }
         }
         self.term.set(gauge_value(metrics.current_term));
         self.leader.clear();

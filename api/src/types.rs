@@ -1,9 +1,9 @@
 //! JSON shapes of the HTTP API (camelCase), shared by the server and the typed client.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -12,22 +12,27 @@ pub fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-/// A lease as the API shows it.
+/// A lease as the API shows it. `subnet`, `gateway`, `rangeStart`, `rangeEnd` and `podCIDR`
+/// describe the primary block — the IPv4 one whenever the pool has IPv4, as clients of earlier
+/// versions expect; `subnets` lists the block of every family (IPv4 first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseJson {
     pub node: String,
     #[schema(value_type = String, example = "10.244.3.0/24")]
-    pub subnet: Ipv4Network,
-    #[schema(value_type = String, format = Ipv4)]
-    pub gateway: Ipv4Addr,
-    #[schema(value_type = String, format = Ipv4)]
-    pub range_start: Ipv4Addr,
-    #[schema(value_type = String, format = Ipv4)]
-    pub range_end: Ipv4Addr,
+    pub subnet: IpNetwork,
+    #[schema(value_type = String, example = "10.244.3.1")]
+    pub gateway: IpAddr,
+    #[schema(value_type = String, example = "10.244.3.2")]
+    pub range_start: IpAddr,
+    #[schema(value_type = String, example = "10.244.3.254")]
+    pub range_end: IpAddr,
     #[serde(rename = "podCIDR")]
     #[schema(value_type = String, example = "10.244.0.0/16")]
-    pub pod_cidr: Ipv4Network,
+    pub pod_cidr: IpNetwork,
+    /// The node's block in each family of the pool, IPv4 first (absent from earlier servers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<BlockJson>,
     #[serde(rename = "hostIP")]
     #[schema(value_type = Option<String>, format = Ipv4)]
     pub host_ip: Option<Ipv4Addr>,
@@ -36,9 +41,56 @@ pub struct LeaseJson {
     pub acquired_at: String,
 }
 
+/// One family's block of a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockJson {
+    #[schema(value_type = String, example = "fd00:10:244:3::/64")]
+    pub subnet: IpNetwork,
+    #[schema(value_type = String, example = "fd00:10:244:3::1")]
+    pub gateway: IpAddr,
+    #[schema(value_type = String, example = "fd00:10:244:3::2")]
+    pub range_start: IpAddr,
+    #[schema(value_type = String, example = "fd00:10:244:3:ffff:ffff:ffff:fffe")]
+    pub range_end: IpAddr,
+    /// The family's podCIDR: pods take its mask.
+    #[serde(rename = "podCIDR")]
+    #[schema(value_type = String, example = "fd00:10:244::/56")]
+    pub pod_cidr: IpNetwork,
+}
+
+impl LeaseJson {
+    /// Every family's block; from a server that predates `subnets`, the primary one.
+    pub fn blocks(&self) -> Vec<BlockJson> {
+        if !self.subnets.is_empty() {
+            return self.subnets.clone();
+        }
+        vec![BlockJson {
+            subnet: self.subnet,
+            gateway: self.gateway,
+            range_start: self.range_start,
+            range_end: self.range_end,
+            pod_cidr: self.pod_cidr,
+        }]
+    }
+}
+
 impl From<&evio_raft::Lease> for LeaseJson {
     fn from(lease: &evio_raft::Lease) -> Self {
         let acquired = UNIX_EPOCH + Duration::from_millis(lease.record.acquired_at);
+        let subnets = lease
+            .blocks()
+            .into_iter()
+            .filter_map(|block| {
+                Some(BlockJson {
+                    subnet: block.subnet,
+                    gateway: block.gateway,
+                    range_start: block.range_start,
+                    range_end: block.range_end,
+                    pod_cidr: lease.pool.cidr_of(block.family())?,
+                })
+            })
+            .collect();
         Self {
             node: lease.record.node.clone(),
             subnet: lease.block.subnet,
@@ -46,6 +98,7 @@ impl From<&evio_raft::Lease> for LeaseJson {
             range_start: lease.block.range_start,
             range_end: lease.block.range_end,
             pod_cidr: lease.pool.pod_cidr(),
+            subnets,
             host_ip: lease.record.host_ip,
             revision: lease.record.revision,
             acquired_at: rfc3339(acquired),
@@ -241,9 +294,14 @@ pub struct ClusterJson {
     pub leader_id: Option<u64>,
     pub term: u64,
     pub last_applied: Option<u64>,
+    /// The primary podCIDR (IPv4 whenever the pool has IPv4).
     #[serde(rename = "podCIDR")]
     #[schema(value_type = String, example = "10.244.0.0/16")]
-    pub pod_cidr: Ipv4Network,
+    pub pod_cidr: IpNetwork,
+    /// Every podCIDR of the pool, IPv4 first (absent from earlier servers).
+    #[serde(rename = "podCIDRs", default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>, example = json!(["10.244.0.0/16", "fd00:10:244::/56"]))]
+    pub pod_cidrs: Vec<IpNetwork>,
     pub node_bits: u8,
     /// True while a membership change (joint configuration) is in flight.
     #[serde(default)]
@@ -370,7 +428,7 @@ pub struct NodePodsJson {
 pub struct ReserveBody {
     pub owner: String,
     #[schema(value_type = String, example = "10.244.3.0/24")]
-    pub subnet: Ipv4Network,
+    pub subnet: IpNetwork,
 }
 
 /// Body of `POST /v1/leases/{node}/claim`: take over a reserved range.

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::history::{History, Op, OpKind, Outcome, ProbeKind};
@@ -47,7 +47,7 @@ pub fn check_all(history: &History) -> Vec<InvariantResult> {
     ]
 }
 
-fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
     a.contains(b.network()) || b.contains(a.network())
 }
 
@@ -126,7 +126,7 @@ pub fn one_lease_per_node(history: &History) -> InvariantResult {
 pub fn acknowledged_leases_kept(history: &History) -> InvariantResult {
     let mut violations = Vec::new();
     let mut checked = 0;
-    let mut expected: Vec<(String, Ipv4Network)> = history.host_leases.clone();
+    let mut expected: Vec<(String, IpNetwork)> = history.host_leases.clone();
     let mut by_key: HashMap<&str, Vec<&Op>> = HashMap::new();
     for op in &history.ops {
         by_key.entry(&op.key).or_default().push(op);
@@ -336,7 +336,7 @@ mod tests {
     use super::*;
     use crate::history::{FaultWindow, MemberState, Probe, Sample};
 
-    fn net(s: &str) -> Ipv4Network {
+    fn net(s: &str) -> IpNetwork {
         s.parse().unwrap_or_else(|e| panic!("{e}"))
     }
 

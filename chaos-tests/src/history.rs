@@ -2,7 +2,7 @@
 //! outcome, replica samples, availability probes and the fault windows. Checkers read only
 //! this, so they can be fed planted histories in tests.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,7 +37,7 @@ pub struct Op {
     pub complete_ms: u64,
     pub outcome: Outcome,
     /// Acquire: the subnet returned. Read: the subnet seen (`None`: no lease).
-    pub value: Option<Ipv4Network>,
+    pub value: Option<IpNetwork>,
 }
 
 /// One member's local replica (`?consistency=local`) at one moment.
@@ -45,7 +45,7 @@ pub struct Op {
 pub struct Sample {
     pub member: usize,
     pub at_ms: u64,
-    pub leases: Vec<(String, Ipv4Network)>,
+    pub leases: Vec<(String, IpNetwork)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +89,7 @@ pub struct MemberState {
     pub leader_id: Option<u64>,
     pub is_leader: bool,
     pub last_applied: Option<u64>,
-    pub leases: Vec<(String, Ipv4Network)>,
+    pub leases: Vec<(String, IpNetwork)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -99,7 +99,7 @@ pub struct History {
     pub probes: Vec<Probe>,
     pub faults: Vec<FaultWindow>,
     /// Host leases acquired before the faults (never released): node name -> subnet.
-    pub host_leases: Vec<(String, Ipv4Network)>,
+    pub host_leases: Vec<(String, IpNetwork)>,
     /// Final states, one per member, taken when they converged (or at the deadline).
     pub final_states: Vec<MemberState>,
     /// Heal to convergence, when it converged.

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use crate::history::{Op, OpKind, Outcome};
 
@@ -16,7 +16,7 @@ use crate::history::{Op, OpKind, Outcome};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Model {
     Absent,
-    Held(Ipv4Network),
+    Held(IpNetwork),
     /// Held with a subnet nobody has observed yet (an unknown acquire took effect).
     HeldUnseen,
 }
@@ -148,7 +148,7 @@ pub fn check(ops: &[Op]) -> (usize, Vec<Verdict>) {
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> Option<Ipv4Network> {
+    fn net(s: &str) -> Option<IpNetwork> {
         Some(s.parse().unwrap_or_else(|e| panic!("{e}")))
     }
 
@@ -157,7 +157,7 @@ mod tests {
         kind: OpKind,
         span: (u64, u64),
         outcome: Outcome,
-        value: Option<Ipv4Network>,
+        value: Option<IpNetwork>,
     ) -> Op {
         Op {
             id,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use evio_api::types::{Consistency, LeaseJson};
 use evio_api::{Client, ClientError};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -94,7 +94,7 @@ pub async fn lease_client(
         let client = client.with_token(Some(token.clone()));
         let id = recorder.next_id.fetch_add(1, Ordering::Relaxed);
         let invoke_ms = recorder.now_ms();
-        let result: Result<Result<Option<Ipv4Network>, ClientError>, _> = match kind {
+        let result: Result<Result<Option<IpNetwork>, ClientError>, _> = match kind {
             OpKind::Acquire => {
                 tokio::time::timeout(OP_TIMEOUT, async {
                     client

@@ -26,6 +26,8 @@ pub struct NetConf {
     pub is_gateway: bool,
     pub is_default_gateway: bool,
     pub is_ip_masq: bool,
+    /// Masquerade IPv6 pods too (off by default).
+    pub is_ipv6_masq: bool,
     /// Pod MTU; `None` lets each ADD follow the link carrying the node's host IP.
     pub mtu: Option<u32>,
     /// The evio-node CNI socket the plugin forwards requests to.
@@ -49,6 +51,7 @@ impl Default for NetConf {
             is_gateway: true,
             is_default_gateway: true,
             is_ip_masq: true,
+            is_ipv6_masq: false,
             mtu: None,
             socket: crate::spec::DEFAULT_SOCKET.into(),
             ovs_datapath: OvsDatapath::System,
@@ -74,6 +77,8 @@ pub struct OriginalNetConf {
     pub is_default_gateway: Option<bool>,
     #[serde(rename = "isIPMasq")]
     pub is_ip_masq: Option<bool>,
+    #[serde(rename = "isIPv6Masq")]
+    pub is_ipv6_masq: Option<bool>,
     pub mtu: Option<u32>,
     pub socket: Option<String>,
     pub ovs_datapath: Option<OvsDatapath>,
@@ -145,8 +150,12 @@ impl OriginalNetConf {
                 typed(object, $key).map_err(|reason| invalid($key, &reason))?
             };
         }
-        let pod_cidr: String = field!("podCIDR")
-            .ok_or_else(|| invalid("podCIDR", "required, e.g. \"10.244.0.0/16\""))?;
+        let pod_cidr: String = field!("podCIDR").ok_or_else(|| {
+            invalid(
+                "podCIDR",
+                "required, e.g. \"10.244.0.0/16\", \"fd00:10:244::/56\" or both, comma-separated",
+            )
+        })?;
         let node_bits: StringOrNumber =
             field!("nodeBits").ok_or_else(|| invalid("nodeBits", "required, e.g. \"8\""))?;
         let conf = OriginalNetConf {
@@ -159,6 +168,7 @@ impl OriginalNetConf {
             is_gateway: field!("isGateway"),
             is_default_gateway: field!("isDefaultGateway"),
             is_ip_masq: field!("isIPMasq"),
+            is_ipv6_masq: field!("isIPv6Masq"),
             mtu: field!("mtu"),
             socket: field!("socket"),
             ovs_datapath: field!("ovsDatapath"),
@@ -230,6 +240,7 @@ impl OriginalNetConf {
             is_gateway: self.is_gateway.unwrap_or(d.is_gateway),
             is_default_gateway: self.is_default_gateway.unwrap_or(d.is_default_gateway),
             is_ip_masq: self.is_ip_masq.unwrap_or(d.is_ip_masq),
+            is_ipv6_masq: self.is_ipv6_masq.unwrap_or(d.is_ipv6_masq),
             mtu: self.mtu.or(d.mtu),
             socket: self.socket.clone().unwrap_or(d.socket),
             ovs_datapath: self.ovs_datapath.unwrap_or(d.ovs_datapath),
@@ -262,20 +273,21 @@ pub enum ConfError {
     },
 }
 
-/// The plugin object of the conflist for `lease`.
+/// The plugin object of the conflist for `lease`: per family of the pool, a bridge address
+/// (the block's gateway with the podCIDR's prefix), one host-local range and a default route.
 pub fn plugin_conf(conf: &NetConf, lease: &Lease) -> PluginConf {
-    let pod_cidr = lease.pool.pod_cidr();
-    let gateway = lease.block.gateway;
-    PluginConf {
+    use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+    use std::net::IpAddr;
+    let mut plugin = PluginConf {
         plugin_type: PLUGIN_TYPE.into(),
         bridge: conf.bridge.clone(),
         bridge_type: conf.bridge_type,
-        // A /prefix always fits an Ipv4Network.
-        bridge_ipv4: ipnetwork::Ipv4Network::new(gateway, pod_cidr.prefix())
-            .unwrap_or(ipnetwork::Ipv4Network::from(gateway)),
+        bridge_ipv4: None,
+        bridge_ipv6: None,
         is_gateway: conf.is_gateway,
         is_default_gateway: conf.is_default_gateway,
         is_ip_masq: conf.is_ip_masq,
+        is_ipv6_masq: conf.is_ipv6_masq,
         mtu: conf.mtu,
         host_ip: lease.record.host_ip,
         hairpin_mode: false,
@@ -283,19 +295,47 @@ pub fn plugin_conf(conf: &NetConf, lease: &Lease) -> PluginConf {
         ovs_datapath: conf.ovs_datapath,
         ovsdb_socket: conf.ovsdb_socket.clone(),
         reply_timeout: conf.reply_timeout,
-        pod_cidr: Some(pod_cidr),
-        node_subnet: Some(lease.block.subnet),
-        ipam: json!({
-            "type": "host-local",
-            "ranges": [[{
-                "subnet": pod_cidr.to_string(),
-                "rangeStart": lease.block.range_start.to_string(),
-                "rangeEnd": lease.block.range_end.to_string(),
-                "gateway": gateway.to_string(),
-            }]],
-            "routes": [{"dst": "0.0.0.0/0"}],
-        }),
+        pod_cidr: None,
+        node_subnet: None,
+        pod_cidr_v6: None,
+        node_subnet_v6: None,
+        ipam: Value::Null,
+    };
+    let mut ranges = Vec::new();
+    let mut routes = Vec::new();
+    for block in lease.blocks() {
+        let Some(pod_cidr) = lease.pool.cidr_of(block.family()) else {
+            continue;
+        };
+        ranges.push(json!([{
+            "subnet": pod_cidr.to_string(),
+            "rangeStart": block.range_start.to_string(),
+            "rangeEnd": block.range_end.to_string(),
+            "gateway": block.gateway.to_string(),
+        }]));
+        match (pod_cidr, block.subnet, block.gateway) {
+            (IpNetwork::V4(cidr), IpNetwork::V4(subnet), IpAddr::V4(gateway)) => {
+                // A /prefix always fits an Ipv4Network.
+                plugin.bridge_ipv4 = Some(
+                    Ipv4Network::new(gateway, cidr.prefix()).unwrap_or(Ipv4Network::from(gateway)),
+                );
+                plugin.pod_cidr = Some(cidr);
+                plugin.node_subnet = Some(subnet);
+                routes.push(json!({"dst": "0.0.0.0/0"}));
+            }
+            (IpNetwork::V6(cidr), IpNetwork::V6(subnet), IpAddr::V6(gateway)) => {
+                plugin.bridge_ipv6 = Some(
+                    Ipv6Network::new(gateway, cidr.prefix()).unwrap_or(Ipv6Network::from(gateway)),
+                );
+                plugin.pod_cidr_v6 = Some(cidr);
+                plugin.node_subnet_v6 = Some(subnet);
+                routes.push(json!({"dst": "::/0"}));
+            }
+            _ => {}
+        }
     }
+    plugin.ipam = json!({"type": "host-local", "ranges": ranges, "routes": routes});
+    plugin
 }
 
 /// The `cniVersion` a runtime reads when its libcni predates `cniVersions` (containerd 1.6

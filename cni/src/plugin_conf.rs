@@ -3,7 +3,7 @@
 //! so no key is lost between the two. DEL and GC read the lenient [`TeardownConf`]: they must
 //! work with whatever config the runtime still has.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -73,17 +73,34 @@ pub struct PluginConf {
     pub bridge: String,
     #[serde(default)]
     pub bridge_type: BridgeType,
-    /// The bridge's address (the pods' gateway) with the pod CIDR's prefix.
-    #[serde(rename = "bridgeIPv4")]
-    pub bridge_ipv4: Ipv4Network,
-    /// Whether the bridge gets `bridgeIPv4` (forced on by `isDefaultGateway`, as the
+    /// The bridge's IPv4 address (the pods' gateway) with the pod CIDR's prefix; absent on an
+    /// IPv6-only network. At least one of `bridgeIPv4` and `bridgeIPv6` is required.
+    #[serde(
+        rename = "bridgeIPv4",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bridge_ipv4: Option<Ipv4Network>,
+    /// The bridge's IPv6 address (`::1` of the node's block) with the IPv6 pod CIDR's prefix.
+    #[serde(
+        rename = "bridgeIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bridge_ipv6: Option<Ipv6Network>,
+    /// Whether the bridge gets its addresses (forced on by `isDefaultGateway`, as the
     /// reference bridge plugin does).
     #[serde(default = "yes")]
     pub is_gateway: bool,
     #[serde(default)]
     pub is_default_gateway: bool,
+    /// Masquerade IPv4 pod traffic leaving the pod network.
     #[serde(default, rename = "isIPMasq")]
     pub is_ip_masq: bool,
+    /// Masquerade IPv6 pod traffic leaving the pod network (off by default: ULA pod networks
+    /// are usually routed, and global ones never need it).
+    #[serde(default, rename = "isIPv6Masq", skip_serializing_if = "is_false")]
+    pub is_ipv6_masq: bool,
     /// Pod MTU; absent → the MTU of the link carrying `hostIP` (the host overlay), else
     /// [`DEFAULT_MTU`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +129,15 @@ pub struct PluginConf {
     pub pod_cidr: Option<Ipv4Network>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_subnet: Option<Ipv4Network>,
+    /// The IPv6 pod overlay and this node's IPv6 block (IPv6 masquerade needs both).
+    #[serde(default, rename = "podCIDRv6", skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<Ipv6Network>,
+    #[serde(
+        default,
+        rename = "nodeSubnetV6",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub node_subnet_v6: Option<Ipv6Network>,
     /// Handed to the IPAM plugin as is (its `type` is checked).
     #[serde(default)]
     pub ipam: Value,
@@ -175,11 +201,48 @@ impl PluginConf {
                 ),
             ));
         }
-        if self.is_ip_masq && (self.node_subnet.is_none() || self.pod_cidr.is_none()) {
+        if self.bridge_ipv4.is_none() && self.bridge_ipv6.is_none() {
+            return Err(invalid(
+                "bridgeIPv4",
+                "(missing): bridgeIPv4, bridgeIPv6 or both are required",
+            ));
+        }
+        // isIPMasq is about IPv4: an IPv6-only network ignores it, as it has no IPv4 pods.
+        if self.is_ip_masq
+            && self.bridge_ipv4.is_some()
+            && (self.node_subnet.is_none() || self.pod_cidr.is_none())
+        {
             return Err(invalid(
                 "isIPMasq",
                 "isIPMasq needs nodeSubnet and podCIDR in the network config",
             ));
+        }
+        if self.is_ipv6_masq && (self.node_subnet_v6.is_none() || self.pod_cidr_v6.is_none()) {
+            return Err(invalid(
+                "isIPv6Masq",
+                "isIPv6Masq needs nodeSubnetV6 and podCIDRv6 in the network config",
+            ));
+        }
+        for (key, bridge, cidr) in [
+            (
+                "bridgeIPv4",
+                self.bridge_ipv4.map(IpNetwork::V4),
+                self.pod_cidr.map(IpNetwork::V4),
+            ),
+            (
+                "bridgeIPv6",
+                self.bridge_ipv6.map(IpNetwork::V6),
+                self.pod_cidr_v6.map(IpNetwork::V6),
+            ),
+        ] {
+            if let (Some(bridge), Some(cidr)) = (bridge, cidr) {
+                if !cidr.contains(bridge.ip()) {
+                    return Err(invalid(
+                        key,
+                        format!("{bridge} is outside the pod CIDR {cidr}"),
+                    ));
+                }
+            }
         }
         for (key, path) in [
             ("socket", &self.socket),
@@ -207,9 +270,30 @@ impl PluginConf {
         self.mtu.unwrap_or(DEFAULT_MTU)
     }
 
-    /// The address the bridge carries, if any: `isDefaultGateway` implies `isGateway`.
-    pub fn bridge_address(&self) -> Option<Ipv4Network> {
-        (self.is_gateway || self.is_default_gateway).then_some(self.bridge_ipv4)
+    /// The addresses the bridge carries, IPv4 first (none without `isGateway`;
+    /// `isDefaultGateway` implies it).
+    pub fn bridge_addresses(&self) -> Vec<IpNetwork> {
+        if !(self.is_gateway || self.is_default_gateway) {
+            return Vec::new();
+        }
+        self.bridge_ipv4
+            .map(IpNetwork::V4)
+            .into_iter()
+            .chain(self.bridge_ipv6.map(IpNetwork::V6))
+            .collect()
+    }
+
+    /// The bridge's (gateway's) address in the family of `addr`.
+    pub fn gateway_for(&self, addr: std::net::IpAddr) -> Option<std::net::IpAddr> {
+        match addr {
+            std::net::IpAddr::V4(_) => self.bridge_ipv4.map(|n| n.ip().into()),
+            std::net::IpAddr::V6(_) => self.bridge_ipv6.map(|n| n.ip().into()),
+        }
+    }
+
+    /// Whether any family of this network is IPv6.
+    pub fn has_ipv6(&self) -> bool {
+        self.bridge_ipv6.is_some()
     }
 
     pub fn ovsdb_socket(&self) -> &str {
@@ -271,7 +355,7 @@ mod tests {
     fn round_trips_every_key() {
         let conf = PluginConf::parse(&sample()).unwrap_or_else(|e| panic!("{e}"));
         assert!(!conf.is_gateway);
-        assert_eq!(conf.bridge_address(), None);
+        assert_eq!(conf.bridge_addresses(), vec![]);
         assert_eq!(conf.ovs_datapath, OvsDatapath::Auto);
         let mut written = serde_json::to_value(&conf).unwrap_or_default();
         written["name"] = json!("n");
@@ -293,6 +377,48 @@ mod tests {
             let err = PluginConf::parse(&config).map(|_| ()).unwrap_err();
             assert!(err.key.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn ipv6_and_dual_stack_keys() {
+        let mut dual = sample();
+        dual["bridgeIPv6"] = json!("fd00:1:0:3::1/56");
+        dual["podCIDRv6"] = json!("fd00:1::/56");
+        dual["nodeSubnetV6"] = json!("fd00:1:0:3::/64");
+        dual["isIPv6Masq"] = json!(true);
+        dual["isGateway"] = json!(true);
+        let conf = PluginConf::parse(&dual).unwrap_or_else(|e| panic!("{e}"));
+        let shown: Vec<String> = conf
+            .bridge_addresses()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(shown, ["10.1.3.1/16", "fd00:1:0:3::1/56"]);
+        let mut written = serde_json::to_value(&conf).unwrap_or_default();
+        written["name"] = json!("n");
+        assert_eq!(PluginConf::parse(&written).ok(), Some(conf));
+        // IPv6 only: isIPMasq (IPv4) does not need the IPv4 keys
+        let mut v6 = dual.clone();
+        for key in ["bridgeIPv4", "podCIDR", "nodeSubnet"] {
+            v6.as_object_mut().map(|o| o.remove(key));
+        }
+        assert!(PluginConf::parse(&v6).is_ok());
+        for (key, value, named) in [
+            ("bridgeIPv6", json!("fd00:1:0:3::1/129"), "bridgeIPv6"),
+            ("bridgeIPv6", json!("10.1.3.1/16"), "bridgeIPv6"),
+            ("bridgeIPv6", json!("fd09::1/56"), "bridgeIPv6"),
+            ("nodeSubnetV6", json!(null), "isIPv6Masq"),
+            ("podCIDRv6", json!("fd00:1::/999"), "podCIDRv6"),
+        ] {
+            let mut config = dual.clone();
+            config[key] = value;
+            let err = PluginConf::parse(&config).map(|_| ()).unwrap_err();
+            assert!(err.key.contains(named), "{key}: {err}");
+        }
+        let mut neither = v6;
+        neither.as_object_mut().map(|o| o.remove("bridgeIPv6"));
+        let err = PluginConf::parse(&neither).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("bridgeIPv6"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The Linux-bridge packet path in real network namespaces with the real host-local plugin:
-//! two pods get addresses from the node block and reach each other and the gateway; a failed
+//! The packet path (Linux bridge and OVS) in real network namespaces with the real host-local
+//! plugin: two pods get addresses from the node block (IPv4, IPv6 or both) and reach each other
+//! and the gateway; a failed
 //! ADD leaves no veth and no address behind; DEL is idempotent and works without the netns.
 //! Needs root (CI runs as root; under CI=true a missing prerequisite fails the test).
 
@@ -47,6 +48,212 @@ scenario_matrix! {
     ovs_evio_ipam_0_4_0: "OVS", "evio-ipam", "0.4.0", 77;
     ovs_evio_ipam_1_0_0: "OVS", "evio-ipam", "1.0.0", 78;
     ovs_evio_ipam_1_1_0: "OVS", "evio-ipam", "1.1.0", 79;
+}
+
+/// IPv6-only and dual-stack pod networks on either bridge kind (`fd00:0:<n>::/48`, and
+/// `10.<n>.0.0/16` for dual stack).
+macro_rules! family_matrix {
+    ($($name:ident: $kind:literal, $dual:literal, $octet:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            if prerequisites() && ($kind == "LXBR" || ovs_running()) {
+                family_scenario($kind, $dual, $octet).await;
+            }
+        }
+    )*};
+}
+
+family_matrix! {
+    lxbr_ipv6_only: "LXBR", false, 70;
+    lxbr_dual_stack: "LXBR", true, 71;
+    ovs_ipv6_only: "OVS", false, 72;
+    ovs_dual_stack: "OVS", true, 73;
+}
+
+fn addresses_of(result: &serde_json::Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .map(|ips| {
+            ips.iter()
+                .map(|ip| ip["address"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn netns_output(netns: &str, args: &[&str]) -> String {
+    let mut all = vec!["-n", netns.trim_start_matches("/run/netns/")];
+    all.extend_from_slice(args);
+    String::from_utf8_lossy(&ip(&all).stdout).to_string()
+}
+
+/// Two pods on an IPv6-only or dual-stack network: an address per family, a default route per
+/// family, usable at once (no DAD wait), reaching each other and the gateway over IPv6 (and
+/// IPv4); CHECK covers both families; the IPv6 masquerade rule follows `isIPv6Masq`; DEL frees
+/// both addresses.
+async fn family_scenario(kind: &'static str, dual: bool, octet: u8) {
+    let mut fx = Fixture::new(kind);
+    fx.octet = octet;
+    fx.version = "1.1.0";
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let (ns_a, ns_b) = (fx.netns("a"), fx.netns("b"));
+    let config = fx.config_families(dual, "3.254", "3::fe");
+
+    let add_a = fx.request(Command::Add, "a", &ns_a, config.clone());
+    let result_a = pods.add(&add_a).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let add_b = fx.request(Command::Add, "b", &ns_b, config.clone());
+    let result_b = pods.add(&add_b).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let (mut want_a, mut want_b, mut routes) = (vec![], vec![], vec![]);
+    if dual {
+        want_a.push(fx.net("3.2/16"));
+        want_b.push(fx.net("3.3/16"));
+        routes.push(json!({"dst": "0.0.0.0/0", "gw": fx.net("3.1")}));
+    }
+    want_a.push(fx.net6("3::2/48"));
+    want_b.push(fx.net6("3::3/48"));
+    routes.push(json!({"dst": "::/0", "gw": fx.net6("3::1")}));
+    assert_eq!(addresses_of(&result_a), want_a, "{result_a}");
+    assert_eq!(addresses_of(&result_b), want_b, "{result_b}");
+    assert_eq!(result_a["routes"], json!(routes), "{result_a}");
+    let v6 = usize::from(dual);
+    assert_eq!(
+        result_a["ips"][v6]["gateway"],
+        fx.net6("3::1"),
+        "{result_a}"
+    );
+
+    // The bridge carries both gateways; the pod's addresses are usable now (nodad: never
+    // tentative) and it has a default route per family.
+    let bridge_addr =
+        String::from_utf8_lossy(&ip(&["addr", "show", &fx.bridge]).stdout).to_string();
+    // (the kernel's own link-local address does go through DAD)
+    let usable = |shown: &str, addr: &str| {
+        shown
+            .lines()
+            .any(|l| l.contains(&format!("inet6 {addr} ")) && !l.contains("tentative"))
+    };
+    assert!(usable(&bridge_addr, &fx.net6("3::1/48")), "{bridge_addr}");
+    assert_eq!(
+        bridge_addr.contains(&fx.net("3.1/16")),
+        dual,
+        "{bridge_addr}"
+    );
+    let pod_addr = netns_output(&ns_a, &["-6", "addr", "show", "dev", "eth0"]);
+    assert!(usable(&pod_addr, &fx.net6("3::2/48")), "{pod_addr}");
+    let pod_routes = netns_output(&ns_a, &["-6", "route", "show", "default"]);
+    assert!(
+        pod_routes.contains(&format!("via {}", fx.net6("3::1"))),
+        "{pod_routes}"
+    );
+    let v4_routes = netns_output(&ns_a, &["-4", "route", "show", "default"]);
+    assert_eq!(v4_routes.contains(&fx.net("3.1")), dual, "{v4_routes}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
+            .unwrap_or_default()
+            .trim(),
+        "1"
+    );
+
+    assert!(
+        ping_from(&ns_a, &fx.net6("3::1")),
+        "pod a cannot reach the IPv6 gateway"
+    );
+    assert!(
+        ping_from(&ns_a, &fx.net6("3::3")),
+        "pod a cannot reach pod b over IPv6"
+    );
+    assert!(
+        ping_from(&ns_b, &fx.net6("3::2")),
+        "pod b cannot reach pod a over IPv6"
+    );
+    if dual {
+        assert!(
+            ping_from(&ns_a, &fx.net("3.3")),
+            "pod a cannot reach pod b over IPv4"
+        );
+        assert_eq!(masquerade_rules(&fx), 1);
+    }
+    assert_eq!(masquerade_rules_v6(&fx), 1, "isIPv6Masq: one ip6 rule");
+
+    // CHECK: both families as ADD left them; a wrong IPv6 address or gateway fails it.
+    let mut check_a = fx.request(Command::Check, "a", &ns_a, config.clone());
+    check_a.config["prevResult"] = result_a.clone();
+    pods.check(&check_a)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let mut wrong = check_a.clone();
+    wrong.config["prevResult"]["ips"][v6]["address"] = json!(fx.net6("3::77/48"));
+    let err = pods.check(&wrong).await.map(|_| ()).unwrap_err();
+    assert_eq!(err.code, codes::CODE_CHECK_FAILED, "{err:?}");
+    let mut wrong_gw = check_a.clone();
+    wrong_gw.config["prevResult"]["routes"][v6]["gw"] = json!(fx.net6("3::99"));
+    let err = pods.check(&wrong_gw).await.map(|_| ()).unwrap_err();
+    assert_eq!(err.code, codes::CODE_CHECK_FAILED, "{err:?}");
+
+    // DEL frees both families' reservations.
+    assert_eq!(
+        fx.reservations().len(),
+        2 * (1 + v6),
+        "{:?}",
+        fx.reservations()
+    );
+    for (pod, ns) in [("a", &ns_a), ("b", &ns_b)] {
+        let del = fx.request(Command::Del, pod, ns, config.clone());
+        pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+    }
+    assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
+    pods.settled().await;
+}
+
+/// ADD announces a pod's IPv6 address with an unsolicited neighbour advertisement: a bridge
+/// that accepts untracked advertisements learns the pod's neighbour entry before the pod
+/// sends any traffic (the IPv6 counterpart of the gratuitous ARP below).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_sends_unsolicited_neighbour_advertisement() {
+    if !prerequisites() {
+        return;
+    }
+    let mut fx = Fixture::new("LXBR");
+    fx.octet = 74;
+    let created = ip(&["link", "add", &fx.bridge, "type", "bridge"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{}/accept_untracked_na", fx.bridge),
+        b"1",
+    )
+    .unwrap_or_else(|e| panic!("accept_untracked_na: {e}"));
+    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let netns = fx.netns("n");
+    let add = fx.request(
+        Command::Add,
+        "n",
+        &netns,
+        fx.config_families(false, "3.254", "3::fe"),
+    );
+    let result = pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let pod_ip = fx.net6("3::2");
+    assert_eq!(addresses_of(&result), [format!("{pod_ip}/48")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let neigh =
+            String::from_utf8_lossy(&ip(&["-6", "neigh", "show", "dev", &fx.bridge]).stdout)
+                .to_string();
+        if neigh.lines().any(|l| l.starts_with(&format!("{pod_ip} "))) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no neighbour entry for {pod_ip}: {neigh}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut del = add.clone();
+    del.command = Command::Del;
+    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
 }
 
 #[test]

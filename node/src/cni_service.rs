@@ -75,6 +75,11 @@ impl CniService {
 
     /// Serves until the task is dropped or aborted.
     pub async fn run(self) {
+        match self.pods.adopt_attached().await {
+            Ok(0) => {}
+            Ok(found) => tracing::info!(found, "pod interfaces attached before this start"),
+            Err(e) => tracing::warn!(error = %e, "cannot list the pod interfaces already attached"),
+        }
         loop {
             let (stream, _) = match self.listener.accept().await {
                 Ok(conn) => conn,
@@ -166,7 +171,13 @@ pub async fn follow_lease(
             .read()
             .table
             .get(&node)
-            .map(|lease| vec![lease.block.subnet.into()])
+            .map(|lease| {
+                lease
+                    .blocks()
+                    .into_iter()
+                    .map(|block| block.subnet)
+                    .collect()
+            })
             .unwrap_or_default();
         if blocks != pods.allocator().node_blocks() {
             tracing::info!(?blocks, "evio-ipam allocates from this node's block");

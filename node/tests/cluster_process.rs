@@ -563,7 +563,21 @@ async fn member_joins_a_table_too_big_for_one_json_snapshot() {
     let failures = futures::stream::iter(0..BIG_TABLE)
         .map(|i| {
             let client = client.clone();
-            async move { client.acquire(&format!("big-{i}"), None).await.err() }
+            async move {
+                // A burst this size on a loaded host may outlast a heartbeat window and cost
+                // an election; a client retries the 503 (an acquire by name is idempotent).
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                loop {
+                    match client.acquire(&format!("big-{i}"), None).await {
+                        Err(e)
+                            if e.status() == Some(503) && std::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                        }
+                        result => return result.err(),
+                    }
+                }
+            }
         })
         .buffer_unordered(32)
         .filter_map(|failed| async move { failed })

@@ -39,13 +39,15 @@ pub enum DataDirError {
     MissingIdentity { path: PathBuf },
     #[error("data dir {path}: {IDENTITY_FILE} is unreadable: {reason}")]
     CorruptIdentity { path: PathBuf, reason: String },
-    #[error("data dir {path} was created for podCIDR {stored_cidr} nodeBits {stored_bits}, but this start asks for podCIDR {asked_cidr} nodeBits {asked_bits}; use the original values or a new data dir")]
+    #[error("data dir {path} was created for podCIDR {stored_cidr} nodeBits {stored_bits} ({stored_families}), but this start asks for podCIDR {asked_cidr} nodeBits {asked_bits} ({asked_families}); use the original values or a new data dir")]
     PoolMismatch {
         path: PathBuf,
         stored_cidr: String,
         stored_bits: u8,
+        stored_families: String,
         asked_cidr: String,
         asked_bits: u8,
+        asked_families: String,
     },
 }
 
@@ -87,10 +89,12 @@ impl DataDir {
                 if stored != pool {
                     return Err(DataDirError::PoolMismatch {
                         path: root.to_path_buf(),
-                        stored_cidr: stored.pod_cidr().to_string(),
+                        stored_cidr: stored.pod_cidr_list(),
                         stored_bits: stored.node_bits(),
-                        asked_cidr: pool.pod_cidr().to_string(),
+                        stored_families: stored.family_names(),
+                        asked_cidr: pool.pod_cidr_list(),
                         asked_bits: pool.node_bits(),
+                        asked_families: pool.family_names(),
                     });
                 }
                 Ok(Self {
@@ -110,7 +114,7 @@ impl DataDir {
                     // 53 bits so ids survive JSON consumers that use doubles; zero is
                     // reserved so an id is never confused with "unset".
                     node_id: (rand::random::<u64>() >> 11).max(1),
-                    pod_cidr: pool.pod_cidr().to_string(),
+                    pod_cidr: pool.pod_cidr_list(),
                     node_bits: pool.node_bits(),
                     cluster_id: None,
                 };
@@ -199,6 +203,35 @@ mod tests {
             msg.contains("10.0.0.0/8") && msg.contains("nodeBits 12"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_changed_family_set_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let v4 = pool("10.244.0.0/16", 8);
+        let dual = pool("10.244.0.0/16,fd00:10:244::/56", 8);
+        let v6 = pool("fd00:10:244::/56", 8);
+        let id = DataDir::open(dir.path(), dual).map(|d| d.node_id()).ok();
+        assert!(id.is_some());
+        assert_eq!(
+            DataDir::open(dir.path(), dual).map(|d| d.node_id()).ok(),
+            id,
+            "a dual-stack data dir reopens"
+        );
+        for other in [v4, v6] {
+            let msg = DataDir::open(dir.path(), other)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("10.244.0.0/16,fd00:10:244::/56") && msg.contains("(IPv4+IPv6)"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains(&format!("({})", other.family_names())),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

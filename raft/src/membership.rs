@@ -34,11 +34,13 @@ pub struct JoinResponse {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
-    #[error("pool mismatch: this cluster serves podCIDR {cluster_cidr} nodeBits {cluster_bits}, the joining node {node} asks for podCIDR {node_cidr} nodeBits {node_bits}")]
+    #[error("pool mismatch: this cluster serves podCIDR {cluster_cidr} nodeBits {cluster_bits} ({cluster_families}), the joining node {node} asks for podCIDR {node_cidr} nodeBits {node_bits} ({node_families})")]
     PoolMismatch {
         node: String,
         cluster_cidr: String,
         cluster_bits: u8,
+        cluster_families: String,
+        node_families: String,
         node_cidr: String,
         node_bits: u8,
     },
@@ -79,8 +81,10 @@ impl Replica {
         if asked != Some(pool) {
             return Err(AdmitError::PoolMismatch {
                 node: join.name.clone(),
-                cluster_cidr: pool.pod_cidr().to_string(),
+                cluster_cidr: pool.pod_cidr_list(),
                 cluster_bits: pool.node_bits(),
+                cluster_families: pool.family_names(),
+                node_families: asked.map_or_else(|| "invalid".to_string(), |p| p.family_names()),
                 node_cidr: join.pod_cidr.clone(),
                 node_bits: join.node_bits,
             });
@@ -165,16 +169,6 @@ impl Replica {
         let value: serde_json::Value = response.json().await.ok()?;
         value["nodeId"].as_u64()
     }
-
-    async fn probe_healthy(&self, addr: &str) -> bool {
-        let Ok(request) = self.peers().request(reqwest::Method::GET, addr, "/healthz") else {
-            return false;
-        };
-        matches!(
-            request.timeout(Duration::from_secs(1)).send().await,
-            Ok(response) if response.status().is_success()
-        )
-    }
 }
 
 /// The leader's membership loop: keeps `target_voters` voters (odd) out of healthy,
@@ -226,19 +220,14 @@ impl MembershipController {
         if membership.get_joint_config().len() > 1 {
             return Ok(()); // a change is in flight
         }
+        // Liveness is when a member last answered this leader's Raft RPC (heartbeats reach
+        // every member several times a second), not a probe of its own: probing every member
+        // twice a second cost the leader as many requests again as the heartbeats at 256.
         let now = Instant::now();
-        let probes = membership
-            .nodes()
-            .filter(|(id, _)| **id != replica.node_id())
-            .map(|(id, node)| {
-                let replica = replica.clone();
-                let (id, addr) = (*id, node.addr.clone());
-                async move { (id, replica.probe_healthy(&addr).await) }
-            });
-        for (id, healthy) in futures_join_all(probes).await {
-            let seen = self.last_seen.entry(id).or_insert(now);
-            if healthy {
-                *seen = now;
+        for (id, _) in membership.nodes() {
+            let seen = self.last_seen.entry(*id).or_insert(now);
+            if let Some(answered) = replica.peers().contacts().get(*id).answered {
+                *seen = (*seen).max(answered);
             }
         }
         self.last_seen.insert(replica.node_id(), now);
@@ -310,20 +299,4 @@ impl MembershipController {
             .map_err(write_error)?;
         Ok(())
     }
-}
-
-/// Runs futures concurrently and collects their outputs (probes are few and short).
-async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for handle in handles {
-        if let Ok(value) = handle.await {
-            out.push(value);
-        }
-    }
-    out
 }

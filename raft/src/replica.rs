@@ -22,6 +22,13 @@ use crate::store::{self, LocalView, StoreError};
 use crate::types::{EvioNode, NodeId, Raft, RaftMetrics};
 
 /// Raft timing and log compaction; the defaults suit edge links (slower than a datacenter).
+///
+/// How the timing adds up (openraft 0.9): a follower that heard its leader keeps refusing
+/// votes for a leader lease of `election_timeout_max_ms`, and stands for election only after
+/// hearing nothing for that lease plus its own timeout (drawn once per process from
+/// `[min, max)`), checked every 1.5 heartbeats. With the defaults (heartbeat 100 ms, 200–300
+/// ms) a follower tolerates 500–600 ms of silence (5–6 lost heartbeats) and a dead leader is
+/// replaced 0.5–0.75 s after its last heartbeat. See docs/failover.md.
 #[derive(Debug, Clone)]
 pub struct RaftTuning {
     pub heartbeat_ms: u64,
@@ -37,12 +44,21 @@ pub struct RaftTuning {
     pub snapshot_chunk_bytes: usize,
 }
 
+impl RaftTuning {
+    /// The largest election timeout for a smallest one of `min_ms`: 1.5 times it, wide enough
+    /// that two survivors rarely stand at the same tick, and short because openraft adds the
+    /// maximum again as the leader lease before anyone may stand.
+    pub const fn election_max_for(min_ms: u64) -> u64 {
+        min_ms + min_ms / 2
+    }
+}
+
 impl Default for RaftTuning {
     fn default() -> Self {
         Self {
             heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: RaftTuning::election_max_for(200),
             snapshot_every: 1000,
             logs_kept_after_snapshot: 500,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
@@ -210,7 +226,7 @@ impl Replica {
         .validate()
         .map_err(|e| OpenError::Config(e.to_string()))?;
         let peers = PeerHttp::new(&config.token, data_dir.cluster_id().map(str::to_string));
-        let network = HttpNetwork::new(peers.clone());
+        let network = HttpNetwork::new(peers.clone(), view.clone());
         let node_id = data_dir.node_id();
         let raft = Raft::new(node_id, Arc::new(raft_config), network, logs, state_machine)
             .await

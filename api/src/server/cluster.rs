@@ -94,6 +94,7 @@ pub(super) async fn status(State(state): State<ApiState>) -> Json<ClusterJson> {
         term: metrics.current_term,
         last_applied: metrics.last_applied.map(|id| id.index),
         pod_cidr: replica.pool().pod_cidr(),
+        pod_cidrs: replica.pool().pod_cidrs(),
         node_bits: replica.pool().node_bits(),
         membership_changing: membership.get_joint_config().len() > 1,
         members,

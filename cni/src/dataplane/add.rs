@@ -1,12 +1,13 @@
 //! ADD: validate everything (nothing is created for a bad request), then the bridge, the
 //! veth pair (pod end born in the pod netns), its bridge port and the masquerade check while
-//! IPAM runs, then the pod's address and routes and the result. Any failure undoes what was done.
+//! IPAM runs, then the pod's addresses (one per family) and routes and the result. Any
+//! failure undoes what was done.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -22,17 +23,26 @@ use crate::plugin_conf::{InvalidKey, PluginConf, DEFAULT_MTU};
 use crate::result;
 use crate::spec::{Command, Request};
 
-/// The pod's address and gateway from the IPAM result (any supported result version).
-pub(super) fn ipam_address(result: &Value) -> Result<(Ipv4Network, Option<Ipv4Addr>)> {
-    let first = &result["ips"][0];
-    let address: Ipv4Network = first["address"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| IpamError::NoAddress {
-            result: result.to_string(),
-        })?;
-    let gateway = first["gateway"].as_str().and_then(|g| g.parse().ok());
-    Ok((address, gateway))
+/// The pod's addresses (one per family on a dual-stack network) and their gateways from the
+/// IPAM result (any supported result version).
+pub(super) fn ipam_addresses(result: &Value) -> Result<Vec<(IpNetwork, Option<IpAddr>)>> {
+    let no_address = || IpamError::NoAddress {
+        result: result.to_string(),
+    };
+    let ips = result["ips"].as_array().ok_or_else(no_address)?;
+    let mut addresses = Vec::with_capacity(ips.len());
+    for ip in ips {
+        let address: IpNetwork = ip["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(no_address)?;
+        let gateway = ip["gateway"].as_str().and_then(|g| g.parse().ok());
+        addresses.push((address, gateway));
+    }
+    if addresses.is_empty() {
+        return Err(no_address().into());
+    }
+    Ok(addresses)
 }
 
 /// The pod MTU: the config's `mtu`, which the link carrying the node's host IP (the host
@@ -130,10 +140,20 @@ pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) 
     };
     // The masquerade check (one nft listing) runs then too: node-wide and idempotent.
     let masquerade = async {
-        match (conf.is_ip_masq, conf.node_subnet, conf.pod_cidr) {
-            (true, Some(subnet), Some(cidr)) => net.masquerade.ensure(subnet, cidr, deadline).await,
-            _ => Ok(()),
+        if let (true, Some(subnet), Some(cidr)) = (conf.is_ip_masq, conf.node_subnet, conf.pod_cidr)
+        {
+            net.masquerade
+                .ensure(subnet.into(), cidr.into(), deadline)
+                .await?;
         }
+        if let (true, Some(subnet), Some(cidr)) =
+            (conf.is_ipv6_masq, conf.node_subnet_v6, conf.pod_cidr_v6)
+        {
+            net.masquerade
+                .ensure(subnet.into(), cidr.into(), deadline)
+                .await?;
+        }
+        Ok::<(), super::masquerade::MasqueradeError>(())
     };
     let (links, ipam_result, masqueraded) = tokio::join!(
         links,
@@ -177,7 +197,12 @@ async fn add_links(
     let bridge_index = {
         let _serialized = net.bridge_lock.lock().await;
         driver
-            .ensure(&net.handle, &conf.bridge, conf.mtu(), conf.bridge_address())
+            .ensure(
+                &net.handle,
+                &conf.bridge,
+                conf.mtu(),
+                &conf.bridge_addresses(),
+            )
             .await?
     };
     let host_index =
@@ -217,18 +242,23 @@ async fn configure(
     prev: Option<&Value>,
 ) -> Result<Value> {
     let version = request.version();
-    let (address, ipam_gateway) = ipam_address(ipam_result)?;
-    let gateway = ipam_gateway.unwrap_or(conf.bridge_ipv4.ip());
-    let default_gw = conf.is_default_gateway.then_some(gateway);
-    pod_netns::address_pod_side(
-        built.pod,
-        built.interface,
-        address.ip(),
-        address.prefix(),
-        default_gw,
-    )
-    .await?;
-    enable_forwarding();
+    let addresses = ipam_addresses(ipam_result)?;
+    let mut ips = Vec::with_capacity(addresses.len());
+    let mut default_gws = Vec::new();
+    for (address, ipam_gateway) in &addresses {
+        let gateway = ipam_gateway.or_else(|| conf.gateway_for(address.ip()));
+        if conf.is_default_gateway {
+            default_gws.extend(gateway);
+        }
+        let mut ip = json!({"address": address.to_string(), "interface": 2});
+        if let Some(gateway) = gateway {
+            ip["gateway"] = json!(gateway.to_string());
+        }
+        ips.push(ip);
+    }
+    let pod_addresses: Vec<IpNetwork> = addresses.iter().map(|(a, _)| *a).collect();
+    pod_netns::address_pod_side(built.pod, built.interface, &pod_addresses, &default_gws).await?;
+    enable_forwarding(pod_addresses.iter().any(|a| a.is_ipv6()));
     let mac_of = |link: Option<rtnetlink::packet_route::link::LinkMessage>| {
         link.map(|l| netlink::mac_of(&l)).unwrap_or_default()
     };
@@ -244,8 +274,6 @@ async fn configure(
             .ok()
             .flatten(),
     );
-    let ip =
-        json!({"address": address.to_string(), "gateway": gateway.to_string(), "interface": 2});
     let mut own = json!({
         "cniVersion": version,
         "interfaces": [
@@ -253,13 +281,17 @@ async fn configure(
             {"name": built.host, "mac": host_mac},
             {"name": request.ifname, "mac": built.interface.mac_text(), "sandbox": request.netns},
         ],
-        "ips": [ip],
+        "ips": ips,
         "routes": [],
         "dns": ipam_result.get("dns").cloned().unwrap_or_else(|| json!({})),
     });
-    if let Some(gw) = default_gw {
-        own["routes"] = json!([{"dst": "0.0.0.0/0", "gw": gw.to_string()}]);
-    }
+    own["routes"] = default_gws
+        .iter()
+        .map(|gw| {
+            let dst = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+            json!({"dst": dst, "gw": gw.to_string()})
+        })
+        .collect();
     Ok(result::chain(prev, &own, &version))
 }
 

@@ -2,13 +2,13 @@
 //! and the routes the final result (`prevResult`) lists, so a later plugin in the chain may
 //! change routes — then IPAM's CHECK.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::add::ipam_address;
+use super::add::ipam_addresses;
 use super::attachment::{host_veth_name, owner_alias};
 use super::bridge::Port;
 use super::error::{DataplaneError, Result};
@@ -20,13 +20,16 @@ use crate::plugin_conf::{InvalidKey, PluginConf};
 use crate::result;
 use crate::spec::{code, CniError, Command, Request};
 
-/// The default route's gateway the result promises, if it lists one.
-fn promised_default_gateway(result: &Value) -> Option<Ipv4Addr> {
-    result["routes"]
-        .as_array()?
+/// The default routes' gateways the result promises (one per family at most).
+fn promised_default_gateways(result: &Value) -> Vec<IpAddr> {
+    let Some(routes) = result["routes"].as_array() else {
+        return Vec::new();
+    };
+    routes
         .iter()
-        .find(|r| r["dst"] == "0.0.0.0/0")
-        .and_then(|r| r["gw"].as_str()?.parse().ok())
+        .filter(|r| r["dst"] == "0.0.0.0/0" || r["dst"] == "::/0")
+        .filter_map(|r| r["gw"].as_str()?.parse().ok())
+        .collect()
 }
 
 pub(super) async fn check(net: &PodNetwork, request: &Request, deadline: Instant) -> Result<Value> {
@@ -52,7 +55,7 @@ pub(super) async fn check(net: &PodNetwork, request: &Request, deadline: Instant
         .with_details(prev.to_string())
         .into());
     }
-    let (address, _) = ipam_address(&json!({ "ips": ours }))?;
+    let addresses = ipam_addresses(&json!({ "ips": ours }))?;
     let driver = net.drivers.pick(&conf.teardown()).await;
     let host = host_veth_name(&request.container_id, &request.ifname);
     let owner = owner_alias(request);
@@ -84,22 +87,25 @@ pub(super) async fn check(net: &PodNetwork, request: &Request, deadline: Instant
         let pod = PodNetns::open(Path::new(&request.netns), false).await?;
         pod_netns::pod_side_state(&pod.handle, &request.ifname).await?
     };
-    let Some((addresses, default_gw)) = state else {
+    let Some(state) = state else {
         return Err(failed(format!(
             "interface {} is missing in {}",
             request.ifname, request.netns
         )));
     };
-    if !addresses.contains(&(address.ip(), address.prefix())) {
-        return Err(failed(format!(
-            "{} does not carry {address}",
-            request.ifname
-        )));
-    }
-    if let Some(wanted_gw) = promised_default_gateway(prev) {
-        if default_gw != Some(wanted_gw) {
+    for (address, _) in &addresses {
+        if !state.addresses.contains(&(address.ip(), address.prefix())) {
             return Err(failed(format!(
-                "default route is via {default_gw:?}, expected {wanted_gw}"
+                "{} does not carry {address}",
+                request.ifname
+            )));
+        }
+    }
+    for wanted_gw in promised_default_gateways(prev) {
+        if !state.default_gws.contains(&wanted_gw) {
+            return Err(failed(format!(
+                "no default route via {wanted_gw} (default routes via {:?})",
+                state.default_gws
             )));
         }
     }

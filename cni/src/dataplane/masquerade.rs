@@ -1,11 +1,12 @@
 //! Masquerade for pods leaving the pod network: one nftables rule per node subnet (not a chain
 //! per pod, so nothing leaks when a DEL comes after the netns is gone), following the lease:
 //! each ADD lists the chain once and changes it only when it is not as the lease says.
+//! IPv4 rules live in table `ip evio`, IPv6 ones (optional, `isIPv6Masq`) in `ip6 evio`.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 pub const TABLE: &str = "evio";
 const CHAIN: &str = "postrouting";
@@ -52,8 +53,16 @@ async fn nft_until(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The nftables family (and match keyword) of `net`'s address family.
+fn family(net: IpNetwork) -> &'static str {
+    match net {
+        IpNetwork::V4(_) => "ip",
+        IpNetwork::V6(_) => "ip6",
+    }
+}
+
 /// The comment that marks the rule of one node subnet.
-fn marker(node_subnet: Ipv4Network) -> String {
+fn marker(node_subnet: IpNetwork) -> String {
     format!("evio-masq {node_subnet}")
 }
 
@@ -94,11 +103,12 @@ impl Masquerade {
     /// no other subnet of `pod_cidr` is.
     pub async fn ensure(
         &self,
-        node_subnet: Ipv4Network,
-        pod_cidr: Ipv4Network,
+        node_subnet: IpNetwork,
+        pod_cidr: IpNetwork,
         deadline: tokio::time::Instant,
     ) -> Result<(), MasqueradeError> {
-        let listing = nft_until(&["-a", "list", "chain", "ip", TABLE, CHAIN], None, deadline)
+        let fam = family(node_subnet);
+        let listing = nft_until(&["-a", "list", "chain", fam, TABLE, CHAIN], None, deadline)
             .await
             .ok();
         if changes(listing.as_deref(), node_subnet, pod_cidr).is_empty() {
@@ -109,7 +119,7 @@ impl Masquerade {
         // (`remove`); the whole sequence is idempotent, so run it again.
         let mut attempt = 0;
         loop {
-            let listing = nft_until(&["-a", "list", "chain", "ip", TABLE, CHAIN], None, deadline)
+            let listing = nft_until(&["-a", "list", "chain", fam, TABLE, CHAIN], None, deadline)
                 .await
                 .ok();
             let script = changes(listing.as_deref(), node_subnet, pod_cidr);
@@ -126,7 +136,7 @@ impl Masquerade {
 }
 
 /// The subnet a rule's marker names, and the rule's handle, from `nft -a list` output.
-fn marked_rules(listing: &str) -> impl Iterator<Item = (Ipv4Network, &str)> {
+fn marked_rules(listing: &str) -> impl Iterator<Item = (IpNetwork, &str)> {
     listing.lines().filter_map(|line| {
         let subnet = line
             .split("comment \"evio-masq ")
@@ -147,11 +157,12 @@ fn marked_rules(listing: &str) -> impl Iterator<Item = (Ipv4Network, &str)> {
 /// The nft script that brings the chain in line (empty when it is): table and chain when
 /// missing (`listing` None), the rule of `node_subnet` when missing, deletions of the rules of
 /// the pod CIDR's other subnets.
-fn changes(listing: Option<&str>, node_subnet: Ipv4Network, pod_cidr: Ipv4Network) -> String {
+fn changes(listing: Option<&str>, node_subnet: IpNetwork, pod_cidr: IpNetwork) -> String {
+    let fam = family(node_subnet);
     let mut script = String::new();
     let Some(listing) = listing else {
         script.push_str(&format!(
-            "add table ip {TABLE}\nadd chain ip {TABLE} {CHAIN} {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
+            "add table {fam} {TABLE}\nadd chain {fam} {TABLE} {CHAIN} {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
         ));
         script.push_str(&add_rule(node_subnet, pod_cidr));
         return script;
@@ -162,7 +173,9 @@ fn changes(listing: Option<&str>, node_subnet: Ipv4Network, pod_cidr: Ipv4Networ
             present = true;
         } else if subnet.prefix() >= pod_cidr.prefix() && pod_cidr.contains(subnet.network()) {
             tracing::info!(%subnet, current = %node_subnet, "masquerade: removing the rule of a subnet this node no longer holds");
-            script.push_str(&format!("delete rule ip {TABLE} {CHAIN} handle {handle}\n"));
+            script.push_str(&format!(
+                "delete rule {fam} {TABLE} {CHAIN} handle {handle}\n"
+            ));
         }
     }
     if !present {
@@ -171,17 +184,20 @@ fn changes(listing: Option<&str>, node_subnet: Ipv4Network, pod_cidr: Ipv4Networ
     script
 }
 
-fn add_rule(node_subnet: Ipv4Network, pod_cidr: Ipv4Network) -> String {
+fn add_rule(node_subnet: IpNetwork, pod_cidr: IpNetwork) -> String {
+    let fam = family(node_subnet);
     format!(
-        "add rule ip {TABLE} {CHAIN} ip saddr {node_subnet} ip daddr != {pod_cidr} masquerade comment \"{}\"\n",
+        "add rule {fam} {TABLE} {CHAIN} {fam} saddr {node_subnet} {fam} daddr != {pod_cidr} masquerade comment \"{}\"\n",
         marker(node_subnet)
     )
 }
 
 /// Removes the rule of `node_subnet` (e.g. when its lease is released), and evio's table once
 /// it holds no rule. Absent is fine.
-pub fn remove(node_subnet: Ipv4Network) -> Result<(), MasqueradeError> {
-    let Ok(listing) = nft(&["-a", "list", "chain", "ip", TABLE, CHAIN], None) else {
+pub fn remove(node_subnet: impl Into<IpNetwork>) -> Result<(), MasqueradeError> {
+    let node_subnet = node_subnet.into();
+    let fam = family(node_subnet);
+    let Ok(listing) = nft(&["-a", "list", "chain", fam, TABLE, CHAIN], None) else {
         return Ok(()); // no table, no rule
     };
     let wanted = format!("\"{}\"", marker(node_subnet));
@@ -193,14 +209,14 @@ pub fn remove(node_subnet: Ipv4Network) -> Result<(), MasqueradeError> {
             .filter(|h| h.parse::<u64>().is_ok())
         {
             nft(
-                &["delete", "rule", "ip", TABLE, CHAIN, "handle", handle],
+                &["delete", "rule", fam, TABLE, CHAIN, "handle", handle],
                 None,
             )?;
         }
     }
-    let rest = nft(&["list", "chain", "ip", TABLE, CHAIN], None)?;
+    let rest = nft(&["list", "chain", fam, TABLE, CHAIN], None)?;
     if !rest.contains("masquerade") {
-        nft(&["delete", "table", "ip", TABLE], None)?;
+        nft(&["delete", "table", fam, TABLE], None)?;
     }
     Ok(())
 }
@@ -209,7 +225,7 @@ pub fn remove(node_subnet: Ipv4Network) -> Result<(), MasqueradeError> {
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> Ipv4Network {
+    fn net(s: &str) -> IpNetwork {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
@@ -232,5 +248,23 @@ mod tests {
         let settled = listing.replace("10.5.3.0/24", "10.5.4.0/24");
         assert_eq!(changes(Some(&settled), current, cidr), "");
         assert!(changes(None, current, cidr).starts_with("add table ip evio"));
+    }
+
+    #[test]
+    fn ipv6_rules_go_to_the_ip6_table() {
+        let (current, cidr) = (net("fd00:5:0:4::/64"), net("fd00:5::/56"));
+        let script = changes(None, current, cidr);
+        assert!(script.starts_with("add table ip6 evio"), "{script}");
+        assert!(
+            script.contains("ip6 saddr fd00:5:0:4::/64 ip6 daddr != fd00:5::/56 masquerade"),
+            "{script}"
+        );
+        let listing = "table ip6 evio {\n\tchain postrouting { # handle 1\n\
+            \t\tip6 saddr fd00:5:0:3::/64 ip6 daddr != fd00:5::/56 masquerade comment \"evio-masq fd00:5:0:3::/64\" # handle 4\n\t}\n}\n";
+        let script = changes(Some(listing), current, cidr);
+        assert!(
+            script.contains("delete rule ip6 evio postrouting handle 4"),
+            "{script}"
+        );
     }
 }

@@ -196,7 +196,7 @@ pub async fn ensure_linux_bridge(
 pub async fn bridge_ready(
     handle: &Handle,
     name: &str,
-    address: Option<ipnetwork::Ipv4Network>,
+    addresses: &[ipnetwork::IpNetwork],
 ) -> Result<u32, NetlinkError> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     let index = loop {
@@ -212,7 +212,7 @@ pub async fn bridge_ready(
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     };
     set_up(handle, index).await?;
-    if let Some(address) = address {
+    for address in addresses {
         add_address(handle, index, address.ip(), address.prefix()).await?;
     }
     Ok(index)
@@ -259,19 +259,25 @@ pub async fn set_up(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
         .map_err(fail(format!("bringing link {index} up")))
 }
 
-/// Adds an address; an address already present is fine.
+/// Adds an address; an address already present is fine. IPv6 addresses skip duplicate address
+/// detection (`nodad`): the pool hands each address to one pod only, and DAD would keep a new
+/// address "tentative" (unusable as a source, not answering neighbour solicitations) for about
+/// a second after every ADD and every bridge creation.
 pub async fn add_address(
     handle: &Handle,
     index: u32,
-    addr: Ipv4Addr,
+    addr: IpAddr,
     prefix: u8,
 ) -> Result<(), NetlinkError> {
-    match handle
-        .address()
-        .add(index, IpAddr::V4(addr), prefix)
-        .execute()
-        .await
-    {
+    use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+    let mut request = handle.address().add(index, addr, prefix);
+    if addr.is_ipv6() {
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    match request.execute().await {
         Ok(()) => Ok(()),
         Err(e) if is_exists(&e) => Ok(()),
         Err(e) => Err(fail(format!("adding {addr}/{prefix} to link {index}"))(e)),

@@ -93,6 +93,42 @@ impl Fixture {
         self.net("3.0/24").parse().unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `fd00:0:<octet>:<rest>`: this fixture's IPv6 pod network is `fd00:0:<octet>::/48`, its
+    /// node block `fd00:0:<octet>:3::/64`.
+    pub fn net6(&self, rest: &str) -> String {
+        format!("fd00:0:{}:{rest}", self.octet)
+    }
+
+    pub fn node_subnet_v6(&self) -> ipnetwork::Ipv6Network {
+        self.net6("3::/64")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An IPv6-only (`v4` false) or dual-stack network config: one host-local range and one
+    /// default route per family, IPv6 masquerade on (as `isIPv6Masq` asks).
+    pub fn config_families(&self, v4: bool, range_end: &str, range_end_v6: &str) -> Value {
+        let mut config = self.config(range_end);
+        let v6_range = json!([{"subnet": self.net6(":/48"), "rangeStart": self.net6("3::2"),
+                               "rangeEnd": self.net6(range_end_v6), "gateway": self.net6("3::1")}]);
+        config["bridgeIPv6"] = json!(self.net6("3::1/48"));
+        config["podCIDRv6"] = json!(self.net6(":/48"));
+        config["nodeSubnetV6"] = json!(self.node_subnet_v6().to_string());
+        config["isIPv6Masq"] = json!(true);
+        if v4 {
+            config["ipam"]["ranges"] = json!([config["ipam"]["ranges"][0].clone(), v6_range]);
+            config["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+        } else {
+            let object = config.as_object_mut().unwrap_or_else(|| panic!("object"));
+            for key in ["bridgeIPv4", "nodeSubnet", "podCIDR"] {
+                object.remove(key);
+            }
+            config["ipam"]["ranges"] = json!([v6_range]);
+            config["ipam"]["routes"] = json!([{"dst": "::/0"}]);
+        }
+        config
+    }
+
     pub fn netns(&mut self, name: &str) -> String {
         let ns = format!("evio-{}-{name}", self.tag);
         let out = ip(&["netns", "add", &ns]);
@@ -155,7 +191,7 @@ impl Fixture {
             .map(|it| {
                 it.filter_map(Result::ok)
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("10."))
+                    .filter(|n| n.starts_with("10.") || n.starts_with("fd00:"))
                     .collect()
             })
             .unwrap_or_default()
@@ -175,7 +211,25 @@ impl Drop for Fixture {
             let _ = ip(&["link", "del", &self.bridge]);
         }
         let _ = masquerade::remove(self.node_subnet());
+        let _ = masquerade::remove(self.node_subnet_v6());
     }
+}
+
+/// evio's IPv6 masquerade rules for the fixture's IPv6 node block.
+pub fn masquerade_rules_v6(fx: &Fixture) -> usize {
+    let wanted = format!(
+        "ip6 saddr {} ip6 daddr != {} masquerade",
+        fx.node_subnet_v6(),
+        fx.net6(":/48")
+    );
+    let out = Process::new("nft")
+        .args(["list", "chain", "ip6", masquerade::TABLE, "postrouting"])
+        .output()
+        .unwrap_or_else(|e| panic!("nft: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&wanted))
+        .count()
 }
 
 pub fn masquerade_rules(fx: &Fixture) -> usize {

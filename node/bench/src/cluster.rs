@@ -136,6 +136,28 @@ impl Process {
             .ok_or_else(|| anyhow!("no VmRSS for {} (pid {pid})", self.name))
     }
 
+    /// CPU time used so far (user and system, every thread), from the scheduler's per-thread
+    /// nanosecond counters: clock ticks are too coarse for an idle member.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let mut total = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let path = task?.path().join("schedstat");
+            // A thread may end between the listing and the read.
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            total += text
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .ok_or_else(|| anyhow!("unreadable {}", path.display()))?;
+        }
+        Ok(Duration::from_nanos(total))
+    }
+
     /// The end of its log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -231,6 +253,13 @@ impl EvioCluster {
     /// Starts one more member on a new data dir: the first bootstraps, the others join through
     /// every member started before. Returns at once; the new member is the last one.
     pub fn spawn_member(&mut self) -> Result<usize> {
+        let others: Vec<String> = self.members.iter().map(|m| m.addr.clone()).collect();
+        self.spawn_member_with(&others, &[])
+    }
+
+    /// Starts one more member that joins through `join` (bootstraps when it is the first),
+    /// with `extra` arguments for `run`. Returns at once; the new member is the last one.
+    pub fn spawn_member_with(&mut self, join: &[String], extra: &[String]) -> Result<usize> {
         let i = self.members.len();
         let name = format!("bench-{i}");
         let addr = free_addr()?;
@@ -259,11 +288,15 @@ impl EvioCluster {
         .map(|s| s.to_string())
         .collect();
         args.extend(self.run_args.iter().cloned());
+        args.extend(
+            extra
+                .iter()
+                .map(|a| a.replace("{data}", &data.to_string_lossy())),
+        );
         if i == 0 {
             args.push("--bootstrap".into());
         } else {
-            let others: Vec<&str> = self.members.iter().map(|m| m.addr.as_str()).collect();
-            args.extend(["--join".to_string(), others.join(",")]);
+            args.extend(["--join".to_string(), join.join(",")]);
         }
         let log = self.dir.path().join(format!("{name}.log"));
         let process = Process::start(&name, &self.bin, args, log)?;

@@ -7,6 +7,7 @@ mod cluster;
 mod failover;
 mod join;
 mod lease;
+mod members;
 mod memory;
 mod original_evio;
 mod pods;
@@ -50,6 +51,9 @@ enum Bench {
     Join(JoinArgs),
     /// Pod ADD/DEL latency, sequential: evio-cni (OVS netdev, LXBR) vs the reference bridge plugin.
     Pods(PodArgs),
+    /// N members started at once as a DaemonSet would (default 256): time until all hold
+    /// leases, leader CPU and RSS, idle CPU per follower, acquire p50/p99, a failover.
+    Members(MembersArgs),
     /// Node fill: 253 pods, 8 concurrent ADDs, then DEL all: evio-cni vs the bridge plugin.
     Fill(PodArgs),
 }
@@ -61,6 +65,15 @@ struct JoinArgs {
     /// Leases held when the member joins (default: 65,536, the whole pool; 1,500 with --quick).
     #[arg(long)]
     leases: Option<usize>,
+}
+
+#[derive(Args)]
+struct MembersArgs {
+    #[command(flatten)]
+    common: Common,
+    /// How many members (2 to 256; default 256, 4 with --quick).
+    #[arg(long)]
+    members: Option<usize>,
 }
 
 #[derive(Args)]
@@ -144,6 +157,10 @@ async fn run(cli: Cli) -> Result<()> {
         Bench::Failover(c) => (c, failover::run(&bins, c.quick).await?),
         Bench::Memory(c) => (c, memory::memory(&bins, c.quick).await?),
         Bench::Scale(c) => (c, memory::scale(&bins, c.quick).await?),
+        Bench::Members(a) => (
+            &a.common,
+            members::run(&bins, a.common.quick, a.members).await?,
+        ),
         Bench::Join(a) => (&a.common, join::run(&bins, a.common.quick, a.leases).await?),
         Bench::Pods(a) => (
             &a.common,

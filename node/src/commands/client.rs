@@ -107,23 +107,36 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line a lease; a dual-stack lease's IPv6 block on a second line under its IPv4 one.
 pub(crate) fn print_leases(leases: &[LeaseJson]) {
     println!(
-        "{:<30} {:<18} {:<15} {:<33} {:<15} {:>8}  ACQUIRED",
+        "{:<30} {:<22} {:<22} {:<45} {:<15} {:>8}  ACQUIRED",
         "NODE", "SUBNET", "GATEWAY", "RANGE", "HOST-IP", "REVISION"
     );
     for l in leases {
-        println!(
-            "{:<30} {:<18} {:<15} {:<33} {:<15} {:>8}  {}",
-            l.node,
-            l.subnet.to_string(),
-            l.gateway.to_string(),
-            format!("{}-{}", l.range_start, l.range_end),
-            l.host_ip
-                .map_or_else(|| "-".to_string(), |ip| ip.to_string()),
-            l.revision,
-            l.acquired_at
-        );
+        for (i, block) in l.blocks().iter().enumerate() {
+            let range = format!("{}-{}", block.range_start, block.range_end);
+            if i > 0 {
+                println!(
+                    "{:<30} {:<22} {:<22} {range}",
+                    "",
+                    block.subnet.to_string(),
+                    block.gateway.to_string(),
+                );
+                continue;
+            }
+            println!(
+                "{:<30} {:<22} {:<22} {:<45} {:<15} {:>8}  {}",
+                l.node,
+                block.subnet.to_string(),
+                block.gateway.to_string(),
+                range,
+                l.host_ip
+                    .map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+                l.revision,
+                l.acquired_at
+            );
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use evio_node::etcd_gateway::{Gateway, RangeShape};
 use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
 use evio_raft::Pool;
 
-use crate::etcd::{EtcdSettings, LEASES_PREFIX};
+use crate::etcd::{original_range, EtcdSettings, LEASES_PREFIX};
 
 #[derive(clap::Args)]
 pub struct ImportEtcdArgs {
@@ -127,15 +127,7 @@ async fn mirrored_keys(etcd: &Gateway, prefix: &str) -> anyhow::Result<BTreeMap<
         .kvs
         .iter()
         .filter_map(|kv| serde_json::from_slice::<LeaseJson>(&kv.value).ok())
-        .map(|lease| {
-            let range = OriginalRange {
-                range_start: lease.range_start,
-                range_end: lease.range_end,
-                gateway: lease.gateway,
-                prefix: lease.pod_cidr.prefix(),
-            };
-            (range.key(prefix), lease.node)
-        })
+        .filter_map(|lease| Some((original_range(&lease)?.key(prefix), lease.node)))
         .collect())
 }
 

@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use evio_api::{EtcdMirrorJson, EtcdMirrorStatus, LeaseJson};
 use evio_node::etcd_gateway::{Compare, Gateway, Op, RangeShape};
-use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
+use evio_raft::legacy::ORIGINAL_PREFIX;
 use evio_raft::Replica;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::backoff::{sleep_or_stop, Backoff};
 use crate::daemon::leader::while_leader;
 
-use super::{lease_keys, EtcdError, EtcdSettings, LEASES_PREFIX};
+use super::{lease_keys, original_range, EtcdError, EtcdSettings, LEASES_PREFIX};
 
 /// The Raft term of the last leader that wrote to etcd (zero-padded, so it compares as text).
 pub const TERM_KEY: &str = "/evio/mirror/term";
@@ -205,13 +205,10 @@ impl EtcdMirror {
         let mut recorded_original = BTreeMap::new();
         for kv in &own.kvs {
             let (key, value) = (kv.key_str(), kv.value_str());
-            if let Ok(lease) = serde_json::from_str::<LeaseJson>(&value) {
-                let range = OriginalRange {
-                    range_start: lease.range_start,
-                    range_end: lease.range_end,
-                    gateway: lease.gateway,
-                    prefix: lease.pod_cidr.prefix(),
-                };
+            let range = serde_json::from_str::<LeaseJson>(&value)
+                .ok()
+                .and_then(|lease| original_range(&lease));
+            if let Some(range) = range {
                 recorded_original.insert(range.key(ORIGINAL_PREFIX), key.clone());
             }
             present.insert(key, value);

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use evio_node::etcd_gateway::{Gateway, GatewayError, TlsFiles};
 use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
+use evio_raft::pool::Family;
 use evio_raft::Lease;
 
 /// evio's own keys: one JSON document per lease owner.
@@ -104,13 +105,34 @@ impl EtcdSettings {
 }
 
 /// The keys (and values) a lease is mirrored as: the original layout
-/// `/evpn/<rangeStart>,<rangeEnd>,<gateway>/<podCIDR prefix>` = `ok`, and
-/// `/evio/leases/<owner>` = the lease as the API shows it.
-pub fn lease_keys(lease: &Lease) -> [(String, String); 2] {
-    let original = OriginalRange::of_block(&lease.pool, &lease.block).key(ORIGINAL_PREFIX);
+/// `/evpn/<rangeStart>,<rangeEnd>,<gateway>/<podCIDR prefix>` = `ok` for its IPv4 block (the
+/// original layout is IPv4-only: an IPv6-only lease has no such key), and
+/// `/evio/leases/<owner>` = the lease as the API shows it (every family's block).
+pub fn lease_keys(lease: &Lease) -> Vec<(String, String)> {
     let json = serde_json::to_string(&evio_api::LeaseJson::from(lease)).unwrap_or_default();
-    [
-        (original, "ok".to_string()),
-        (format!("{LEASES_PREFIX}{}", lease.record.node), json),
-    ]
+    let original = lease
+        .pool
+        .block_of(Family::V4, lease.record.block)
+        .and_then(|block| OriginalRange::of_block(&lease.pool, &block))
+        .map(|range| (range.key(ORIGINAL_PREFIX), "ok".to_string()));
+    original
+        .into_iter()
+        .chain([(format!("{LEASES_PREFIX}{}", lease.record.node), json)])
+        .collect()
+}
+
+/// The original-layout range of a lease as mirrored under `/evio/leases/` (its IPv4 block),
+/// if it has one.
+pub fn original_range(lease: &evio_api::LeaseJson) -> Option<OriginalRange> {
+    let v4 = |addr: std::net::IpAddr| match addr {
+        std::net::IpAddr::V4(v4) => Some(v4),
+        std::net::IpAddr::V6(_) => None,
+    };
+    let block = lease.blocks().into_iter().find(|b| b.subnet.is_ipv4())?;
+    Some(OriginalRange {
+        range_start: v4(block.range_start)?,
+        range_end: v4(block.range_end)?,
+        gateway: v4(block.gateway)?,
+        prefix: block.pod_cidr.prefix(),
+    })
 }

@@ -15,16 +15,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::backoff::sleep_or_stop;
 
-use super::{KubeError, KubeStatus, API_ADDRESS_ANNOTATION, POD_SUBNET_ANNOTATION, RETRY};
+use super::{
+    KubeError, KubeStatus, API_ADDRESS_ANNOTATION, POD_SUBNETS_ANNOTATION, POD_SUBNET_ANNOTATION,
+    RETRY,
+};
 
 /// Re-applied this often even when nothing changed (annotations edited by hand come back).
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// What the annotations should say now: the subnet (None: no lease, annotation removed) and
-/// the API address.
+/// What the annotations should say now: the subnet (None: no lease, annotation removed), every
+/// family's subnet (comma-separated, IPv4 first, as `Node.spec.podCIDRs` lists them) and the
+/// API address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
     pub pod_subnet: Option<String>,
+    pub pod_subnets: Option<String>,
     pub api_address: String,
 }
 
@@ -33,20 +38,27 @@ impl Desired {
     pub fn patch(&self) -> Value {
         json!({"metadata": {"annotations": {
             POD_SUBNET_ANNOTATION: self.pod_subnet,
+            POD_SUBNETS_ANNOTATION: self.pod_subnets,
             API_ADDRESS_ANNOTATION: self.api_address,
         }}})
     }
 }
 
 fn desired(replica: &Replica, node_name: &str, api_address: &str) -> Desired {
-    let pod_subnet = replica
-        .local()
-        .read()
-        .table
-        .get(node_name)
-        .map(|lease| lease.block.subnet.to_string());
+    let lease = replica.local().read().table.get(node_name);
+    let pod_subnet = lease.as_ref().map(|lease| lease.block.subnet.to_string());
+    let pod_subnets = lease.map(|lease| {
+        lease
+            .pool
+            .blocks(lease.record.block)
+            .iter()
+            .map(|b| b.subnet.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     Desired {
         pod_subnet,
+        pod_subnets,
         api_address: api_address.to_string(),
     }
 }
@@ -118,20 +130,23 @@ mod tests {
     fn patch_sets_both_annotations_and_removes_a_lost_subnet() {
         let with = Desired {
             pod_subnet: Some("10.244.3.0/24".into()),
+            pod_subnets: Some("10.244.3.0/24,fd00:10:244:3::/64".into()),
             api_address: "10.10.0.3:7700".into(),
         };
         assert_eq!(
             with.patch(),
             json!({"metadata": {"annotations": {
-                "evio.io/pod-subnet": "10.244.3.0/24", "evio.io/api-address": "10.10.0.3:7700"}}})
+                "evio.io/pod-subnet": "10.244.3.0/24",
+                "evio.io/pod-subnets": "10.244.3.0/24,fd00:10:244:3::/64",
+                "evio.io/api-address": "10.10.0.3:7700"}}})
         );
         let without = Desired {
             pod_subnet: None,
+            pod_subnets: None,
             ..with
         };
-        assert_eq!(
-            without.patch()["metadata"]["annotations"]["evio.io/pod-subnet"],
-            Value::Null
-        );
+        let annotations = &without.patch()["metadata"]["annotations"];
+        assert_eq!(annotations["evio.io/pod-subnet"], Value::Null);
+        assert_eq!(annotations["evio.io/pod-subnets"], Value::Null);
     }
 }

@@ -23,6 +23,9 @@ use crate::daemon::backoff::Backoff;
 
 /// The Node annotation holding this node's pod subnet (`10.244.3.0/24`).
 pub const POD_SUBNET_ANNOTATION: &str = "evio.io/pod-subnet";
+/// The Node annotation holding every family's pod subnet of this node, IPv4 first
+/// (`10.244.3.0/24,fd00:10:244:3::/64`); on an IPv6-only network `pod-subnet` is the IPv6 one.
+pub const POD_SUBNETS_ANNOTATION: &str = "evio.io/pod-subnets";
 /// The Node annotation holding evio's API address (`host:port`, what peers dial).
 pub const API_ADDRESS_ANNOTATION: &str = "evio.io/api-address";
 

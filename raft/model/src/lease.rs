@@ -138,6 +138,13 @@ pub struct Lease {
     pub pool: Pool,
 }
 
+impl Lease {
+    /// The node's block in every family of the pool (IPv4 first): what its bridge and IPAM serve.
+    pub fn blocks(&self) -> Vec<Block> {
+        self.pool.blocks(self.record.block)
+    }
+}
+
 /// Free block indexes as a set of disjoint `[start, end)` intervals: lowest-free lookup,
 /// acquire and release are O(log n) and the set stays tiny for any pool size.
 #[derive(Debug, Clone, PartialEq, Eq)]

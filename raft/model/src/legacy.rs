@@ -5,10 +5,12 @@
 //! node holds it. Imported ranges become reserved leases owned by `legacy:<rangeStart>-<rangeEnd>`
 //! until an operator claims them for a node (or releases them).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::IpNetwork;
 
 use crate::lease::{validate_node_name, NodeNameError};
-use crate::pool::{Block, Pool};
+use crate::pool::{Block, Family, Pool};
 
 /// Where the original tool kept its ranges.
 pub const ORIGINAL_PREFIX: &str = "/evpn/";
@@ -37,14 +39,19 @@ pub enum LegacyKeyError {
 }
 
 impl OriginalRange {
-    /// The range the original tool would have written for `block` of `pool`.
-    pub fn of_block(pool: &Pool, block: &Block) -> Self {
-        Self {
-            range_start: block.range_start,
-            range_end: block.range_end,
-            gateway: block.gateway,
-            prefix: pool.pod_cidr().prefix(),
-        }
+    /// The range the original tool would have written for `block` of `pool`; `None` for an
+    /// IPv6 block (the original layout is IPv4-only).
+    pub fn of_block(pool: &Pool, block: &Block) -> Option<Self> {
+        let v4 = |addr| match addr {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        };
+        Some(Self {
+            range_start: v4(block.range_start)?,
+            range_end: v4(block.range_end)?,
+            gateway: v4(block.gateway)?,
+            prefix: pool.cidr_of(Family::V4)?.prefix(),
+        })
     }
 
     /// `<prefix><rangeStart>,<rangeEnd>,<gateway>/<podCIDR prefix>`, e.g.
@@ -101,22 +108,25 @@ impl OriginalRange {
     /// block boundaries (another podCIDR or nodeBits).
     pub fn block_in(&self, pool: &Pool) -> Result<u32, LegacyKeyError> {
         let range = self.key("");
-        let pod_cidr = pool.pod_cidr();
+        let outside = || LegacyKeyError::OutsidePool {
+            range: range.clone(),
+            pool: *pool,
+        };
+        let IpNetwork::V4(pod_cidr) = pool.cidr_of(Family::V4).ok_or_else(outside)? else {
+            return Err(outside());
+        };
         if !pod_cidr.contains(self.range_start)
             || !pod_cidr.contains(self.range_end)
             || !pod_cidr.contains(self.gateway)
         {
-            return Err(LegacyKeyError::OutsidePool { range, pool: *pool });
+            return Err(outside());
         }
         let offset = u32::from(self.gateway) - u32::from(pod_cidr.network());
-        let index = offset >> (32 - u32::from(pool.block_prefix()));
+        let index = offset >> (32 - u32::from(pod_cidr.prefix() + pool.node_bits()));
         let expected = pool
-            .block(index)
-            .map(|b| Self::of_block(pool, &b))
-            .ok_or_else(|| LegacyKeyError::OutsidePool {
-                range: range.clone(),
-                pool: *pool,
-            })?;
+            .block_of(Family::V4, index)
+            .and_then(|b| Self::of_block(pool, &b))
+            .ok_or_else(outside)?;
         if expected != *self {
             return Err(LegacyKeyError::NotABlock {
                 range,
@@ -162,7 +172,7 @@ mod tests {
     fn key_round_trips_in_the_original_layout() {
         let p = pool();
         let block = p.block(3).unwrap_or_else(|| panic!("block 3"));
-        let range = OriginalRange::of_block(&p, &block);
+        let range = OriginalRange::of_block(&p, &block).unwrap_or_else(|| panic!("IPv4 block"));
         let key = range.key(ORIGINAL_PREFIX);
         assert_eq!(key, "/evpn/10.244.3.2,10.244.3.254,10.244.3.1/16");
         let parsed =

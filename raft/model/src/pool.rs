@@ -1,28 +1,73 @@
 //! Subnet pool math: how `podCIDR` + `nodeBits` split the pod overlay into one block per node.
 //!
 //! Block *i* is the *i*-th subnet of prefix `podCIDR.prefix + nodeBits`. In a block, the first
-//! address is unused, `+1` is the node's bridge gateway, `+2 ..= broadcast-1` are pod addresses
-//! and the broadcast address is unused. Pods use the podCIDR's mask (one flat L2 pod network).
+//! address is unused, `+1` is the node's bridge gateway (`::1` in IPv6), `+2 ..= last-1` are pod
+//! addresses and the last address is unused (IPv4 broadcast; IPv6 keeps the same layout so both
+//! families read alike). Pods use the podCIDR's mask (one flat L2 pod network).
+//!
+//! A pool has one or two families. Dual stack is written as Kubernetes writes it,
+//! `10.244.0.0/16,fd00:10:244::/56`: one nodeBits for both, so block *i* of each family belongs
+//! to the same node (same index, same count).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(net: &IpNetwork) -> Self {
+        match net {
+            IpNetwork::V4(_) => Self::V4,
+            IpNetwork::V6(_) => Self::V6,
+        }
+    }
+
+    /// Address width in bits.
+    pub fn bits(self) -> u8 {
+        match self {
+            Self::V4 => 32,
+            Self::V6 => 128,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        })
+    }
+}
 
 /// Why a podCIDR/nodeBits pair cannot form a pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
     #[error("invalid podCIDR {value:?}: {reason}")]
     InvalidCidr { value: String, reason: String },
-    #[error("podCIDR {0} is IPv6; only IPv4 pod networks are supported for now")]
-    Ipv6Unsupported(String),
+    #[error(
+        "podCIDR {value:?} names {count} networks; at most two are allowed (one IPv4 and one \
+         IPv6, e.g. 10.244.0.0/16,fd00:10:244::/56)"
+    )]
+    TooManyCidrs { value: String, count: usize },
+    #[error(
+        "podCIDR {value:?} names two {family} networks; a dual-stack pool has one IPv4 and one IPv6"
+    )]
+    SameFamilyTwice { value: String, family: Family },
     #[error(
         "nodeBits {node_bits} on podCIDR {cidr} leaves {host_bits} host bits per node block; \
          at least 2 are needed (gateway + one pod address)"
     )]
     TooFewHostBits {
-        cidr: Ipv4Network,
+        cidr: IpNetwork,
         node_bits: u8,
         host_bits: i32,
     },
@@ -30,38 +75,103 @@ pub enum PoolError {
     InvalidNodeBits(String),
 }
 
-/// The cluster's pod address pool: the podCIDR (host bits masked) split into `2^nodeBits` blocks.
+/// The cluster's pod address pool: one or two podCIDRs (host bits masked), each split into
+/// `2^nodeBits` blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pool {
-    pod_cidr: Ipv4Network,
+    /// The primary family: IPv4 when the pool has IPv4 (what `subnet` in a lease names).
+    pod_cidr: IpNetwork,
+    /// The IPv6 podCIDR of a dual-stack pool. Absent from single-family pools, so their JSON
+    /// stays what earlier versions wrote and read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod_cidr_v6: Option<IpNetwork>,
     node_bits: u8,
 }
 
-/// One node's block of the pod CIDR.
+/// One node's block of one family's podCIDR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Block {
     pub index: u32,
-    pub subnet: Ipv4Network,
-    pub gateway: Ipv4Addr,
-    pub range_start: Ipv4Addr,
-    pub range_end: Ipv4Addr,
+    pub subnet: IpNetwork,
+    pub gateway: IpAddr,
+    pub range_start: IpAddr,
+    pub range_end: IpAddr,
+}
+
+impl Block {
+    pub fn family(&self) -> Family {
+        Family::of(&self.subnet)
+    }
+}
+
+fn to_u128(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn from_u128(family: Family, value: u128) -> Option<IpAddr> {
+    match family {
+        Family::V4 => u32::try_from(value)
+            .ok()
+            .map(|v| IpAddr::V4(Ipv4Addr::from(v))),
+        Family::V6 => Some(IpAddr::V6(Ipv6Addr::from(value))),
+    }
+}
+
+/// `net` with its host bits cleared, checked for room for `node_bits` blocks of at least a
+/// gateway and one pod.
+fn checked_cidr(net: IpNetwork, node_bits: u8) -> Result<IpNetwork, PoolError> {
+    let masked =
+        IpNetwork::new(net.network(), net.prefix()).map_err(|e| PoolError::InvalidCidr {
+            value: net.to_string(),
+            reason: format!("{e}"),
+        })?;
+    let host_bits =
+        i32::from(Family::of(&masked).bits()) - i32::from(masked.prefix()) - i32::from(node_bits);
+    if host_bits < 2 {
+        return Err(PoolError::TooFewHostBits {
+            cidr: masked,
+            node_bits,
+            host_bits,
+        });
+    }
+    Ok(masked)
 }
 
 impl Pool {
-    /// Builds a pool from a CIDR string (host bits are masked, as the original config shipped
-    /// `10.244.0.16/16`) and the number of node bits.
+    /// Builds a pool from a podCIDR string — one CIDR, or an IPv4 and an IPv6 CIDR separated by
+    /// a comma — and the number of node bits. Host bits are masked, as the original config
+    /// shipped `10.244.0.16/16`.
     pub fn parse(pod_cidr: &str, node_bits: u8) -> Result<Self, PoolError> {
-        let net: IpNetwork = pod_cidr
-            .trim()
-            .parse()
-            .map_err(|e| PoolError::InvalidCidr {
+        let parts: Vec<&str> = pod_cidr.split(',').map(str::trim).collect();
+        if parts.len() > 2 {
+            return Err(PoolError::TooManyCidrs {
+                value: pod_cidr.to_string(),
+                count: parts.len(),
+            });
+        }
+        let mut nets = Vec::with_capacity(parts.len());
+        for part in parts {
+            let net: IpNetwork = part.parse().map_err(|e| PoolError::InvalidCidr {
                 value: pod_cidr.to_string(),
                 reason: format!("{e}"),
             })?;
-        match net {
-            IpNetwork::V4(v4) => Self::new(v4, node_bits),
-            IpNetwork::V6(_) => Err(PoolError::Ipv6Unsupported(pod_cidr.to_string())),
+            nets.push(net);
+        }
+        match nets.as_slice() {
+            [one] => Self::new(*one, node_bits),
+            [a, b] if Family::of(a) == Family::of(b) => Err(PoolError::SameFamilyTwice {
+                value: pod_cidr.to_string(),
+                family: Family::of(a),
+            }),
+            [a, b] => Self::dual(*a, *b, node_bits),
+            _ => Err(PoolError::InvalidCidr {
+                value: pod_cidr.to_string(),
+                reason: "empty".into(),
+            }),
         }
     }
 
@@ -75,90 +185,169 @@ impl Pool {
             .ok_or_else(|| PoolError::InvalidNodeBits(value.to_string()))
     }
 
-    pub fn new(pod_cidr: Ipv4Network, node_bits: u8) -> Result<Self, PoolError> {
-        let masked = Ipv4Network::new(pod_cidr.network(), pod_cidr.prefix()).map_err(|e| {
-            PoolError::InvalidCidr {
-                value: pod_cidr.to_string(),
-                reason: format!("{e}"),
-            }
-        })?;
-        let host_bits = 32 - i32::from(masked.prefix()) - i32::from(node_bits);
-        if host_bits < 2 {
-            return Err(PoolError::TooFewHostBits {
-                cidr: masked,
-                node_bits,
-                host_bits,
-            });
-        }
+    /// A single-family pool.
+    pub fn new(pod_cidr: impl Into<IpNetwork>, node_bits: u8) -> Result<Self, PoolError> {
         Ok(Self {
-            pod_cidr: masked,
+            pod_cidr: checked_cidr(pod_cidr.into(), node_bits)?,
+            pod_cidr_v6: None,
             node_bits,
         })
     }
 
-    pub fn pod_cidr(&self) -> Ipv4Network {
+    /// A dual-stack pool of one IPv4 and one IPv6 CIDR, in either order.
+    pub fn dual(a: IpNetwork, b: IpNetwork, node_bits: u8) -> Result<Self, PoolError> {
+        let (v4, v6) = match (a, b) {
+            (IpNetwork::V4(_), IpNetwork::V6(_)) => (a, b),
+            (IpNetwork::V6(_), IpNetwork::V4(_)) => (b, a),
+            _ => {
+                return Err(PoolError::SameFamilyTwice {
+                    value: format!("{a},{b}"),
+                    family: Family::of(&a),
+                })
+            }
+        };
+        Ok(Self {
+            pod_cidr: checked_cidr(v4, node_bits)?,
+            pod_cidr_v6: Some(checked_cidr(v6, node_bits)?),
+            node_bits,
+        })
+    }
+
+    /// The primary podCIDR: the IPv4 one when the pool has IPv4.
+    pub fn pod_cidr(&self) -> IpNetwork {
         self.pod_cidr
+    }
+
+    /// Every podCIDR, IPv4 first.
+    pub fn pod_cidrs(&self) -> Vec<IpNetwork> {
+        std::iter::once(self.pod_cidr)
+            .chain(self.pod_cidr_v6)
+            .collect()
+    }
+
+    /// The podCIDR(s) as configured and stored: `10.244.0.0/16` or `10.244.0.0/16,fd00::/56`.
+    pub fn pod_cidr_list(&self) -> String {
+        self.pod_cidrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The podCIDR of `family`, if the pool has that family.
+    pub fn cidr_of(&self, family: Family) -> Option<IpNetwork> {
+        self.pod_cidrs()
+            .into_iter()
+            .find(|n| Family::of(n) == family)
+    }
+
+    /// The families this pool serves, IPv4 first.
+    pub fn families(&self) -> Vec<Family> {
+        self.pod_cidrs().iter().map(Family::of).collect()
+    }
+
+    /// The families as people say them: `IPv4`, `IPv6` or `IPv4+IPv6`.
+    pub fn family_names(&self) -> String {
+        self.families()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+
+    pub fn is_dual_stack(&self) -> bool {
+        self.pod_cidr_v6.is_some()
     }
 
     pub fn node_bits(&self) -> u8 {
         self.node_bits
     }
 
-    /// Prefix length of one node block.
+    /// Prefix length of one node block of the primary family.
     pub fn block_prefix(&self) -> u8 {
         self.pod_cidr.prefix() + self.node_bits
     }
 
-    /// Number of node blocks: `2^nodeBits`.
+    /// Number of node blocks: `2^nodeBits` (the same in each family).
     pub fn block_count(&self) -> u64 {
         1u64 << self.node_bits
     }
 
-    /// Pod addresses per block: all but network, gateway and broadcast.
+    /// Pod addresses per block of the primary family: all but the first, gateway and last
+    /// (saturating: an IPv6 /64 holds more than `u64::MAX`).
     pub fn pods_per_block(&self) -> u64 {
-        (1u64 << (32 - u32::from(self.block_prefix()))) - 3
+        Self::pods_in(self.pod_cidr, self.node_bits)
     }
 
-    /// Block `index`, or `None` past the end of the pool.
+    fn pods_in(cidr: IpNetwork, node_bits: u8) -> u64 {
+        let host_bits = u32::from(Family::of(&cidr).bits() - cidr.prefix() - node_bits);
+        let size = 1u128.checked_shl(host_bits).unwrap_or(u128::MAX);
+        u64::try_from(size.saturating_sub(3)).unwrap_or(u64::MAX)
+    }
+
+    /// Block `index` of the primary family, or `None` past the end of the pool.
     pub fn block(&self, index: u32) -> Option<Block> {
-        if u64::from(index) >= self.block_count() {
+        Self::block_in(self.pod_cidr, self.node_bits, index)
+    }
+
+    /// Block `index` of every family, IPv4 first (empty past the end of the pool).
+    pub fn blocks(&self, index: u32) -> Vec<Block> {
+        self.pod_cidrs()
+            .into_iter()
+            .filter_map(|cidr| Self::block_in(cidr, self.node_bits, index))
+            .collect()
+    }
+
+    /// Block `index` of `family`, if the pool has that family.
+    pub fn block_of(&self, family: Family, index: u32) -> Option<Block> {
+        Self::block_in(self.cidr_of(family)?, self.node_bits, index)
+    }
+
+    fn block_in(cidr: IpNetwork, node_bits: u8, index: u32) -> Option<Block> {
+        if u64::from(index) >= 1u64 << node_bits {
             return None;
         }
-        let block_size = 1u64 << (32 - u32::from(self.block_prefix()));
-        let base = u64::from(u32::from(self.pod_cidr.network())) + u64::from(index) * block_size;
-        let first = u32::try_from(base).ok()?;
-        let last = u32::try_from(base + block_size - 1).ok()?;
-        let subnet = Ipv4Network::new(Ipv4Addr::from(first), self.block_prefix()).ok()?;
+        let family = Family::of(&cidr);
+        let block_prefix = cidr.prefix() + node_bits;
+        let host_bits = u32::from(family.bits() - block_prefix);
+        let block_size = 1u128.checked_shl(host_bits)?;
+        let first = to_u128(cidr.network()).checked_add(u128::from(index) * block_size)?;
+        let last = first.checked_add(block_size - 1)?;
         Some(Block {
             index,
-            subnet,
-            gateway: Ipv4Addr::from(first + 1),
-            range_start: Ipv4Addr::from(first + 2),
-            range_end: Ipv4Addr::from(last - 1),
+            subnet: IpNetwork::new(from_u128(family, first)?, block_prefix).ok()?,
+            gateway: from_u128(family, first + 1)?,
+            range_start: from_u128(family, first + 2)?,
+            range_end: from_u128(family, last - 1)?,
         })
     }
 
-    /// The block whose subnet is exactly `subnet`, if it belongs to this pool.
-    pub fn index_of(&self, subnet: Ipv4Network) -> Option<u32> {
-        if subnet.prefix() != self.block_prefix() || !self.pod_cidr.contains(subnet.network()) {
+    /// The block whose subnet is exactly `subnet`, if it belongs to this pool (either family).
+    pub fn index_of(&self, subnet: IpNetwork) -> Option<u32> {
+        let cidr = self.cidr_of(Family::of(&subnet))?;
+        let block_prefix = cidr.prefix() + self.node_bits;
+        if subnet.prefix() != block_prefix || !cidr.contains(subnet.network()) {
             return None;
         }
-        let offset = u32::from(subnet.network()) - u32::from(self.pod_cidr.network());
-        Some(offset >> (32 - u32::from(self.block_prefix())))
+        let offset = to_u128(subnet.network()) - to_u128(cidr.network());
+        let shift = u32::from(Family::of(&cidr).bits() - block_prefix);
+        u32::try_from(offset.checked_shr(shift).unwrap_or(0)).ok()
     }
 
     /// Whether an address (e.g. a pod address) lies in the pool.
     pub fn contains(&self, addr: IpAddr) -> bool {
-        match addr {
-            IpAddr::V4(v4) => self.pod_cidr.contains(v4),
-            IpAddr::V6(_) => false,
-        }
+        self.pod_cidrs().iter().any(|cidr| cidr.contains(addr))
     }
 }
 
 impl fmt::Display for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "podCIDR {} nodeBits {}", self.pod_cidr, self.node_bits)
+        write!(
+            f,
+            "podCIDR {} nodeBits {}",
+            self.pod_cidr_list(),
+            self.node_bits
+        )
     }
 }
 
@@ -308,10 +497,6 @@ mod tests {
             Pool::parse("10.0.0.1/32", 0),
             Err(PoolError::TooFewHostBits { .. })
         ));
-        assert!(matches!(
-            Pool::parse("fd00::/64", 8),
-            Err(PoolError::Ipv6Unsupported(_))
-        ));
         let err = Pool::parse("10.244.0.0/33", 8).map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("10.244.0.0/33"), "{err}");
         let err = Pool::parse("banana", 8).map(|_| ()).unwrap_err();
@@ -332,9 +517,220 @@ mod tests {
     #[test]
     fn index_of_rejects_foreign_subnets() {
         let p = pool("10.244.0.0/16", 8);
-        let foreign: Ipv4Network = "10.245.0.0/24".parse().unwrap_or_else(|e| panic!("{e}"));
+        let foreign: IpNetwork = "10.245.0.0/24".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.index_of(foreign), None);
-        let wrong_size: Ipv4Network = "10.244.0.0/25".parse().unwrap_or_else(|e| panic!("{e}"));
+        let wrong_size: IpNetwork = "10.244.0.0/25".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.index_of(wrong_size), None);
+    }
+
+    #[test]
+    fn ipv6_block_table() {
+        // (cidr, nodeBits, index, subnet, gateway, rangeStart, rangeEnd, blocks, pods per block)
+        let cases = [
+            // /48 with 16 bits: one /64 per node.
+            (
+                "fd00:10::/48",
+                16,
+                0,
+                "fd00:10::/64",
+                "fd00:10::1",
+                "fd00:10::2",
+                "fd00:10::ffff:ffff:ffff:fffe",
+                65536,
+                u64::MAX - 2,
+            ),
+            (
+                "fd00:10::/48",
+                16,
+                65535,
+                "fd00:10:0:ffff::/64",
+                "fd00:10:0:ffff::1",
+                "fd00:10:0:ffff::2",
+                "fd00:10:0:ffff:ffff:ffff:ffff:fffe",
+                65536,
+                u64::MAX - 2,
+            ),
+            // /56 with 8 bits: one /64 per node.
+            (
+                "fd00:10:244::/56",
+                8,
+                3,
+                "fd00:10:244:3::/64",
+                "fd00:10:244:3::1",
+                "fd00:10:244:3::2",
+                "fd00:10:244:3:ffff:ffff:ffff:fffe",
+                256,
+                u64::MAX - 2,
+            ),
+            // host bits masked, as for IPv4
+            (
+                "fd00:10:244:0:1::/56",
+                8,
+                255,
+                "fd00:10:244:ff::/64",
+                "fd00:10:244:ff::1",
+                "fd00:10:244:ff::2",
+                "fd00:10:244:ff:ffff:ffff:ffff:fffe",
+                256,
+                u64::MAX - 2,
+            ),
+            // the /120 edge: 256 addresses a block, like an IPv4 /24
+            (
+                "fd00:10:244::/112",
+                8,
+                2,
+                "fd00:10:244::200/120",
+                "fd00:10:244::201",
+                "fd00:10:244::202",
+                "fd00:10:244::2fe",
+                256,
+                253,
+            ),
+            // the smallest block: /126, one pod
+            (
+                "fd00::/120",
+                6,
+                63,
+                "fd00::fc/126",
+                "fd00::fd",
+                "fd00::fe",
+                "fd00::fe",
+                64,
+                1,
+            ),
+            // a /64 pool with 30 node bits: /94 blocks of 2^34 addresses
+            (
+                "fd00:1:2:3::/64",
+                30,
+                1,
+                "fd00:1:2:3:0:4::/94",
+                "fd00:1:2:3:0:4:0:1",
+                "fd00:1:2:3:0:4:0:2",
+                "fd00:1:2:3:0:7:ffff:fffe",
+                1 << 30,
+                (1 << 34) - 3,
+            ),
+        ];
+        for (cidr, bits, index, subnet, gw, start, end, blocks, pods) in cases {
+            let p = pool(cidr, bits);
+            let b = p
+                .block(index)
+                .unwrap_or_else(|| panic!("{cidr}/{bits} block {index}"));
+            assert_eq!(b.family(), Family::V6);
+            assert_eq!(b.subnet.to_string(), subnet, "{cidr} {bits} {index}");
+            assert_eq!(b.gateway.to_string(), gw, "{cidr} {bits} {index}");
+            assert_eq!(b.range_start.to_string(), start, "{cidr} {bits} {index}");
+            assert_eq!(b.range_end.to_string(), end, "{cidr} {bits} {index}");
+            assert_eq!(p.block_count(), blocks, "{cidr} {bits}");
+            assert_eq!(p.pods_per_block(), pods, "{cidr} {bits}");
+            assert_eq!(p.index_of(b.subnet), Some(index));
+            assert!(p.block(blocks as u32).is_none());
+            assert_eq!(p.families(), vec![Family::V6]);
+        }
+    }
+
+    #[test]
+    fn ipv6_refusals_carry_the_numbers() {
+        // /127 blocks: one host bit
+        let err = Pool::parse("fd00::/119", 8).map(|_| ()).unwrap_err();
+        assert_eq!(
+            err,
+            PoolError::TooFewHostBits {
+                cidr: "fd00::/119".parse().unwrap_or_else(|e| panic!("{e}")),
+                node_bits: 8,
+                host_bits: 1
+            }
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("fd00::/119") && msg.contains("nodeBits 8") && msg.contains("1 host bits"),
+            "{msg}"
+        );
+        let err = Pool::parse("fd00::/128", 0).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("0 host bits"), "{err}");
+        let err = Pool::parse("fd00::/129", 8).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("fd00::/129"), "{err}");
+        let err = Pool::parse("fd00:::/64", 8).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("fd00:::/64"), "{err}");
+    }
+
+    #[test]
+    fn dual_stack_pairs_blocks_by_index() {
+        for text in [
+            "10.244.0.0/16,fd00:10:244::/56",
+            "fd00:10:244::/56, 10.244.0.0/16",
+        ] {
+            let p = pool(text, 8);
+            assert!(p.is_dual_stack());
+            assert_eq!(p.pod_cidr().to_string(), "10.244.0.0/16", "IPv4 is primary");
+            assert_eq!(p.pod_cidr_list(), "10.244.0.0/16,fd00:10:244::/56");
+            assert_eq!(p.family_names(), "IPv4+IPv6");
+            assert_eq!(
+                p.to_string(),
+                "podCIDR 10.244.0.0/16,fd00:10:244::/56 nodeBits 8"
+            );
+            assert_eq!(Pool::parse(&p.pod_cidr_list(), 8), Ok(p), "round trip");
+            let blocks = p.blocks(7);
+            let subnets: Vec<String> = blocks.iter().map(|b| b.subnet.to_string()).collect();
+            assert_eq!(subnets, ["10.244.7.0/24", "fd00:10:244:7::/64"]);
+            assert_eq!(blocks[1].gateway.to_string(), "fd00:10:244:7::1");
+            assert_eq!(p.index_of(blocks[1].subnet), Some(7));
+            assert_eq!(p.index_of(blocks[0].subnet), Some(7));
+            assert!(p.contains("fd00:10:244:7::9".parse().unwrap_or_else(|e| panic!("{e}"))));
+            assert!(p.contains("10.244.7.9".parse().unwrap_or_else(|e| panic!("{e}"))));
+            assert!(p.blocks(256).is_empty());
+            // JSON: both CIDRs, and a single-family pool's JSON is what earlier versions wrote
+            let json = serde_json::to_string(&p).unwrap_or_default();
+            assert_eq!(
+                json,
+                r#"{"podCidr":"10.244.0.0/16","podCidrV6":"fd00:10:244::/56","nodeBits":8}"#
+            );
+        }
+        let v4 = pool("10.244.0.0/16", 8);
+        assert_eq!(
+            serde_json::to_string(&v4).unwrap_or_default(),
+            r#"{"podCidr":"10.244.0.0/16","nodeBits":8}"#
+        );
+        assert_eq!(v4.blocks(1).len(), 1);
+    }
+
+    #[test]
+    fn dual_stack_refusals_name_the_values() {
+        let err = Pool::parse("10.244.0.0/16,10.245.0.0/16", 8)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PoolError::SameFamilyTwice {
+                    family: Family::V4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("two IPv4 networks"), "{err}");
+        let err = Pool::parse("fd00::/56,fd01::/56", 8)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("two IPv6 networks"), "{err}");
+        let err = Pool::parse("10.0.0.0/8,fd00::/56,fd01::/56", 8)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("3 networks"), "{err}");
+        // each family needs room for its blocks: a /24 with 8 node bits is /32 blocks
+        let err = Pool::parse("10.244.0.0/24,fd00::/56", 8)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(err, PoolError::TooFewHostBits { host_bits: 0, .. }),
+            "{err}"
+        );
+        let err = Pool::parse("10.244.0.0/16,fd00::/121", 8)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("fd00::/121"), "{err}");
+        let err = Pool::parse("10.244.0.0/16,", 8).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("10.244.0.0/16,"), "{err}");
     }
 }

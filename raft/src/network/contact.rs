@@ -19,6 +19,9 @@ pub struct Contact {
     pub heard: Option<Instant>,
     /// The last RPC of ours it answered.
     pub reached: Option<Instant>,
+    /// The last RPC of ours it answered with a result, not an error: its Raft runs (the
+    /// leader's membership controller counts a member alive by this).
+    pub answered: Option<Instant>,
     /// The last RPC of ours that got no answer, and why.
     pub failed: Option<(Instant, String)>,
 }
@@ -71,6 +74,15 @@ impl Contacts {
 
     pub fn reached(&self, id: NodeId) {
         self.update(id, |c| c.reached = Some(Instant::now()));
+    }
+
+    /// It answered with a result: reached, and its Raft runs.
+    pub fn answered(&self, id: NodeId) {
+        let now = Instant::now();
+        self.update(id, |c| {
+            c.reached = Some(now);
+            c.answered = Some(now);
+        });
     }
 
     pub fn failed(&self, id: NodeId, why: &dyn std::fmt::Display) {

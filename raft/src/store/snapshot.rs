@@ -7,24 +7,31 @@
 //! nodeBits (1 byte), record count, then per record: name length, name (UTF-8), block,
 //! host IP flag (1 byte: 0 none, 1 followed by 4 bytes), revision, acquiredAt. Records are
 //! sorted by block, so every member builds the same bytes from the same table.
+//!
+//! Format v2 (pools with IPv6): as v1, but the pool is a CIDR count (1 byte) then per CIDR a
+//! family byte (4 or 6), its address (4 or 16 bytes) and prefix (1 byte), then nodeBits.
+//! IPv4-only pools are still written as v1, so members not yet upgraded read them.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 use crate::lease::{LeaseRecord, LeaseTable};
 use crate::pool::Pool;
 
 const MAGIC: &[u8] = b"EVSNAP";
-const VERSION: u8 = 1;
+/// The version IPv4-only pools are written in (readable by every release).
+const VERSION_V4: u8 = 1;
+/// The version for pools with an IPv6 CIDR.
+const VERSION: u8 = 2;
 
 /// Why snapshot bytes cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotFormatError {
     #[error("snapshot is neither evio's binary format nor its earlier JSON")]
     UnknownFormat,
-    #[error("snapshot format version {0} is newer than this evio-node reads (1)")]
+    #[error("snapshot format version {0} is newer than this evio-node reads (1 and 2)")]
     UnsupportedVersion(u8),
     #[error("snapshot ends early (reading {0})")]
     Truncated(&'static str),
@@ -69,9 +76,30 @@ pub fn encode(table: &LeaseTable) -> Vec<u8> {
     let pool = table.pool();
     let mut out = Vec::with_capacity(16 + records.len() * 28);
     out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    out.extend_from_slice(&pool.pod_cidr().network().octets());
-    out.push(pool.pod_cidr().prefix());
+    match pool.pod_cidrs().as_slice() {
+        [IpNetwork::V4(v4)] => {
+            out.push(VERSION_V4);
+            out.extend_from_slice(&v4.network().octets());
+            out.push(v4.prefix());
+        }
+        cidrs => {
+            out.push(VERSION);
+            out.push(cidrs.len() as u8);
+            for cidr in cidrs {
+                match cidr.network() {
+                    IpAddr::V4(a) => {
+                        out.push(4);
+                        out.extend_from_slice(&a.octets());
+                    }
+                    IpAddr::V6(a) => {
+                        out.push(6);
+                        out.extend_from_slice(&a.octets());
+                    }
+                }
+                out.push(cidr.prefix());
+            }
+        }
+    }
     out.push(pool.node_bits());
     put_varint(&mut out, records.len() as u64);
     for record in records {
@@ -105,15 +133,28 @@ pub fn decode(bytes: &[u8]) -> Result<SnapshotBody, SnapshotFormatError> {
         return Err(SnapshotFormatError::UnknownFormat);
     }
     let version = r.byte("version")?;
-    if version != VERSION {
-        return Err(SnapshotFormatError::UnsupportedVersion(version));
-    }
-    let addr = r.ipv4("pool address")?;
-    let prefix = r.byte("pool prefix")?;
+    let cidrs = match version {
+        VERSION_V4 => vec![r.cidr(4)?],
+        VERSION => {
+            let count = r.byte("pool CIDR count")?;
+            if !(1..=2).contains(&count) {
+                return Err(SnapshotFormatError::Overflow("pool CIDR count"));
+            }
+            let mut cidrs = Vec::with_capacity(2);
+            for _ in 0..count {
+                let family = r.byte("pool family")?;
+                cidrs.push(r.cidr(family)?);
+            }
+            cidrs
+        }
+        other => return Err(SnapshotFormatError::UnsupportedVersion(other)),
+    };
     let node_bits = r.byte("nodeBits")?;
-    let cidr =
-        Ipv4Network::new(addr, prefix).map_err(|_| SnapshotFormatError::Overflow("pool prefix"))?;
-    let pool = Pool::new(cidr, node_bits)?;
+    let pool = match cidrs.as_slice() {
+        [one] => Pool::new(*one, node_bits)?,
+        [a, b] => Pool::dual(*a, *b, node_bits)?,
+        _ => return Err(SnapshotFormatError::Overflow("pool CIDR count")),
+    };
     let count = r.varint("record count")?;
     // Never trust the count for an allocation: each record takes at least 5 bytes.
     let mut leases = Vec::with_capacity((count as usize).min(bytes.len() / 5));
@@ -170,6 +211,23 @@ impl<'a> Reader<'a> {
     fn ipv4(&mut self, what: &'static str) -> Result<Ipv4Addr, SnapshotFormatError> {
         let b = self.take(4, what)?;
         Ok(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    }
+
+    /// A pool CIDR of `family` (4 or 6): address then prefix.
+    fn cidr(&mut self, family: u8) -> Result<IpNetwork, SnapshotFormatError> {
+        let addr = match family {
+            4 => IpAddr::V4(self.ipv4("pool address")?),
+            6 => {
+                let b: [u8; 16] = self
+                    .take(16, "pool address")?
+                    .try_into()
+                    .map_err(|_| SnapshotFormatError::Truncated("pool address"))?;
+                IpAddr::V6(Ipv6Addr::from(b))
+            }
+            _ => return Err(SnapshotFormatError::Overflow("pool family")),
+        };
+        let prefix = self.byte("pool prefix")?;
+        IpNetwork::new(addr, prefix).map_err(|_| SnapshotFormatError::Overflow("pool prefix"))
     }
 
     fn varint(&mut self, what: &'static str) -> Result<u64, SnapshotFormatError> {
@@ -229,6 +287,37 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_and_dual_stack_pools_round_trip() {
+        for (text, bits, version) in [
+            ("10.244.0.0/16", 8, VERSION_V4),
+            ("fd00:10:244::/56", 8, VERSION),
+            ("fd00:10::/48", 16, VERSION),
+            ("10.244.0.0/16,fd00:10:244::/56", 8, VERSION),
+        ] {
+            let pool = Pool::parse(text, bits).unwrap_or_else(|e| panic!("{e}"));
+            let t = table(pool, 300);
+            let bytes = encode(&t);
+            assert_eq!(bytes[MAGIC.len()], version, "{text}");
+            let body = decode(&bytes).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(body.pool, pool, "{text}");
+            let rebuilt =
+                LeaseTable::from_records(pool, body.leases).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(rebuilt.leases(), t.leases(), "{text}");
+            assert_eq!(encode(&rebuilt), bytes, "{text}");
+            for cut in 0..bytes.len().min(64) {
+                assert!(decode(&bytes[..cut]).is_err(), "{text} cut at {cut}");
+            }
+        }
+        // a dual-stack snapshot naming two IPv4 CIDRs is refused, not half-read
+        let pool = Pool::parse("10.244.0.0/16,fd00::/56", 8).unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = encode(&table(pool, 1));
+        let second_family = MAGIC.len() + 2 + 4 + 1 + 1;
+        assert_eq!(bytes[second_family], 6);
+        bytes[second_family] = 4;
+        assert!(decode(&bytes).is_err());
+    }
+
+    #[test]
     fn the_full_pool_fits_in_two_mebibytes() {
         let pool = Pool::parse("10.0.0.0/8", 16).unwrap_or_else(|e| panic!("{e}"));
         let t = table(pool, 65_536);
@@ -261,10 +350,10 @@ mod tests {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         let mut newer = bytes.clone();
-        newer[MAGIC.len()] = 2;
+        newer[MAGIC.len()] = 3;
         assert!(matches!(
             decode(&newer),
-            Err(SnapshotFormatError::UnsupportedVersion(2))
+            Err(SnapshotFormatError::UnsupportedVersion(3))
         ));
         let mut trailing = bytes.clone();
         trailing.push(0);

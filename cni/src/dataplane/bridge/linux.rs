@@ -3,7 +3,7 @@
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 
 use super::{BridgeDriver, Port};
@@ -40,11 +40,11 @@ impl BridgeDriver for LinuxBridge {
         handle: &'a Handle,
         bridge: &'a str,
         mtu: u32,
-        address: Option<Ipv4Network>,
+        addresses: &'a [IpNetwork],
     ) -> BoxFuture<'a, Result<u32>> {
         async move {
             let created = netlink::ensure_linux_bridge(handle, bridge, mtu).await?;
-            match netlink::bridge_ready(handle, bridge, address).await {
+            match netlink::bridge_ready(handle, bridge, addresses).await {
                 Ok(index) => Ok(index),
                 Err(e) => {
                     if created {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 
 use super::error::Result;
@@ -39,14 +39,14 @@ pub trait BridgeDriver: Send + Sync {
     /// (code 7). Cheap once the bridge is known.
     fn validate<'a>(&'a self, handle: &'a Handle, bridge: &'a str) -> BoxFuture<'a, Result<()>>;
 
-    /// Makes the bridge exist and be up, carrying `address` if given. A bridge this call
+    /// Makes the bridge exist and be up, carrying `addresses`. A bridge this call
     /// created that does not come up is removed again. Returns its link index.
     fn ensure<'a>(
         &'a self,
         handle: &'a Handle,
         bridge: &'a str,
         mtu: u32,
-        address: Option<Ipv4Network>,
+        addresses: &'a [IpNetwork],
     ) -> BoxFuture<'a, Result<u32>>;
 
     /// Puts `port` on the bridge.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 
 use super::{BridgeDriver, Port};
@@ -70,7 +70,7 @@ impl BridgeDriver for OvsBridge {
         handle: &'a Handle,
         bridge: &'a str,
         _mtu: u32,
-        address: Option<Ipv4Network>,
+        addresses: &'a [IpNetwork],
     ) -> BoxFuture<'a, Result<u32>> {
         async move {
             let present = self.known().contains(bridge)
@@ -83,7 +83,7 @@ impl BridgeDriver for OvsBridge {
                     .ensure_bridge(bridge, self.datapath.as_str())
                     .await?
             };
-            match netlink::bridge_ready(handle, bridge, address).await {
+            match netlink::bridge_ready(handle, bridge, addresses).await {
                 Ok(index) => {
                     self.known().insert(bridge.to_string());
                     Ok(index)

@@ -24,7 +24,7 @@ pub(super) async fn join(
         node_id: replica.node_id(),
         name: settings.node_name.clone(),
         addr: replica.node().addr.clone(),
-        pod_cidr: settings.pool.pod_cidr().to_string(),
+        pod_cidr: settings.pool.pod_cidr_list(),
         node_bits: settings.pool.node_bits(),
     };
     let mut backoff = RETRY;

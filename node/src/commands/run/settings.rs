@@ -59,7 +59,7 @@ pub struct RunArgs {
     /// Replace a voter unreachable for longer than this (e.g. 60s, 2m). Default: 60s.
     #[arg(long)]
     voter_grace: Option<String>,
-    /// Minimum election timeout in ms (the maximum is twice it). Default: 400.
+    /// Minimum election timeout in ms (the maximum is 1.5 times it). Default: 200.
     #[arg(long)]
     election_timeout_ms: Option<u64>,
     /// Leader heartbeat interval in ms. Default: 100.
@@ -83,7 +83,7 @@ pub struct RunArgs {
     /// Default: 60.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=110))]
     cni_deadline: Option<u64>,
-    /// Require the cluster token for lease reads too.
+    /// Require the cluster token for lease and node reads too.
     #[arg(long)]
     #[serde(default)]
     auth_reads: bool,
@@ -298,7 +298,7 @@ impl RunArgs {
             tuning: RaftTuning {
                 heartbeat_ms: heartbeat,
                 election_timeout_min_ms: election_min,
-                election_timeout_max_ms: election_min * 2,
+                election_timeout_max_ms: RaftTuning::election_max_for(election_min),
                 snapshot_every: args.snapshot_every.unwrap_or(defaults.snapshot_every),
                 logs_kept_after_snapshot: args
                     .snapshot_keep
