@@ -235,6 +235,21 @@ pub fn assert_veth_retired_then_gone(name: &str) {
     wait_until_gone(name, || link_exists(name));
 }
 
+/// The OVS bridge `bridge` runs on the datapath `ovsDatapath: auto` picks on this host: the
+/// kernel's when the openvswitch module is loaded, else userspace `netdev`.
+pub fn assert_auto_datapath(bridge: &str) {
+    let datapath = run("ovs-vsctl", &["get", "Bridge", bridge, "datapath_type"]);
+    let wanted = if Path::new("/sys/module/openvswitch").exists() {
+        "system"
+    } else {
+        "netdev"
+    };
+    assert!(
+        datapath.contains(wanted),
+        "{bridge}: datapath {datapath:?}, auto should pick {wanted}"
+    );
+}
+
 /// A named network namespace, deleted on drop.
 pub struct Netns(pub String);
 
