@@ -222,29 +222,28 @@ pub fn masquerade_rules_v6(fx: &Fixture) -> usize {
         fx.node_subnet_v6(),
         fx.net6(":/48")
     );
-    let out = Process::new("nft")
-        .args(["list", "chain", "ip6", masquerade::TABLE, "postrouting"])
-        .output()
-        .unwrap_or_else(|e| panic!("nft: {e}"));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&wanted))
-        .count()
+    postrouting_rules("ip6", &wanted)
 }
 
+/// evio's IPv4 masquerade rules for the fixture's node block.
 pub fn masquerade_rules(fx: &Fixture) -> usize {
     let wanted = format!(
         "ip saddr {} ip daddr != {} masquerade",
         fx.node_subnet(),
         fx.net("0.0/16")
     );
+    postrouting_rules("ip", &wanted)
+}
+
+/// Rules of evio's `family` postrouting chain that contain `wanted`.
+fn postrouting_rules(family: &str, wanted: &str) -> usize {
     let out = Process::new("nft")
-        .args(["list", "chain", "ip", masquerade::TABLE, "postrouting"])
+        .args(["list", "chain", family, masquerade::TABLE, "postrouting"])
         .output()
         .unwrap_or_else(|e| panic!("nft: {e}"));
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(&wanted))
+        .filter(|l| l.contains(wanted))
         .count()
 }
 
