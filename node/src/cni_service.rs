@@ -171,13 +171,7 @@ pub async fn follow_lease(
             .read()
             .table
             .get(&node)
-            .map(|lease| {
-                lease
-                    .blocks()
-                    .into_iter()
-                    .map(|block| block.subnet)
-                    .collect()
-            })
+            .map(|lease| lease.subnets())
             .unwrap_or_default();
         if blocks != pods.allocator().node_blocks() {
             tracing::info!(?blocks, "evio-ipam allocates from this node's block");

@@ -116,13 +116,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         replica.bootstrap_single().await?;
         replica.wait_for_leader(Duration::from_secs(30)).await?;
         let (lease, created) = replica.acquire(&node_name, None).await?;
-        pods.allocator().set_node_blocks(
-            lease
-                .blocks()
-                .into_iter()
-                .map(|block| block.subnet)
-                .collect(),
-        );
+        pods.allocator().set_node_blocks(lease.subnets());
         let net_d = args.data_dir.join("net.d");
         // The conflist names this daemon's socket, so evio-cni reaches this dev instance.
         let conf = NetConf {

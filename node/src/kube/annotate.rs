@@ -49,10 +49,9 @@ fn desired(replica: &Replica, node_name: &str, api_address: &str) -> Desired {
     let pod_subnet = lease.as_ref().map(|lease| lease.block.subnet.to_string());
     let pod_subnets = lease.map(|lease| {
         lease
-            .pool
-            .blocks(lease.record.block)
+            .subnets()
             .iter()
-            .map(|b| b.subnet.to_string())
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",")
     });

@@ -17,12 +17,7 @@ use crate::{dev_command, is_root, prerequisites, run, target_bin, Proc};
 pub const PLUGIN_DIR: &str = "/usr/lib/cni";
 
 pub fn evio_cni_binary() -> PathBuf {
-    cni_crate_binary("evio-cni")
-}
-
-/// A binary of the evio-cni crate (`evio-cni`, `evio-ipam`), built by `cargo test --workspace`.
-pub fn cni_crate_binary(name: &str) -> PathBuf {
-    target_bin(name)
+    target_bin("evio-cni")
 }
 
 pub fn plugin(name: &str) -> PathBuf {

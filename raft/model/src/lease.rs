@@ -139,9 +139,15 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The node's block in every family of the pool (IPv4 first): what its bridge and IPAM serve.
+    /// The node's block in every family of the pool (IPv4 first, same index in each): what its
+    /// bridge and IPAM serve.
     pub fn blocks(&self) -> Vec<Block> {
         self.pool.blocks(self.record.block)
+    }
+
+    /// The subnets of [`Lease::blocks`].
+    pub fn subnets(&self) -> Vec<ipnetwork::IpNetwork> {
+        self.blocks().iter().map(|b| b.subnet).collect()
     }
 }
 
