@@ -18,7 +18,7 @@ use evio_cni::dataplane::error::CODE_INTERFACE_EXISTS;
 use evio_cni::dataplane::reaper::RETIRED;
 use evio_cni::spec::SUPPORTED_VERSIONS;
 use evio_test_support::run;
-use evio_test_support::{evio_node, Proc};
+use evio_test_support::{spawn_dev, Proc};
 use serde_json::{json, Value};
 
 const CNI_PATH: &str = "/usr/lib/cni";
@@ -113,20 +113,8 @@ impl Fixture {
     fn start() -> Fixture {
         let pid = std::process::id();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let data = dir.path().join("data").to_string_lossy().into_owned();
         let socket = dir.path().join("cni.sock").to_string_lossy().into_owned();
-        let daemon = Proc::spawn(evio_node(&[
-            "dev",
-            "--data-dir",
-            &data,
-            "--listen",
-            "127.0.0.1:0",
-            "--node-name",
-            "bad-input",
-            "--cni-socket",
-            &socket,
-        ]))
-        .unwrap_or_else(|e| panic!("{e}"));
+        let (daemon, _token) = spawn_dev(dir.path(), "bad-input");
         let ovs_bridge = format!("evbo{pid}");
         let lxbr_bridge = format!("evbl{pid}");
         let foreign = format!("evbf{pid}");

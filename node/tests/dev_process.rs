@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use evio_api::{Client, Consistency, LeaseJson};
 use nix::sys::signal::Signal;
 
-use evio_test_support::{evio_node, evio_node_bin, Proc};
+use evio_test_support::{dev_command, evio_node, evio_node_bin, Proc};
 
 /// `evio-node dev` on a temp data dir, with the token it generates there.
 struct Dev {
@@ -40,18 +40,8 @@ fn dev_refused(data_dir: &str, node_name: &str, extra: &[&str]) -> (bool, String
 
 impl Dev {
     fn start(data_dir: &Path, extra: &[&str]) -> Dev {
-        let data = data_dir.to_string_lossy().to_string();
-        let mut args = vec![
-            "dev",
-            "--data-dir",
-            &data,
-            "--listen",
-            "127.0.0.1:0",
-            "--node-name",
-            "test-host",
-        ];
-        args.extend_from_slice(extra);
-        let proc = Proc::spawn(evio_node(&args)).unwrap_or_else(|e| panic!("{e}"));
+        let proc = Proc::spawn(dev_command(data_dir, "test-host", extra))
+            .unwrap_or_else(|e| panic!("{e}"));
         Dev {
             base: proc.base.clone(),
             proc,

@@ -1,6 +1,10 @@
 //! One member of the lease cluster: its data dir, durable store and Raft instance, and the
 //! two ways to touch leases — local reads that never leave the node, and writes/linearizable
 //! reads that go through the Raft leader.
+//!
+//! Over 500 lines on purpose: this is the narrow interface the API and the daemon use instead
+//! of openraft, one type whose methods share the Raft handle and the mapping of Raft errors to
+//! `RequestError`; split up, each part would need the private fields of the others.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;

@@ -233,6 +233,7 @@ pub fn masquerade_rules_of(fx: &Fixture, ipv6: bool) -> usize {
         .count()
 }
 
+/// evio's IPv4 masquerade rules for the fixture's node block.
 pub fn masquerade_rules(fx: &Fixture) -> usize {
     masquerade_rules_of(fx, false)
 }

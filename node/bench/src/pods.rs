@@ -7,6 +7,9 @@
 //! ranges then lie in the block the dev daemon leases (its pool is 10.208.0.0/12 in two /13
 //! blocks, so every plugin's /16 is inside the node's block). Needs root (and OVS running
 //! for the OVS figure: scripts/ovs-start.sh).
+//!
+//! Over 500 lines: `pods` and `fill` share the plugin set-up, the exec of each plugin and the
+//! leftover checks that make the two figures comparable; they stay in one file with them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -33,6 +33,24 @@ pub struct PeerHttp {
     contacts: Arc<Contacts>,
 }
 
+/// The peers `DENY_PEERS_ENV` names: read only in builds with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+fn deny_list() -> Vec<String> {
+    std::env::var(DENY_PEERS_ENV)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn deny_list() -> Vec<String> {
+    Vec::new()
+}
+
 /// A request this process may not send (test-only deny list).
 #[derive(Debug, thiserror::Error)]
 #[error("path to {0} is blocked by {DENY_PEERS_ENV}")]
@@ -40,14 +58,7 @@ pub struct Denied(pub String);
 
 impl PeerHttp {
     pub fn new(token: &str, cluster_id: Option<String>) -> Self {
-        let deny = std::env::var(DENY_PEERS_ENV)
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let deny = deny_list();
         Self {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
@@ -87,6 +98,8 @@ impl PeerHttp {
         path: &str,
     ) -> Result<reqwest::RequestBuilder, Denied> {
         if self.deny.iter().any(|d| d == addr) {
+            // Test builds only (the list is empty otherwise): tests check the hook took effect.
+            tracing::info!(peer = addr, "not dialing: blocked by {DENY_PEERS_ENV}");
             return Err(Denied(addr.to_string()));
         }
         let mut request = self

@@ -491,16 +491,8 @@ mod tests {
             let msg = format!("{err:#}");
             assert!(msg.contains(needle), "{extra:?}: {msg}");
         }
-        let no_join = parse(&[
-            "--node-name",
-            "n",
-            "--pod-cidr",
-            "10.244.0.0/16",
-            "--node-bits",
-            "8",
-            "--cluster-token-file",
-            &token_arg,
-        ]);
+        // the base without --bootstrap
+        let no_join = parse(&base[..base.len() - 1]);
         let err = no_join.settings().map(|_| ()).unwrap_err();
         assert!(format!("{err:#}").contains("--join"), "{err:#}");
     }
