@@ -40,6 +40,22 @@ fn acquire(index: u64, node: String) -> Entry {
     }
 }
 
+/// Applies acquires of `node-1..=node-<count>` (log indexes 1..=count), then builds a snapshot.
+async fn acquire_and_snapshot(
+    sm: &mut StateMachineStore,
+    count: u64,
+) -> evio_raft::types::Snapshot {
+    let entries: Vec<Entry> = (1..=count)
+        .map(|i| acquire(i, format!("node-{i}")))
+        .collect();
+    sm.apply(entries).await.unwrap_or_else(|e| panic!("{e}"));
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Every lease as (node, every family's subnet), ordered.
 fn leases(sm: &StateMachineStore) -> Vec<(String, String)> {
     sm.view()
@@ -58,16 +74,7 @@ fn leases(sm: &StateMachineStore) -> Vec<(String, String)> {
 async fn a_snapshot_built_on_one_member_installs_on_another() {
     let (a_dir, b_dir) = (tempdir(), tempdir());
     let mut a = open(&a_dir);
-    let entries: Vec<Entry> = (1..=5_000)
-        .map(|i| acquire(i, format!("node-{i}")))
-        .collect();
-    a.apply(entries).await.unwrap_or_else(|e| panic!("{e}"));
-    let snapshot = a
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let snapshot = acquire_and_snapshot(&mut a, 5_000).await;
     let bytes = snapshot.snapshot.get_ref().clone();
     assert!(bytes.starts_with(b"EVSNAP"), "not the binary format");
 
@@ -94,19 +101,10 @@ async fn ipv6_and_dual_stack_state_machines_round_trip_through_snapshots() {
         let pool = Pool::parse(text, bits).unwrap_or_else(|e| panic!("{e}"));
         let (a_dir, b_dir) = (tempdir(), tempdir());
         let mut a = open_with(&a_dir, pool);
-        let entries: Vec<Entry> = (1..=1_000)
-            .map(|i| acquire(i, format!("node-{i}")))
-            .collect();
-        a.apply(entries).await.unwrap_or_else(|e| panic!("{e}"));
+        let snapshot = acquire_and_snapshot(&mut a, 1_000).await;
         let before = leases(&a);
         assert_eq!(before.len(), 1_000);
         assert_eq!(before[0], ("node-1".to_string(), first.to_string()));
-        let snapshot = a
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
         let mut b = open_with(&b_dir, pool);
         b.install_snapshot(&snapshot.meta, snapshot.snapshot)
             .await

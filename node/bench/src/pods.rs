@@ -264,7 +264,7 @@ async fn setup(
     };
     wait_for_socket(&socket).await?;
     // The node's block (a /13 of 10.208.0.0/12): every plugin's 10.<octet>.0.0/16 inside it.
-    let block = node_block(&dir.path().join("data"))?;
+    let block = node_block(&dir.path().join("data")).await?;
     let first_octet = block.ip().octets()[1] + 1;
     let mut plugins = Vec::new();
     for (i, (kind, evio_ipam)) in kinds.iter().copied().enumerate() {
@@ -372,12 +372,24 @@ fn kinds(kind: &str, ipam: &str) -> Result<Vec<(&'static str, bool)>> {
     Ok(out)
 }
 
-/// The block `evio-node dev` leased (the conflist it wrote names it).
-fn node_block(data_dir: &Path) -> Result<ipnetwork::Ipv4Network> {
+/// The block `evio-node dev` leased (the conflist it writes once it holds the lease names
+/// it; the CNI socket is up before that).
+async fn node_block(data_dir: &Path) -> Result<ipnetwork::Ipv4Network> {
     let path = data_dir.join("net.d").join(evio_cni::CONFLIST_FILE);
-    let conflist: Value = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
-    )?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let bytes = loop {
+        match std::fs::read(&path) {
+            Ok(bytes) => break bytes,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    };
+    let conflist: Value = serde_json::from_slice(&bytes)?;
     conflist["plugins"][0]["nodeSubnet"]
         .as_str()
         .and_then(|s| s.parse().ok())
