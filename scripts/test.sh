@@ -19,6 +19,13 @@ if cargo tree --workspace --locked -e build,normal,dev --prefix none | grep -E '
     echo "a protobuf code generator is a build dependency again (see docs/decisions/etcd-json-gateway.md)" >&2
     exit 1
 fi
+echo "== no test hooks in the daemon"
+# evio-raft's test-hooks feature (EVIO_TEST_DENY_PEERS) comes only through evio-test-support,
+# a dev-dependency: a build of evio-node alone (the image's) must not turn it on.
+if cargo tree -p evio-node --locked -e no-dev -f '{p} {f}' --prefix none | grep -E '^evio-raft .*test-hooks'; then
+    echo "evio-node's release build enables evio-raft/test-hooks" >&2
+    exit 1
+fi
 echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy"

@@ -32,7 +32,6 @@ async fn start(cidr: &str, bits: u8, single: bool) -> Member {
         ),
     ]);
     replica
-        .raft()
         .initialize(members)
         .await
         .unwrap_or_else(|e| panic!("initialize: {e}"));
@@ -719,21 +718,22 @@ impl evio_api::NodeProvider for FakeNode {
     }
 }
 
-#[tokio::test]
-async fn node_routes_show_the_daemons_view_and_this_member_reaches_itself() {
+/// A leading member named `name` whose node is [`FakeNode`].
+async fn with_fake_node(name: &str, auth_reads: bool) -> Member {
     let options = evio_api::ApiOptions {
+        auth_reads,
         node: Some(std::sync::Arc::new(FakeNode)),
         ..Default::default()
     };
-    let member = Member::start_with(
-        "node-api",
-        pool("10.244.0.0/16", 8),
-        Default::default(),
-        options,
-    )
-    .await
-    .lead()
-    .await;
+    Member::start_with(name, pool("10.244.0.0/16", 8), Default::default(), options)
+        .await
+        .lead()
+        .await
+}
+
+#[tokio::test]
+async fn node_routes_show_the_daemons_view_and_this_member_reaches_itself() {
+    let member = with_fake_node("node-api", false).await;
     let anonymous = Client::new(&member.base).unwrap_or_else(|e| panic!("{e}"));
     let node = anonymous.node().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(node.node_name, "node-api");
@@ -775,20 +775,7 @@ async fn node_routes_without_a_daemon_and_behind_auth_reads() {
     assert!(!node.cni.enabled && !node.kubernetes.enabled, "{node:?}");
     member.shutdown().await;
 
-    let options = evio_api::ApiOptions {
-        auth_reads: true,
-        node: Some(std::sync::Arc::new(FakeNode)),
-        ..Default::default()
-    };
-    let closed = Member::start_with(
-        "closed",
-        pool("10.244.0.0/16", 8),
-        Default::default(),
-        options,
-    )
-    .await
-    .lead()
-    .await;
+    let closed = with_fake_node("closed", true).await;
     let anonymous = Client::new(&closed.base).unwrap_or_else(|e| panic!("{e}"));
     for err in [
         anonymous.node().await.map(|_| ()).unwrap_err(),

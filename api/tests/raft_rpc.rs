@@ -60,7 +60,6 @@ async fn replicate_snapshot_and_survive_leader_loss() {
         .collect();
     members[0]
         .replica
-        .raft()
         .initialize(voters)
         .await
         .unwrap_or_else(|e| panic!("initialize: {e}"));
@@ -108,12 +107,7 @@ async fn replicate_snapshot_and_survive_leader_loss() {
     let learner = Member::start("m4", p, tuning()).await;
     members[leader]
         .replica
-        .raft()
-        .add_learner(
-            learner.replica.node_id(),
-            learner.replica.node().clone(),
-            true,
-        )
+        .add_learner(learner.replica.node_id(), learner.replica.node().clone())
         .await
         .unwrap_or_else(|e| panic!("add_learner: {e}"));
     converged(&[&learner], &want).await;

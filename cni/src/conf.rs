@@ -39,6 +39,27 @@ pub struct NetConf {
     pub ovsdb_socket: Option<String>,
     /// Seconds the shim waits for the daemon (`replyTimeout`); written only when set.
     pub reply_timeout: Option<u64>,
+    /// The conflist's `ipam.type`: host-local (default) or evio-ipam (served by the daemon).
+    pub ipam_type: IpamType,
+}
+
+/// Which IPAM the conflist names (net-conf.json `ipamType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum IpamType {
+    #[default]
+    #[serde(rename = "host-local")]
+    HostLocal,
+    #[serde(rename = "evio-ipam")]
+    EvioIpam,
+}
+
+impl IpamType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpamType::HostLocal => "host-local",
+            IpamType::EvioIpam => crate::dataplane::evio_ipam::PLUGIN,
+        }
+    }
 }
 
 impl Default for NetConf {
@@ -57,6 +78,7 @@ impl Default for NetConf {
             ovs_datapath: OvsDatapath::System,
             ovsdb_socket: None,
             reply_timeout: None,
+            ipam_type: IpamType::HostLocal,
         }
     }
 }
@@ -84,6 +106,7 @@ pub struct OriginalNetConf {
     pub ovs_datapath: Option<OvsDatapath>,
     pub ovsdb_socket: Option<String>,
     pub reply_timeout: Option<u64>,
+    pub ipam_type: Option<IpamType>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -174,6 +197,7 @@ impl OriginalNetConf {
             ovs_datapath: field!("ovsDatapath"),
             ovsdb_socket: field!("ovsdbSocket"),
             reply_timeout: field!("replyTimeout"),
+            ipam_type: field!("ipamType"),
         };
         let bits = evio_lease_model::Pool::parse_node_bits(&conf.node_bits.as_string())
             .map_err(|e| invalid("nodeBits", &e.to_string()))?;
@@ -246,6 +270,7 @@ impl OriginalNetConf {
             ovs_datapath: self.ovs_datapath.unwrap_or(d.ovs_datapath),
             ovsdb_socket: self.ovsdb_socket.clone().or(d.ovsdb_socket),
             reply_timeout: self.reply_timeout.or(d.reply_timeout),
+            ipam_type: self.ipam_type.unwrap_or(d.ipam_type),
         }
     }
 }
@@ -334,7 +359,7 @@ pub fn plugin_conf(conf: &NetConf, lease: &Lease) -> PluginConf {
             _ => {}
         }
     }
-    plugin.ipam = json!({"type": "host-local", "ranges": ranges, "routes": routes});
+    plugin.ipam = json!({"type": conf.ipam_type.as_str(), "ranges": ranges, "routes": routes});
     plugin
 }
 
@@ -393,7 +418,11 @@ mod tests {
     use evio_lease_model::{LeaseCommand, LeaseTable, Pool};
 
     fn lease_at_block_3() -> Lease {
-        let pool = Pool::parse("10.244.0.16/16", 8).unwrap_or_else(|e| panic!("{e}"));
+        lease_at_block_3_of("10.244.0.16/16")
+    }
+
+    fn lease_at_block_3_of(pod_cidr: &str) -> Lease {
+        let pool = Pool::parse(pod_cidr, 8).unwrap_or_else(|e| panic!("{e}"));
         let mut table = LeaseTable::new(pool);
         for (i, node) in ["a", "b", "c", "d"].iter().enumerate() {
             table.apply(
@@ -450,6 +479,61 @@ mod tests {
         assert_eq!(plugin["ovsDatapath"], "system");
         assert_eq!(plugin["socket"], "/run/evio/cni.sock");
         assert_eq!(value["plugins"][1]["type"], "portmap");
+    }
+
+    #[test]
+    fn conflist_gives_a_range_and_a_default_route_per_family() {
+        let conf = NetConf {
+            is_ipv6_masq: true,
+            ..NetConf::default()
+        };
+        let dual = conflist(
+            &conf,
+            &lease_at_block_3_of("10.244.0.0/16,fd00:10:244::/56"),
+        );
+        let plugin = &dual["plugins"][0];
+        assert_eq!(plugin["bridgeIPv4"], "10.244.3.1/16");
+        assert_eq!(plugin["bridgeIPv6"], "fd00:10:244:3::1/56");
+        assert_eq!(plugin["podCIDR"], "10.244.0.0/16");
+        assert_eq!(plugin["nodeSubnet"], "10.244.3.0/24");
+        assert_eq!(plugin["podCIDRv6"], "fd00:10:244::/56");
+        assert_eq!(plugin["nodeSubnetV6"], "fd00:10:244:3::/64");
+        assert_eq!(plugin["isIPv6Masq"], true);
+        assert_eq!(
+            plugin["ipam"]["ranges"][1],
+            json!([{"subnet": "fd00:10:244::/56", "rangeStart": "fd00:10:244:3::2",
+                    "rangeEnd": "fd00:10:244:3:ffff:ffff:ffff:fffe",
+                    "gateway": "fd00:10:244:3::1"}])
+        );
+        assert_eq!(plugin["ipam"]["ranges"][0][0]["subnet"], "10.244.0.0/16");
+        assert_eq!(
+            plugin["ipam"]["routes"],
+            json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+        );
+        let parsed = PluginConf::parse(&json!(plugin
+            .as_object()
+            .map(|o| {
+                let mut o = o.clone();
+                o.insert("name".into(), json!("n"));
+                o
+            })
+            .unwrap_or_default()));
+        assert!(parsed.is_ok(), "{parsed:?}");
+
+        let v6 = conflist(
+            &NetConf::default(),
+            &lease_at_block_3_of("fd00:10:244::/56"),
+        );
+        let plugin = &v6["plugins"][0];
+        assert!(plugin.get("bridgeIPv4").is_none(), "{plugin}");
+        assert!(plugin.get("podCIDR").is_none(), "{plugin}");
+        assert!(
+            plugin.get("isIPv6Masq").is_none(),
+            "off by default: {plugin}"
+        );
+        assert_eq!(plugin["bridgeIPv6"], "fd00:10:244:3::1/56");
+        assert_eq!(plugin["ipam"]["ranges"].as_array().map(Vec::len), Some(1));
+        assert_eq!(plugin["ipam"]["routes"], json!([{"dst": "::/0"}]));
     }
 
     #[test]
@@ -546,6 +630,29 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let value = conflist(&original.net_conf(), &lease);
         assert_eq!(value["plugins"][0]["replyTimeout"], 30);
+    }
+
+    #[test]
+    fn ipam_type_picks_the_conflists_ipam() {
+        let lease = lease_at_block_3();
+        let plain = conflist(&NetConf::default(), &lease);
+        assert_eq!(plain["plugins"][0]["ipam"]["type"], "host-local");
+        let from = |v: Value| OriginalNetConf::from_value("net-conf.json", &v);
+        let original = from(
+            serde_json::json!({"podCIDR": "10.244.0.0/16", "nodeBits": 8,
+            "ipamType": "evio-ipam"}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let value = conflist(&original.net_conf(), &lease);
+        assert_eq!(value["plugins"][0]["ipam"]["type"], "evio-ipam");
+        assert!(value["plugins"][0]["ipam"].get("dataDir").is_none());
+        let err = from(
+            serde_json::json!({"podCIDR": "10.244.0.0/16", "nodeBits": 8,
+            "ipamType": "dhcp"}),
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(err.to_string().contains("ipamType"), "{err}");
     }
 
     #[test]

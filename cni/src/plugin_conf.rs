@@ -151,27 +151,36 @@ pub struct InvalidKey {
     pub reason: String,
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> InvalidKey {
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> InvalidKey {
     InvalidKey {
         key: key.into(),
         reason: reason.into(),
     }
 }
 
+/// Deserialises `value`, naming the bad key under `prefix` ("" for the top level) when it
+/// fails: serde alone would only say what was wrong with its value.
+pub(crate) fn deserialize_keyed<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    prefix: &str,
+) -> Result<T, InvalidKey> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = match (path.as_str(), prefix) {
+            (".", "") => "(top level)".to_string(),
+            (".", prefix) => prefix.to_string(),
+            (path, "") => path.to_string(),
+            (path, prefix) => format!("{prefix}.{path}"),
+        };
+        invalid(key, e.inner().to_string())
+    })
+}
+
 impl PluginConf {
     /// Parses and checks a runtime's network config (the plugin object with the list's
     /// `name` and `cniVersion`), naming the bad key.
     pub fn parse(config: &Value) -> Result<Self, InvalidKey> {
-        // The path names the bad key (serde alone would only say what was wrong with its value).
-        let conf: PluginConf = serde_path_to_error::deserialize(config).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." {
-                "(top level)".into()
-            } else {
-                key
-            };
-            invalid(&key, e.inner().to_string())
-        })?;
+        let conf: PluginConf = deserialize_keyed(config, "")?;
         let name = &config["name"];
         if !name.as_str().is_some_and(valid_id) {
             return Err(invalid("name", format!("{name}: {ID_RULE}")));

@@ -173,7 +173,11 @@ async fn family_scenario(kind: &'static str, dual: bool, octet: u8) {
         );
         assert_eq!(masquerade_rules(&fx), 1);
     }
-    assert_eq!(masquerade_rules_v6(&fx), 1, "isIPv6Masq: one ip6 rule");
+    assert_eq!(
+        masquerade_rules_of(&fx, true),
+        1,
+        "isIPv6Masq: one ip6 rule"
+    );
 
     // CHECK: both families as ADD left them; a wrong IPv6 address or gateway fails it.
     let mut check_a = fx.request(Command::Check, "a", &ns_a, config.clone());
@@ -190,70 +194,31 @@ async fn family_scenario(kind: &'static str, dual: bool, octet: u8) {
     let err = pods.check(&wrong_gw).await.map(|_| ()).unwrap_err();
     assert_eq!(err.code, codes::CODE_CHECK_FAILED, "{err:?}");
 
-    // DEL frees both families' reservations.
+    // GC with only pod b valid frees pod a's address of every family; DEL frees b's.
     assert_eq!(
         fx.reservations().len(),
         2 * (1 + v6),
         "{:?}",
         fx.reservations()
     );
+    let mut gc = fx.request(Command::Gc, "gc", "", config.clone());
+    gc.config["cni.dev/valid-attachments"] =
+        json!([{"containerID": add_b.container_id, "ifname": "eth0"}]);
+    pods.gc(&gc).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let mut kept = fx.reservations();
+    kept.sort();
+    let mut want_kept: Vec<String> = want_b
+        .iter()
+        .map(|a| a.split('/').next().unwrap_or_default().to_string())
+        .collect();
+    want_kept.sort();
+    assert_eq!(kept, want_kept);
     for (pod, ns) in [("a", &ns_a), ("b", &ns_b)] {
         let del = fx.request(Command::Del, pod, ns, config.clone());
         pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
     }
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
     pods.settled().await;
-}
-
-/// ADD announces a pod's IPv6 address with an unsolicited neighbour advertisement: a bridge
-/// that accepts untracked advertisements learns the pod's neighbour entry before the pod
-/// sends any traffic (the IPv6 counterpart of the gratuitous ARP below).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn add_sends_unsolicited_neighbour_advertisement() {
-    if !prerequisites() {
-        return;
-    }
-    let mut fx = Fixture::new("LXBR");
-    fx.octet = 74;
-    let created = ip(&["link", "add", &fx.bridge, "type", "bridge"]);
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{}/accept_untracked_na", fx.bridge),
-        b"1",
-    )
-    .unwrap_or_else(|e| panic!("accept_untracked_na: {e}"));
-    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
-    let netns = fx.netns("n");
-    let add = fx.request(
-        Command::Add,
-        "n",
-        &netns,
-        fx.config_families(false, "3.254", "3::fe"),
-    );
-    let result = pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
-    let pod_ip = fx.net6("3::2");
-    assert_eq!(addresses_of(&result), [format!("{pod_ip}/48")]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    loop {
-        let neigh =
-            String::from_utf8_lossy(&ip(&["-6", "neigh", "show", "dev", &fx.bridge]).stdout)
-                .to_string();
-        if neigh.lines().any(|l| l.starts_with(&format!("{pod_ip} "))) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no neighbour entry for {pod_ip}: {neigh}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let mut del = add.clone();
-    del.command = Command::Del;
-    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
 }
 
 #[test]
@@ -560,32 +525,57 @@ async fn concurrent_adds_and_dels_with(kind: &'static str, ipam: &'static str, o
 /// ARP learns the pod's neighbour entry before the pod sends any traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_sends_gratuitous_arp() {
+    announcement_reaches_the_bridge(96, false).await;
+}
+
+/// The IPv6 counterpart: an unsolicited neighbour advertisement, learnt by a bridge that
+/// accepts untracked advertisements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_sends_unsolicited_neighbour_advertisement() {
+    announcement_reaches_the_bridge(74, true).await;
+}
+
+async fn announcement_reaches_the_bridge(octet: u8, ipv6: bool) {
     if !prerequisites() {
         return;
     }
     let mut fx = Fixture::new("LXBR");
-    fx.octet = 96;
+    fx.octet = octet;
     let created = ip(&["link", "add", &fx.bridge, "type", "bridge"]);
     assert!(
         created.status.success(),
         "{}",
         String::from_utf8_lossy(&created.stderr)
     );
-    std::fs::write(
-        format!("/proc/sys/net/ipv4/conf/{}/arp_accept", fx.bridge),
-        b"1",
-    )
-    .unwrap_or_else(|e| panic!("arp_accept: {e}"));
+    let (sysctl, config, pod_ip, prefix, family) = if ipv6 {
+        (
+            "ipv6/conf/{}/accept_untracked_na",
+            fx.config_families(false, "3.254", "3::fe"),
+            fx.net6("3::2"),
+            48,
+            "-6",
+        )
+    } else {
+        (
+            "ipv4/conf/{}/arp_accept",
+            fx.config("3.254"),
+            fx.net("3.2"),
+            16,
+            "-4",
+        )
+    };
+    let sysctl = format!("/proc/sys/net/{}", sysctl.replace("{}", &fx.bridge));
+    std::fs::write(&sysctl, b"1").unwrap_or_else(|e| panic!("{sysctl}: {e}"));
     let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
     let netns = fx.netns("g");
-    let add = fx.request(Command::Add, "g", &netns, fx.config("3.254"));
+    let add = fx.request(Command::Add, "g", &netns, config);
     let result = pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
-    let pod_ip = fx.net("3.2");
-    assert_eq!(result["ips"][0]["address"], format!("{pod_ip}/16"));
+    assert_eq!(result["ips"][0]["address"], format!("{pod_ip}/{prefix}"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
         let neigh =
-            String::from_utf8_lossy(&ip(&["neigh", "show", "dev", &fx.bridge]).stdout).to_string();
+            String::from_utf8_lossy(&ip(&[family, "neigh", "show", "dev", &fx.bridge]).stdout)
+                .to_string();
         if neigh.lines().any(|l| l.starts_with(&format!("{pod_ip} "))) {
             break;
         }

@@ -71,19 +71,7 @@ async fn auto_with_ovs_uses_an_ovs_bridge() {
     let add = fx.request(Command::Add, "a", &ns, config.clone());
     pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert!(ovs_bridge_exists(&fx.bridge));
-    let datapath = std::process::Command::new("ovs-vsctl")
-        .args(["get", "Bridge", &fx.bridge, "datapath_type"])
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let wanted = if std::path::Path::new("/sys/module/openvswitch").exists() {
-        "system"
-    } else {
-        "netdev"
-    };
-    assert!(
-        String::from_utf8_lossy(&datapath.stdout).contains(wanted),
-        "{datapath:?}"
-    );
+    evio_test_support::cni::assert_auto_datapath(&fx.bridge);
     let del = fx.request(Command::Del, "a", &ns, config);
     pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
 }

@@ -7,20 +7,17 @@
 mod common;
 
 use common::*;
+use evio_cni::dataplane::evio_ipam::store::read_reservations;
 use evio_cni::dataplane::PodNetwork;
 use evio_cni::spec::Command;
 use serde_json::json;
 
 fn held(dir: &std::path::Path, network: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join(network))
+    read_reservations(&dir.join(network))
+        .unwrap_or_else(|e| panic!("{e}"))
         .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-        .collect();
-    names.sort();
-    names
+        .map(|(ip, _)| ip.to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,4 +79,6 @@ async fn switching_from_host_local_imports_its_reservations() {
     }
     assert!(held(state.path(), &network).is_empty());
     pods.settled().await;
+    let veth = evio_cni::dataplane::attachment::host_veth_name(&add_c.container_id, "eth0");
+    assert!(!link_exists(&veth), "{veth} left behind");
 }

@@ -1,6 +1,7 @@
 //! Our OVSDB layer (`evio_cni::dataplane::ovsdb`) against a real ovsdb-server: transactions,
-//! the server's error replies, its inactivity probes on a long-lived connection, and a
-//! server restart under a client that keeps its `Ovsdb`. (Why our own layer and not the
+//! the server's error replies, its inactivity probes on a long-lived connection, lookups
+//! answered by the monitor-fed cache (changes by other clients included), and a server
+//! restart under a client that keeps its `Ovsdb` (the cache rebuilt from the new server). (Why our own layer and not the
 //! `ovsdb-client` crate: docs/decisions/ovsdb-client.md.)
 //!
 //! Each test starts a private ovsdb-server on a temp unix socket with a fresh
@@ -278,7 +279,20 @@ async fn the_long_lived_connection_answers_inactivity_probes() {
     );
 }
 
-/// ovsdb-server restarted under a running daemon: the next call connects again.
+/// Waits until `ours` reports `bridge` as `present` (the cache hears of changes made by
+/// other clients through the monitor).
+async fn bridge_becomes(ours: &Ovsdb, bridge: &str, present: bool) {
+    within("the cache to hear of the change", async {
+        while ours.bridge_exists(bridge).await.ok() != Some(present) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// ovsdb-server restarted under a running daemon: the next call connects again, and its
+/// cache is the new server's (a bridge created while it was away is seen, and one deleted
+/// later is gone).
 #[tokio::test]
 async fn a_restarted_server_is_reconnected_to() {
     if !prerequisites() {
@@ -289,7 +303,9 @@ async fn a_restarted_server_is_reconnected_to() {
     within("ping", ours.ping())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    let bridge = unique("evr");
     server.restart();
+    server.vsctl(&["add-br", &bridge]);
     // The old connection closed with the old server; the reader noticed, the call reconnects.
     let mut answered = false;
     for _ in 0..50 {
@@ -303,6 +319,73 @@ async fn a_restarted_server_is_reconnected_to() {
     assert!(!within("bridge_exists", ours.bridge_exists("evio-none"))
         .await
         .unwrap_or_else(|e| panic!("{e}")));
+    assert!(within("bridge_exists", ours.bridge_exists(&bridge))
+        .await
+        .unwrap_or_else(|e| panic!("{e}")));
+    server.vsctl(&["del-br", &bridge]);
+    bridge_becomes(&ours, &bridge, false).await;
+}
+
+/// Bridge and port lookups and the wait for vswitchd come from the monitor's cache: once
+/// connected, asking sends nothing, and what other clients change is seen.
+#[tokio::test]
+async fn lookups_are_answered_from_the_monitor_cache() {
+    if !prerequisites() {
+        return;
+    }
+    let server = Server::start();
+    let _vswitchd = VswitchdStandIn::start(&server);
+    let ours = Ovsdb::new(server.socket());
+    let (bridge, port) = (unique("evc"), unique("evq"));
+    ours.ensure_bridge(&bridge, "netdev")
+        .await
+        .unwrap_or_else(|e| panic!("ensure_bridge: {e}"));
+    let owner = [("evio-owner", "net/container-2/eth0")];
+    ours.add_port(&bridge, &port, &owner)
+        .await
+        .unwrap_or_else(|e| panic!("add_port: {e}"));
+    // One transaction per change (monitor, ensure_bridge's, add_port's): no polling.
+    assert_eq!(ours.requests(), 3);
+    for _ in 0..10 {
+        assert!(ours
+            .bridge_exists(&bridge)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")));
+        assert!(!ours
+            .bridge_exists("evio-none")
+            .await
+            .unwrap_or_else(|e| panic!("{e}")));
+        let owned = ours.owned_ports().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(owned, vec![(port.clone(), owner[0].1.to_string())]);
+        assert!(!ours
+            .del_port("evio-none")
+            .await
+            .unwrap_or_else(|e| panic!("{e}")));
+    }
+    assert!(!ours
+        .ensure_bridge(&bridge, "netdev")
+        .await
+        .unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(ours.requests(), 3, "lookups went to the server");
+
+    // Another client's changes reach the cache.
+    let other = unique("evd");
+    server.vsctl(&["add-br", &other]);
+    bridge_becomes(&ours, &other, true).await;
+    server.vsctl(&["del-br", &other]);
+    bridge_becomes(&ours, &other, false).await;
+    server.vsctl(&["del-port", &port]);
+    within("the port's removal", async {
+        while !ours.owned_ports().await.unwrap_or_default().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(ours.requests(), 3);
+    ours.del_bridge(&bridge)
+        .await
+        .unwrap_or_else(|e| panic!("del_bridge: {e}"));
+    assert_eq!(server.vsctl(&["list-br"]), "");
 }
 
 /// Our layer's transactions against the real server: bridge and ports created once, a

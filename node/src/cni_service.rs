@@ -75,6 +75,11 @@ impl CniService {
 
     /// Serves until the task is dropped or aborted.
     pub async fn run(self) {
+        match self.pods.adopt_attached().await {
+            Ok(0) => {}
+            Ok(found) => tracing::info!(found, "pod interfaces attached before this start"),
+            Err(e) => tracing::warn!(error = %e, "cannot list the pod interfaces already attached"),
+        }
         loop {
             let (stream, _) = match self.listener.accept().await {
                 Ok(conn) => conn,
@@ -156,9 +161,9 @@ async fn dispatch(pods: &PodNetwork, request: &Request) -> Reply {
 pub async fn follow_lease(
     replica: Arc<evio_raft::Replica>,
     pods: Arc<PodNetwork>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut metrics = replica.raft().metrics();
+    let mut metrics = replica.watch_metrics();
     let node = replica.node().name.clone();
     loop {
         let blocks: Vec<ipnetwork::IpNetwork> = replica
@@ -166,13 +171,7 @@ pub async fn follow_lease(
             .read()
             .table
             .get(&node)
-            .map(|lease| {
-                lease
-                    .blocks()
-                    .into_iter()
-                    .map(|block| block.subnet)
-                    .collect()
-            })
+            .map(|lease| lease.subnets())
             .unwrap_or_default();
         if blocks != pods.allocator().node_blocks() {
             tracing::info!(?blocks, "evio-ipam allocates from this node's block");
@@ -180,7 +179,7 @@ pub async fn follow_lease(
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
-            _ = crate::etcd::stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
     }
 }

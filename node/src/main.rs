@@ -11,7 +11,10 @@
 
 mod cni_service;
 mod commands;
+mod conflist;
+mod daemon;
 mod etcd;
+mod host;
 mod kube;
 mod node_info;
 mod serve;

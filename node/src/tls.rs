@@ -248,11 +248,11 @@ pub fn data_dir_client(addr: &str, data_dir: &Path, token: Option<&str>) -> anyh
 
 /// Renews (managed) or re-reads (files) this member's certificate before it expires,
 /// swapping it in without a restart, until `stop`.
-pub async fn keep_renewed(tls: Arc<TlsContext>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn keep_renewed(tls: Arc<TlsContext>, stop: tokio_util::sync::CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tls.renew_interval()) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.cancelled() => return,
         }
         if !tls.has_files() {
             continue;

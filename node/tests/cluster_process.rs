@@ -212,6 +212,14 @@ async fn forwards_around_a_blocked_path_to_the_leader() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(got.map(|l| l.subnet), Some(lease.subnet));
+    // The detour was taken: n2 refused to dial n0 (the hook is on in test builds).
+    assert!(
+        n2.proc
+            .logs()
+            .contains("not dialing: blocked by EVIO_TEST_DENY_PEERS"),
+        "{}",
+        n2.proc.logs()
+    );
     converged(
         &[&n0, &n1, &n2],
         &BTreeMap::from([(lease.node.clone(), lease.subnet.to_string())]),

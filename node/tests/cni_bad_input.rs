@@ -18,7 +18,7 @@ use evio_cni::dataplane::error::CODE_INTERFACE_EXISTS;
 use evio_cni::dataplane::reaper::RETIRED;
 use evio_cni::spec::SUPPORTED_VERSIONS;
 use evio_test_support::run;
-use evio_test_support::{evio_node, Proc};
+use evio_test_support::{spawn_dev, Proc};
 use serde_json::{json, Value};
 
 const CNI_PATH: &str = "/usr/lib/cni";
@@ -113,20 +113,8 @@ impl Fixture {
     fn start() -> Fixture {
         let pid = std::process::id();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let data = dir.path().join("data").to_string_lossy().into_owned();
         let socket = dir.path().join("cni.sock").to_string_lossy().into_owned();
-        let daemon = Proc::spawn(evio_node(&[
-            "dev",
-            "--data-dir",
-            &data,
-            "--listen",
-            "127.0.0.1:0",
-            "--node-name",
-            "bad-input",
-            "--cni-socket",
-            &socket,
-        ]))
-        .unwrap_or_else(|e| panic!("{e}"));
+        let (daemon, _token) = spawn_dev(dir.path(), "bad-input");
         let ovs_bridge = format!("evbo{pid}");
         let lxbr_bridge = format!("evbl{pid}");
         let foreign = format!("evbf{pid}");
@@ -743,6 +731,49 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
                 "bridgeIPv4",
             ),
             ("bridgeIPv4 a number", "bridgeIPv4", json!(10), "bridgeIPv4"),
+            (
+                "bridgeIPv6 garbage",
+                "bridgeIPv6",
+                json!("fd00:91::1::1/64"),
+                "bridgeIPv6",
+            ),
+            (
+                "bridgeIPv6 an IPv4 address",
+                "bridgeIPv6",
+                json!("10.91.1.1/24"),
+                "bridgeIPv6",
+            ),
+            (
+                "bridgeIPv6 prefix 129",
+                "bridgeIPv6",
+                json!("fd00:91::1/129"),
+                "bridgeIPv6",
+            ),
+            ("bridgeIPv6 a number", "bridgeIPv6", json!(6), "bridgeIPv6"),
+            (
+                "podCIDRv6 garbage",
+                "podCIDRv6",
+                json!("fd00:91"),
+                "podCIDRv6",
+            ),
+            (
+                "podCIDRv6 an IPv4 network",
+                "podCIDRv6",
+                json!("10.91.0.0/16"),
+                "podCIDRv6",
+            ),
+            (
+                "nodeSubnetV6 an IPv4 network",
+                "nodeSubnetV6",
+                json!("10.91.1.0/24"),
+                "nodeSubnetV6",
+            ),
+            (
+                "isIPv6Masq a string",
+                "isIPv6Masq",
+                json!("yes"),
+                "isIPv6Masq",
+            ),
             ("mtu 10", "mtu", json!(10), "mtu"),
             ("mtu 70000", "mtu", json!(70000), "mtu"),
             ("mtu a string", "mtu", json!("1500"), "mtu"),
@@ -1091,11 +1122,50 @@ fn build_corpus(fx: &Fixture) -> Vec<Case> {
                     "rangeStart": net("9"), "rangeEnd": net("3")}]]);
             },
         );
+        // IPv6: an address of a family the config has no bridge address for is refused after
+        // IPAM ran, and rolled back (the IPv4 reservation of a dual-stack answer too).
         c.case(
-            "ADD ipam gives IPv6 only",
+            "ADD ipam gives IPv6 only, no bridgeIPv6",
             k,
-            fails(6, "no IPv4 address"),
+            fails(7, "bridgeIPv6"),
             |_, i| i.config["ipam"]["ranges"] = json!([[{"subnet": "fd00:91::/120"}]]),
+        );
+        c.case(
+            "ADD ipam gives both families, no bridgeIPv6",
+            k,
+            fails(7, "bridgeIPv6"),
+            move |_, i| {
+                i.config["ipam"]["ranges"] = json!([
+                    [{"subnet": net("0/24"), "rangeStart": net("2"), "rangeEnd": net("250")}],
+                    [{"subnet": "fd00:91::/120"}],
+                ])
+            },
+        );
+        c.case(
+            "isIPv6Masq without podCIDRv6 and nodeSubnetV6",
+            k,
+            fails(7, "isIPv6Masq"),
+            |_, i| {
+                i.config["bridgeIPv6"] = json!("fd00:91::1/64");
+                i.config["isIPv6Masq"] = json!(true);
+            },
+        );
+        c.case(
+            "bridgeIPv6 outside podCIDRv6",
+            k,
+            fails(7, "outside the pod CIDR"),
+            |_, i| {
+                i.config["bridgeIPv6"] = json!("fd00:92::1/64");
+                i.config["podCIDRv6"] = json!("fd00:91::/48");
+            },
+        );
+        c.case(
+            "bridgeIPv4 and bridgeIPv6 missing",
+            k,
+            fails(7, "bridgeIPv6"),
+            |_, i| {
+                i.config.as_object_mut().map(|o| o.remove("bridgeIPv4"));
+            },
         );
         let case = c.case(
             "ADD ovsdbSocket unreachable",

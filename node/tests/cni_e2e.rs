@@ -62,19 +62,7 @@ fn evio_cni_add_and_del_through_the_daemon() {
         "{}",
         daemon.logs()
     );
-    let datapath = Command::new("ovs-vsctl")
-        .args(["get", "Bridge", &bridge, "datapath_type"])
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let wanted = if Path::new("/sys/module/openvswitch").exists() {
-        "system"
-    } else {
-        "netdev"
-    };
-    assert!(
-        String::from_utf8_lossy(&datapath.stdout).contains(wanted),
-        "{datapath:?}"
-    );
+    cni_support::assert_auto_datapath(&bridge);
 
     let (code, out) = cni("DEL", &container, &netns, &config);
     assert_eq!(code, 0, "{out}");

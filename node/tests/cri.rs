@@ -10,7 +10,7 @@
 
 #[allow(clippy::all, clippy::pedantic, dead_code, unused_qualifications)]
 mod cri_api {
-    include!("cri/runtime_v1.rs");
+    include!("cri/third_party/runtime_v1.rs");
 }
 
 use std::collections::BTreeMap;

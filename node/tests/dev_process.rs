@@ -1,5 +1,6 @@
 //! `evio-node dev` as a real process: leases survive SIGKILL + restart, bad starts are refused
-//! with the values named, Ctrl-C stops cleanly.
+//! with the values named, Ctrl-C stops cleanly; IPv6-only and dual-stack devs hand out pod
+//! addresses that work (real evio-cni, host-local, netns, Linux bridge and OVS).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use evio_api::{Client, Consistency, LeaseJson};
 use nix::sys::signal::Signal;
 
-use evio_test_support::{evio_node, evio_node_bin, Proc};
+use evio_test_support::{dev_command, evio_node, evio_node_bin, Proc};
 
 /// `evio-node dev` on a temp data dir, with the token it generates there.
 struct Dev {
@@ -39,18 +40,8 @@ fn dev_refused(data_dir: &str, node_name: &str, extra: &[&str]) -> (bool, String
 
 impl Dev {
     fn start(data_dir: &Path, extra: &[&str]) -> Dev {
-        let data = data_dir.to_string_lossy().to_string();
-        let mut args = vec![
-            "dev",
-            "--data-dir",
-            &data,
-            "--listen",
-            "127.0.0.1:0",
-            "--node-name",
-            "test-host",
-        ];
-        args.extend_from_slice(extra);
-        let proc = Proc::spawn(evio_node(&args)).unwrap_or_else(|e| panic!("{e}"));
+        let proc = Proc::spawn(dev_command(data_dir, "test-host", extra))
+            .unwrap_or_else(|e| panic!("{e}"));
         Dev {
             base: proc.base.clone(),
             proc,
@@ -247,6 +238,141 @@ fn restart_with_other_pool_is_refused_naming_both() {
     for needle in ["10.244.0.0/16", "nodeBits 8", "10.0.0.0/8", "nodeBits 12"] {
         assert!(stderr.contains(needle), "missing {needle:?} in: {stderr}");
     }
+    // Adding a family is a changed pool too: refused, naming both family sets.
+    let (ok, stderr) = dev_refused(
+        &data_arg,
+        "test-host",
+        &["--pod-cidr", "10.244.0.0/16,fd00:10:244::/56"],
+    );
+    assert!(!ok);
+    for needle in [
+        "10.244.0.0/16 nodeBits 8 (IPv4)",
+        "10.244.0.0/16,fd00:10:244::/56 nodeBits 8 (IPv4+IPv6)",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in: {stderr}");
+    }
+}
+
+/// `evio-node dev --pod-cidr fd00:10:244::/56` (IPv6 only, pods on a Linux bridge) and a
+/// dual-stack dev (`10.244.0.0/16,fd00:10:244::/56`, pods on OVS): the lease holds a block of
+/// each family, the conflist dev writes gives pods addresses of exactly those families through
+/// the real evio-cni and host-local, and the pods reach each other and the gateway.
+#[test]
+fn ipv6_and_dual_stack_devs_hand_out_working_pod_addresses() {
+    use evio_test_support::cni::{cni, DevNode, LinuxBridge, MasqueradeRule, Netns, OvsBridge};
+    let checks = [
+        ("root", evio_test_support::is_root()),
+        ("host-local", Path::new("/usr/lib/cni/host-local").is_file()),
+        ("ovsdb", Path::new("/run/openvswitch/db.sock").exists()),
+    ];
+    if !evio_test_support::prerequisites("IPv6 dev", &checks) {
+        return;
+    }
+    let ping = |ns: &Netns, target: &str| {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &ns.0, "ping", "-c", "3", "-i", "0.2", "-W", "1", target,
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    for (pod_cidr, kind, dual) in [
+        ("fd00:10:244::/56", "LXBR", false),
+        ("10.244.0.0/16,fd00:10:244::/56", "OVS", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let node = DevNode::start(dir.path(), "v6-host", Some(pod_cidr));
+        let tag = format!("{}{}", std::process::id() % 100_000, u8::from(dual));
+        let bridge = format!("ev6{tag}");
+        let _ovs = OvsBridge(bridge.clone());
+        let _lxbr = LinuxBridge(bridge.clone());
+        let mut config = node.plugin_config(0, &format!("evio-v6-{tag}"));
+        config["bridge"] = serde_json::json!(bridge);
+        config["bridgeType"] = serde_json::json!(kind);
+        config["ipam"]["dataDir"] = serde_json::json!(dir.path().join("ipam"));
+        assert_eq!(config["bridgeIPv6"], "fd00:10:244::1/56", "{config}");
+        assert_eq!(config["bridgeIPv4"].is_string(), dual, "{config}");
+        let ranges = config["ipam"]["ranges"].as_array().map_or(0, Vec::len);
+        assert_eq!(ranges, 1 + usize::from(dual), "{config}");
+        let _masquerade = MasqueradeRule("10.244.0.0/24".parse().unwrap_or_else(|e| panic!("{e}")));
+
+        // The API shows the lease with a block of each family, IPv4 first.
+        let token = std::fs::read_to_string(dir.path().join("data/cluster-token"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let client = node.daemon.client(Some(token.trim()));
+        let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+        let lease = runtime
+            .block_on(client.get_lease("v6-host", Consistency::Linearizable))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("dev did not lease its own node"));
+        let subnets: Vec<String> = lease.subnets.iter().map(|b| b.subnet.to_string()).collect();
+        let mut want = vec![];
+        if dual {
+            want.push("10.244.0.0/24".to_string());
+        }
+        want.push("fd00:10:244::/64".to_string());
+        assert_eq!(subnets, want);
+        assert_eq!(lease.subnet.to_string(), want[0], "the primary block");
+        // The CLI lists every family's block.
+        let token_file = dir.path().join("data/cluster-token");
+        let out = Command::new(evio_node_bin())
+            .args(["leases", "list", "--api", &node.daemon.base, "--token-file"])
+            .arg(&token_file)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let listed = String::from_utf8_lossy(&out.stdout);
+        for subnet in &want {
+            assert!(
+                listed.contains(subnet.as_str()),
+                "{subnet} not in:\n{listed}"
+            );
+        }
+
+        let namespaces = [
+            Netns::add(format!("evio-v6a-{tag}")),
+            Netns::add(format!("evio-v6b-{tag}")),
+        ];
+        let mut results = Vec::new();
+        for (i, ns) in namespaces.iter().enumerate() {
+            let (code, result) = cni("ADD", &format!("v6-{tag}-{i}"), &ns.path(), &config);
+            assert_eq!(code, 0, "{result}\n{}", node.daemon.logs());
+            let addresses: Vec<String> = result["ips"]
+                .as_array()
+                .map(|ips| ips.iter().map(|ip| ip["address"].to_string()).collect())
+                .unwrap_or_default();
+            let mut want = vec![];
+            if dual {
+                want.push(format!("\"10.244.0.{}/16\"", i + 2));
+            }
+            want.push(format!("\"fd00:10:244::{}/56\"", i + 2));
+            assert_eq!(addresses, want, "{result}");
+            results.push(result);
+        }
+        assert!(
+            ping(&namespaces[0], "fd00:10:244::1"),
+            "pod a -> IPv6 gateway"
+        );
+        assert!(
+            ping(&namespaces[0], "fd00:10:244::3"),
+            "pod a -> pod b over IPv6"
+        );
+        if dual {
+            assert!(
+                ping(&namespaces[1], "10.244.0.2"),
+                "pod b -> pod a over IPv4"
+            );
+        }
+        for (i, ns) in namespaces.iter().enumerate() {
+            let mut check = config.clone();
+            check["prevResult"] = results[i].clone();
+            let (code, out) = cni("CHECK", &format!("v6-{tag}-{i}"), &ns.path(), &check);
+            assert_eq!(code, 0, "{out}");
+            let (code, out) = cni("DEL", &format!("v6-{tag}-{i}"), &ns.path(), &config);
+            assert_eq!(code, 0, "{out}");
+        }
+        node.daemon.assert_no_panics();
+    }
 }
 
 #[test]
@@ -254,14 +380,19 @@ fn bad_flags_and_corrupt_data_dir_are_refused() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let data = dir.path().join("data");
     let data_arg = data.to_string_lossy().to_string();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--pod-cidr", "10.0.0.0/33"], "10.0.0.0/33"),
-        (&["--pod-cidr", "fd00::/64"], "IPv6"),
+        (&["--pod-cidr", "fd00::/121"], "fd00::/121"),
         (
             &["--pod-cidr", "10.244.0.0/24", "--node-bits", "7"],
             "nodeBits 7",
         ),
         (&["--node-bits", "31"], "31"),
+        (&["--pod-cidr", "fd00::/56,fd01::/56"], "two IPv6 networks"),
+        (
+            &["--pod-cidr", "10.244.0.0/16,fd00::/56,10.0.0.0/8"],
+            "at most two",
+        ),
     ];
     for (extra, needle) in cases {
         let (ok, stderr) = dev_refused(&data_arg, "h", extra);

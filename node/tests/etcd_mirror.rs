@@ -110,9 +110,21 @@ async fn mirror_follows_leases_and_reconciles_after_outage_and_leader_change() {
     want.insert("/evpn/evio-lock/694d".into(), "x".into());
     etcd_holds(&etcd, &want, "after releasing n1").await;
     wait_mirror(leader, "healthy, caught up", |m| {
-        m.active && m.healthy && m.lag_revisions == 0
+        m.active && m.healthy && m.lag_revisions == 0 && m.last_sync_at.is_some()
     })
     .await;
+    // The status page reads the same state from this member's node.
+    let node = leader
+        .client()
+        .node()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        node.etcd_mirror
+            .as_ref()
+            .is_some_and(|m| m.active && m.last_sync_at.is_some()),
+        "{node:#?}"
+    );
     for follower in refs.iter().filter(|n| n.name != leader.name) {
         let m = mirror_of(follower).await;
         assert!(!m.active, "{}: a follower mirrors: {m:#?}", follower.name);

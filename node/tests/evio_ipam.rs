@@ -11,8 +11,9 @@ use evio_test_support::cni as cni_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cni_support::{cni_crate_binary, exec_plugin_cmd, plugin, DevNode, LinuxBridge, Netns};
-use evio_test_support::{is_root, prerequisites};
+use cni_support::{exec_plugin_cmd, plugin, DevNode, LinuxBridge, Netns};
+use evio_cni::dataplane::evio_ipam::store::read_reservations;
+use evio_test_support::{is_root, prerequisites, target_bin};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -24,7 +25,7 @@ fn plugin_dir(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&bin).unwrap_or_else(|e| panic!("{e}"));
     for (name, target) in [
         ("bridge", plugin("bridge")),
-        ("evio-ipam", cni_crate_binary("evio-ipam")),
+        ("evio-ipam", target_bin("evio-ipam")),
     ] {
         std::os::unix::fs::symlink(&target, bin.join(name)).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -53,15 +54,11 @@ fn exec(
 
 /// What evio-ipam holds for the network: its files, named by address.
 fn held(data: &Path, network: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(data.join("ipam").join(network))
+    read_reservations(&data.join("ipam").join(network))
+        .unwrap_or_else(|e| panic!("{e}"))
         .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-        .collect();
-    names.sort();
-    names
+        .map(|(ip, _)| ip.to_string())
+        .collect()
 }
 
 fn address(result: &Value) -> String {

@@ -519,18 +519,28 @@ async fn nodes_starting_at_once_create_one_cluster_and_a_wiped_bootstrapper_join
 
     // One cluster of three, the same cluster id in every data dir.
     let client = |i: usize| procs[i].client(Some(TOKEN));
-    // Three voters, so that losing the bootstrapper (the first leader) keeps a quorum.
+    // Three voters, so that losing the bootstrapper (the first leader) keeps a quorum: seen
+    // by every member, the change to them complete. A member still in the joint configuration
+    // ({bootstrapper} and {all three}) needs the bootstrapper's vote to elect anyone, so
+    // killing it then would leave the survivors without a leader for good.
     let cluster = eventually(
-        "three voters",
+        "three voters, seen by every member",
         || all_logs(&procs),
         || async {
-            let c = client(0).cluster().await.ok()?;
-            let voters = c
-                .members
-                .iter()
-                .filter(|m| m.role == "voter" || m.role == "leader")
-                .count();
-            (voters == 3).then_some(c)
+            let mut seen = None;
+            for i in 0..procs.len() {
+                let c = client(i).cluster().await.ok()?;
+                let voters = c
+                    .members
+                    .iter()
+                    .filter(|m| m.role == "voter" || m.role == "leader")
+                    .count();
+                if voters != 3 || c.membership_changing {
+                    return None;
+                }
+                seen = Some(c);
+            }
+            seen
         },
     )
     .await;
@@ -574,9 +584,7 @@ async fn nodes_starting_at_once_create_one_cluster_and_a_wiped_bootstrapper_join
         .node_id;
     procs[first].signal(Signal::SIGKILL);
     std::fs::remove_dir_all(env.dir.path().join(names[first])).unwrap_or_else(|e| panic!("{e}"));
-    // The survivors elect a leader of their own first. Rejoining while they still follow the
-    // dead member at this very address stalled the join past 60 s in two of five full-suite
-    // runs (root cause not found yet: see the session note).
+    // The survivors elect a leader of their own first, then the wiped member rejoins.
     let survivor = (first + 1) % names.len();
     eventually(
         "a leader among the survivors",
@@ -617,4 +625,65 @@ async fn nodes_starting_at_once_create_one_cluster_and_a_wiped_bootstrapper_join
         "{stderr}"
     );
     rejoined.assert_no_panics();
+}
+
+/// `GET /v1/node` (what the status page and `evio-node status` show): a Node that does not
+/// exist yet leaves the integration with the annotation's error and not annotated; once the
+/// Node exists it is annotated and the error stays recorded, with its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_integration_state_shows_annotation_errors_then_the_annotation() {
+    let env = Env::new();
+    let addr = free_addr();
+    let member = env.start("kn-late", &addr, &["--bootstrap", "--kubernetes"]);
+    let api = member.client(Some(TOKEN));
+    let failed = eventually(
+        "an annotation error in /v1/node",
+        || member.logs(),
+        || async {
+            let node = api.node().await.ok()?;
+            node.kubernetes.last_error.is_some().then_some(node)
+        },
+    )
+    .await;
+    let k = &failed.kubernetes;
+    assert!(k.enabled && !k.annotated && k.errors >= 1, "{failed:#?}");
+    assert_eq!(k.node_name.as_deref(), Some("kn-late"));
+    assert!(
+        k.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("annotating the Node")),
+        "{failed:#?}"
+    );
+    assert!(k.last_error_at.is_some(), "{failed:#?}");
+
+    env.kube.add_node("kn-late");
+    let node = eventually(
+        "the Node annotated",
+        || member.logs(),
+        || async {
+            let node = api.node().await.ok()?;
+            node.kubernetes.annotated.then_some(node)
+        },
+    )
+    .await;
+    assert!(node.kubernetes.annotated_at.is_some(), "{node:#?}");
+    assert!(node.kubernetes.last_error.is_some(), "{node:#?}");
+    assert_eq!(
+        env.kube.annotation("kn-late", API_ADDRESS).as_deref(),
+        Some(addr.as_str())
+    );
+    // Alone, it leads: the Node watch of the lease GC runs here.
+    eventually(
+        "node GC active on the leader",
+        || member.logs(),
+        || async {
+            api.node()
+                .await
+                .ok()?
+                .kubernetes
+                .node_gc_active
+                .then_some(())
+        },
+    )
+    .await;
 }

@@ -5,7 +5,9 @@
 //! the real `evio-cni` binary exec'd in that host's namespace with the daemon's conflist; a
 //! second veth pair ("tunnel") joins the two bridges, standing in for the Evio tunnel. Each
 //! pod pings its gateway and the other host's pod over the pod CIDR's mask (no routing, one
-//! L2), then DEL leaves no veth, port or reservation behind.
+//! L2), then DEL leaves no veth, port or reservation behind. The dual-stack runs add
+//! `fd00:92::/48` to the pool: each host's lease holds a /56 of it at the same block index,
+//! each pod gets an address of each family and pings over both.
 //!
 //! Both bridge types are isolated per host:
 //! - LXBR: a Linux bridge lives in the namespace of the daemon that creates it.
@@ -20,7 +22,7 @@
 //! each gets its own host-local data dir (as separate machines would have). Needs root,
 //! host-local, ping, nft and (OVS) Open vSwitch; under CI=true a missing one fails the test.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,6 +35,8 @@ use evio_test_support::{evio_node, evio_node_bin, Proc};
 use serde_json::{json, Value};
 
 const POD_CIDR: &str = "10.92.0.0/16";
+/// The IPv6 podCIDR of the dual-stack runs.
+const POD_CIDR_V6: &str = "fd00:92::/48";
 /// Host-overlay addresses (the Evio overlay in production), one per host.
 const OVERLAY: [&str; 2] = ["10.93.0.1", "10.93.0.2"];
 const API_PORT: u16 = 7700;
@@ -275,16 +279,23 @@ impl Host {
     }
 
     /// `evio-node run` in this host's namespace; bootstraps unless `join` is given.
+    #[allow(clippy::too_many_arguments)]
     fn start_daemon(
         &mut self,
         mode: Mode,
+        dual: bool,
         network: &str,
         bridge: &str,
         token: &Path,
         join: Option<&str>,
     ) {
+        let pod_cidr = if dual {
+            format!("{POD_CIDR},{POD_CIDR_V6}")
+        } else {
+            POD_CIDR.to_string()
+        };
         let mut net_conf = json!({
-            "podCIDR": POD_CIDR,
+            "podCIDR": pod_cidr,
             "nodeBits": "8",
             "name": network,
             "bridge": bridge,
@@ -392,10 +403,10 @@ impl Host {
     }
 }
 
-/// The pod's address as the conflist's range gives it: the block's first address, with the
-/// pod CIDR's mask.
-fn first_pod_address(config: &Value) -> (String, String) {
-    let range = &config["ipam"]["ranges"][0][0];
+/// The pod's address as the conflist's range `family` (0: IPv4, 1: IPv6 on dual stack) gives
+/// it: the block's first address, and the gateway.
+fn first_pod_address(config: &Value, family: usize) -> (String, String) {
+    let range = &config["ipam"]["ranges"][family][0];
     let start = range["rangeStart"]
         .as_str()
         .unwrap_or_else(|| panic!("no rangeStart in {config}"));
@@ -438,11 +449,16 @@ fn link_names(host: &Host) -> Vec<String> {
         .collect()
 }
 
-fn two_hosts(mode: Mode) {
+fn two_hosts(mode: Mode, dual: bool) {
     if !prerequisites(mode) {
         return;
     }
-    let tag = format!("{}{}", std::process::id(), mode.short());
+    let tag = format!(
+        "{}{}{}",
+        std::process::id(),
+        mode.short(),
+        if dual { "d" } else { "" }
+    );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let network = format!("evio-2h-{tag}");
     let bridge = format!("br2h{tag}");
@@ -486,8 +502,8 @@ fn two_hosts(mode: Mode) {
     }
 
     let first = format!("{}:{API_PORT}", OVERLAY[0]);
-    hosts[0].start_daemon(mode, &network, &bridge, &token, None);
-    hosts[1].start_daemon(mode, &network, &bridge, &token, Some(&first));
+    hosts[0].start_daemon(mode, dual, &network, &bridge, &token, None);
+    hosts[1].start_daemon(mode, dual, &network, &bridge, &token, Some(&first));
     let conflists: Vec<Value> = hosts.iter().map(Host::wait_conflist).collect();
 
     // One cluster: both members seen by host 2, one leader.
@@ -508,10 +524,18 @@ fn two_hosts(mode: Mode) {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    let cluster = cluster.unwrap_or_else(|| panic!("no cluster status"));
     assert_eq!(
-        cluster.map(|c| c.pod_cidr.to_string()).as_deref(),
-        Some(POD_CIDR)
+        cluster.pod_cidr.to_string(),
+        POD_CIDR,
+        "IPv4 is the primary"
     );
+    let cidrs: Vec<String> = cluster.pod_cidrs.iter().map(ToString::to_string).collect();
+    let mut want_cidrs = vec![POD_CIDR];
+    if dual {
+        want_cidrs.push(POD_CIDR_V6);
+    }
+    assert_eq!(cidrs, want_cidrs);
 
     // Each host's own block and gateway, from its own daemon's conflist.
     let configs: Vec<Value> = hosts
@@ -519,12 +543,41 @@ fn two_hosts(mode: Mode) {
         .zip(&conflists)
         .map(|(host, conflist)| host.plugin_config(conflist))
         .collect();
-    let addresses: Vec<(String, String)> = configs.iter().map(first_pod_address).collect();
+    let addresses: Vec<(String, String)> =
+        configs.iter().map(|c| first_pod_address(c, 0)).collect();
     assert_ne!(addresses[0].1, addresses[1].1, "both hosts got one block");
-    for ((config, (_, gateway)), host) in configs.iter().zip(&addresses).zip(&hosts) {
+    // Dual stack: each host's IPv6 block has the index of its IPv4 one (block i of each).
+    let addresses_v6: Vec<(String, String)> = if dual {
+        configs.iter().map(|c| first_pod_address(c, 1)).collect()
+    } else {
+        Vec::new()
+    };
+    for ((v4, _), (v6, _)) in addresses.iter().zip(&addresses_v6) {
+        let index = v4.split('.').nth(2).unwrap_or_default();
+        let index: u16 = index.parse().unwrap_or_else(|e| panic!("{v4}: {e}"));
+        let want = std::net::Ipv6Addr::new(0xfd00, 0x92, 0, index << 8, 0, 0, 0, 2);
+        assert_eq!(v6.parse().ok(), Some(want), "{v4} / {v6}");
+    }
+    for (i, ((config, (_, gateway)), host)) in
+        configs.iter().zip(&addresses).zip(&hosts).enumerate()
+    {
+        if let Some((_, gateway_v6)) = addresses_v6.get(i) {
+            assert_eq!(config["bridgeIPv6"], format!("{gateway_v6}/48"), "{config}");
+        }
         assert_eq!(config["bridgeIPv4"], format!("{gateway}/16"), "{config}");
         assert_eq!(config["bridgeType"], mode.bridge_type(), "{config}");
         assert_eq!(config["podCIDR"], POD_CIDR, "{config}");
+        if dual {
+            assert_eq!(config["podCIDRv6"], POD_CIDR_V6, "{config}");
+            let routes = &config["ipam"]["routes"];
+            assert_eq!(
+                routes,
+                &json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]),
+                "{config}"
+            );
+        } else {
+            assert!(config.get("bridgeIPv6").is_none(), "{config}");
+        }
         assert_eq!(config["type"], "evio-cni", "{config}");
         let socket = host.dir.join("cni.sock");
         assert_eq!(config["socket"], json!(socket), "{config}");
@@ -562,9 +615,19 @@ fn two_hosts(mode: Mode) {
             "{result}"
         );
         assert_eq!(result["ips"][0]["gateway"], gateway.as_str(), "{result}");
-        // The reservation DEL must release, in this host's own host-local data dir.
+        // The reservations DEL must release, in this host's own host-local data dir.
         let reservation = host.ipam_dir().join(&network).join(address);
         assert!(reservation.is_file(), "{} missing", reservation.display());
+        if let Some((address_v6, gateway_v6)) = addresses_v6.get(i) {
+            assert_eq!(
+                result["ips"][1]["address"],
+                format!("{address_v6}/48"),
+                "{result}"
+            );
+            assert_eq!(result["ips"][1]["gateway"], gateway_v6.as_str(), "{result}");
+            let reservation = host.ipam_dir().join(&network).join(address_v6);
+            assert!(reservation.is_file(), "{} missing", reservation.display());
+        }
         attachments.push((container, netns));
     }
     for host in &hosts {
@@ -576,6 +639,10 @@ fn two_hosts(mode: Mode) {
         let (other_address, _) = &addresses[1 - i];
         ping(pod, own_gateway, &hosts);
         ping(pod, other_address, &hosts);
+        if dual {
+            ping(pod, &addresses_v6[i].1, &hosts);
+            ping(pod, &addresses_v6[1 - i].0, &hosts);
+        }
     }
     // Each bridge lives in its host's namespace only, never in the root one.
     let root = Command::new("ip")
@@ -631,7 +698,7 @@ fn two_hosts(mode: Mode) {
             .unwrap_or_else(|e| panic!("{}: {e}", host.ipam_dir().display()))
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.parse::<Ipv4Addr>().is_ok())
+            .filter(|name| name.parse::<IpAddr>().is_ok())
             .collect();
         assert!(reservations.is_empty(), "{}: {reservations:?}", host.name);
     }
@@ -643,10 +710,20 @@ fn two_hosts(mode: Mode) {
 
 #[test]
 fn pods_on_two_hosts_ping_over_linux_bridges() {
-    two_hosts(Mode::Lxbr);
+    two_hosts(Mode::Lxbr, false);
 }
 
 #[test]
 fn pods_on_two_hosts_ping_over_ovs_bridges() {
-    two_hosts(Mode::Ovs);
+    two_hosts(Mode::Ovs, false);
+}
+
+#[test]
+fn dual_stack_pods_on_two_hosts_ping_over_linux_bridges() {
+    two_hosts(Mode::Lxbr, true);
+}
+
+#[test]
+fn dual_stack_pods_on_two_hosts_ping_over_ovs_bridges() {
+    two_hosts(Mode::Ovs, true);
 }

@@ -193,14 +193,13 @@ impl MembershipController {
         }
     }
 
-    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// Steps every 500 ms until `stop` resolves.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = stop.changed() => return,
-            }
-            if *stop.borrow() {
-                return;
+                _ = &mut stop => return,
             }
             if let Err(e) = self.step().await {
                 tracing::warn!(error = %e, "membership change failed; will retry");

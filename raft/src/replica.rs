@@ -1,6 +1,10 @@
 //! One member of the lease cluster: its data dir, durable store and Raft instance, and the
 //! two ways to touch leases — local reads that never leave the node, and writes/linearizable
 //! reads that go through the Raft leader.
+//!
+//! Over 500 lines on purpose: this is the narrow interface the API and the daemon use instead
+//! of openraft, one type whose methods share the Raft handle and the mapping of Raft errors to
+//! `RequestError`; split up, each part would need the private fields of the others.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -340,8 +344,51 @@ impl Replica {
         self.pool
     }
 
-    pub fn raft(&self) -> &Raft {
+    /// The openraft instance, for this crate only (membership, the RPC server): callers
+    /// outside use the narrow interface below.
+    pub(crate) fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// Raft's metrics as they change (role, applied index, membership): what the daemon's
+    /// loops wait on.
+    pub fn watch_metrics(&self) -> tokio::sync::watch::Receiver<RaftMetrics> {
+        self.raft.metrics()
+    }
+
+    /// Whether this member is the Raft leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == openraft::ServerState::Leader
+    }
+
+    /// Whether this member already belongs to a Raft cluster (bootstrapped or joined before).
+    pub async fn is_initialized(&self) -> Result<bool, RequestError> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| RequestError::Fatal(e.to_string()))
+    }
+
+    /// Starts a cluster with exactly `members` as voters (a multi-member bootstrap; one
+    /// member alone uses [`Self::bootstrap_single`]).
+    pub async fn initialize(
+        &self,
+        members: BTreeMap<NodeId, EvioNode>,
+    ) -> Result<(), RequestError> {
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| RequestError::Fatal(e.to_string()))
+    }
+
+    /// Adds `node` as a learner and waits until it caught up (joins go through the join
+    /// handler, which also checks name, pool and token).
+    pub async fn add_learner(&self, id: NodeId, node: EvioNode) -> Result<(), RequestError> {
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| RequestError::Fatal(e.to_string()))
     }
 
     /// Records the controller's view of when members last answered (see [`Self::heard_within_grace`]).

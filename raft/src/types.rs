@@ -35,6 +35,8 @@ openraft::declare_raft_types!(
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
+/// A member's Raft role (leader, follower, learner, ...), as in [`RaftMetrics`].
+pub use openraft::ServerState;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Vote = openraft::Vote<NodeId>;
 pub type Entry = openraft::Entry<TypeConfig>;

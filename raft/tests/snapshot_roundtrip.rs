@@ -1,6 +1,6 @@
 //! The state machine's snapshots on a real sled store: built on one member, installed on
 //! another, the same table comes out; a snapshot an earlier version stored as JSON in its
-//! data dir is still served and installed.
+//! data dir is still served and installed; IPv6 and dual-stack pools round-trip the same way.
 
 use std::io::Cursor;
 
@@ -15,7 +15,11 @@ fn pool() -> Pool {
 }
 
 fn open(dir: &tempfile::TempDir) -> StateMachineStore {
-    let (_, sm) = store::open(&dir.path().join("db"), pool(), store::DEFAULT_CACHE_BYTES)
+    open_with(dir, pool())
+}
+
+fn open_with(dir: &tempfile::TempDir, pool: Pool) -> StateMachineStore {
+    let (_, sm) = store::open(&dir.path().join("db"), pool, store::DEFAULT_CACHE_BYTES)
         .unwrap_or_else(|e| panic!("{e}"));
     sm
 }
@@ -36,14 +40,33 @@ fn acquire(index: u64, node: String) -> Entry {
     }
 }
 
-/// Every lease as (node, subnet), ordered.
+/// Applies acquires of `node-1..=node-<count>` (log indexes 1..=count), then builds a snapshot.
+async fn acquire_and_snapshot(
+    sm: &mut StateMachineStore,
+    count: u64,
+) -> evio_raft::types::Snapshot {
+    let entries: Vec<Entry> = (1..=count)
+        .map(|i| acquire(i, format!("node-{i}")))
+        .collect();
+    sm.apply(entries).await.unwrap_or_else(|e| panic!("{e}"));
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every lease as (node, every family's subnet), ordered.
 fn leases(sm: &StateMachineStore) -> Vec<(String, String)> {
     sm.view()
         .read()
         .table
         .leases()
         .into_iter()
-        .map(|l| (l.record.node, l.block.subnet.to_string()))
+        .map(|l| {
+            let subnets: Vec<String> = l.subnets().iter().map(ToString::to_string).collect();
+            (l.record.node, subnets.join(","))
+        })
         .collect()
 }
 
@@ -51,16 +74,7 @@ fn leases(sm: &StateMachineStore) -> Vec<(String, String)> {
 async fn a_snapshot_built_on_one_member_installs_on_another() {
     let (a_dir, b_dir) = (tempdir(), tempdir());
     let mut a = open(&a_dir);
-    let entries: Vec<Entry> = (1..=5_000)
-        .map(|i| acquire(i, format!("node-{i}")))
-        .collect();
-    a.apply(entries).await.unwrap_or_else(|e| panic!("{e}"));
-    let snapshot = a
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let snapshot = acquire_and_snapshot(&mut a, 5_000).await;
     let bytes = snapshot.snapshot.get_ref().clone();
     assert!(bytes.starts_with(b"EVSNAP"), "not the binary format");
 
@@ -74,6 +88,37 @@ async fn a_snapshot_built_on_one_member_installs_on_another() {
     drop(b);
     let b = open(&b_dir);
     assert_eq!(leases(&b), leases(&a));
+}
+
+/// The state machine applies the same commands to IPv6 and dual-stack pools: a lease holds
+/// block i of each family; a snapshot of it installs on another member and survives a reopen.
+#[tokio::test]
+async fn ipv6_and_dual_stack_state_machines_round_trip_through_snapshots() {
+    for (text, bits, first) in [
+        ("fd00:10::/48", 16, "fd00:10::/64"),
+        ("10.0.0.0/8,fd00:10::/48", 16, "10.0.0.0/24,fd00:10::/64"),
+    ] {
+        let pool = Pool::parse(text, bits).unwrap_or_else(|e| panic!("{e}"));
+        let (a_dir, b_dir) = (tempdir(), tempdir());
+        let mut a = open_with(&a_dir, pool);
+        let snapshot = acquire_and_snapshot(&mut a, 1_000).await;
+        let before = leases(&a);
+        assert_eq!(before.len(), 1_000);
+        assert_eq!(before[0], ("node-1".to_string(), first.to_string()));
+        let mut b = open_with(&b_dir, pool);
+        b.install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(leases(&b), before, "{text}");
+        drop(b);
+        assert_eq!(leases(&open_with(&b_dir, pool)), before, "{text}: reopened");
+        drop(a);
+        assert_eq!(
+            leases(&open_with(&a_dir, pool)),
+            before,
+            "{text}: log replayed"
+        );
+    }
 }
 
 #[tokio::test]

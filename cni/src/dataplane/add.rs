@@ -246,7 +246,22 @@ async fn configure(
     let mut ips = Vec::with_capacity(addresses.len());
     let mut default_gws = Vec::new();
     for (address, ipam_gateway) in &addresses {
-        let gateway = ipam_gateway.or_else(|| conf.gateway_for(address.ip()));
+        // A family the network has no bridge address for has no gateway to route through.
+        let Some(bridge_gateway) = conf.gateway_for(address.ip()) else {
+            let key = if address.is_ipv4() {
+                "bridgeIPv4"
+            } else {
+                "bridgeIPv6"
+            };
+            return Err(InvalidKey {
+                key: key.into(),
+                reason: format!(
+                    "(missing): IPAM gave the pod {address}, but the network config has no {key} for that family"
+                ),
+            }
+            .into());
+        };
+        let gateway = Some(ipam_gateway.unwrap_or(bridge_gateway));
         if conf.is_default_gateway {
             default_gws.extend(gateway);
         }

@@ -46,7 +46,7 @@ pub enum IpamError {
         plugin: String,
         source: serde_json::Error,
     },
-    #[error("IPAM returned no IPv4 address")]
+    #[error("IPAM returned no address")]
     NoAddress { result: String },
     #[error(transparent)]
     Evio(#[from] AllocError),

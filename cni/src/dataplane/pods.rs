@@ -99,17 +99,18 @@ pub struct AttachedPod {
     pub ifname: String,
     pub network: String,
     pub host_veth: String,
-    /// From this daemon's ADD result; empty for one attached before the daemon started.
+    /// From this daemon's ADD result; empty for one adopted when the daemon started.
     pub addresses: Vec<String>,
     pub attached_at: Option<SystemTime>,
 }
 
-/// What an ADD answered, kept until the attachment's DEL (the host's links say which
-/// attachments exist; this adds what they do not carry).
+/// An attachment this daemon knows: made by its ADD (kept until the DEL), or found on the
+/// host when it started (adopted after a restart: no address known).
 #[derive(Debug, Clone)]
 struct Added {
+    network: String,
     addresses: Vec<String>,
-    at: SystemTime,
+    at: Option<SystemTime>,
 }
 
 /// The node's pod networking.
@@ -127,6 +128,9 @@ pub struct PodNetwork {
     in_flight: tokio::sync::Semaphore,
     attachments: Attachments,
     added: Mutex<HashMap<AttachmentKey, Added>>,
+    /// One link listing for the status page at a time: anonymous readers must not crowd
+    /// the netlink socket the CNI requests share.
+    listing: tokio::sync::Mutex<()>,
     limits: Limits,
 }
 
@@ -148,6 +152,7 @@ impl PodNetwork {
             allocator: Allocator::new(None),
             attachments: Attachments::default(),
             added: Mutex::default(),
+            listing: tokio::sync::Mutex::new(()),
             limits,
         })
     }
@@ -224,8 +229,9 @@ impl PodNetwork {
         self.added_lock().insert(
             (request.container_id.clone(), request.ifname.clone()),
             Added {
+                network: request.config["name"].as_str().unwrap_or_default().into(),
                 addresses,
-                at: SystemTime::now(),
+                at: Some(SystemTime::now()),
             },
         );
         Ok(result)
@@ -235,35 +241,57 @@ impl PodNetwork {
         self.added.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The pod interfaces on this host (every network's), sorted by container and ifname:
-    /// the host veths carrying an evio owner tag, with the address this daemon's ADD gave.
-    pub async fn attached(&self) -> Result<Vec<AttachedPod>, NetlinkError> {
-        let links = netlink::links(&self.handle).await?;
-        let mut added = self.added_lock();
-        let mut pods: Vec<AttachedPod> = links
-            .iter()
+    /// The host veths with an evio owner tag: (container id, ifname) -> (network, veth).
+    async fn tagged_veths(&self) -> Result<HashMap<AttachmentKey, (String, String)>, NetlinkError> {
+        Ok(netlink::links(&self.handle)
+            .await?
+            .into_iter()
             .filter_map(|link| {
                 let (network, container, ifname) = parse_any_owner(&link.alias)?;
                 let key = (container.to_string(), ifname.to_string());
-                let known = added.get(&key);
+                Some((key, (network.to_string(), link.name)))
+            })
+            .collect())
+    }
+
+    /// Takes over the attachments found on the host (made before this daemon started): one
+    /// daemon serves a host, so every tagged veth is its pods'.
+    pub async fn adopt_attached(&self) -> Result<usize, NetlinkError> {
+        let found = self.tagged_veths().await?;
+        let mut added = self.added_lock();
+        for (key, (network, _)) in &found {
+            added.entry(key.clone()).or_insert_with(|| Added {
+                network: network.clone(),
+                addresses: Vec::new(),
+                at: None,
+            });
+        }
+        Ok(found.len())
+    }
+
+    /// The pod interfaces this daemon attached (or adopted) whose host veth is still there,
+    /// sorted by container and ifname; the others are forgotten (GC removed them).
+    pub async fn attached(&self) -> Result<Vec<AttachedPod>, NetlinkError> {
+        let veths = {
+            let _one_at_a_time = self.listing.lock().await;
+            self.tagged_veths().await?
+        };
+        let mut added = self.added_lock();
+        added.retain(|key, _| veths.contains_key(key));
+        let mut pods: Vec<AttachedPod> = added
+            .iter()
+            .filter_map(|(key, known)| {
+                let (_, veth) = veths.get(key)?;
                 Some(AttachedPod {
-                    network: network.to_string(),
-                    host_veth: link.name.clone(),
-                    addresses: known.map(|a| a.addresses.clone()).unwrap_or_default(),
-                    attached_at: known.map(|a| a.at),
-                    container_id: key.0,
-                    ifname: key.1,
+                    container_id: key.0.clone(),
+                    ifname: key.1.clone(),
+                    network: known.network.clone(),
+                    host_veth: veth.clone(),
+                    addresses: known.addresses.clone(),
+                    attached_at: known.at,
                 })
             })
             .collect();
-        // Attachments whose veth is gone (GC, a failed DEL's cleanup) are forgotten.
-        let present: std::collections::HashSet<(&str, &str)> = pods
-            .iter()
-            .map(|p| (p.container_id.as_str(), p.ifname.as_str()))
-            .collect();
-        added.retain(|(container, ifname), _| {
-            present.contains(&(container.as_str(), ifname.as_str()))
-        });
         drop(added);
         pods.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
         Ok(pods)

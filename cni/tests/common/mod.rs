@@ -215,15 +215,16 @@ impl Drop for Fixture {
     }
 }
 
-/// evio's IPv6 masquerade rules for the fixture's IPv6 node block.
-pub fn masquerade_rules_v6(fx: &Fixture) -> usize {
-    let wanted = format!(
-        "ip6 saddr {} ip6 daddr != {} masquerade",
-        fx.node_subnet_v6(),
-        fx.net6(":/48")
-    );
+/// evio's masquerade rules for the fixture's node block: IPv4 (`ip evio`) or IPv6 (`ip6 evio`).
+pub fn masquerade_rules_of(fx: &Fixture, ipv6: bool) -> usize {
+    let (family, subnet, cidr) = if ipv6 {
+        ("ip6", fx.node_subnet_v6().to_string(), fx.net6(":/48"))
+    } else {
+        ("ip", fx.node_subnet().to_string(), fx.net("0.0/16"))
+    };
+    let wanted = format!("{family} saddr {subnet} {family} daddr != {cidr} masquerade");
     let out = Process::new("nft")
-        .args(["list", "chain", "ip6", masquerade::TABLE, "postrouting"])
+        .args(["list", "chain", family, masquerade::TABLE, "postrouting"])
         .output()
         .unwrap_or_else(|e| panic!("nft: {e}"));
     String::from_utf8_lossy(&out.stdout)
@@ -232,20 +233,9 @@ pub fn masquerade_rules_v6(fx: &Fixture) -> usize {
         .count()
 }
 
+/// evio's IPv4 masquerade rules for the fixture's node block.
 pub fn masquerade_rules(fx: &Fixture) -> usize {
-    let wanted = format!(
-        "ip saddr {} ip daddr != {} masquerade",
-        fx.node_subnet(),
-        fx.net("0.0/16")
-    );
-    let out = Process::new("nft")
-        .args(["list", "chain", "ip", masquerade::TABLE, "postrouting"])
-        .output()
-        .unwrap_or_else(|e| panic!("nft: {e}"));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&wanted))
-        .count()
+    masquerade_rules_of(fx, false)
 }
 
 /// Right after DEL a host veth is gone or retired: down, marked for the reaper.

@@ -86,6 +86,9 @@ struct PodArgs {
     /// Which evio bridge types to measure: ovs, lxbr or both (OVS needs ovs-vswitchd running).
     #[arg(long, default_value = "both")]
     kind: String,
+    /// evio's IPAM: host-local (exec'd), evio-ipam (the daemon's own) or both.
+    #[arg(long, default_value = "host-local")]
+    ipam: String,
     /// Pods per plugin (default: 200 for pods, 253 for fill).
     #[arg(long)]
     pods: Option<usize>,
@@ -164,11 +167,19 @@ async fn run(cli: Cli) -> Result<()> {
         Bench::Join(a) => (&a.common, join::run(&bins, a.common.quick, a.leases).await?),
         Bench::Pods(a) => (
             &a.common,
-            pods::pods(&bins, &a.evio_cni()?, &a.kind, a.count(200)).await?,
+            pods::pods(&bins, &a.evio_cni()?, &a.kind, &a.ipam, a.count(200)).await?,
         ),
         Bench::Fill(a) => (
             &a.common,
-            pods::fill(&bins, &a.evio_cni()?, &a.kind, a.count(253), a.parallel).await?,
+            pods::fill(
+                &bins,
+                &a.evio_cni()?,
+                &a.kind,
+                &a.ipam,
+                a.count(253),
+                a.parallel,
+            )
+            .await?,
         ),
     };
     if let Some(path) = &common.json {

@@ -124,6 +124,20 @@ fn memory_quick() {
 }
 
 #[test]
+fn members_quick() {
+    let v = quick("members");
+    assert_eq!(v["figure"], "members");
+    assert_eq!(v["members"].as_u64(), Some(4), "{v}");
+    assert_latency(&v["acquire"], 5, "acquire");
+    assert!(num(&v["allLeasedSeconds"], "allLeasedSeconds") > 0.0, "{v}");
+    assert!(num(&v["failoverMs"], "failoverMs") > 0.0, "{v}");
+    // A live member is more than 1 MiB and less than 1 GiB resident.
+    for what in ["leaderRssMiB", "followerRssMaxMiB"] {
+        assert!((1.0..1024.0).contains(&num(&v[what], what)), "{v}");
+    }
+}
+
+#[test]
 fn scale_quick() {
     // Also passes Raft tuning through to every `evio-node run`.
     let v = quick_with(&["--evio-run-arg=--heartbeat-ms=50"], "scale");

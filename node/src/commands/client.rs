@@ -36,7 +36,7 @@ pub struct ApiArgs {
 impl ApiArgs {
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let token = match &self.token_file {
-            Some(path) => Some(crate::commands::run::read_token(path)?),
+            Some(path) => Some(crate::host::read_token(path)?),
             None => None,
         };
         let credentials = crate::tls::cli_credentials(

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use evio_api::{ClientError, Consistency, LeaseJson};
-use evio_cni::{NetConf, OriginalNetConf, CONFLIST_FILE};
+use evio_cni::{OriginalNetConf, CONFLIST_FILE};
 use evio_raft::data_dir::DataDir;
 use evio_raft::{Lease, LeaseRecord, Pool};
 
-/// The file `evio-node run` records its API address in, for config-gen to find it.
-pub const API_ADDRESS_FILE: &str = "api-address";
+use crate::daemon::backoff::Backoff;
+use crate::host::API_ADDRESS_FILE;
 
 #[derive(clap::Args)]
 pub struct ConfigGenArgs {
@@ -76,13 +76,9 @@ pub async fn run(args: ConfigGenArgs) -> anyhow::Result<()> {
             args.deadline
         )
     })?;
-    let node = match args.node_name {
-        Some(name) => name,
-        None => crate::commands::dev::hostname()?,
-    };
-    evio_raft::validate_node_name(&node).context("pass a valid --node-name")?;
+    let node = crate::host::node_name(args.node_name)?;
     let token = match &args.cluster_token_file {
-        Some(path) => Some(crate::commands::run::read_token(path)?),
+        Some(path) => Some(crate::host::read_token(path)?),
         None => None,
     };
     let started = Instant::now();
@@ -217,7 +213,7 @@ async fn cluster_lease(
 ) -> anyhow::Result<Lease> {
     let until = Instant::now() + deadline;
     let mut last_error = String::from("no --join member given");
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
         for member in members {
             let remaining = until.saturating_duration_since(Instant::now());
@@ -248,8 +244,7 @@ async fn cluster_lease(
         if remaining.is_zero() {
             break;
         }
-        tokio::time::sleep(backoff.min(remaining)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(backoff.next_delay().min(remaining)).await;
     }
     bail!("no lease for {node} and no cluster member reachable within {deadline:?} (last error: {last_error}); the existing conflist, if any, is left untouched")
 }
@@ -280,66 +275,4 @@ fn lease_from_json(json: &LeaseJson, pool: Pool) -> anyhow::Result<Lease> {
         block,
         pool,
     })
-}
-
-/// Keeps `<dir>/10-evio.conflist` in step with this node's lease while `evio-node run` is
-/// up (`--cni-conf-dir`): gets the lease through the API once the node is a member, then
-/// rewrites the file whenever the local replica's lease for the node changes (a claim, or a
-/// re-acquire after an operator released it).
-pub async fn keep_current(
-    replica: std::sync::Arc<evio_raft::Replica>,
-    advertise: String,
-    token: String,
-    dir: PathBuf,
-    conf: NetConf,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut metrics = replica.raft().metrics();
-    let node = replica.node().name.clone();
-    let mut written: Option<u32> = None;
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let local = replica.local().read().table.get(&node);
-        match local {
-            Some(lease) if written != Some(lease.record.block) => {
-                match evio_cni::write_conflist(&dir, &conf, &lease) {
-                    Ok(rewritten) => {
-                        tracing::info!(subnet = %lease.block.subnet, rewritten, dir = %dir.display(), "conflist current");
-                        written = Some(lease.record.block);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot write the conflist"),
-                }
-            }
-            Some(_) => {}
-            None if replica.is_ready() => {
-                let tls = replica.peers().tls().map(|t| t.as_ref());
-                let acquired = match crate::tls::member_client(&advertise, tls, Some(&token)) {
-                    Ok(client) => client
-                        .acquire(&node, None)
-                        .await
-                        .map(|_| ())
-                        .map_err(anyhow::Error::from),
-                    Err(e) => Err(e),
-                };
-                match acquired {
-                    // The write reaches this replica shortly; the loop rewrites then.
-                    Ok(()) => backoff = Duration::from_millis(250),
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot get this node's lease yet");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = crate::etcd::stopped(&mut stop) => return,
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        continue;
-                    }
-                }
-            }
-            None => {}
-        }
-        tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
-            _ = crate::etcd::stopped(&mut stop) => return,
-        }
-    }
 }

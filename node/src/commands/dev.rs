@@ -59,7 +59,7 @@ pub const TOKEN_FILE: &str = "cluster-token";
 /// The data dir's token, generated (mode 0600) on first start.
 fn dev_token(path: &std::path::Path) -> anyhow::Result<String> {
     if path.exists() {
-        return crate::commands::run::read_token(path);
+        return crate::host::read_token(path);
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -70,21 +70,10 @@ fn dev_token(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// This host's name, lowercased as Kubernetes registers node names.
-pub fn hostname() -> anyhow::Result<String> {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .context("reading the hostname from /proc/sys/kernel/hostname (pass --node-name)")?;
-    Ok(raw.trim().to_ascii_lowercase())
-}
-
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install().context("installing signal handlers")?;
     let pool = Pool::parse(&args.pod_cidr, args.node_bits)?;
-    let node_name = match args.node_name {
-        Some(name) => name,
-        None => hostname()?,
-    };
-    evio_raft::validate_node_name(&node_name).context("pass a valid --node-name")?;
+    let node_name = crate::host::node_name(args.node_name)?;
     let (listener, addr) = serve::bind(&args.listen).await?;
 
     let mut config = ReplicaConfig::new(
@@ -127,13 +116,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         replica.bootstrap_single().await?;
         replica.wait_for_leader(Duration::from_secs(30)).await?;
         let (lease, created) = replica.acquire(&node_name, None).await?;
-        pods.allocator().set_node_blocks(
-            lease
-                .blocks()
-                .into_iter()
-                .map(|block| block.subnet)
-                .collect(),
-        );
+        pods.allocator().set_node_blocks(lease.subnets());
         let net_d = args.data_dir.join("net.d");
         // The conflist names this daemon's socket, so evio-cni reaches this dev instance.
         let conf = NetConf {

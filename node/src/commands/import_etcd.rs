@@ -71,7 +71,7 @@ pub async fn run(args: ImportEtcdArgs) -> anyhow::Result<()> {
         key_file: args.key_file.clone(),
     };
     let token = match &args.token_file {
-        Some(path) => Some(crate::commands::run::read_token(path)?),
+        Some(path) => Some(crate::host::read_token(path)?),
         None => None,
     };
     let credentials = crate::tls::cli_credentials(&args.data_dir, None, None, None)?;

@@ -117,6 +117,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 
 fn print_node(node: &NodeJson, pods: &[PodJson]) {
     let or_dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".to_string());
+    match &node.lease {
+        Some(lease) => println!("node lease:   {} (local replica)", lease.subnet),
+        None => println!("node lease:   none"),
+    }
     match &node.etcd_mirror {
         None => println!("etcd mirror:  off"),
         Some(m) => {

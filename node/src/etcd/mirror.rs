@@ -18,8 +18,10 @@ use evio_api::{EtcdMirrorJson, EtcdMirrorStatus, LeaseJson};
 use evio_node::etcd_gateway::{Compare, Gateway, Op, RangeShape};
 use evio_raft::legacy::ORIGINAL_PREFIX;
 use evio_raft::Replica;
-use openraft::ServerState;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::backoff::{sleep_or_stop, Backoff};
+use crate::daemon::leader::while_leader;
 
 use super::{lease_keys, original_range, EtcdError, EtcdSettings, LEASES_PREFIX};
 
@@ -27,8 +29,9 @@ use super::{lease_keys, original_range, EtcdError, EtcdSettings, LEASES_PREFIX};
 pub const TERM_KEY: &str = "/evio/mirror/term";
 /// At most this many operations per etcd transaction (etcd's default limit is 128).
 const OPS_PER_TXN: usize = 64;
-const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Retrying etcd: 250 ms doubling to 5 s.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
 /// How often an idle session checks that etcd is still there (and reconnects if not).
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// Changes arriving this close together are mirrored as one transaction.
@@ -75,62 +78,54 @@ impl EtcdMirror {
     }
 
     fn is_leader(&self) -> bool {
-        self.replica.raft().metrics().borrow().state == ServerState::Leader
+        self.replica.is_leader()
     }
 
-    /// Mirrors until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut metrics = self.replica.raft().metrics();
-        let mut backoff = MIN_BACKOFF;
+    /// Mirrors while this member leads, until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        while_leader(&self.replica, &stop, |leading| self.lead(leading)).await;
+        self.update(|s| s.active = false);
+    }
+
+    /// One term as leader: sessions (each a full reconcile, then diffs) until `leading` is
+    /// cancelled, retried with backoff after etcd errors.
+    async fn lead(&self, leading: CancellationToken) {
+        let mut backoff = RETRY;
         loop {
-            // Followers and learners only wait: the leader is the one writer.
-            let became_leader = tokio::select! {
-                r = metrics.wait_for(|m| m.state == ServerState::Leader) => r.is_ok(),
-                _ = crate::etcd::stopped(&mut stop) => false,
-            };
-            if !became_leader {
-                break;
-            }
             let was_active = self.status.read().is_ok_and(|s| s.active);
             self.update(|s| s.active = true);
             if !was_active {
                 tracing::info!(endpoints = %self.settings.shown_endpoints(), "leader: mirroring leases to etcd");
             }
-            match self.session(&mut stop).await {
+            match self.session(&leading).await {
                 Ok(SessionEnd::Stopped) => break,
                 Ok(SessionEnd::Fenced) => {
                     // Raft will tell this member soon; until then, stay out of etcd.
                     self.update(|s| s.active = false);
-                    tokio::select! {
-                        _ = tokio::time::sleep(MAX_BACKOFF) => {}
-                        _ = crate::etcd::stopped(&mut stop) => break,
+                    if sleep_or_stop(MAX_BACKOFF, &leading).await {
+                        break;
                     }
                 }
-                Ok(SessionEnd::NotLeader) => {
-                    tracing::info!("no longer leader: etcd mirror paused");
-                    self.update(|s| s.active = false);
-                    backoff = MIN_BACKOFF;
-                }
+                Ok(SessionEnd::NotLeader) => break,
                 Err(e) => {
+                    let delay = backoff.next_delay();
                     // One line per attempt: with the backoff that is once per backoff period.
-                    tracing::warn!(error = %e, retry_in = ?backoff, "etcd mirror: etcd unavailable");
-                    let at = evio_api::types::rfc3339(std::time::SystemTime::now());
+                    tracing::warn!(error = %e, retry_in = ?delay, "etcd mirror: etcd unavailable");
+                    let at = humantime::format_rfc3339_millis(std::time::SystemTime::now());
                     self.update(|s| {
                         s.healthy = false;
                         s.errors += 1;
                         s.last_error = Some(e.to_string());
-                        s.last_error_at = Some(at);
+                        s.last_error_at = Some(at.to_string());
                     });
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = crate::etcd::stopped(&mut stop) => break,
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    if !self.is_leader() {
-                        self.update(|s| s.active = false);
+                    if sleep_or_stop(delay, &leading).await {
+                        break;
                     }
                 }
             }
+        }
+        if !self.is_leader() {
+            tracing::info!("no longer leader: etcd mirror paused");
         }
         self.update(|s| s.active = false);
     }
@@ -150,12 +145,12 @@ impl EtcdMirror {
         (keys, revision)
     }
 
-    async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<SessionEnd, EtcdError> {
+    async fn session(&self, stop: &CancellationToken) -> Result<SessionEnd, EtcdError> {
         let client = self.settings.connect().await?;
         let Some(mut known) = self.reconcile(&client).await? else {
             return Ok(SessionEnd::Fenced);
         };
-        let mut metrics = self.replica.raft().metrics();
+        let mut metrics = self.replica.watch_metrics();
         loop {
             tokio::select! {
                 changed = metrics.changed() => {
@@ -168,7 +163,7 @@ impl EtcdMirror {
                     // reconciled even when no lease changes.
                     client.range_prefix(LEASES_PREFIX, RangeShape::CountOnly).await?;
                 }
-                _ = crate::etcd::stopped(stop) => return Ok(SessionEnd::Stopped),
+                _ = stop.cancelled() => return Ok(SessionEnd::Stopped),
             }
             if !self.is_leader() {
                 return Ok(SessionEnd::NotLeader);

@@ -137,8 +137,62 @@ pub fn original_range(lease: &evio_api::LeaseJson) -> Option<OriginalRange> {
     })
 }
 
-/// Resolves once `stop` turns true (or its sender is gone). Returns nothing, so no watch
-/// guard is held across an await.
-pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evio_raft::{LeaseCommand, LeaseTable, Pool};
+
+    fn lease_in(pod_cidr: &str) -> Lease {
+        let pool = Pool::parse(pod_cidr, 8).unwrap_or_else(|e| panic!("{e}"));
+        let mut table = LeaseTable::new(pool);
+        for node in ["a", "edge-1"] {
+            table.apply(
+                &LeaseCommand::Acquire {
+                    node: node.into(),
+                    host_ip: None,
+                    request_id: "r".into(),
+                    at: 0,
+                },
+                1,
+            );
+        }
+        table.get("edge-1").unwrap_or_else(|| panic!("lease"))
+    }
+
+    /// The original layout is IPv4-only: an IPv6 block lives only in the lease JSON under
+    /// `/evio/leases/`, and reading that JSON back finds the IPv4 block's original key.
+    #[test]
+    fn ipv6_blocks_are_mirrored_only_under_evio_leases() {
+        for (pod_cidr, original) in [
+            (
+                "10.244.0.0/16",
+                Some("/evpn/10.244.1.2,10.244.1.254,10.244.1.1/16"),
+            ),
+            (
+                "10.244.0.0/16,fd00:10:244::/56",
+                Some("/evpn/10.244.1.2,10.244.1.254,10.244.1.1/16"),
+            ),
+            ("fd00:10:244::/56", None),
+        ] {
+            let keys = lease_keys(&lease_in(pod_cidr));
+            let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+            let want: Vec<&str> = original
+                .into_iter()
+                .chain(["/evio/leases/edge-1"])
+                .collect();
+            assert_eq!(names, want, "{pod_cidr}");
+            let json = &keys[keys.len() - 1].1;
+            let lease: evio_api::LeaseJson =
+                serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+            assert_eq!(
+                original_range(&lease)
+                    .map(|r| r.key(ORIGINAL_PREFIX))
+                    .as_deref(),
+                original,
+                "{pod_cidr}"
+            );
+            let ipv6 = lease.subnets.iter().any(|b| b.subnet.is_ipv6());
+            assert_eq!(ipv6, pod_cidr.contains("fd00"), "{json}");
+        }
+    }
 }

@@ -11,9 +11,13 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{json, Value};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::backoff::sleep_or_stop;
+
 use super::{
-    sleep_or_stop, stopped, Backoff, KubeError, KubeStatus, API_ADDRESS_ANNOTATION,
-    POD_SUBNETS_ANNOTATION, POD_SUBNET_ANNOTATION,
+    KubeError, KubeStatus, API_ADDRESS_ANNOTATION, POD_SUBNETS_ANNOTATION, POD_SUBNET_ANNOTATION,
+    RETRY,
 };
 
 /// Re-applied this often even when nothing changed (annotations edited by hand come back).
@@ -45,10 +49,9 @@ fn desired(replica: &Replica, node_name: &str, api_address: &str) -> Desired {
     let pod_subnet = lease.as_ref().map(|lease| lease.block.subnet.to_string());
     let pod_subnets = lease.map(|lease| {
         lease
-            .pool
-            .blocks(lease.record.block)
+            .subnets()
             .iter()
-            .map(|b| b.subnet.to_string())
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",")
     });
@@ -77,11 +80,11 @@ pub async fn run(
     node_name: String,
     api_address: String,
     status: KubeStatus,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
-    let mut raft_metrics = replica.raft().metrics();
+    let mut raft_metrics = replica.watch_metrics();
     let mut applied: Option<Desired> = None;
-    let mut backoff = Backoff::default();
+    let mut backoff = RETRY;
     loop {
         let want = desired(&replica, &node_name, &api_address);
         if applied.as_ref() != Some(&want) {
@@ -102,7 +105,7 @@ pub async fn run(
                     let delay = backoff.next_delay();
                     tracing::warn!(node = %node_name, error = %e, retry_in = ?delay, "cannot annotate the Node");
                     status.failed("annotating the Node", &e);
-                    if sleep_or_stop(delay, &mut stop).await {
+                    if sleep_or_stop(delay, &stop).await {
                         return;
                     }
                     continue;
@@ -113,7 +116,7 @@ pub async fn run(
         tokio::select! {
             changed = raft_metrics.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(RESYNC) => applied = None,
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
-use super::{Backoff, KubeError};
+use super::{KubeError, RETRY};
 
 /// The record of this install's cluster (in the DaemonSet's namespace).
 pub const RECORD: &str = "evio-cluster";
@@ -69,7 +69,7 @@ async fn try_claim(api: &Api<ConfigMap>, node_name: &str, node_id: u64) -> Resul
 /// API server answers.
 pub async fn claim(client: &kube::Client, namespace: &str, node_name: &str, node_id: u64) -> Role {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let mut backoff = Backoff::default();
+    let mut backoff = RETRY;
     loop {
         match try_claim(&api, node_name, node_id).await {
             Ok(role) => {

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use evio_api::KubernetesJson;
 
+use crate::daemon::backoff::Backoff;
+
 /// The Node annotation holding this node's pod subnet (`10.244.3.0/24`).
 pub const POD_SUBNET_ANNOTATION: &str = "evio.io/pod-subnet";
 /// The Node annotation holding every family's pod subnet of this node, IPv4 first
@@ -93,52 +95,5 @@ impl KubeStatus {
     }
 }
 
-/// Exponential backoff for retrying Kubernetes calls: 500 ms doubling to 30 s.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self(Duration::from_millis(500))
-    }
-}
-
-impl Backoff {
-    /// The delay to wait now; the next one is twice as long (at most 30 s).
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(30));
-        delay
-    }
-
-    pub fn reset(&mut self) {
-        *self = Self::default();
-    }
-}
-
-/// Sleeps `delay`, or less when `stop` turns true; returns whether to stop.
-pub async fn sleep_or_stop(delay: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
-        _ = stopped(stop) => return true,
-    }
-    *stop.borrow()
-}
-
-/// Resolves once `stop` turns true (or its sender is gone). Holds no borrow across awaits,
-/// so the futures using it stay `Send`.
-pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Resolves once this member's Raft state is (`leader`) or is not (`!leader`) Leader; false
-/// when Raft stopped.
-pub async fn leadership(
-    raft_metrics: &mut tokio::sync::watch::Receiver<evio_raft::types::RaftMetrics>,
-    leader: bool,
-) -> bool {
-    raft_metrics
-        .wait_for(|m| (m.state == openraft::ServerState::Leader) == leader)
-        .await
-        .is_ok()
-}
+/// Retrying Kubernetes calls: 500 ms doubling to 30 s.
+pub const RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));

@@ -15,7 +15,11 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 
-use super::{leadership, sleep_or_stop, stopped, Backoff, KubeStatus};
+use tokio_util::sync::CancellationToken;
+
+use super::{KubeStatus, RETRY};
+use crate::daemon::backoff::{sleep_or_stop, Backoff};
+use crate::daemon::leader::while_leader;
 
 /// Whether a lease owner is a real node name (not a reserved owner such as `legacy:...`).
 pub fn is_node_owner(owner: &str) -> bool {
@@ -95,38 +99,35 @@ impl GraceBook {
     }
 }
 
-/// Runs until `stop` turns true: while this member leads, watches Nodes and releases the
+/// Runs until `stop` is cancelled: while this member leads, watches Nodes and releases the
 /// leases of deleted ones.
 pub async fn run(
     client: kube::Client,
     replica: Arc<Replica>,
     grace: Duration,
     status: KubeStatus,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
-    let mut raft_metrics = replica.raft().metrics();
-    loop {
-        tokio::select! {
-            led = leadership(&mut raft_metrics, true) => if !led { return },
-            _ = stopped(&mut stop) => return,
-        }
-        tracing::info!(grace = ?grace, "leader: watching Nodes to release the leases of deleted ones");
+    while_leader(&replica, &stop, |leading| {
         let mut session = Session {
             api: Api::all(client.clone()),
             replica: replica.clone(),
             book: GraceBook::new(grace),
-            backoff: Backoff::default(),
+            backoff: RETRY,
             status: status.clone(),
         };
-        status.update(|s| s.node_gc_active = true);
-        tokio::select! {
-            _ = session.run(&mut stop) => return,
-            _ = leadership(&mut raft_metrics, false) => {
+        let stop = stop.clone();
+        async move {
+            tracing::info!(grace = ?grace, "leader: watching Nodes to release the leases of deleted ones");
+            session.status.update(|s| s.node_gc_active = true);
+            session.run(&leading).await;
+            session.status.update(|s| s.node_gc_active = false);
+            if !stop.is_cancelled() {
                 tracing::info!("no longer leader: Node watch stopped");
             }
         }
-        status.update(|s| s.node_gc_active = false);
-    }
+    })
+    .await;
 }
 
 struct Session {
@@ -139,7 +140,7 @@ struct Session {
 
 impl Session {
     /// List + watch, resuming from the last resource version; relists after 410 Gone.
-    async fn run(&mut self, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    async fn run(&mut self, stop: &CancellationToken) {
         let tick_every =
             (self.book.grace / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
         let mut tick = tokio::time::interval(tick_every);
@@ -212,7 +213,7 @@ impl Session {
                         }
                     },
                     _ = tick.tick() => self.release_due().await,
-                    _ = stopped(stop) => return,
+                    _ = stop.cancelled() => return,
                 }
             }
             // A watch that ends at once again and again must not become a busy loop.
@@ -231,7 +232,7 @@ impl Session {
         &mut self,
         what: &str,
         error: &kube::Error,
-        stop: &mut tokio::sync::watch::Receiver<bool>,
+        stop: &CancellationToken,
     ) -> bool {
         let delay = self.backoff.next_delay();
         tracing::warn!(error = %error, retry_in = ?delay, "node GC: {what} failed");

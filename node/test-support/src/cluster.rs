@@ -207,11 +207,21 @@ impl Cluster {
     /// Three members a, b, c (a bootstraps), each with `extra`; returns once all three are
     /// voters.
     pub async fn three(&self, extra: &[&str]) -> Vec<Node> {
+        self.three_each(|_| extra.iter().map(|a| a.to_string()).collect())
+            .await
+    }
+
+    /// Like `three`, with each member's `extra` flags given by its name.
+    pub async fn three_each(&self, extra: impl Fn(&str) -> Vec<String>) -> Vec<Node> {
         let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-        let a = self.start("a", &addrs[0], &[], extra);
-        let b = self.start("b", &addrs[1], &[&addrs[0]], extra);
-        let c = self.start("c", &addrs[2], &[&addrs[0]], extra);
-        wait_cluster(&a, "three voters", |c| {
+        let mut nodes = Vec::new();
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            let join: Vec<&str> = if i == 0 { vec![] } else { vec![&addrs[0]] };
+            let extra = extra(name);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            nodes.push(self.start(name, &addrs[i], &join, &extra));
+        }
+        wait_cluster(&nodes[0], "three voters", |c| {
             c.members
                 .iter()
                 .filter(|m| m.role == "voter" || m.role == "leader")
@@ -219,7 +229,7 @@ impl Cluster {
                 == 3
         })
         .await;
-        vec![a, b, c]
+        nodes
     }
 }
 

@@ -11,18 +11,13 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::{evio_node, is_root, prerequisites, run, target_bin, Proc};
+use crate::{dev_command, is_root, prerequisites, run, target_bin, Proc};
 
 /// Where Debian's containernetworking-plugins installs host-local, portmap, ...
 pub const PLUGIN_DIR: &str = "/usr/lib/cni";
 
 pub fn evio_cni_binary() -> PathBuf {
-    cni_crate_binary("evio-cni")
-}
-
-/// A binary of the evio-cni crate (`evio-cni`, `evio-ipam`), built by `cargo test --workspace`.
-pub fn cni_crate_binary(name: &str) -> PathBuf {
-    target_bin(name)
+    target_bin("evio-cni")
 }
 
 pub fn plugin(name: &str) -> PathBuf {
@@ -235,6 +230,21 @@ pub fn assert_veth_retired_then_gone(name: &str) {
     wait_until_gone(name, || link_exists(name));
 }
 
+/// The OVS bridge `bridge` runs on the datapath `ovsDatapath: auto` picks on this host: the
+/// kernel's when the openvswitch module is loaded, else userspace `netdev`.
+pub fn assert_auto_datapath(bridge: &str) {
+    let datapath = run("ovs-vsctl", &["get", "Bridge", bridge, "datapath_type"]);
+    let wanted = if Path::new("/sys/module/openvswitch").exists() {
+        "system"
+    } else {
+        "netdev"
+    };
+    assert!(
+        datapath.contains(wanted),
+        "{bridge}: datapath {datapath:?}, auto should pick {wanted}"
+    );
+}
+
 /// A named network namespace, deleted on drop.
 pub struct Netns(pub String);
 
@@ -308,22 +318,12 @@ impl DevNode {
     pub fn start(dir: &Path, node_name: &str, pod_cidr: Option<&str>) -> DevNode {
         let data = dir.join("data");
         let socket = dir.join("cni.sock").to_string_lossy().to_string();
-        let data_arg = data.to_string_lossy().to_string();
-        let mut args = vec![
-            "dev",
-            "--data-dir",
-            &data_arg,
-            "--listen",
-            "127.0.0.1:0",
-            "--node-name",
-            node_name,
-            "--cni-socket",
-            &socket,
-        ];
+        let mut extra = vec!["--cni-socket", &socket];
         if let Some(cidr) = pod_cidr {
-            args.extend(["--pod-cidr", cidr]);
+            extra.extend(["--pod-cidr", cidr]);
         }
-        let daemon = Proc::spawn(evio_node(&args)).unwrap_or_else(|e| panic!("{e}"));
+        let daemon =
+            Proc::spawn(dev_command(&data, node_name, &extra)).unwrap_or_else(|e| panic!("{e}"));
         let conflist: Value = serde_json::from_slice(
             &std::fs::read(data.join("net.d/10-evio.conflist")).unwrap_or_else(|e| panic!("{e}")),
         )

@@ -16,7 +16,7 @@ pub mod process;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub use process::{evio_node, evio_node_bin, spawn_dev, Proc};
+pub use process::{dev_command, evio_node, evio_node_bin, spawn_dev, Proc};
 
 /// Whether this run is CI's (`CI=true`): there a missing prerequisite fails the test.
 pub fn ci() -> bool {

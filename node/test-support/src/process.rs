@@ -177,12 +177,11 @@ impl Drop for Proc {
     }
 }
 
-/// `evio-node dev` named `name` in `dir` (data dir `dir/data`, CNI socket `dir/cni.sock`),
-/// ready; with the cluster token it generated.
-pub fn spawn_dev(dir: &std::path::Path, name: &str) -> (Proc, String) {
-    let data = dir.join("data").to_string_lossy().to_string();
-    let socket = dir.join("cni.sock").to_string_lossy().to_string();
-    let dev = Proc::spawn(evio_node(&[
+/// `evio-node dev` on data dir `data`, its API on a free loopback port, node name `name`,
+/// plus `extra` flags.
+pub fn dev_command(data: &std::path::Path, name: &str, extra: &[&str]) -> Command {
+    let data = data.to_string_lossy();
+    let mut args = vec![
         "dev",
         "--data-dir",
         &data,
@@ -190,9 +189,20 @@ pub fn spawn_dev(dir: &std::path::Path, name: &str) -> (Proc, String) {
         "127.0.0.1:0",
         "--node-name",
         name,
-        "--cni-socket",
-        &socket,
-    ]))
+    ];
+    args.extend_from_slice(extra);
+    evio_node(&args)
+}
+
+/// `evio-node dev` named `name` in `dir` (data dir `dir/data`, CNI socket `dir/cni.sock`),
+/// ready; with the cluster token it generated.
+pub fn spawn_dev(dir: &std::path::Path, name: &str) -> (Proc, String) {
+    let socket = dir.join("cni.sock").to_string_lossy().to_string();
+    let dev = Proc::spawn(dev_command(
+        &dir.join("data"),
+        name,
+        &["--cni-socket", &socket],
+    ))
     .unwrap_or_else(|e| panic!("{e}"));
     let token = std::fs::read_to_string(dir.join("data/cluster-token"))
         .unwrap_or_else(|e| panic!("token: {e}"));

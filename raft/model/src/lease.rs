@@ -19,6 +19,10 @@ pub enum LeaseCommand {
     Acquire {
         node: String,
         host_ip: Option<Ipv4Addr>,
+        /// Read by nothing (every command is idempotent by its effect): optional when read,
+        /// so the release after the next can stop writing it without breaking members that
+        /// are one release behind in a rolling upgrade.
+        #[serde(default)]
         request_id: String,
         /// Unix milliseconds, set by the proposer.
         at: u64,
@@ -28,6 +32,10 @@ pub enum LeaseCommand {
     #[serde(rename_all = "camelCase")]
     Release {
         node: String,
+        /// Read by nothing (every command is idempotent by its effect): optional when read,
+        /// so the release after the next can stop writing it without breaking members that
+        /// are one release behind in a rolling upgrade.
+        #[serde(default)]
         request_id: String,
         at: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,6 +47,10 @@ pub enum LeaseCommand {
     Reserve {
         owner: String,
         block: u32,
+        /// Read by nothing (every command is idempotent by its effect): optional when read,
+        /// so the release after the next can stop writing it without breaking members that
+        /// are one release behind in a rolling upgrade.
+        #[serde(default)]
         request_id: String,
         at: u64,
     },
@@ -47,6 +59,10 @@ pub enum LeaseCommand {
     Claim {
         node: String,
         from: String,
+        /// Read by nothing (every command is idempotent by its effect): optional when read,
+        /// so the release after the next can stop writing it without breaking members that
+        /// are one release behind in a rolling upgrade.
+        #[serde(default)]
         request_id: String,
         at: u64,
     },
@@ -123,9 +139,15 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The node's block in every family of the pool (IPv4 first): what its bridge and IPAM serve.
+    /// The node's block in every family of the pool (IPv4 first, same index in each): what its
+    /// bridge and IPAM serve.
     pub fn blocks(&self) -> Vec<Block> {
         self.pool.blocks(self.record.block)
+    }
+
+    /// The subnets of [`Lease::blocks`].
+    pub fn subnets(&self) -> Vec<ipnetwork::IpNetwork> {
+        self.blocks().iter().map(|b| b.subnet).collect()
     }
 }
 
@@ -561,6 +583,22 @@ mod tests {
             at: 1_700_000_000_001,
             if_revision: None,
         }
+    }
+
+    #[test]
+    fn a_command_without_a_request_id_is_read() {
+        let read: LeaseCommand =
+            serde_json::from_str(r#"{"op":"acquire","node":"n1","hostIp":null,"at":5}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            read,
+            LeaseCommand::Acquire {
+                node: "n1".into(),
+                host_ip: None,
+                request_id: String::new(),
+                at: 5,
+            }
+        );
     }
 
     #[test]

@@ -459,11 +459,30 @@ mod tests {
                 4093,
             ),
         ];
-        for (cidr, bits, index, subnet, gw, start, end, blocks, pods) in cases {
+        check_rows(&cases, Family::V4);
+    }
+
+    /// (cidr, nodeBits, index, subnet, gateway, rangeStart, rangeEnd, blocks, pods per block)
+    type Row = (
+        &'static str,
+        u8,
+        u32,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        u64,
+        u64,
+    );
+
+    fn check_rows(rows: &[Row], family: Family) {
+        for &(cidr, bits, index, subnet, gw, start, end, blocks, pods) in rows {
             let p = pool(cidr, bits);
             let b = p
                 .block(index)
                 .unwrap_or_else(|| panic!("{cidr}/{bits} block {index}"));
+            assert_eq!(b.family(), family, "{cidr}");
+            assert_eq!(p.families(), vec![family], "{cidr}");
             assert_eq!(b.subnet.to_string(), subnet, "{cidr} {bits} {index}");
             assert_eq!(b.gateway.to_string(), gw, "{cidr} {bits} {index}");
             assert_eq!(b.range_start.to_string(), start, "{cidr} {bits} {index}");
@@ -611,22 +630,7 @@ mod tests {
                 (1 << 34) - 3,
             ),
         ];
-        for (cidr, bits, index, subnet, gw, start, end, blocks, pods) in cases {
-            let p = pool(cidr, bits);
-            let b = p
-                .block(index)
-                .unwrap_or_else(|| panic!("{cidr}/{bits} block {index}"));
-            assert_eq!(b.family(), Family::V6);
-            assert_eq!(b.subnet.to_string(), subnet, "{cidr} {bits} {index}");
-            assert_eq!(b.gateway.to_string(), gw, "{cidr} {bits} {index}");
-            assert_eq!(b.range_start.to_string(), start, "{cidr} {bits} {index}");
-            assert_eq!(b.range_end.to_string(), end, "{cidr} {bits} {index}");
-            assert_eq!(p.block_count(), blocks, "{cidr} {bits}");
-            assert_eq!(p.pods_per_block(), pods, "{cidr} {bits}");
-            assert_eq!(p.index_of(b.subnet), Some(index));
-            assert!(p.block(blocks as u32).is_none());
-            assert_eq!(p.families(), vec![Family::V6]);
-        }
+        check_rows(&cases, Family::V6);
     }
 
     #[test]

@@ -36,6 +36,24 @@ pub struct PeerHttp {
     contacts: Arc<Contacts>,
 }
 
+/// The peers `DENY_PEERS_ENV` names: read only in builds with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+fn deny_list() -> Vec<String> {
+    std::env::var(DENY_PEERS_ENV)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn deny_list() -> Vec<String> {
+    Vec::new()
+}
+
 /// A request this process cannot send.
 #[derive(Debug, thiserror::Error)]
 pub enum Denied {
@@ -53,14 +71,7 @@ pub enum Denied {
 impl PeerHttp {
     pub fn new(token: &str, cluster_id: Option<String>, tls: Option<Arc<TlsContext>>) -> Self {
         crate::tls::ensure_provider();
-        let deny = std::env::var(DENY_PEERS_ENV)
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let deny = deny_list();
         Self {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
@@ -116,6 +127,8 @@ impl PeerHttp {
         path: &str,
     ) -> Result<reqwest::RequestBuilder, Denied> {
         if self.deny.iter().any(|d| d == addr) {
+            // Test builds only (the list is empty otherwise): tests check the hook took effect.
+            tracing::info!(peer = addr, "not dialing: blocked by {DENY_PEERS_ENV}");
             return Err(Denied::Blocked(addr.to_string()));
         }
         let mut request = match &self.tls {
@@ -212,33 +225,23 @@ impl HttpPeer {
     {
         let body =
             serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(path, "application/json", body, option).await
+        let result = self.send(path, "application/json", body, option).await;
+        self.note(&result);
+        result
     }
 
-    /// Posts `body` and reads openraft's JSON result, noting whether the target answered.
-    async fn send<Resp, E>(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: Vec<u8>,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, EvioNode, RaftError<NodeId, E>>>
-    where
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let result = self.exchange(path, content_type, body, option).await;
+    /// Notes whether the target answered (a remote error is an answer: it is reachable).
+    fn note<T, E: std::error::Error>(&self, result: &Result<T, RPCError<NodeId, EvioNode, E>>) {
         let contacts = self.peers.contacts();
-        match &result {
-            // A remote error is an answer: the member is reachable.
+        match result {
             Ok(_) => contacts.answered(self.target),
             Err(RPCError::RemoteError(_)) => contacts.reached(self.target),
             Err(e) => contacts.failed(self.target, e),
         }
-        result
     }
 
-    async fn exchange<Resp, E>(
+    /// Posts `body` and reads openraft's JSON result.
+    async fn send<Resp, E>(
         &self,
         path: &str,
         content_type: &str,
@@ -326,8 +329,11 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
     > {
         let body =
             encode_snapshot_chunk(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(SNAPSHOT_PATH, SNAPSHOT_CONTENT_TYPE, body, &option)
-            .await
+        let result = self
+            .send(SNAPSHOT_PATH, SNAPSHOT_CONTENT_TYPE, body, &option)
+            .await;
+        self.note(&result);
+        result
     }
 
     async fn vote(

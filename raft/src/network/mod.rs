@@ -25,8 +25,8 @@ pub const CLUSTER_HEADER: &str = "x-evio-cluster";
 /// Header naming the node id an RPC is meant for: a new member that reuses a dead member's
 /// address must not answer for it (openraft's leader panics on such replies).
 pub const TARGET_HEADER: &str = "x-evio-target-node";
-/// Test-only: comma-separated peer addresses this process must not dial, to cut one network
-/// path (e.g. member to leader) while every other path works.
+/// Test-only (feature `test-hooks`): comma-separated peer addresses this process must not dial,
+/// to cut one network path (e.g. member to leader) while every other path works.
 pub const DENY_PEERS_ENV: &str = "EVIO_TEST_DENY_PEERS";
 /// Snapshots travel in chunks of at most this many bytes (openraft's `snapshot_max_chunk_size`).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;

@@ -1,9 +1,8 @@
-//! Open vSwitch bridges, over the daemon's one OVSDB session for the config's socket. Bridges
-//! this driver has seen are remembered, so a steady-state ADD asks OVSDB nothing but to add
-//! its port.
+//! Open vSwitch bridges, over the daemon's one OVSDB session for the config's socket. Which
+//! bridges and ports exist is answered by the session's monitor-fed cache, so a steady-state
+//! ADD asks OVSDB nothing but to add its port.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -19,21 +18,11 @@ use crate::plugin_conf::{InvalidKey, OvsDatapath};
 pub struct OvsBridge {
     ovsdb: Arc<Ovsdb>,
     datapath: OvsDatapath,
-    /// OVS bridges seen in OVSDB (never re-asked while their link exists).
-    known: Mutex<HashSet<String>>,
 }
 
 impl OvsBridge {
     pub fn new(ovsdb: Arc<Ovsdb>, datapath: OvsDatapath) -> Self {
-        Self {
-            ovsdb,
-            datapath,
-            known: Mutex::default(),
-        }
-    }
-
-    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
+        Self { ovsdb, datapath }
     }
 }
 
@@ -49,12 +38,8 @@ impl BridgeDriver for OvsBridge {
     fn validate<'a>(&'a self, handle: &'a Handle, bridge: &'a str) -> BoxFuture<'a, Result<()>> {
         async move {
             if netlink::link_by_name(handle, bridge).await?.is_none()
-                || self.known().contains(bridge)
+                || self.ovsdb.bridge_exists(bridge).await?
             {
-                return Ok(());
-            }
-            if self.ovsdb.bridge_exists(bridge).await? {
-                self.known().insert(bridge.to_string());
                 return Ok(());
             }
             Err(DataplaneError::Config(InvalidKey {
@@ -73,21 +58,13 @@ impl BridgeDriver for OvsBridge {
         addresses: &'a [IpNetwork],
     ) -> BoxFuture<'a, Result<u32>> {
         async move {
-            let present = self.known().contains(bridge)
-                && netlink::link_by_name(handle, bridge).await?.is_some();
-            let created = if present {
-                false
-            } else {
-                self.known().remove(bridge);
-                self.ovsdb
-                    .ensure_bridge(bridge, self.datapath.as_str())
-                    .await?
-            };
+            // Asks OVSDB only when the cache has no such bridge.
+            let created = self
+                .ovsdb
+                .ensure_bridge(bridge, self.datapath.as_str())
+                .await?;
             match netlink::bridge_ready(handle, bridge, addresses).await {
-                Ok(index) => {
-                    self.known().insert(bridge.to_string());
-                    Ok(index)
-                }
+                Ok(index) => Ok(index),
                 Err(e) => {
                     if created {
                         // e.g. the system datapath without its kernel module: the record

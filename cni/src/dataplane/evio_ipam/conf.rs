@@ -11,7 +11,7 @@ use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::plugin_conf::InvalidKey;
+use crate::plugin_conf::{deserialize_keyed, invalid, InvalidKey};
 
 /// host-local's default `dataDir`.
 pub const HOST_LOCAL_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -100,24 +100,10 @@ struct RawConf {
     data_dir: Option<PathBuf>,
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> InvalidKey {
-    InvalidKey {
-        key: key.into(),
-        reason: reason.into(),
-    }
-}
-
 impl IpamConf {
     /// Parses the `ipam` object of a network config, naming the bad key.
     pub fn parse(ipam: &Value) -> Result<Self, InvalidKey> {
-        let raw: RawConf = serde_path_to_error::deserialize(ipam).map_err(|e| {
-            let path = e.path().to_string();
-            let key = match path.as_str() {
-                "." => "ipam".to_string(),
-                p => format!("ipam.{p}"),
-            };
-            invalid(key, e.inner().to_string())
-        })?;
+        let raw: RawConf = deserialize_keyed(ipam, "ipam")?;
         let mut raw_sets = raw.ranges;
         if let Some(subnet) = raw.subnet {
             if !raw_sets.is_empty() {

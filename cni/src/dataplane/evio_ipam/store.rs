@@ -58,8 +58,9 @@ fn read_owner(path: &Path) -> Key {
     (container, ifname)
 }
 
-/// The reservations in `dir`: (address, owner) for every file named by an address.
-fn read_reservations(dir: &Path) -> Result<Vec<(IpAddr, Key)>, StoreError> {
+/// The reservations in `dir` (evio-ipam's or host-local's): (address, owner) for every file
+/// named by an address, sorted by address.
+pub fn read_reservations(dir: &Path) -> Result<Vec<(IpAddr, Key)>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -73,6 +74,7 @@ fn read_reservations(dir: &Path) -> Result<Vec<(IpAddr, Key)>, StoreError> {
             found.push((ip, read_owner(&entry.path())));
         }
     }
+    found.sort();
     Ok(found)
 }
 

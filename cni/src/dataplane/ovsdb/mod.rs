@@ -1,13 +1,17 @@
 //! A small OVSDB (RFC 7047) client for the Open_vSwitch database: `transact` over the
 //! server's unix socket, JSON-RPC 1.0 ([`rpc`]), on ONE connection per daemon and socket that
-//! every request shares and that is re-opened after ovsdb-server restarts. Every call is
-//! bounded by a timeout.
+//! every request shares and that is re-opened after ovsdb-server restarts. Each connection
+//! starts a `monitor` feeding its [`cache`]: bridge and port lookups and the wait for
+//! vswitchd (`cur_cfg`) are answered from it, so an ADD sends one transaction and nothing
+//! else. Every call is bounded by a timeout.
 //!
 //! Why our own layer and not the `ovsdb-client` crate: docs/decisions/ovsdb-client.md.
 
+mod cache;
 mod rpc;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +37,8 @@ pub struct Ovsdb {
     socket: PathBuf,
     timeout: Duration,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    /// Requests sent to the server (monitors, transactions, pings): what the cache saves.
+    requests: AtomicU64,
 }
 
 fn named(uuid_name: &str) -> Value {
@@ -64,7 +70,13 @@ impl Ovsdb {
             socket: socket.into(),
             timeout,
             connection: tokio::sync::Mutex::new(None),
+            requests: AtomicU64::new(0),
         }
+    }
+
+    /// Requests sent to ovsdb-server so far (the cache answers lookups without one).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     pub fn socket(&self) -> &std::path::Path {
@@ -78,7 +90,8 @@ impl Ovsdb {
         }
     }
 
-    /// The shared connection, opened again when the last one closed.
+    /// The shared connection with its monitor running, opened again when the last one
+    /// closed.
     async fn connection(&self) -> Result<Arc<Connection>, OvsdbError> {
         let mut current = self.connection.lock().await;
         if let Some(connection) = current.as_ref().filter(|c| !c.is_closed()) {
@@ -92,6 +105,11 @@ impl Ovsdb {
             tracing::info!(socket = %self.socket.display(), "reconnected to ovsdb-server");
         }
         let connection = Arc::new(Connection::start(stream, self.socket.display().to_string()));
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        // Not kept unless its monitor runs: a cache that never fills would answer wrongly.
+        tokio::time::timeout(self.timeout, connection.monitor(cache::monitor_requests()))
+            .await
+            .map_err(|_| OvsdbError::Protocol("monitor timed out".into()))??;
         *current = Some(connection.clone());
         Ok(connection)
     }
@@ -99,48 +117,44 @@ impl Ovsdb {
     /// One transaction, bounded by the timeout.
     async fn transact(&self, operations: Vec<Value>) -> Result<Vec<Value>, OvsdbError> {
         let connection = self.connection().await?;
+        self.transact_on(&connection, operations).await
+    }
+
+    async fn transact_on(
+        &self,
+        connection: &Connection,
+        operations: Vec<Value>,
+    ) -> Result<Vec<Value>, OvsdbError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         tokio::time::timeout(self.timeout, connection.transact(operations))
             .await
             .map_err(|_| OvsdbError::Protocol("transaction timed out".into()))?
     }
 
-    /// Runs a change plus a `next_cfg` bump, then waits until vswitchd has applied it.
+    /// Runs a change plus a `next_cfg` bump, then waits until vswitchd has applied it. The
+    /// monitor reports vswitchd's `cur_cfg` after the change's own updates, so the cache
+    /// shows the change when this returns.
     async fn apply(&self, mut operations: Vec<Value>) -> Result<(), OvsdbError> {
         operations.push(bump_cfg());
         operations.push(
             json!({"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg"]}),
         );
-        let results = self.transact(operations).await?;
+        let connection = self.connection().await?;
+        let results = self.transact_on(&connection, operations).await?;
         let next_cfg = results
             .last()
             .and_then(|r| r["rows"][0]["next_cfg"].as_i64())
             .ok_or_else(|| OvsdbError::Protocol("no next_cfg in the answer".into()))?;
         // vswitchd sets cur_cfg to next_cfg once it has applied everything up to it; other
-        // changes may bump it further meanwhile, hence ">=" by polling (OVSDB `wait` only
-        // knows == and !=).
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        loop {
-            let rows = self
-                .transact(vec![
-                    json!({"op": "select", "table": "Open_vSwitch", "where": [],
-                                      "columns": ["cur_cfg"]}),
-                ])
-                .await?;
-            let cur_cfg = rows
-                .first()
-                .and_then(|r| r["rows"][0]["cur_cfg"].as_i64())
-                .unwrap_or(0);
-            if cur_cfg >= next_cfg {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(OvsdbError::Protocol(format!(
-                    "ovs-vswitchd did not apply configuration {next_cfg} in time (at {cur_cfg})"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        // changes may bump it further meanwhile, hence ">=".
+        match tokio::time::timeout(self.timeout, connection.cache().applied(next_cfg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(self.io("connection closed while waiting for ovs-vswitchd")),
+            Err(_) => Err(OvsdbError::Protocol(format!(
+                "ovs-vswitchd did not apply configuration {next_cfg} in time (at {})",
+                connection.cache().cur_cfg()
+            ))),
         }
-        Ok(())
     }
 
     async fn select(
@@ -160,7 +174,18 @@ impl Ovsdb {
             .unwrap_or_default())
     }
 
+    /// From the monitor's cache: no request.
     pub async fn bridge_exists(&self, bridge: &str) -> Result<bool, OvsdbError> {
+        Ok(self
+            .connection()
+            .await?
+            .cache()
+            .bridge_uuid(bridge)
+            .is_some())
+    }
+
+    /// Asks the server itself (where the cache may not have heard yet).
+    async fn bridge_recorded(&self, bridge: &str) -> Result<bool, OvsdbError> {
         Ok(!self
             .select("Bridge", json!([["name", "==", bridge]]), &["name"])
             .await?
@@ -170,6 +195,7 @@ impl Ovsdb {
     /// Whether ovsdb-server answers.
     pub async fn ping(&self) -> Result<(), OvsdbError> {
         let connection = self.connection().await?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
         tokio::time::timeout(self.timeout, connection.call("list_dbs", json!([])))
             .await
             .map_err(|_| OvsdbError::Protocol("list_dbs timed out".into()))??;
@@ -200,19 +226,17 @@ impl Ovsdb {
         match self.apply(operations).await {
             Ok(()) => Ok(true),
             // A concurrent creator won: names are unique, so the whole insert failed.
-            Err(OvsdbError::Transaction(_)) if self.bridge_exists(bridge).await? => Ok(false),
+            Err(OvsdbError::Transaction(_)) if self.bridge_recorded(bridge).await? => Ok(false),
             Err(e) => Err(e),
         }
     }
 
     /// Removes `bridge` with its ports; absent is fine.
     pub async fn del_bridge(&self, bridge: &str) -> Result<(), OvsdbError> {
-        let rows = self
-            .select("Bridge", json!([["name", "==", bridge]]), &["_uuid"])
-            .await?;
-        let Some(uuid) = rows.first().map(|r| r["_uuid"].clone()) else {
+        let Some(uuid) = self.connection().await?.cache().bridge_uuid(bridge) else {
             return Ok(());
         };
+        let uuid = json!(["uuid", uuid]);
         // Bridges are referenced from the root row: dropping the reference deletes it.
         self.apply(vec![
             json!({"op": "mutate", "table": "Open_vSwitch", "where": [],
@@ -242,12 +266,10 @@ impl Ovsdb {
 
     /// Removes `port` from whatever bridge holds it; absent is fine. Returns whether it existed.
     pub async fn del_port(&self, port: &str) -> Result<bool, OvsdbError> {
-        let rows = self
-            .select("Port", json!([["name", "==", port]]), &["_uuid"])
-            .await?;
-        let Some(uuid) = rows.first().map(|r| r["_uuid"].clone()) else {
+        let Some(uuid) = self.connection().await?.cache().port_uuid(port) else {
             return Ok(false);
         };
+        let uuid = json!(["uuid", uuid]);
         // Ports are not root rows: dropping the reference deletes the port and interface.
         let operations = vec![json!({"op": "mutate", "table": "Bridge", "where": [],
                                      "mutations": [["ports", "delete", ["set", [uuid]]]]})];
@@ -255,23 +277,8 @@ impl Ovsdb {
         Ok(true)
     }
 
-    /// Ports carrying an `evio-owner` external id: (port name, owner).
+    /// Ports carrying an `evio-owner` external id: (port name, owner), from the cache.
     pub async fn owned_ports(&self) -> Result<Vec<(String, String)>, OvsdbError> {
-        let rows = self
-            .select("Port", json!([]), &["name", "external_ids"])
-            .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|row| {
-                let name = row["name"].as_str()?.to_string();
-                let pairs = row["external_ids"][1].as_array()?;
-                let owner = pairs
-                    .iter()
-                    .find(|p| p[0] == "evio-owner")
-                    .and_then(|p| p[1].as_str())?
-                    .to_string();
-                Some((name, owner))
-            })
-            .collect())
+        Ok(self.connection().await?.cache().owned_ports())
     }
 }

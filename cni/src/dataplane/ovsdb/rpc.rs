@@ -1,6 +1,7 @@
 //! JSON-RPC 1.0 over one OVSDB connection, shared by every request of the daemon: calls
-//! are multiplexed by id, a reader task routes replies to their callers and answers the
-//! server's `echo` probes. When the server goes away (e.g. ovsdb-server restarted) the
+//! are multiplexed by id, a reader task routes replies to their callers, answers the
+//! server's `echo` probes and feeds the connection's [`Cache`] from its monitor (the reply
+//! to [`MONITOR_ID`] and every `update` notification, in the order the server sent them). When the server goes away (e.g. ovsdb-server restarted) the
 //! connection is marked closed, pending calls fail, and the owner ([`super::Ovsdb`])
 //! connects again on the next call.
 
@@ -14,7 +15,11 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 
+use super::cache::Cache;
 use super::{OvsdbError, DB};
+
+/// The request id of the connection's one `monitor` call (calls are numbered from 1).
+pub(super) const MONITOR_ID: u64 = 0;
 
 type Reply = Result<Value, OvsdbError>;
 
@@ -30,6 +35,7 @@ pub(super) struct Connection {
     pending: Arc<Mutex<Pending>>,
     pub(super) next_id: AtomicU64,
     socket: String,
+    cache: Arc<Cache>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -49,9 +55,11 @@ impl Connection {
         let (mut read, write) = stream.into_split();
         let writer = Arc::new(tokio::sync::Mutex::new(write));
         let pending = Arc::new(Mutex::new(Pending::default()));
+        let cache = Arc::new(Cache::default());
         let reader = {
             let writer = writer.clone();
             let pending = pending.clone();
+            let cache = cache.clone();
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 let reason = loop {
@@ -76,10 +84,18 @@ impl Connection {
                         }
                         continue;
                     }
+                    if message["method"] == "update" {
+                        cache.apply(&message["params"][1]);
+                        continue;
+                    }
                     // Replies carry our numeric id; notifications and stale replies are skipped.
                     let Some(id) = message["id"].as_u64() else {
                         continue;
                     };
+                    if id == MONITOR_ID && message["error"].is_null() {
+                        // Before any update that follows it.
+                        cache.apply(&message["result"]);
+                    }
                     let Some(waiter) = lock(&pending).waiting.remove(&id) else {
                         continue;
                     };
@@ -99,6 +115,7 @@ impl Connection {
                     }));
                 }
                 pending.closed = Some(reason);
+                cache.close();
             })
         };
         Connection {
@@ -106,8 +123,21 @@ impl Connection {
             pending,
             next_id: AtomicU64::new(1),
             socket,
+            cache,
             reader,
         }
+    }
+
+    /// What the connection's monitor has told it (empty until [`Connection::monitor`]).
+    pub(super) fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Starts the connection's monitor; its reply fills the cache, updates keep it current.
+    pub(super) async fn monitor(&self, requests: Value) -> Result<(), OvsdbError> {
+        self.call_id(MONITOR_ID, "monitor", json!([DB, "evio", requests]))
+            .await
+            .map(|_| ())
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -124,6 +154,10 @@ impl Connection {
     /// Sends `method(params)` and returns its result.
     pub(super) async fn call(&self, method: &str, params: Value) -> Result<Value, OvsdbError> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        self.call_id(id, method, params).await
+    }
+
+    async fn call_id(&self, id: u64, method: &str, params: Value) -> Result<Value, OvsdbError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&self.pending);
