@@ -14,7 +14,13 @@ use crate::types::NodeId;
 
 const IDENTITY_FILE: &str = "identity.json";
 const DB_DIR: &str = "db";
-const FORMAT: u32 = 1;
+/// 2: the state machine keeps the lease table as one base value plus changed keys
+/// (`store::state_machine`). A binary that reads only format 1 would see just the changed
+/// keys of such a database, so the format is raised when a newer binary opens the data dir:
+/// an older binary then refuses it ("unknown format 2") instead of serving a partial table.
+const FORMAT: u32 = 2;
+/// Formats this binary opens: 1 is upgraded in place to [`FORMAT`].
+const READABLE_FORMATS: std::ops::RangeInclusive<u32> = 1..=FORMAT;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -100,10 +106,15 @@ impl DataDir {
                         path: root.to_path_buf(),
                         reason: e.to_string(),
                     })?;
-                if identity.format != FORMAT {
+                if !READABLE_FORMATS.contains(&identity.format) {
                     return Err(DataDirError::CorruptIdentity {
                         path: root.to_path_buf(),
-                        reason: format!("unknown format {}", identity.format),
+                        reason: format!(
+                            "unknown format {} (this evio reads formats {}-{}: was the data dir written by a newer evio?)",
+                            identity.format,
+                            READABLE_FORMATS.start(),
+                            READABLE_FORMATS.end()
+                        ),
                     });
                 }
                 let stored = Pool::parse(&identity.pod_cidr, identity.node_bits).map_err(|e| {
@@ -123,11 +134,17 @@ impl DataDir {
                         asked_families: pool.family_names(),
                     });
                 }
-                Ok(Self {
+                let mut opened = Self {
                     root: root.to_path_buf(),
                     identity,
                     created: false,
-                })
+                };
+                if opened.identity.format != FORMAT {
+                    let mut upgraded = opened.identity.clone();
+                    upgraded.format = FORMAT;
+                    opened.write_identity(upgraded)?;
+                }
+                Ok(opened)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if root.join(DB_DIR).exists() {
@@ -176,6 +193,11 @@ impl DataDir {
     pub fn set_cluster_id(&mut self, cluster_id: &str) -> Result<(), DataDirError> {
         let mut identity = self.identity.clone();
         identity.cluster_id = Some(cluster_id.to_string());
+        self.write_identity(identity)
+    }
+
+    /// Replaces the identity file durably, then the copy in memory.
+    fn write_identity(&mut self, identity: Identity) -> Result<(), DataDirError> {
         let io = |source| DataDirError::Io {
             path: self.root.clone(),
             source,
@@ -227,6 +249,46 @@ mod tests {
         );
         assert!(
             msg.contains("10.0.0.0/8") && msg.contains("nodeBits 12"),
+            "{msg}"
+        );
+    }
+
+    /// A format-1 data dir (before the base-plus-changes table) opens and is raised to the
+    /// current format, so an older binary refuses it afterwards; a newer format is refused.
+    #[test]
+    fn format_one_is_upgraded_and_an_unknown_format_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = pool("10.244.0.0/16", 8);
+        let id = DataDir::open(dir.path(), p)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .node_id();
+        let path = dir.path().join(IDENTITY_FILE);
+        let rewrite = |format: u32| {
+            let mut identity: Identity =
+                serde_json::from_slice(&fs::read(&path).unwrap_or_else(|e| panic!("{e}")))
+                    .unwrap_or_else(|e| panic!("{e}"));
+            identity.format = format;
+            fs::write(
+                &path,
+                serde_json::to_vec(&identity).unwrap_or_else(|e| panic!("{e}")),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        };
+        rewrite(1);
+        let opened = DataDir::open(dir.path(), p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(opened.node_id(), id);
+        let stored: Identity =
+            serde_json::from_slice(&fs::read(&path).unwrap_or_else(|e| panic!("{e}")))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stored.format, FORMAT);
+
+        rewrite(FORMAT + 1);
+        let msg = DataDir::open(dir.path(), p)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&format!("unknown format {}", FORMAT + 1)),
             "{msg}"
         );
     }
