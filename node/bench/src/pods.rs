@@ -379,19 +379,13 @@ fn kinds(kind: &str, ipam: &str) -> Result<Vec<(&'static str, bool)>> {
 /// it; the CNI socket is up before that).
 async fn node_block(data_dir: &Path) -> Result<ipnetwork::Ipv4Network> {
     let path = data_dir.join("net.d").join(evio_cni::CONFLIST_FILE);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let bytes = loop {
-        match std::fs::read(&path) {
-            Ok(bytes) => break bytes,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    && std::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await
-            }
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-        }
-    };
+    wait_for(
+        "evio-node dev's conflist",
+        Duration::from_secs(30),
+        || async { path.exists().then_some(()) },
+    )
+    .await?;
+    let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
     let conflist: Value = serde_json::from_slice(&bytes)?;
     conflist["plugins"][0]["nodeSubnet"]
         .as_str()
