@@ -19,9 +19,18 @@ fn open(dir: &tempfile::TempDir) -> StateMachineStore {
 }
 
 fn open_with(dir: &tempfile::TempDir, pool: Pool) -> StateMachineStore {
-    let (_, sm) = store::open(&dir.path().join("db"), pool, store::DEFAULT_CACHE_BYTES)
-        .unwrap_or_else(|e| panic!("{e}"));
-    sm
+    // sled gives up a dropped database's file lock only when its flusher thread ends, which
+    // can be after the drop returns: a reopen right after a drop waits for it (10 s at most).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match store::open(&dir.path().join("db"), pool, store::DEFAULT_CACHE_BYTES) {
+            Ok((_, sm)) => return sm,
+            Err(e) if e.is_locked() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 fn log_id(index: u64) -> LogId {
