@@ -88,17 +88,24 @@ pub async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetlinkError
         .ok_or_else(|| NetlinkError::other(format!("finding link {name}"), "no such link"))
 }
 
+/// The link `request` asks for, if any (`shown` names it in an error).
+async fn one_link(
+    request: rtnetlink::LinkGetRequest,
+    shown: &(dyn std::fmt::Display + Sync),
+) -> Result<Option<LinkMessage>, NetlinkError> {
+    match request.execute().try_next().await {
+        Ok(link) => Ok(link),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(fail(format!("looking up link {shown}"))(e)),
+    }
+}
+
 /// The link called `name`, if any.
 pub async fn link_by_name(
     handle: &Handle,
     name: &str,
 ) -> Result<Option<LinkMessage>, NetlinkError> {
-    let mut links = handle.link().get().match_name(name.to_string()).execute();
-    match links.try_next().await {
-        Ok(link) => Ok(link),
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(fail(format!("looking up link {name}"))(e)),
-    }
+    one_link(handle.link().get().match_name(name.to_string()), &name).await
 }
 
 /// The link with `index`, if any.
@@ -106,12 +113,17 @@ pub async fn link_by_index(
     handle: &Handle,
     index: u32,
 ) -> Result<Option<LinkMessage>, NetlinkError> {
-    let mut links = handle.link().get().match_index(index).execute();
-    match links.try_next().await {
-        Ok(link) => Ok(link),
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(fail(format!("looking up link {index}"))(e)),
-    }
+    one_link(handle.link().get().match_index(index), &index).await
+}
+
+/// One `RTM_SETLINK` (`action` says what it does, for the error).
+pub async fn set_link(
+    handle: &Handle,
+    message: LinkMessage,
+    action: impl FnOnce() -> String,
+) -> Result<(), NetlinkError> {
+    let outcome = handle.link().set(message).execute().await;
+    outcome.map_err(|e| NetlinkError::new(action(), e))
 }
 
 /// The link that carries `addr` (assigned to it in this namespace): its name and MTU.
@@ -251,12 +263,8 @@ pub fn controller_of(link: &LinkMessage) -> Option<u32> {
 }
 
 pub async fn set_up(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(fail(format!("bringing link {index} up")))
+    let up = LinkUnspec::new_with_index(index).up().build();
+    set_link(handle, up, || format!("bringing link {index} up")).await
 }
 
 /// Adds an address; an address already present is fine. IPv6 addresses skip duplicate address
@@ -397,12 +405,8 @@ pub async fn retire(
 
 /// Takes link `index` down.
 pub async fn set_down(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).down().build())
-        .execute()
-        .await
-        .map_err(fail(format!("taking link {index} down")))
+    let down = LinkUnspec::new_with_index(index).down().build();
+    set_link(handle, down, || format!("taking link {index} down")).await
 }
 
 /// Deletes every link of `group` in one request.
