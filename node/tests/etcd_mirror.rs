@@ -330,12 +330,7 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
     let mut claim = vec!["leases", "claim", "edge-7", "--from", legacy7, "-o", "json"];
     let member = node.cli_args(&cluster);
     claim.extend(member.iter().map(String::as_str));
-    let out = evio_node(&claim).output().unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    evio_test_support::output_ok(&mut evio_node(&claim));
     let claimed = client
         .get_lease("edge-7", Consistency::Linearizable)
         .await
