@@ -27,17 +27,10 @@ async fn start(limits: ServeLimits) -> Member {
             Admission::Other
         }
     });
-    Member::start_limited(
-        "limits",
-        pool("10.244.0.0/16", 8),
-        Default::default(),
-        Default::default(),
-        limits,
-        classify,
-    )
-    .await
-    .lead()
-    .await
+    Member::start_limited("limits", pool("10.244.0.0/16", 8), limits, classify)
+        .await
+        .lead()
+        .await
 }
 
 fn addr(member: &Member) -> SocketAddr {
