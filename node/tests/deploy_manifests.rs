@@ -231,17 +231,12 @@ fn manifests_pass_yamllint() {
     for file in ["kustomization.yaml", "daemonset-etcd.yaml"] {
         files.push(deploy().join("etcd-mirror").join(file));
     }
-    let out = Command::new(tools.join("bin/yamllint"))
-        .arg("-s")
-        .arg("-c")
-        .arg(deploy().join(".yamllint.yaml"))
-        .args(&files)
-        .output()
-        .unwrap_or_else(|e| panic!("yamllint: {e}"));
-    assert!(
-        out.status.success(),
-        "yamllint:\n{}",
-        String::from_utf8_lossy(&out.stdout)
+    evio_test_support::output_ok(
+        Command::new(tools.join("bin/yamllint"))
+            .arg("-s")
+            .arg("-c")
+            .arg(deploy().join(".yamllint.yaml"))
+            .args(&files),
     );
 }
 

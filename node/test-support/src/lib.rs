@@ -86,16 +86,20 @@ pub fn target_bin(name: &str) -> PathBuf {
 
 /// Runs `program args`, which must succeed; returns its stdout.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    output_ok(Command::new(program).args(args))
+}
+
+/// Runs `cmd`, which must succeed (else the test fails with its stderr and stdout); returns
+/// its stdout.
+pub fn output_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{program} {args:?}: {}",
+        "{cmd:?}: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout
 }
 
 /// Six hex digits that differ between tests running at once (clock nanoseconds and the pid),
