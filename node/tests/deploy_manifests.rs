@@ -24,10 +24,6 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evio-node");
 
-fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -41,24 +37,9 @@ fn deploy() -> PathBuf {
 
 /// The venv with kubernetes-validate, yamllint and PyYAML; None (and a note) outside CI.
 fn py_tools() -> Option<PathBuf> {
-    let dir = match std::env::var_os("EVIO_PY_TOOLS") {
-        Some(dir) => PathBuf::from(dir),
-        // as scripts/install-py-tools.sh: ${HOME:-/root}/.cache/evio/py-tools
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".cache/evio/py-tools"),
-    };
-    if dir.join("bin/kubernetes-validate").exists() && dir.join("bin/yamllint").exists() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "kubernetes-validate/yamllint not found in {}: run scripts/install-py-tools.sh",
-        dir.display()
-    );
-    if in_ci() {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
+    let validate = evio_test_support::py_tool("kubernetes-validate")?;
+    evio_test_support::py_tool("yamllint")?;
+    validate.parent()?.parent().map(Path::to_path_buf)
 }
 
 /// The manifests `kubectl apply -k deploy/` applies (the kustomization's resources).
@@ -833,7 +814,7 @@ fn kustomize_renders_a_complete_install() {
         .is_ok_and(|o| o.status.success());
     if !kubectl_present {
         let msg = "kubectl (with kustomize) not found: it renders deploy/ for this test";
-        assert!(!in_ci(), "{msg}");
+        assert!(!evio_test_support::ci(), "{msg}");
         eprintln!("SKIPPED: {msg}");
         return;
     }
