@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use evio_test_support::stdout_of;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evio-node");
@@ -55,22 +56,16 @@ fn manifest_files(tools: &Path) -> Vec<PathBuf> {
 
 /// All documents of a YAML file, as JSON.
 fn load_yaml(tools: &Path, path: &Path) -> Vec<Value> {
-    let out = Command::new(tools.join("bin/python"))
+    let mut python = Command::new(tools.join("bin/python"));
+    python
         .args([
             "-c",
             "import json, sys, yaml\n\
              print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]))",
         ])
-        .arg(path)
-        .output()
-        .unwrap_or_else(|e| panic!("python: {e}"));
-    assert!(
-        out.status.success(),
-        "{} is not valid YAML: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .arg(path);
+    let json = stdout_of(&mut python, &format!("{} as YAML", path.display()));
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn daemonset(tools: &Path) -> Value {
@@ -212,18 +207,12 @@ fn manifests_pass_yamllint() {
     for file in ["kustomization.yaml", "daemonset-etcd.yaml"] {
         files.push(deploy().join("etcd-mirror").join(file));
     }
-    let out = Command::new(tools.join("bin/yamllint"))
+    let mut yamllint = Command::new(tools.join("bin/yamllint"));
+    yamllint
         .arg("-s")
         .arg("-c")
-        .arg(deploy().join(".yamllint.yaml"))
-        .args(&files)
-        .output()
-        .unwrap_or_else(|e| panic!("yamllint: {e}"));
-    assert!(
-        out.status.success(),
-        "yamllint:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+        .arg(deploy().join(".yamllint.yaml"));
+    stdout_of(yamllint.args(&files), "yamllint");
 }
 
 /// One evio-node invocation in the DaemonSet: container, subcommand, flags (name -> value).
@@ -643,11 +632,7 @@ fn install_script_replaces_binaries_atomically() {
             .unwrap_or_else(|e| panic!("evio-install-cni: {e}"))
     };
     let out = install(&src);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{out:?}");
     let listing = |dir: &Path| -> BTreeSet<String> {
         std::fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("{e}"))
@@ -773,19 +758,15 @@ fn daemonset_names_no_bootstrap_node_and_runs_config_gen_only_with_a_replica() {
         .replace("/usr/local/bin/evio-node", "echo evio-node")
         .replace("/var/lib/evio", &data.to_string_lossy());
     let run = |script: &str| -> String {
-        let out = Command::new("sh")
-            .env_clear()
+        let mut sh = Command::new("sh");
+        sh.env_clear()
             .env("PATH", "/usr/bin:/bin")
-            .env("NODE_NAME", "edge-1")
-            .args(["-c", script, "sh", "--data-dir=/var/lib/evio"])
-            .output()
-            .unwrap_or_else(|e| panic!("sh: {e}"));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            .env("NODE_NAME", "edge-1");
+        let out = stdout_of(
+            sh.args(["-c", script, "sh", "--data-dir=/var/lib/evio"]),
+            "sh",
         );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        out.trim().to_string()
     };
     let skipped = run(&config_gen);
     assert!(!skipped.contains("evio-node config-gen"), "{skipped}");

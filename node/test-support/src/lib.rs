@@ -110,16 +110,25 @@ pub fn target_bin(name: &str) -> PathBuf {
 
 /// Runs `program args`, which must succeed; returns its stdout.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    stdout_of(
+        Command::new(program).args(args),
+        &format!("{program} {args:?}"),
+    )
+}
+
+/// Runs `command`, which must exit 0 (else the test fails naming `what`, with the command's
+/// stdout and stderr); returns its stdout.
+pub fn stdout_of(command: &mut Command, what: &str) -> String {
+    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     assert!(
         out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "{what}: {}\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    text(&out.stdout)
 }
 
 /// Six hex digits that differ between tests running at once (clock nanoseconds and the pid),
