@@ -157,7 +157,7 @@ async fn add_timed(
     let mut undo = Undo::default();
     let mut link_laps = Laps::start();
     let links = async {
-        let bridge_index = add_links(
+        let (bridge_index, host_link) = add_links(
             net,
             &*driver,
             &conf,
@@ -171,7 +171,7 @@ async fn add_timed(
         .await?;
         let interface = pod_netns::bring_up_pod_side(&pod, ifname).await?;
         link_laps.lap("|pod_up");
-        Ok::<_, DataplaneError>((bridge_index, interface))
+        Ok::<_, DataplaneError>((bridge_index, host_link, interface))
     };
     let mut ipam_laps = Laps::start();
     let allocate = async {
@@ -205,11 +205,12 @@ async fn add_timed(
     laps.extend(masquerade_laps);
     undo.ipam = ipam_result.is_ok();
     let result = match (links, ipam_result, masqueraded) {
-        (Ok((bridge_index, interface)), Ok(ipam_result), Ok(())) => {
+        (Ok((bridge_index, host_link, interface)), Ok(ipam_result), Ok(())) => {
             let built = Built {
                 pod: &pod,
                 interface: &interface,
                 host: &host,
+                host_mac: netlink::mac_of(&host_link),
                 bridge_index,
             };
             configure(
@@ -234,7 +235,7 @@ async fn add_timed(
 }
 
 /// The host side: bridge, veth pair (pod end born in the pod netns), bridge port. Returns the
-/// bridge's index.
+/// bridge's index and the host end's link.
 #[allow(clippy::too_many_arguments)]
 async fn add_links(
     net: &PodNetwork,
@@ -246,7 +247,7 @@ async fn add_links(
     netns: &File,
     undo: &mut Undo,
     laps: &mut Laps,
-) -> Result<u32> {
+) -> Result<(u32, rtnetlink::packet_route::link::LinkMessage)> {
     let bridge_index = {
         let _serialized = net.bridge_lock.lock().await;
         driver
@@ -259,24 +260,36 @@ async fn add_links(
             .await?
     };
     laps.lap("|bridge");
-    let host_index =
-        netlink::create_veth(&net.handle, host, &request.ifname, owner, conf.mtu(), netns).await?;
+    let controller = driver.controller_at_creation(bridge_index);
+    let host_link = netlink::create_veth(
+        &net.handle,
+        host,
+        &request.ifname,
+        owner,
+        conf.mtu(),
+        netns,
+        controller,
+    )
+    .await?;
     undo.veth = true;
     laps.lap("|veth");
     let port = Port {
         name: host,
-        index: host_index,
+        index: host_link.header.index,
         owner,
         container_id: &request.container_id,
         ifname: &request.ifname,
         hairpin: conf.hairpin_mode,
     };
     undo.port = true; // a failed attach may still have committed
-    driver
-        .attach(&net.handle, &conf.bridge, bridge_index, &port)
-        .await?;
+                      // Created on the bridge already, unless the kernel did not take it or hairpin is asked.
+    if controller.is_none() || netlink::controller_of(&host_link) != controller || port.hairpin {
+        driver
+            .attach(&net.handle, &conf.bridge, bridge_index, &port)
+            .await?;
+    }
     laps.lap("|attach");
-    Ok(bridge_index)
+    Ok((bridge_index, host_link))
 }
 
 /// What the host side built.
@@ -284,6 +297,7 @@ struct Built<'a> {
     pod: &'a PodNetns,
     interface: &'a PodInterface,
     host: &'a str,
+    host_mac: String,
     bridge_index: u32,
 }
 
@@ -329,26 +343,17 @@ async fn configure(
         ips.push(ip);
     }
     let pod_addresses: Vec<IpNetwork> = addresses.iter().map(|(a, _)| *a).collect();
-    pod_netns::address_pod_side(built.pod, built.interface, &pod_addresses, &default_gws).await?;
+    // The bridge's MAC (it may change as ports join) is read while the pod side is addressed.
+    let (addressed, bridge) = tokio::join!(
+        pod_netns::address_pod_side(built.pod, built.interface, &pod_addresses, &default_gws),
+        netlink::link_by_index(&net.handle, built.bridge_index)
+    );
+    addressed?;
     laps.lap("address");
     enable_forwarding(pod_addresses.iter().any(|a| a.is_ipv6()));
     laps.lap("forwarding");
-    let mac_of = |link: Option<rtnetlink::packet_route::link::LinkMessage>| {
-        link.map(|l| netlink::mac_of(&l)).unwrap_or_default()
-    };
-    let host_mac = mac_of(
-        netlink::link_by_name(&net.handle, built.host)
-            .await
-            .ok()
-            .flatten(),
-    );
-    let bridge_mac = mac_of(
-        netlink::link_by_index(&net.handle, built.bridge_index)
-            .await
-            .ok()
-            .flatten(),
-    );
-    laps.lap("macs");
+    let bridge_mac = bridge.ok().flatten().map(|l| netlink::mac_of(&l));
+    let (host_mac, bridge_mac) = (&built.host_mac, bridge_mac.unwrap_or_default());
     let mut own = json!({
         "cniVersion": version,
         "interfaces": [

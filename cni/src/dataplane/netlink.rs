@@ -182,14 +182,23 @@ pub fn mac_text(mac: &[u8]) -> String {
         .join(":")
 }
 
-/// Creates a Linux bridge `name` unless it exists; returns whether this call created it.
+/// What [`ensure_linux_bridge`] found or did.
+pub enum Ensured {
+    /// It existed: its link as found.
+    Found(LinkMessage),
+    Created,
+    /// A concurrent creator won.
+    Exists,
+}
+
+/// Creates a Linux bridge `name` unless it exists.
 pub async fn ensure_linux_bridge(
     handle: &Handle,
     name: &str,
     mtu: u32,
-) -> Result<bool, NetlinkError> {
-    if link_by_name(handle, name).await?.is_some() {
-        return Ok(false);
+) -> Result<Ensured, NetlinkError> {
+    if let Some(link) = link_by_name(handle, name).await? {
+        return Ok(Ensured::Found(link));
     }
     match handle
         .link()
@@ -197,23 +206,29 @@ pub async fn ensure_linux_bridge(
         .execute()
         .await
     {
-        Ok(()) => Ok(true),
-        Err(e) if is_exists(&e) => Ok(false), // a concurrent ADD made it
+        Ok(()) => Ok(Ensured::Created),
+        Err(e) if is_exists(&e) => Ok(Ensured::Exists),
         Err(e) => Err(fail(format!("creating bridge {name}"))(e)),
     }
 }
 
 /// Waits (up to 5 s: an OVS bridge's interface appears once vswitchd gets to it) for the
-/// bridge's link, brings it up and gives it `address` if any. Returns its index.
+/// bridge's link (`known` when the caller just found it), brings it up unless it is and gives
+/// it `addresses`. Returns its index.
 pub async fn bridge_ready(
     handle: &Handle,
     name: &str,
     addresses: &[ipnetwork::IpNetwork],
+    known: Option<LinkMessage>,
 ) -> Result<u32, NetlinkError> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    let index = loop {
+    let mut known = known;
+    let link = loop {
+        if let Some(link) = known.take() {
+            break link;
+        }
         if let Some(link) = link_by_name(handle, name).await? {
-            break link.header.index;
+            break link;
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(NetlinkError::other(
@@ -223,7 +238,10 @@ pub async fn bridge_ready(
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     };
-    set_up(handle, index).await?;
+    let index = link.header.index;
+    if !is_up(&link) {
+        set_up(handle, index).await?;
+    }
     for address in addresses {
         add_address(handle, index, address.ip(), address.prefix()).await?;
     }
@@ -292,10 +310,12 @@ pub async fn add_address(
     }
 }
 
-/// Creates a veth pair whose host end `host` stays here (up, `owner` as its alias; the
-/// bridge driver attaches it) and whose other end is born as `pod_ifname` inside the
-/// namespace open at `netns`: created there directly, never moved (moving a netdev between
-/// namespaces costs a kernel synchronisation of tens of milliseconds).
+/// Creates a veth pair whose host end `host` stays here (up, `owner` as its alias, on bridge
+/// `controller` when given) and whose other end is born as `pod_ifname` inside the namespace
+/// open at `netns`: created there directly, never moved (moving a netdev between namespaces
+/// costs a kernel synchronisation of tens of milliseconds). One request creates both ends (the
+/// pod end cannot be created up: the kernel opens it before the pair is linked); the alias (which the kernel takes only in a change) is set while the host end
+/// is looked up. Returns the host end as it is then (its index, MAC and controller).
 pub async fn create_veth(
     handle: &Handle,
     host: &str,
@@ -303,7 +323,8 @@ pub async fn create_veth(
     owner: &str,
     mtu: u32,
     netns: &File,
-) -> Result<u32, NetlinkError> {
+    controller: Option<u32>,
+) -> Result<LinkMessage, NetlinkError> {
     use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
     use rtnetlink::LinkMessageBuilder;
     use std::os::fd::AsRawFd;
@@ -311,35 +332,47 @@ pub async fn create_veth(
         .mtu(mtu)
         .setns_by_fd(netns.as_raw_fd())
         .build();
-    let pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+    let mut pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(host.to_string())
         .mtu(mtu)
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(pod_end)))
-        .build();
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(pod_end)));
+    if let Some(bridge) = controller {
+        pair = pair.controller(bridge);
+    }
     handle
         .link()
-        .add(pair)
+        .add(pair.build())
         .execute()
         .await
         .map_err(fail(format!(
             "creating veth {host} with {pod_ifname} in the pod netns"
         )))?;
-    let host_index = link_index(handle, host).await?;
-    let host_end = LinkUnspec::new_with_index(host_index).alias(owner).up();
-    let attached = handle
-        .link()
-        .set(host_end.build())
-        .execute()
-        .await
-        .map(|()| host_index)
-        .map_err(fail(format!("bringing {host} up")));
-    if attached.is_err() {
-        // The pair exists but is unusable: remove it (and its pod end) before reporting.
-        if let Err(e) = handle.link().del(host_index).execute().await {
-            tracing::warn!(error = %e, veth = host, "removing a half-made veth failed");
+    let alias = LinkUnspec::new_with_name(host).alias(owner).build();
+    let (aliased, found) = tokio::join!(
+        set_link(handle, alias, || format!("tagging {host}")),
+        link_by_name(handle, host)
+    );
+    let found = found.and_then(|link| {
+        link.ok_or_else(|| NetlinkError::other(format!("finding link {host}"), "no such link"))
+    });
+    match (aliased, found) {
+        (Ok(()), Ok(link)) => Ok(link),
+        (Err(e), _) | (_, Err(e)) => {
+            // The pair exists but is unusable: remove it (and its pod end) before reporting.
+            if let Err(e) = delete_link(handle, host).await {
+                tracing::warn!(error = %e, veth = host, "removing a half-made veth failed");
+            }
+            Err(e)
         }
     }
-    attached
+}
+
+/// Whether `link` is administratively up.
+pub fn is_up(link: &LinkMessage) -> bool {
+    link.header
+        .flags
+        .contains(rtnetlink::packet_route::link::LinkFlags::Up)
 }
 
 /// Whether `file` is a network namespace (nsfs), as `CNI_NETNS` must be.

@@ -19,43 +19,52 @@ use super::netlink::{
 
 /// Netlink (and, for ADD, a packet socket to announce the pod's address) inside a pod's
 /// network namespace, served by the daemon's runtime. A socket belongs to the namespace it was
-/// created in, so only the creation needs a thread inside the pod netns: a short-lived one,
-/// because a namespace switch is per thread and must not leak into the runtime's workers.
+/// created in, so only the creation happens inside the pod netns ([`in_netns`]).
 pub struct PodNetns {
     pub handle: Handle,
     announce: Option<std::os::fd::OwnedFd>,
 }
 
+/// The daemon's own network namespace, where every thread returns after [`in_netns`].
+static HOME: std::sync::OnceLock<std::io::Result<File>> = std::sync::OnceLock::new();
+
+/// Runs `f` with the calling thread inside the namespace `ns`, then brings the thread back:
+/// what `f` creates (sockets) belongs to `ns`. `f` is synchronous, so no other task runs on
+/// this (runtime worker) thread meanwhile and nothing else sees the switch; this costs two
+/// `setns` calls where a thread per request cost a spawn and a wake-up. A thread that cannot
+/// return home would serve the daemon from a pod's namespace: the process aborts instead.
+fn in_netns<T>(ns: &File, shown: &str, f: impl FnOnce() -> T) -> Result<T, NetlinkError> {
+    use nix::sched::{setns, CloneFlags};
+    let home = HOME
+        .get_or_init(|| File::open("/proc/self/ns/net"))
+        .as_ref()
+        .map_err(|e| NetlinkError::other("opening the daemon's netns", &e.to_string()))?;
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| NetlinkError::new(format!("entering netns {shown}"), e))?;
+    let made = f();
+    if let Err(e) = setns(home.as_fd(), CloneFlags::CLONE_NEWNET) {
+        tracing::error!(error = %e, netns = shown, "cannot return to the daemon's netns: aborting");
+        std::process::abort();
+    }
+    Ok(made)
+}
+
 impl PodNetns {
     /// Opens the sockets in the namespace at `netns`; `announce` also opens the packet socket
-    /// [`PodNetns::announce`] sends from.
+    /// [`PodNetns::announce`] sends from. Needs the daemon's runtime (the netlink socket is
+    /// served by it).
     pub async fn open(netns: &Path, announce: bool) -> Result<Self, NetlinkError> {
         let ns_file = File::open(netns)
             .map_err(|e| NetlinkError::new(format!("opening netns {}", netns.display()), e))?;
         let shown = netns.display().to_string();
-        let runtime = tokio::runtime::Handle::current();
-        let (reply, opened) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let sockets = (|| {
-                nix::sched::setns(ns_file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| NetlinkError::new(format!("entering netns {shown}"), e))?;
-                // The socket registers with the daemon's reactor, not a runtime of this thread.
-                let _runtime = runtime.enter();
-                let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| {
-                    NetlinkError::new(format!("opening a netlink socket in {shown}"), e)
-                })?;
-                let announce = announce.then(announce::packet_socket).transpose()?;
-                Ok((connection, handle, announce))
-            })();
-            // The receiver is gone only if the request was dropped; the sockets close with it.
-            let _ = reply.send(sockets);
-        });
-        let (connection, handle, announce) = opened.await.map_err(|_| {
-            NetlinkError::other(
-                format!("entering netns {}", netns.display()),
-                "namespace thread ended without an answer",
-            )
-        })??;
+        let sockets = in_netns(&ns_file, &shown, || {
+            let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| {
+                NetlinkError::new(format!("opening a netlink socket in {shown}"), e)
+            })?;
+            let announce = announce.then(announce::packet_socket).transpose()?;
+            Ok::<_, NetlinkError>((connection, handle, announce))
+        })?;
+        let (connection, handle, announce) = sockets?;
         tokio::spawn(connection);
         Ok(Self { handle, announce })
     }
@@ -124,15 +133,15 @@ impl PodInterface {
 /// Inside the pod netns: brings `ifname` and `lo` up (no address needed yet, so this runs
 /// while IPAM does).
 pub async fn bring_up_pod_side(pod: &PodNetns, ifname: &str) -> Result<PodInterface, NetlinkError> {
+    /// `lo` has this index in every namespace.
+    const LOOPBACK_INDEX: u32 = 1;
     let handle = &pod.handle;
-    let link = link_by_name(handle, ifname)
-        .await?
+    let (link, lo) = tokio::join!(link_by_name(handle, ifname), set_up(handle, LOOPBACK_INDEX));
+    lo?;
+    let link = link?
         .ok_or_else(|| NetlinkError::other(format!("finding link {ifname}"), "no such link"))?;
     let index = link.header.index;
     set_up(handle, index).await?;
-    if let Some(lo) = link_by_name(handle, "lo").await? {
-        set_up(handle, lo.header.index).await?;
-    }
     Ok(PodInterface {
         index,
         mac: mac_bytes(&link),
