@@ -111,11 +111,18 @@ impl PodArgs {
         }
     }
 
-    fn count(&self, full: usize) -> usize {
-        match (self.pods, self.common.quick) {
+    /// `full` pods per plugin unless `--pods` or `--quick` says otherwise.
+    fn run<'a>(&'a self, evio_cni: &'a std::path::Path, full: usize) -> pods::Run<'a> {
+        let count = match (self.pods, self.common.quick) {
             (Some(n), _) => n,
             (None, true) => 3,
             (None, false) => full,
+        };
+        pods::Run {
+            evio_cni,
+            kind: &self.kind,
+            ipam: &self.ipam,
+            count,
         }
     }
 }
@@ -169,30 +176,16 @@ async fn run(cli: Cli) -> Result<()> {
             members::run(&bins, a.common.quick, a.members).await?,
         ),
         Bench::Join(a) => (&a.common, join::run(&bins, a.common.quick, a.leases).await?),
-        Bench::Pods(a) => (
-            &a.common,
-            pods::pods(
-                &bins,
-                &a.evio_cni()?,
-                &a.kind,
-                &a.ipam,
-                a.count(200),
-                a.breakdown,
-            )
-            .await?,
-        ),
-        Bench::Fill(a) => (
-            &a.common,
-            pods::fill(
-                &bins,
-                &a.evio_cni()?,
-                &a.kind,
-                &a.ipam,
-                a.count(253),
-                a.parallel,
-            )
-            .await?,
-        ),
+        Bench::Pods(a) => {
+            let evio_cni = a.evio_cni()?;
+            let run = a.run(&evio_cni, 200);
+            (&a.common, pods::pods(&bins, &run, a.breakdown).await?)
+        }
+        Bench::Fill(a) => {
+            let evio_cni = a.evio_cni()?;
+            let run = a.run(&evio_cni, 253);
+            (&a.common, pods::fill(&bins, &run, a.parallel).await?)
+        }
     };
     if let Some(path) = &common.json {
         let mut bytes = serde_json::to_vec_pretty(&figures)?;

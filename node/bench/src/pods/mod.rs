@@ -23,16 +23,19 @@ use crate::stats::{met, ratio, Summary};
 use crate::Bins;
 use setup::{exec, leftovers, retired_drained, setup};
 
+/// What a pod benchmark measures: evio's plugin binary, its bridge kinds (ovs, lxbr, both)
+/// and IPAMs (host-local, evio-ipam, both), and pods per plugin.
+pub struct Run<'a> {
+    pub evio_cni: &'a Path,
+    pub kind: &'a str,
+    pub ipam: &'a str,
+    pub count: usize,
+}
+
 /// `pods`: sequential ADD then DEL of `count` pods per plugin, plugins interleaved per pod.
-pub async fn pods(
-    bins: &Bins,
-    evio_cni: &Path,
-    kind: &str,
-    ipam: &str,
-    count: usize,
-    breakdown: bool,
-) -> Result<Value> {
-    let setup = setup(bins, evio_cni, kind, ipam, count, breakdown).await?;
+pub async fn pods(bins: &Bins, run: &Run<'_>, breakdown: bool) -> Result<Value> {
+    let count = run.count;
+    let setup = setup(bins, run, breakdown).await?;
     let netns = &setup.netns;
     let plugins = &setup.plugins;
     let mut add = vec![Vec::with_capacity(count); plugins.len()];
@@ -110,15 +113,9 @@ pub async fn pods(
 
 /// `fill`: `count` pods per plugin (a node block holds 253), `parallel` ADDs at a time, then
 /// DEL all the same way; wall time, failures and leftovers.
-pub async fn fill(
-    bins: &Bins,
-    evio_cni: &Path,
-    kind: &str,
-    ipam: &str,
-    count: usize,
-    parallel: usize,
-) -> Result<Value> {
-    let setup = setup(bins, evio_cni, kind, ipam, count, false).await?;
+pub async fn fill(bins: &Bins, run: &Run<'_>, parallel: usize) -> Result<Value> {
+    let count = run.count;
+    let setup = setup(bins, run, false).await?;
     let netns = &setup.netns;
     println!("node fill: {count} pods per plugin, {parallel} concurrent, then DEL all");
     println!(

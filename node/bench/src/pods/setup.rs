@@ -213,15 +213,9 @@ pub(super) struct Setup {
 /// The daemon serving its CNI socket, one network per plugin of `kind` × `ipam`, and `count`
 /// pod namespaces per plugin, all before the clock starts. With `breakdown` the daemon logs
 /// each request's step timings (JSON lines, `evio_cni::timing` at debug level).
-pub(super) async fn setup(
-    bins: &Bins,
-    evio_cni: &Path,
-    kind: &str,
-    ipam: &str,
-    count: usize,
-    breakdown: bool,
-) -> Result<Setup> {
-    let kinds = kinds(kind, ipam)?;
+pub(super) async fn setup(bins: &Bins, run: &super::Run<'_>, breakdown: bool) -> Result<Setup> {
+    let (evio_cni, count) = (run.evio_cni, run.count);
+    let kinds = kinds(run.kind, run.ipam)?;
     if !nix::unistd::geteuid().is_root() {
         bail!("pod benchmarks need root (network namespaces, bridges)");
     }
