@@ -19,6 +19,7 @@
 mod ca;
 mod context;
 mod identity;
+mod revoke;
 #[cfg(test)]
 mod tests;
 mod verify;
@@ -29,6 +30,7 @@ pub use identity::{
     ca_hash, certs_from_pem, not_after, parse_ca_hash, peer_identity, Credentials, PeerIdentity,
     TlsPeer,
 };
+pub use revoke::Revocations;
 pub use verify::{anonymous_client_config, http_client, Trust};
 
 use std::path::{Path, PathBuf};
