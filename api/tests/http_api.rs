@@ -11,7 +11,7 @@ use reqwest::Method;
 
 mod common;
 
-use common::{error_code, pool, Member};
+use common::{acquired, error_code, pool, Member};
 
 /// Starts a member; `single` bootstraps it alone, otherwise it is made one of two voters
 /// whose peer does not exist, so it can never reach a quorum.
@@ -37,13 +37,6 @@ async fn start(cidr: &str, bits: u8, single: bool) -> Member {
         .await
         .unwrap_or_else(|e| panic!("initialize: {e}"));
     member
-}
-
-/// Acquires a lease for `node` (no host IP): (the lease, whether it is new).
-async fn acquired(api: &Client, node: &str) -> (evio_api::LeaseJson, bool) {
-    api.acquire(node, None)
-        .await
-        .unwrap_or_else(|e| panic!("acquire {node}: {e}"))
 }
 
 fn client(server: &Member) -> Client {

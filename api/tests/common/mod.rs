@@ -169,6 +169,33 @@ impl Serving {
     }
 }
 
+/// Acquires a lease for `node` (no host IP): (the lease, whether it is new).
+pub async fn acquired(api: &Client, node: &str) -> (evio_api::LeaseJson, bool) {
+    api.acquire(node, None)
+        .await
+        .unwrap_or_else(|e| panic!("acquire {node}: {e}"))
+}
+
+/// `node`'s lease as a linearizable read sees it.
+pub async fn lease_of(api: &Client, node: &str) -> Option<evio_api::LeaseJson> {
+    api.get_lease(node, evio_api::Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("get {node}: {e}"))
+}
+
+/// Every lease `api` lists (node -> subnet).
+pub async fn subnets(
+    api: &Client,
+    consistency: evio_api::Consistency,
+) -> std::collections::BTreeMap<String, String> {
+    let leases = api.list_leases(consistency).await;
+    let leases = leases.unwrap_or_else(|e| panic!("list: {e}"));
+    leases
+        .into_iter()
+        .map(|l| (l.node, l.subnet.to_string()))
+        .collect()
+}
+
 pub fn pool(cidr: &str, bits: u8) -> Pool {
     Pool::parse(cidr, bits).unwrap_or_else(|e| panic!("pool: {e}"))
 }

@@ -11,7 +11,7 @@ use evio_raft::{LeaseCommand, LeaseTable, Pool};
 use serde_json::{json, Value};
 
 use crate::cluster::EvioCluster;
-use crate::lease::run_batch;
+use crate::lease::{acquire_through_elections, run_batch};
 use crate::Bins;
 
 const CIDR: &str = "10.0.0.0/8";
@@ -50,19 +50,7 @@ async fn fill(client: &evio_api::Client, names: &[String]) -> Result<()> {
     let client = client.clone();
     run_batch(FILL_CLIENTS, names.len(), move |i| {
         let (client, names) = (client.clone(), names.clone());
-        async move {
-            let mut tries = 0;
-            loop {
-                match client.acquire(&names[i], None).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) if tries < 50 && e.status().is_none_or(|s| s == 503) => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(e) => return Err(e).with_context(|| format!("acquire {}", names[i])),
-                }
-            }
-        }
+        async move { acquire_through_elections(&client, &names[i]).await }
     })
     .await?;
     Ok(())
