@@ -141,8 +141,8 @@ impl Cluster {
         }
     }
 
-    /// Members speaking plain HTTP with the token (`--insecure-plaintext`), for tests whose
-    /// clients (the CLI's config-gen and import paths, a browser) are not on TLS yet.
+    /// Members speaking plain HTTP with the token (`--insecure-plaintext`): for the one test
+    /// of that mode itself (status_page's token box); everything else runs on TLS.
     pub fn plaintext() -> Cluster {
         let mut cluster = Cluster::new();
         cluster.plaintext = true;
