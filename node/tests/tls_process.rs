@@ -323,6 +323,26 @@ async fn a_removed_members_certificate_is_revoked_and_a_wiped_rejoin_works() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // The CLI on the removed node says why, and what to do.
+    let victim_data = cluster.path(&victim.name).to_string_lossy().into_owned();
+    let out = evio_node(&[
+        "leases",
+        "acquire",
+        "intruder",
+        "--data-dir",
+        &victim_data,
+        "--api",
+        &leader_node.proc.base,
+    ])
+    .output()
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("removed from the cluster")
+            && stderr.contains("wipe its data dir"),
+        "{stderr}"
+    );
     let leases_after = leader_node
         .client()
         .list_leases(Consistency::Linearizable)
