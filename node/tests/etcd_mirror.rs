@@ -358,16 +358,9 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
         .unwrap_err();
     assert_eq!(err.status(), Some(409), "{err}");
     // Without a certificate, nothing changes.
-    let anonymous = node.anonymous_client();
-    let err = anonymous
-        .claim("edge-9", legacy3)
-        .await
-        .map(|_| ())
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(evio_api::ErrorCode::CertificateRequired),
-        "{err}"
+    evio_test_support::cluster::refused(
+        node.anonymous_client().claim("edge-9", legacy3).await,
+        evio_api::ErrorCode::CertificateRequired,
     );
     // An operator can release a reservation.
     client

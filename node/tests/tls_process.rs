@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use evio_api::Consistency;
 use evio_raft::tls::{self, Authority};
 use evio_test_support::cluster::{
-    acquire, free_addr, leader, local_has, wait_cluster, write_token, Cluster, Node, TOKEN,
+    acquire, free_addr, local_has, refused, wait_cluster, write_token, Cluster, Node, TOKEN,
 };
 use evio_test_support::evio_node;
 
@@ -239,47 +239,56 @@ fn chain(e: &dyn std::error::Error) -> String {
 async fn a_removed_members_certificate_is_revoked_and_a_wiped_rejoin_works() {
     let cluster = Cluster::new();
     let mut nodes = cluster.three(&[]).await;
-    let refs: Vec<&Node> = nodes.iter().collect();
-    let leader_name = leader(&refs).await.name.clone();
-    // Not the bootstrapper: joiners trust its data dir's CA file.
+    acquire(&nodes[0], "before").await;
+    // Removed by name through the CLI on a's node, as an operator would: b or c, whichever
+    // is not the leader (the leader cannot remove itself, and leadership may move under
+    // load); a stays, as joiners trust its data dir's CA file.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (victim_name, old_id) = loop {
+        let status = nodes[0].client().cluster().await.ok();
+        let candidate = status.as_ref().and_then(|c| {
+            c.members
+                .iter()
+                .find(|m| m.name != "a" && Some(m.id) != c.leader_id)
+        });
+        if let Some(m) = candidate {
+            let mut args = vec!["cluster".to_string(), "remove".into(), m.name.clone()];
+            args.extend(nodes[0].cli_args(&cluster));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = evio_node(&args).output().unwrap_or_else(|e| panic!("{e}"));
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            if out.status.success() {
+                assert!(
+                    stdout.contains(&format!("removed {}", m.name)) && stdout.contains("revoked"),
+                    "{stdout}"
+                );
+                break (m.name.clone(), m.id);
+            }
+            assert!(
+                stderr.contains("is the leader") && Instant::now() < deadline,
+                "{stderr}"
+            );
+        }
+        assert!(Instant::now() < deadline, "no member to remove: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let victim_at = nodes
         .iter()
-        .position(|n| n.name != leader_name && n.name != "a")
-        .unwrap_or_else(|| panic!("no member to remove"));
+        .position(|n| n.name == victim_name)
+        .unwrap_or_else(|| panic!("{victim_name} gone"));
     let victim = nodes.remove(victim_at);
-    let leader_node = nodes
-        .iter()
-        .find(|n| n.name == leader_name)
-        .unwrap_or_else(|| panic!("leader gone"));
-    acquire(leader_node, "before").await;
-    let old_id = leader_node
-        .client()
-        .cluster()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .members
-        .iter()
-        .find(|m| m.name == victim.name)
-        .map(|m| m.id)
-        .unwrap_or_else(|| panic!("{} is no member", victim.name));
-
-    // Removed by name through the CLI on a member's node, as an operator would.
-    let mut args = vec!["cluster".to_string(), "remove".into(), victim.name.clone()];
-    args.extend(nodes[0].cli_args(&cluster));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let stdout = evio_test_support::output_ok(&mut evio_node(&args));
-    assert!(
-        stdout.contains(&format!("removed {}", victim.name)) && stdout.contains("revoked"),
-        "{stdout}"
-    );
-    wait_cluster(leader_node, "the victim gone", |c| {
+    let a = &nodes[0];
+    wait_cluster(a, "the victim gone", |c| {
         c.members.iter().all(|m| m.id != old_id)
     })
     .await;
 
     // Every remaining member refuses the victim's certificate, with a clear reason on both
     // sides, and nothing changes.
-    let leases_before = leader_node
+    let leases_before = a
         .client()
         .list_leases(Consistency::Linearizable)
         .await
@@ -332,7 +341,7 @@ async fn a_removed_members_certificate_is_revoked_and_a_wiped_rejoin_works() {
         "--data-dir",
         &victim_data,
         "--api",
-        &leader_node.proc.base,
+        &a.proc.base,
     ])
     .output()
     .unwrap_or_else(|e| panic!("{e}"));
@@ -343,7 +352,7 @@ async fn a_removed_members_certificate_is_revoked_and_a_wiped_rejoin_works() {
             && stderr.contains("wipe its data dir"),
         "{stderr}"
     );
-    let leases_after = leader_node
+    let leases_after = a
         .client()
         .list_leases(Consistency::Linearizable)
         .await
@@ -355,33 +364,23 @@ async fn a_removed_members_certificate_is_revoked_and_a_wiped_rejoin_works() {
 
     // The token does not buy a new certificate for the revoked node id either.
     let (_, csr) = tls::new_key_and_request(old_id, &victim.name).unwrap_or_else(|e| panic!("{e}"));
-    let err = leader_node
-        .anonymous_client()
-        .with_token(Some(TOKEN.to_string()))
-        .certificate(&evio_api::types::CertificateRequest {
-            node_id: old_id,
-            name: victim.name.clone(),
-            csr,
-        })
-        .await
-        .map(|_| ())
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(evio_api::ErrorCode::CertificateRefused),
-        "{err}"
+    let request = evio_api::types::CertificateRequest {
+        node_id: old_id,
+        name: victim.name.clone(),
+        csr,
+    };
+    let token_holder = a.anonymous_client().with_token(Some(TOKEN.to_string()));
+    let err = refused(
+        token_holder.certificate(&request).await.map(|_| ()),
+        evio_api::ErrorCode::CertificateRefused,
     );
     assert!(err.to_string().contains("revoked"), "{err}");
 
     // Back with a wiped data dir: a new node id, a fresh certificate, a member again.
     drop(victim);
-    let victim_name = ["b", "c"]
-        .into_iter()
-        .find(|n| nodes.iter().all(|m| m.name != *n))
-        .unwrap_or_else(|| panic!("victim name"));
-    std::fs::remove_dir_all(cluster.path(victim_name)).unwrap_or_else(|e| panic!("{e}"));
-    let back = cluster.start(victim_name, &free_addr(), &[&leader_node.addr], &[]);
-    let status = wait_cluster(leader_node, "the wiped node back", |c| {
+    std::fs::remove_dir_all(cluster.path(&victim_name)).unwrap_or_else(|e| panic!("{e}"));
+    let back = cluster.start(&victim_name, &free_addr(), &[&a.addr], &[]);
+    let status = wait_cluster(a, "the wiped node back", |c| {
         c.members
             .iter()
             .any(|m| m.name == victim_name && m.id != old_id)

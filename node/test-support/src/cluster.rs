@@ -265,6 +265,20 @@ impl Cluster {
     }
 }
 
+/// The error of a call that must be refused with `code` (the test fails otherwise).
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, evio_api::ClientError>,
+    code: evio_api::ErrorCode,
+) -> evio_api::ClientError {
+    match result {
+        Ok(value) => panic!("expected {code:?}, got {value:?}"),
+        Err(e) => {
+            assert_eq!(e.code(), Some(code), "{e}");
+            e
+        }
+    }
+}
+
 /// Waits until `check` holds for `node`'s view of the cluster.
 pub async fn wait_cluster(
     node: &Node,

@@ -405,12 +405,18 @@ mod tests {
         names
     }
 
-    #[tokio::test]
-    async fn base_and_changed_keys_reload_as_the_applied_table() {
+    /// A state machine on a new sled database (kept while the temp dir lives), 10.0.0.0/16.
+    fn fresh() -> (tempfile::TempDir, sled::Db, Pool, StateMachineStore) {
         let dir = check(tempfile::tempdir());
         let db = check(sled::Config::new().path(dir.path()).open());
         let pool = check(Pool::parse("10.0.0.0/16", 8));
-        let mut store = check(StateMachineStore::open(&db, pool));
+        let store = check(StateMachineStore::open(&db, pool));
+        (dir, db, pool, store)
+    }
+
+    #[tokio::test]
+    async fn base_and_changed_keys_reload_as_the_applied_table() {
+        let (_dir, db, pool, mut store) = fresh();
         let first: Vec<Entry> = (0..5u64)
             .map(|i| entry(1 + i, acquire(&format!("n{i}"))))
             .collect();
@@ -447,10 +453,7 @@ mod tests {
     /// Revoked node ids survive a restart, before and after they are folded into the base.
     #[tokio::test]
     async fn revoked_node_ids_reload() {
-        let dir = check(tempfile::tempdir());
-        let db = check(sled::Config::new().path(dir.path()).open());
-        let pool = check(Pool::parse("10.0.0.0/16", 8));
-        let mut store = check(StateMachineStore::open(&db, pool));
+        let (_dir, db, pool, mut store) = fresh();
         let revoke = |node_id| LeaseCommand::Revoke { node_id, at: 1 };
         check(
             store
@@ -468,10 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_installed_snapshot_replaces_base_and_changes() {
-        let dir = check(tempfile::tempdir());
-        let db = check(sled::Config::new().path(dir.path()).open());
-        let pool = check(Pool::parse("10.0.0.0/16", 8));
-        let mut store = check(StateMachineStore::open(&db, pool));
+        let (_dir, db, pool, mut store) = fresh();
         check(store.apply(vec![entry(1, acquire("old"))]).await);
         let mut table = LeaseTable::new(pool);
         for i in 0..3u64 {

@@ -156,6 +156,7 @@ impl Credentials {
         let verifier = Arc::new(RevokingVerifier {
             inner,
             revocations: revocations.clone(),
+            provider: provider(),
         });
         let config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -8,10 +8,9 @@
 
 use std::sync::{Arc, RwLock};
 
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{CertificateError, DistinguishedName};
 
 use super::identity::peer_identity;
 use crate::types::NodeId;
@@ -41,6 +40,8 @@ impl Revocations {
 pub(super) struct RevokingVerifier {
     pub(super) inner: Arc<dyn ClientCertVerifier>,
     pub(super) revocations: Revocations,
+    /// The inner verifier's: its signature checks are rustls's with these algorithms.
+    pub(super) provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -85,25 +86,5 @@ impl ClientCertVerifier for RevokingVerifier {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    signature_checks!();
 }
