@@ -94,6 +94,18 @@ impl Node {
         args
     }
 
+    /// The member's `/metrics` text (over TLS with its own certificate).
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .proc
+            .http()
+            .get(format!("{}/metrics", self.proc.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: /metrics: {e}", self.name));
+        response.text().await.unwrap_or_default()
+    }
+
     /// A client without credentials: over TLS it checks the member against the cluster CA
     /// but presents no certificate; in plaintext it sends no token.
     pub fn anonymous_client(&self) -> evio_api::Client {
