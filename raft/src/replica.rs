@@ -287,6 +287,11 @@ impl Replica {
             data_dir.cluster_id().map(str::to_string),
             config.tls.clone(),
         );
+        if let Some(tls) = &config.tls {
+            let applied = view.clone();
+            tls.revocations()
+                .set(move |id| applied.read().table.revoked().contains(&id));
+        }
         let network = HttpNetwork::new(peers.clone(), view.clone());
         let node_id = data_dir.node_id();
         let raft = Raft::new(node_id, Arc::new(raft_config), network, logs, state_machine)
@@ -651,6 +656,20 @@ impl Replica {
         match outcome {
             LeaseOutcome::Released { existed } => Ok(existed),
             LeaseOutcome::Refused { reason } => Err(RequestError::Refused(reason)),
+            other => Err(RequestError::Fatal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Adds `node_id` to the replicated revoked set: every member refuses its certificate.
+    pub async fn revoke(&self, node_id: NodeId) -> Result<(), RequestError> {
+        let outcome = self
+            .write(LeaseCommand::Revoke {
+                node_id,
+                at: unix_millis(),
+            })
+            .await?;
+        match outcome {
+            LeaseOutcome::Revoked { .. } => Ok(()),
             other => Err(RequestError::Fatal(format!("unexpected outcome {other:?}"))),
         }
     }
