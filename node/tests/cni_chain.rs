@@ -5,6 +5,9 @@
 //! backend is iptables; here `iptables` is iptables-nft, so its rules land in nftables).
 //! Linux-bridge mode, pod network 10.90.0.0/16. Needs root; under CI=true a missing
 //! prerequisite fails the test.
+//!
+//! One file (over 500 lines) on purpose: both chain orders share the chain fixture (node, portmap
+//! guards, leftover checks) that only they use.
 
 use evio_test_support::cni as cni_support;
 

@@ -6,6 +6,9 @@
 //! real API paths and JSON (`/api/v1/nodes` list and watch streams, `/api/v1/nodes/{name}` GET and
 //! merge-patch PATCH, `Status` errors); evio-node reaches it through a kubeconfig file,
 //! exactly as it would reach a real cluster.
+//!
+//! One file (about 700 lines) on purpose: every scenario needs the stand-in plus real members, and
+//! shares those helpers.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -131,6 +131,14 @@ pub fn stdout_of(command: &mut Command, what: &str) -> String {
     text(&out.stdout)
 }
 
+/// Runs `command`, which must fail (else the test fails naming `what`); returns its stderr.
+pub fn stderr_of_failure(command: &mut Command, what: &str) -> String {
+    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{what} succeeded: {stderr}");
+    stderr
+}
+
 /// Six hex digits that differ between tests running at once (clock nanoseconds and the pid),
 /// for names of links, bridges and namespaces that must not collide.
 pub fn unique_tag() -> String {
