@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use evio_api::{ClusterJson, Consistency};
 use evio_test_support::cluster::{free_addr, wait_cluster, Cluster, Node, TOKEN};
-use evio_test_support::{evio_node, stderr_of_failure};
+use evio_test_support::{evio_node, output_fails};
 use nix::sys::signal::Signal;
 
 async fn status(node: &Node) -> Option<ClusterJson> {
@@ -245,7 +245,7 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
     // Same name while n2 is alive: refused, naming the name.
     let other = free_addr();
     let mut twin = cluster.command_in("n2", "n2-twin", &other, &[&a0], &[]);
-    let stderr = stderr_of_failure(twin.env("EVIO_LOG", "error"), "a second n2");
+    let stderr = output_fails(twin.env("EVIO_LOG", "error"));
     assert!(
         stderr.contains("already used by live member") && stderr.contains("n2"),
         "{stderr}"
@@ -386,7 +386,7 @@ fn refused_join(
     ];
     let mut args = vec!["run"];
     args.extend(flags.iter().flat_map(|(flag, value)| [*flag, *value]));
-    stderr_of_failure(&mut evio_node(&args), name)
+    output_fails(&mut evio_node(&args))
 }
 
 /// The cluster id this member recorded in its data dir's identity.

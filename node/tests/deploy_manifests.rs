@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use evio_test_support::stdout_of;
+use evio_test_support::output_ok;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evio-node");
@@ -67,7 +67,7 @@ fn load_yaml(tools: &Path, path: &Path) -> Vec<Value> {
              print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]))",
         ])
         .arg(path);
-    let json = stdout_of(&mut python, &format!("{} as YAML", path.display()));
+    let json = output_ok(&mut python);
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -210,12 +210,13 @@ fn manifests_pass_yamllint() {
     for file in ["kustomization.yaml", "daemonset-etcd.yaml"] {
         files.push(deploy().join("etcd-mirror").join(file));
     }
-    let mut yamllint = Command::new(tools.join("bin/yamllint"));
-    yamllint
-        .arg("-s")
-        .arg("-c")
-        .arg(deploy().join(".yamllint.yaml"));
-    stdout_of(yamllint.args(&files), "yamllint");
+    output_ok(
+        Command::new(tools.join("bin/yamllint"))
+            .arg("-s")
+            .arg("-c")
+            .arg(deploy().join(".yamllint.yaml"))
+            .args(&files),
+    );
 }
 
 /// One evio-node invocation in the DaemonSet: container, subcommand, flags (name -> value).
@@ -765,10 +766,7 @@ fn daemonset_names_no_bootstrap_node_and_runs_config_gen_only_with_a_replica() {
         sh.env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("NODE_NAME", "edge-1");
-        let out = stdout_of(
-            sh.args(["-c", script, "sh", "--data-dir=/var/lib/evio"]),
-            "sh",
-        );
+        let out = output_ok(sh.args(["-c", script, "sh", "--data-dir=/var/lib/evio"]));
         out.trim().to_string()
     };
     let skipped = run(&config_gen);

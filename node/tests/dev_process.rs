@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use evio_api::{Client, Consistency, LeaseJson};
 use nix::sys::signal::Signal;
 
-use evio_test_support::{dev_command, evio_node, evio_node_bin, stderr_of_failure, Proc};
+use evio_test_support::{dev_command, evio_node, evio_node_bin, output_fails, Proc};
 
 /// `evio-node dev` on a temp data dir, with the token it generates there.
 struct Dev {
@@ -476,10 +476,7 @@ fn cli_client_lists_acquires_and_releases() {
     // without the token, changes are refused and nothing changes
     let mut release = Command::new(evio_node_bin());
     release.args(["leases", "release", "cli-node", "--api", &dev.base]);
-    let stderr = stderr_of_failure(
-        release.env_remove("EVIO_TOKEN_FILE"),
-        "release without a token",
-    );
+    let stderr = output_fails(release.env_remove("EVIO_TOKEN_FILE"));
     assert!(
         stderr.contains("401") && stderr.contains("unauthorized"),
         "{stderr}"

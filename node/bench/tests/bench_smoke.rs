@@ -8,9 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use evio_test_support::{
-    evio_node_bin, have, prerequisites, stderr_of_failure, stdout_of, target_bin,
-};
+use evio_test_support::{evio_node_bin, have, output_fails, output_ok, prerequisites, target_bin};
 use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_evio-bench");
@@ -37,7 +35,7 @@ fn quick_with(global: &[&str], figure: &str, args: &[&str]) -> Value {
     let mut bench = Command::new(BENCH);
     bench.args(["--evio-node", evio_node_bin()]).args(global);
     bench.args([figure, "--quick"]).args(args).arg("--json");
-    stdout_of(bench.arg(&json), &format!("evio-bench {figure}"));
+    output_ok(bench.arg(&json));
     let v = read_json(&json);
     assert_eq!(v["figure"], figure, "{v}");
     v
@@ -45,10 +43,7 @@ fn quick_with(global: &[&str], figure: &str, args: &[&str]) -> Value {
 
 /// Runs `evio-bench args`, which must fail: its stderr.
 fn failing(args: &[&str]) -> String {
-    stderr_of_failure(
-        Command::new(BENCH).args(args),
-        &format!("evio-bench {args:?}"),
-    )
+    output_fails(Command::new(BENCH).args(args))
 }
 
 fn read_json(path: &Path) -> Value {

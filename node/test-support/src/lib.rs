@@ -110,32 +110,28 @@ pub fn target_bin(name: &str) -> PathBuf {
 
 /// Runs `program args`, which must succeed; returns its stdout.
 pub fn run(program: &str, args: &[&str]) -> String {
-    stdout_of(
-        Command::new(program).args(args),
-        &format!("{program} {args:?}"),
-    )
+    output_ok(Command::new(program).args(args))
 }
 
-/// Runs `command`, which must exit 0 (else the test fails naming `what`, with the command's
-/// stdout and stderr); returns its stdout.
-pub fn stdout_of(command: &mut Command, what: &str) -> String {
-    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+/// Runs `cmd`, which must succeed (else the test fails with its stderr and stdout); returns
+/// its stdout.
+pub fn output_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{what}: {}\n{}{}",
+        "{cmd:?}: {}\n{stdout}{}",
         out.status,
-        text(&out.stdout),
-        text(&out.stderr)
+        String::from_utf8_lossy(&out.stderr)
     );
-    text(&out.stdout)
+    stdout
 }
 
-/// Runs `command`, which must fail (else the test fails naming `what`); returns its stderr.
-pub fn stderr_of_failure(command: &mut Command, what: &str) -> String {
-    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+/// Runs `cmd`, which must fail (else the test fails with its stderr); returns its stderr.
+pub fn output_fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{what} succeeded: {stderr}");
+    assert!(!out.status.success(), "{cmd:?} succeeded: {stderr}");
     stderr
 }
 
