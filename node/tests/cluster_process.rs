@@ -112,12 +112,10 @@ async fn five_members_promote_replace_failover_and_restart() {
 
     // A voter (not the leader) dies: a learner takes its place after the grace period.
     let leader_name = leader_name(&c);
-    let victim = c
-        .members
-        .iter()
-        .find(|m| m.role == "voter")
-        .map(|m| m.name.clone())
-        .unwrap_or_else(|| panic!("no follower voter"));
+    let victim = roles(&c)
+        .into_iter()
+        .find_map(|(name, role)| (role == "voter").then_some(name))
+        .unwrap_or_else(|| panic!("no follower voter in {c:#?}"));
     let victim_index = nodes
         .iter()
         .position(|n| n.name == victim)
@@ -401,16 +399,7 @@ fn identity_cluster_id(data_dir: &Path) -> String {
 
 /// The member's `evio_raft_purged_index` from /metrics.
 async fn purged_index(node: &Node) -> u64 {
-    let text = node
-        .proc
-        .http()
-        .get(format!("{}/metrics", node.proc.base))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let text = node.proc.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("evio_raft_purged_index "))
         .and_then(|v| v.trim().parse().ok())
