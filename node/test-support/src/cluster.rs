@@ -96,14 +96,7 @@ impl Node {
 
     /// The member's `/metrics` text (over TLS with its own certificate).
     pub async fn metrics(&self) -> String {
-        let response = self
-            .proc
-            .http()
-            .get(format!("{}/metrics", self.proc.base))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{}: /metrics: {e}", self.name));
-        response.text().await.unwrap_or_default()
+        self.proc.metrics().await
     }
 
     /// A client without credentials: over TLS it checks the member against the cluster CA
