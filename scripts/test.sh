@@ -31,4 +31,5 @@ cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
-cargo test --workspace --locked
+# Every test binary runs even after one fails, so one CI run shows every failure.
+cargo test --workspace --locked --no-fail-fast

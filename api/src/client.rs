@@ -56,6 +56,14 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// What a failed send or read of `url` becomes.
+fn transport(url: &str) -> impl FnOnce(reqwest::Error) -> ClientError + '_ {
+    move |source| ClientError::Transport {
+        url: url.to_string(),
+        source,
+    }
+}
+
 impl Client {
     /// `base` is the API root, e.g. `http://127.0.0.1:7700`.
     pub fn new(base: &str) -> Result<Self, ClientError> {
@@ -73,10 +81,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| ClientError::Transport {
-                url: base.to_string(),
-                source: e,
-            })?;
+            .map_err(transport(base))?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             http,
@@ -116,13 +121,7 @@ impl Client {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_string(),
-                source,
-            })?;
+        let response = request.send().await.map_err(transport(url))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -148,13 +147,7 @@ impl Client {
         url: &str,
     ) -> Result<T, ClientError> {
         let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_string(),
-                source,
-            })?;
+        let bytes = response.bytes().await.map_err(transport(url))?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url: url.to_string(),
             status,

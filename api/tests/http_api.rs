@@ -6,11 +6,12 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use evio_api::{Client, Consistency, ErrorCode};
-use evio_raft::{EvioNode, Pool, Replica, ReplicaConfig};
+use evio_raft::EvioNode;
+use reqwest::Method;
 
 mod common;
 
-use common::{error_code, pool, Member};
+use common::{acquired, error_code, pool, Member};
 
 /// Starts a member; `single` bootstraps it alone, otherwise it is made one of two voters
 /// whose peer does not exist, so it can never reach a quorum.
@@ -42,11 +43,22 @@ fn client(server: &Member) -> Client {
     server.client()
 }
 
-async fn raw(
-    method: reqwest::Method,
-    url: &str,
+/// `method` on `path` of `member` with the token: (status, Retry-After, body).
+async fn call(
+    member: &Member,
+    method: Method,
+    path: &str,
     body: Option<&str>,
 ) -> (u16, Option<String>, String) {
+    raw(method, &format!("{}{path}", member.base), body).await
+}
+
+/// The status of a bodiless `method` on `path` of `member` with the token.
+async fn status_of(member: &Member, method: Method, path: &str) -> u16 {
+    call(member, method, path, None).await.0
+}
+
+async fn raw(method: Method, url: &str, body: Option<&str>) -> (u16, Option<String>, String) {
     evio_raft::tls::ensure_provider();
     let http = reqwest::Client::new();
     let mut request = http.request(method, url).bearer_auth(common::TOKEN);
@@ -80,10 +92,7 @@ async fn lease_lifecycle() {
         .unwrap_or_else(|e| panic!("{e}"))
         .is_empty());
 
-    let (a, created) = api
-        .acquire("node-a", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (a, created) = acquired(&api, "node-a").await;
     assert!(created);
     assert_eq!(a.subnet.to_string(), "10.244.0.0/24");
     assert_eq!(a.gateway, Ipv4Addr::new(10, 244, 0, 1));
@@ -94,19 +103,13 @@ async fn lease_lifecycle() {
     assert!(a.acquired_at.ends_with('Z'), "{}", a.acquired_at);
 
     // idempotent: same lease, 200 not 201
-    let (again, created) = api
-        .acquire("node-a", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (again, created) = acquired(&api, "node-a").await;
     assert!(!created);
     assert_eq!(again, a);
-    let (status, _, _) = raw(
-        reqwest::Method::PUT,
-        &format!("{}/v1/leases/node-a", server.base),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    assert_eq!(
+        status_of(&server, Method::PUT, "/v1/leases/node-a").await,
+        200
+    );
 
     let (b, _) = api
         .acquire("node-b", Some(Ipv4Addr::new(10, 10, 0, 3)))
@@ -133,33 +136,17 @@ async fn lease_lifecycle() {
             .unwrap_or_else(|e| panic!("{e}")),
         None
     );
-    let (status, _, body) = raw(
-        reqwest::Method::GET,
-        &format!("{}/v1/leases/node-z", server.base),
-        None,
-    )
-    .await;
+    let (status, _, body) = call(&server, Method::GET, "/v1/leases/node-z", None).await;
     assert_eq!((status, error_code(&body).as_str()), (404, "not_found"));
 
     // release: 204, also when absent; the lowest block comes back first
-    let (status, _, _) = raw(
-        reqwest::Method::DELETE,
-        &format!("{}/v1/leases/node-a", server.base),
-        None,
-    )
-    .await;
-    assert_eq!(status, 204);
-    let (status, _, _) = raw(
-        reqwest::Method::DELETE,
-        &format!("{}/v1/leases/node-a", server.base),
-        None,
-    )
-    .await;
-    assert_eq!(status, 204);
-    let (c, created) = api
-        .acquire("node-c", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..2 {
+        assert_eq!(
+            status_of(&server, Method::DELETE, "/v1/leases/node-a").await,
+            204
+        );
+    }
+    let (c, created) = acquired(&api, "node-c").await;
     assert!(created);
     assert_eq!(c.subnet.to_string(), "10.244.0.0/24");
 
@@ -169,74 +156,61 @@ async fn lease_lifecycle() {
 #[tokio::test]
 async fn bad_input_gets_json_4xx() {
     let server = start("10.244.0.0/16", 8, true).await;
-    let base = &server.base;
-    let cases: [(reqwest::Method, String, Option<&str>, u16, &str); 9] = [
+    let cases = [
         (
-            reqwest::Method::PUT,
-            format!("{base}/v1/leases/Bad_Name"),
+            Method::PUT,
+            "/v1/leases/Bad_Name",
+            None,
+            400,
+            "invalid_node_name",
+        ),
+        (Method::PUT, "/v1/leases/-x", None, 400, "invalid_node_name"),
+        (
+            Method::GET,
+            "/v1/leases/UPPER",
             None,
             400,
             "invalid_node_name",
         ),
         (
-            reqwest::Method::PUT,
-            format!("{base}/v1/leases/-x"),
+            Method::DELETE,
+            "/v1/leases/a_b",
             None,
             400,
             "invalid_node_name",
         ),
         (
-            reqwest::Method::GET,
-            format!("{base}/v1/leases/UPPER"),
-            None,
-            400,
-            "invalid_node_name",
-        ),
-        (
-            reqwest::Method::DELETE,
-            format!("{base}/v1/leases/a_b"),
-            None,
-            400,
-            "invalid_node_name",
-        ),
-        (
-            reqwest::Method::PUT,
-            format!("{base}/v1/leases/ok"),
+            Method::PUT,
+            "/v1/leases/ok",
             Some("{not json"),
             400,
             "invalid_body",
         ),
         (
-            reqwest::Method::PUT,
-            format!("{base}/v1/leases/ok"),
+            Method::PUT,
+            "/v1/leases/ok",
             Some(r#"{"hostIP":"300.1.1.1"}"#),
             400,
             "invalid_body",
         ),
         (
-            reqwest::Method::PUT,
-            format!("{base}/v1/leases/ok"),
+            Method::PUT,
+            "/v1/leases/ok",
             Some(r#"{"hostIp":"10.0.0.1"}"#),
             400,
             "invalid_body",
         ),
         (
-            reqwest::Method::GET,
-            format!("{base}/v1/leases?consistency=eventual"),
+            Method::GET,
+            "/v1/leases?consistency=eventual",
             None,
             400,
             "invalid_query",
         ),
-        (
-            reqwest::Method::GET,
-            format!("{base}/v1/nope"),
-            None,
-            404,
-            "not_found",
-        ),
+        (Method::GET, "/v1/nope", None, 404, "not_found"),
     ];
     for (method, url, body, want_status, want_code) in cases {
-        let (status, _, text) = raw(method.clone(), &url, body).await;
+        let (status, _, text) = call(&server, method.clone(), url, body).await;
         assert_eq!(status, want_status, "{method} {url} {body:?}: {text}");
         assert_eq!(error_code(&text), want_code, "{method} {url}: {text}");
     }
@@ -255,10 +229,7 @@ async fn exhausted_pool_is_409() {
     let server = start("192.168.7.0/28", 2, true).await;
     let api = client(&server);
     for i in 0..4 {
-        let (lease, created) = api
-            .acquire(&format!("n{i}"), None)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (lease, created) = acquired(&api, &format!("n{i}")).await;
         assert!(created);
         assert_eq!(
             lease.range_start, lease.range_end,
@@ -272,10 +243,7 @@ async fn exhausted_pool_is_409() {
         "{err}"
     );
     // holders still get theirs
-    let (lease, created) = api
-        .acquire("n3", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (lease, created) = acquired(&api, "n3").await;
     assert!(!created);
     assert_eq!(lease.subnet.to_string(), "192.168.7.12/30");
     server.shutdown().await;
@@ -284,25 +252,15 @@ async fn exhausted_pool_is_409() {
 #[tokio::test]
 async fn no_quorum_is_503_with_retry_after_and_local_reads_still_answer() {
     let server = start("10.244.0.0/16", 8, false).await;
-    let base = &server.base;
-    let (status, retry_after, body) =
-        raw(reqwest::Method::PUT, &format!("{base}/v1/leases/n1"), None).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(retry_after.as_deref(), Some("1"));
-    assert_eq!(error_code(&body), "no_quorum", "{body}");
+    for (method, path) in [(Method::PUT, "/v1/leases/n1"), (Method::GET, "/v1/leases")] {
+        let (status, retry_after, body) = call(&server, method, path, None).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert_eq!(retry_after.as_deref(), Some("1"), "{path}");
+        assert_eq!(error_code(&body), "no_quorum", "{path}: {body}");
+    }
 
-    let (status, retry_after, body) =
-        raw(reqwest::Method::GET, &format!("{base}/v1/leases"), None).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(retry_after.as_deref(), Some("1"));
-    assert_eq!(error_code(&body), "no_quorum", "{body}");
-
-    let (status, _, body) = raw(
-        reqwest::Method::GET,
-        &format!("{base}/v1/leases?consistency=local"),
-        None,
-    )
-    .await;
+    let local = "/v1/leases?consistency=local";
+    let (status, _, body) = call(&server, Method::GET, local, None).await;
     assert_eq!((status, body.as_str()), (200, "[]"));
     server.shutdown().await;
 }
@@ -331,12 +289,7 @@ async fn cluster_health_and_metrics() {
         server.base.trim_start_matches("http://")
     );
     // the JSON keys are the documented camelCase ones
-    let (_, _, text) = raw(
-        reqwest::Method::GET,
-        &format!("{}/v1/cluster", server.base),
-        None,
-    )
-    .await;
+    let (_, _, text) = call(&server, Method::GET, "/v1/cluster", None).await;
     let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
     for key in [
         "nodeId",
@@ -349,27 +302,11 @@ async fn cluster_health_and_metrics() {
         assert!(value.get(key).is_some(), "missing {key}: {text}");
     }
 
-    let (status, _, _) = raw(
-        reqwest::Method::GET,
-        &format!("{}/healthz", server.base),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
-    let (status, _, _) = raw(
-        reqwest::Method::GET,
-        &format!("{}/readyz", server.base),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(status_of(&server, Method::GET, probe).await, 200, "{probe}");
+    }
 
-    let (status, _, text) = raw(
-        reqwest::Method::GET,
-        &format!("{}/metrics", server.base),
-        None,
-    )
-    .await;
+    let (status, _, text) = call(&server, Method::GET, "/metrics", None).await;
     assert_eq!(status, 200);
     for line in [
         "evio_leases 2",
@@ -401,28 +338,13 @@ async fn cluster_health_and_metrics() {
 
 #[tokio::test]
 async fn readyz_is_503_before_joining_a_cluster() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pool = Pool::parse("10.244.0.0/16", 8).unwrap_or_else(|e| panic!("{e}"));
-    let config = ReplicaConfig::new(
-        dir.path().to_path_buf(),
-        pool,
-        "lonely".into(),
-        "127.0.0.1:1".into(),
-    );
-    let replica = Replica::open(config)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!replica.is_ready());
-    replica
-        .bootstrap_single()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    replica
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(replica.is_ready());
-    replica.shutdown().await;
+    let member = Member::start("lonely", pool("10.244.0.0/16", 8), Default::default()).await;
+    assert!(!member.replica.is_ready());
+    assert_eq!(status_of(&member, Method::GET, "/readyz").await, 503);
+    let member = member.lead().await;
+    assert!(member.replica.is_ready());
+    assert_eq!(status_of(&member, Method::GET, "/readyz").await, 200);
+    member.shutdown().await;
 }
 
 #[tokio::test]
@@ -464,13 +386,7 @@ async fn reads_can_be_closed_and_writes_always_need_the_token() {
         Some(401)
     );
     // probes stay open
-    let (status, _, _) = raw(
-        reqwest::Method::GET,
-        &format!("{}/healthz", member.base),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    assert_eq!(status_of(&member, Method::GET, "/healthz").await, 200);
     // with the token everything works, and nothing was changed by the refused calls
     let leases = member
         .client()
@@ -484,48 +400,43 @@ async fn reads_can_be_closed_and_writes_always_need_the_token() {
 #[tokio::test]
 async fn reserve_and_claim_over_http() {
     let server = start("10.244.0.0/16", 8, true).await;
-    let base = &server.base;
     let owner = "legacy:10.244.3.2-10.244.3.254";
     // without an etcd mirror, /v1/cluster says nothing about one
-    let (status, _, text) = raw(reqwest::Method::GET, &format!("{base}/v1/cluster"), None).await;
+    let (status, _, text) = call(&server, Method::GET, "/v1/cluster", None).await;
     assert_eq!(status, 200);
     assert!(!text.contains("etcdMirror"), "{text}");
     let post = |path: &str, body: &str| {
-        let url = format!("{base}{path}");
         let body = body.to_string();
-        async move { raw(reqwest::Method::POST, &url, Some(&body)).await }
+        let path = path.to_string();
+        let server = &server;
+        async move { call(server, Method::POST, &path, Some(&body)).await }
     };
-    let reserve = format!(r#"{{"owner":"{owner}","subnet":"10.244.3.0/24"}}"#);
+    let reservation =
+        |owner: &str, subnet: &str| format!(r#"{{"owner":"{owner}","subnet":"{subnet}"}}"#);
+    let reserve = reservation(owner, "10.244.3.0/24");
     let (status, _, body) = post("/v1/reservations", &reserve).await;
     assert_eq!(status, 201, "{body}");
     let (status, _, _) = post("/v1/reservations", &reserve).await;
     assert_eq!(status, 200);
     // bad input: named, 4xx, nothing changes
+    let other = "legacy:10.244.4.2-10.244.4.254";
     let cases = [
         (
-            r#"{"owner":"legacy:x","subnet":"10.244.4.0/24"}"#,
+            reservation("legacy:x", "10.244.4.0/24"),
             400,
             "invalid_node_name",
         ),
+        (reservation(other, "10.9.4.0/24"), 400, "outside_pool"),
+        (reservation(other, "10.244.4.0/25"), 400, "outside_pool"),
         (
-            r#"{"owner":"legacy:10.244.4.2-10.244.4.254","subnet":"10.9.4.0/24"}"#,
-            400,
-            "outside_pool",
-        ),
-        (
-            r#"{"owner":"legacy:10.244.4.2-10.244.4.254","subnet":"10.244.4.0/25"}"#,
-            400,
-            "outside_pool",
-        ),
-        (
-            r#"{"owner":"legacy:10.244.9.2-10.244.9.254","subnet":"10.244.3.0/24"}"#,
+            reservation("legacy:10.244.9.2-10.244.9.254", "10.244.3.0/24"),
             409,
             "block_taken",
         ),
-        (r#"{"owner":1}"#, 400, "invalid_body"),
+        (r#"{"owner":1}"#.to_string(), 400, "invalid_body"),
     ];
     for (body, want_status, want_code) in cases {
-        let (status, _, text) = post("/v1/reservations", body).await;
+        let (status, _, text) = post("/v1/reservations", &body).await;
         assert_eq!(
             (status, error_code(&text).as_str()),
             (want_status, want_code),
@@ -540,34 +451,28 @@ async fn reserve_and_claim_over_http() {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(lease.subnet.to_string(), "10.244.3.0/24");
     }
-    let (status, _, text) = post(
-        "/v1/leases/Bad_Name/claim",
-        &format!(r#"{{"from":"{owner}"}}"#),
-    )
-    .await;
-    assert_eq!(
-        (status, error_code(&text).as_str()),
-        (400, "invalid_node_name")
-    );
-    let (status, _, text) = post("/v1/leases/n0/claim", &format!(r#"{{"from":"{owner}"}}"#)).await;
-    assert_eq!(
-        (status, error_code(&text).as_str()),
-        (409, "holds_other_lease"),
-        "{text}"
-    );
-    let (status, _, text) =
-        post("/v1/leases/edge/claim", &format!(r#"{{"from":"{owner}"}}"#)).await;
+    // claims: a bad name, a node holding another lease, the owner's block, then nothing left
+    let claim = format!(r#"{{"from":"{owner}"}}"#);
+    let refused = [
+        ("Bad_Name", 400, "invalid_node_name"),
+        ("n0", 409, "holds_other_lease"),
+    ];
+    for (node, want_status, want_code) in refused {
+        let (status, _, text) = post(&format!("/v1/leases/{node}/claim"), &claim).await;
+        assert_eq!(
+            (status, error_code(&text).as_str()),
+            (want_status, want_code),
+            "{node}: {text}"
+        );
+    }
+    let (status, _, text) = post("/v1/leases/edge/claim", &claim).await;
     assert_eq!(status, 200, "{text}");
     let lease: evio_api::LeaseJson = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         (lease.node.as_str(), lease.subnet.to_string().as_str()),
         ("edge", "10.244.3.0/24")
     );
-    let (status, _, text) = post(
-        "/v1/leases/edge2/claim",
-        &format!(r#"{{"from":"{owner}"}}"#),
-    )
-    .await;
+    let (status, _, text) = post("/v1/leases/edge2/claim", &claim).await;
     assert_eq!(
         (status, error_code(&text).as_str()),
         (404, "not_found"),
@@ -619,15 +524,15 @@ async fn node_names_equal_to_route_words_get_leases() {
         "{names:?}"
     );
     for name in &names {
-        let url = format!("{}/v1/leases/{name}", server.base);
-        let (status, _, text) = raw(reqwest::Method::PUT, &url, None).await;
+        let path = format!("/v1/leases/{name}");
+        let (status, _, text) = call(&server, Method::PUT, &path, None).await;
         assert_eq!(status, 201, "PUT {name}: {text}");
         let lease = api
             .get_lease(name, Consistency::Linearizable)
             .await
             .unwrap_or_else(|e| panic!("GET {name}: {e}"));
         assert_eq!(lease.map(|l| l.node).as_deref(), Some(*name));
-        let (status, _, text) = raw(reqwest::Method::GET, &url, None).await;
+        let (status, _, text) = call(&server, Method::GET, &path, None).await;
         assert_eq!(status, 200, "GET {name}: {text}");
     }
     let held = api
@@ -636,8 +541,8 @@ async fn node_names_equal_to_route_words_get_leases() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(held.len(), names.len());
     for name in &names {
-        let url = format!("{}/v1/leases/{name}", server.base);
-        let (status, _, text) = raw(reqwest::Method::DELETE, &url, None).await;
+        let path = format!("/v1/leases/{name}");
+        let (status, _, text) = call(&server, Method::DELETE, &path, None).await;
         assert_eq!(status, 204, "DELETE {name}: {text}");
         assert!(api
             .get_lease(name, Consistency::Linearizable)
@@ -673,7 +578,7 @@ async fn anonymous_linearizable_reads_are_capped() {
         .filter(|(s, retry, code)| *s == 429 && *retry && code == "rate_limited")
         .count();
     assert!(limited >= 8, "{answers:?}");
-    let (status, retry, text) = raw(reqwest::Method::GET, &url, None).await;
+    let (status, retry, text) = raw(Method::GET, &url, None).await;
     assert_eq!((status, error_code(&text).as_str()), (503, "no_quorum"));
     assert!(retry.is_some());
     let local = anonymous

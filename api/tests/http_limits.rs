@@ -27,17 +27,30 @@ async fn start(limits: ServeLimits) -> Member {
             Admission::Other
         }
     });
-    Member::start_limited(
-        "limits",
-        pool("10.244.0.0/16", 8),
-        Default::default(),
-        Default::default(),
-        limits,
-        classify,
+    Member::start_limited("limits", pool("10.244.0.0/16", 8), limits, classify)
+        .await
+        .lead()
+        .await
+}
+
+/// The default limits but for the header timeout and the connection caps (all, members').
+fn capped(header_read_timeout: Duration, all: usize, members: usize) -> ServeLimits {
+    ServeLimits {
+        header_read_timeout,
+        max_connections: all,
+        max_peer_connections: members,
+        ..Default::default()
+    }
+}
+
+/// Sends `request`: the answer's status and error `code`.
+async fn status_and_code(request: reqwest::RequestBuilder) -> (u16, String) {
+    let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+    let status = response.status().as_u16();
+    (
+        status,
+        error_code(&response.text().await.unwrap_or_default()),
     )
-    .await
-    .lead()
-    .await
 }
 
 fn addr(member: &Member) -> SocketAddr {
@@ -89,13 +102,7 @@ fn error_code(body: &str) -> String {
 #[tokio::test]
 async fn slow_and_idle_connections_are_closed_while_peers_are_served() {
     let timeout = Duration::from_secs(2);
-    let server = start(ServeLimits {
-        header_read_timeout: timeout,
-        max_connections: 1000,
-        max_peer_connections: 64,
-        ..Default::default()
-    })
-    .await;
+    let server = start(capped(timeout, 1000, 64)).await;
     let to = addr(&server);
     let mut slow = Vec::new();
     for i in 0..3000 {
@@ -167,13 +174,7 @@ async fn slow_and_idle_connections_are_closed_while_peers_are_served() {
 /// gets in through its reserved share.
 #[tokio::test]
 async fn connection_cap_keeps_a_share_for_members() {
-    let server = start(ServeLimits {
-        header_read_timeout: Duration::from_secs(60),
-        max_connections: 50,
-        max_peer_connections: 8,
-        ..Default::default()
-    })
-    .await;
+    let server = start(capped(Duration::from_secs(60), 50, 8)).await;
     let to = addr(&server);
     let mut held = Vec::new();
     for _ in 0..50 {
@@ -220,14 +221,10 @@ async fn method_and_path_flood_leaves_metrics_bounded() {
     let server = start(ServeLimits::default()).await;
     let to = addr(&server);
     let metrics_len = || async {
-        http(None)
-            .get(format!("{}/metrics", server.base))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("metrics: {e}"))
-            .text()
-            .await
-            .unwrap_or_default()
+        let url = format!("{}/metrics", server.base);
+        let response = http(None).get(url).send().await;
+        let response = response.unwrap_or_else(|e| panic!("metrics: {e}"));
+        response.text().await.unwrap_or_default()
     };
     let before = metrics_len().await.len();
     let mut stream = connect_from(Ipv4Addr::LOCALHOST, to)
@@ -277,29 +274,13 @@ async fn bodies_are_bounded_per_route() {
     let server = start(ServeLimits::default()).await;
     let client = http(None);
     let big = vec![b' '; evio_api::server::API_MAX_BODY + 1];
-    let response = client
-        .put(format!("{}/v1/leases/node-a", server.base))
-        .bearer_auth(common::TOKEN)
-        .body(big)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(response.status(), 413);
-    assert_eq!(
-        error_code(&response.text().await.unwrap_or_default()),
-        "payload_too_large"
-    );
-    let response = client
-        .get(format!("{}/v1/leases", server.base))
-        .body("{}")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(response.status(), 400);
-    assert_eq!(
-        error_code(&response.text().await.unwrap_or_default()),
-        "body_not_allowed"
-    );
+    let put = client.put(format!("{}/v1/leases/node-a", server.base));
+    let put = put.bearer_auth(common::TOKEN).body(big);
+    let answer = status_and_code(put).await;
+    assert_eq!(answer, (413, "payload_too_large".into()));
+    let get = client.get(format!("{}/v1/leases", server.base)).body("{}");
+    let answer = status_and_code(get).await;
+    assert_eq!(answer, (400, "body_not_allowed".into()));
     // Nearly the Raft body limit (2 MiB: a 1 MiB snapshot chunk or an append batch) of JSON
     // whitespace then garbage: read in full and refused as a bad RPC body, not as too large.
     let mut chunk = vec![b' '; evio_raft::network::RPC_BODY_LIMIT - 1024];
@@ -317,11 +298,7 @@ async fn bodies_are_bounded_per_route() {
     if let Some(cluster) = server.replica.cluster_id() {
         request = request.header(evio_raft::network::CLUSTER_HEADER, cluster);
     }
-    let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(response.status(), 400);
-    assert_eq!(
-        error_code(&response.text().await.unwrap_or_default()),
-        "invalid_body"
-    );
+    let answer = status_and_code(request).await;
+    assert_eq!(answer, (400, "invalid_body".into()));
     server.shutdown().await;
 }

@@ -110,25 +110,9 @@ async fn served_document_matches_docs_and_covers_every_route() {
 
 #[test]
 fn document_is_valid_openapi() {
-    let tools = std::env::var_os("EVIO_PY_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/evio/py-tools")
-        });
-    let validator = tools.join("bin/openapi-spec-validator");
-    if !validator.exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{} missing: run scripts/install-py-tools.sh",
-            validator.display()
-        );
-        eprintln!(
-            "SKIP: {} missing (scripts/install-py-tools.sh)",
-            validator.display()
-        );
+    let Some(validator) = evio_test_support::py_tool("openapi-spec-validator") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let file = dir.path().join("openapi.json");
     std::fs::write(&file, evio_api::server::openapi::json()).unwrap_or_else(|e| panic!("{e}"));

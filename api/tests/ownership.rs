@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{pool, Member};
-use evio_api::{ClientError, Consistency, ErrorCode};
+use common::{acquired, lease_of, pool, Member};
+use evio_api::{ClientError, ErrorCode};
 
 async fn single() -> Member {
     Member::single("solo", pool("10.244.0.0/16", 8)).await
@@ -22,27 +22,18 @@ fn refused(result: Result<impl std::fmt::Debug, ClientError>, status: u16, code:
 async fn a_live_nodes_lease_is_never_claimed() {
     let m = single().await;
     let client = m.client();
-    let (held, _) = client
-        .acquire("live-node", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (held, _) = acquired(&client, "live-node").await;
     refused(
         client.claim("thief", "live-node").await,
         409,
         ErrorCode::NotLegacyOwner,
     );
     // Nothing changed: the live node keeps its subnet, the claimer got nothing.
-    let still = client
-        .get_lease("live-node", Consistency::Linearizable)
+    let still = lease_of(&client, "live-node")
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("live-node lost its lease"));
     assert_eq!(still.subnet, held.subnet);
-    assert!(client
-        .get_lease("thief", Consistency::Linearizable)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .is_none());
+    assert!(lease_of(&client, "thief").await.is_none());
     m.shutdown().await;
 }
 
@@ -50,36 +41,22 @@ async fn a_live_nodes_lease_is_never_claimed() {
 async fn a_stale_conditional_release_is_refused() {
     let m = single().await;
     let client = m.client();
-    let (first, _) = client
-        .acquire("n1", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (first, _) = acquired(&client, "n1").await;
     // The lease changes after it was read (here: released and acquired again).
     client.release("n1").await.unwrap_or_else(|e| panic!("{e}"));
-    let (second, _) = client
-        .acquire("n1", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (second, _) = acquired(&client, "n1").await;
     assert_ne!(first.revision, second.revision);
     refused(
         client.release_if("n1", first.revision).await,
         409,
         ErrorCode::RevisionMismatch,
     );
-    assert!(client
-        .get_lease("n1", Consistency::Linearizable)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .is_some());
+    assert!(lease_of(&client, "n1").await.is_some());
     // At the current revision it goes.
     client
         .release_if("n1", second.revision)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(client
-        .get_lease("n1", Consistency::Linearizable)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .is_none());
+    assert!(lease_of(&client, "n1").await.is_none());
     m.shutdown().await;
 }

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{pool, Member};
+use common::{acquired, pool, subnets, Member};
 use evio_api::Consistency;
 use evio_raft::RaftTuning;
 
@@ -25,14 +25,7 @@ async fn converged(members: &[&Member], want: &BTreeMap<String, String>) {
     loop {
         let mut all_equal = true;
         for m in members {
-            let got: BTreeMap<String, String> = m
-                .client()
-                .list_leases(Consistency::Local)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .into_iter()
-                .map(|l| (l.node, l.subnet.to_string()))
-                .collect();
+            let got = subnets(&m.client(), Consistency::Local).await;
             all_equal &= &got == want;
         }
         if all_equal {
@@ -80,19 +73,11 @@ async fn replicate_snapshot_and_survive_leader_loss() {
         .wait_for_leader(Duration::from_secs(10))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let (forwarded, created) = members[follower]
-        .client()
-        .acquire("via-follower", None)
-        .await
-        .unwrap_or_else(|e| panic!("forwarded write: {e}"));
+    let (forwarded, created) = acquired(&members[follower].client(), "via-follower").await;
     assert!(created);
     let mut want = BTreeMap::from([(forwarded.node, forwarded.subnet.to_string())]);
     for i in 0..60 {
-        let (lease, _) = members[leader]
-            .client()
-            .acquire(&format!("node-{i}"), None)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (lease, _) = acquired(&members[leader].client(), &format!("node-{i}")).await;
         want.insert(lease.node, lease.subnet.to_string());
     }
     let refs: Vec<&Member> = members.iter().collect();
@@ -115,11 +100,8 @@ async fn replicate_snapshot_and_survive_leader_loss() {
         learner.replica.metrics().snapshot.is_some(),
         "learner did not install a snapshot"
     );
-    let cluster = learner
-        .client()
-        .cluster()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cluster = learner.client().cluster().await;
+    let cluster = cluster.unwrap_or_else(|e| panic!("learner's /v1/cluster: {e}"));
     assert_eq!(
         cluster
             .members
@@ -144,11 +126,7 @@ async fn replicate_snapshot_and_survive_leader_loss() {
         assert!(Instant::now() < deadline, "no new leader");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let (lease, created) = members[new_leader]
-        .client()
-        .acquire("after-failover", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (lease, created) = acquired(&members[new_leader].client(), "after-failover").await;
     assert!(created);
     want.insert(lease.node, lease.subnet.to_string());
     let mut refs: Vec<&Member> = members.iter().collect();

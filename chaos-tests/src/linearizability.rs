@@ -172,120 +172,79 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sequential_history_is_linearizable() {
-        let ops = [
-            op(1, OpKind::Read, (0, 1), Outcome::Ok, None),
-            op(2, OpKind::Acquire, (2, 3), Outcome::Ok, net("10.0.1.0/24")),
-            op(3, OpKind::Read, (4, 5), Outcome::Ok, net("10.0.1.0/24")),
-            op(4, OpKind::Acquire, (6, 7), Outcome::Ok, net("10.0.1.0/24")),
-            op(5, OpKind::Release, (8, 9), Outcome::Ok, None),
-            op(6, OpKind::Read, (10, 11), Outcome::Ok, None),
-            op(
-                7,
-                OpKind::Acquire,
-                (12, 13),
-                Outcome::Ok,
-                net("10.0.2.0/24"),
-            ),
-        ];
-        assert_eq!(check_key("k", &ops), Verdict::Linearizable);
+    /// A history of key "k" from `kind from-to outcome value` items separated by `,`: kind
+    /// `acq`, `rel` or `read`; outcome `ok`, `fail` or `?` (unknown); value `-` (none) or
+    /// `N` for 10.0.N.0/24. Ops get ids 1, 2, ... in order.
+    fn history(text: &str) -> Vec<Op> {
+        let items = text.split(',').map(|item| {
+            let words: Vec<&str> = item.split_whitespace().collect();
+            let [kind, span, outcome, value] = words[..] else {
+                panic!("bad op {item:?}")
+            };
+            let kind = match kind {
+                "acq" => OpKind::Acquire,
+                "rel" => OpKind::Release,
+                "read" => OpKind::Read,
+                _ => panic!("bad kind {kind:?}"),
+            };
+            let outcome = match outcome {
+                "ok" => Outcome::Ok,
+                "fail" => Outcome::Fail,
+                "?" => Outcome::Unknown,
+                _ => panic!("bad outcome {outcome:?}"),
+            };
+            let (from, to) = span.split_once('-').unwrap_or_else(|| panic!("{span:?}"));
+            let at = |t: &str| t.parse().unwrap_or_else(|e| panic!("{t:?}: {e}"));
+            let value = (value != "-").then(|| format!("10.0.{value}.0/24"));
+            (kind, (at(from), at(to)), outcome, value)
+        });
+        items
+            .enumerate()
+            .map(|(i, (kind, span, outcome, value))| {
+                op(
+                    i as u64 + 1,
+                    kind,
+                    span,
+                    outcome,
+                    value.as_deref().and_then(net),
+                )
+            })
+            .collect()
     }
 
     #[test]
-    fn stale_read_after_acknowledged_acquire_is_not_linearizable() {
-        // The acquire completed at 3; a read invoked at 4 that sees no lease is stale.
-        let ops = [
-            op(1, OpKind::Acquire, (0, 3), Outcome::Ok, net("10.0.1.0/24")),
-            op(2, OpKind::Read, (4, 5), Outcome::Ok, None),
+    fn verdict_of_each_history() {
+        let cases = [
+            // a sequential history
+            (true, "read 0-1 ok -, acq 2-3 ok 1, read 4-5 ok 1, acq 6-7 ok 1, rel 8-9 ok -, read 10-11 ok -, acq 12-13 ok 2"),
+            // a read invoked after an acknowledged acquire that sees no lease is stale
+            (false, "acq 0-3 ok 1, read 4-5 ok -"),
+            // a read concurrent with an acquire may see either side
+            (true, "acq 0-10 ok 1, read 1-2 ok -, read 3-4 ok 1"),
+            // both reads overlap the acquire, but once one saw it a later read cannot miss it
+            (false, "acq 0-10 ok 1, read 1-2 ok 1, read 3-4 ok -"),
+            // a changed subnet without a release
+            (false, "acq 0-1 ok 1, acq 2-3 ok 2"),
+            // an unknown release may or may not have happened ...
+            (true, "acq 0-1 ok 1, rel 2-3 ? -, read 4-5 ok 1, read 6-7 ok -"),
+            // ... but it cannot undo itself
+            (false, "acq 0-1 ok 1, rel 2-3 ? -, read 4-5 ok -, read 6-7 ok 1"),
+            // an unknown acquire binds its subnet at first sight
+            (false, "acq 0-1 ? -, read 4-5 ok 3, read 6-7 ok 4"),
+            // a failed op is never applied
+            (false, "acq 0-1 fail -, read 2-3 ok 1"),
         ];
-        assert!(matches!(
-            check_key("k", &ops),
-            Verdict::NotLinearizable { .. }
-        ));
-    }
-
-    #[test]
-    fn concurrent_read_may_see_either_side() {
-        let ops = [
-            op(1, OpKind::Acquire, (0, 10), Outcome::Ok, net("10.0.1.0/24")),
-            op(2, OpKind::Read, (1, 2), Outcome::Ok, None),
-            op(3, OpKind::Read, (3, 4), Outcome::Ok, net("10.0.1.0/24")),
-        ];
-        assert_eq!(check_key("k", &ops), Verdict::Linearizable);
-    }
-
-    #[test]
-    fn read_going_back_in_time_is_not_linearizable() {
-        // Both reads overlap the acquire, but once one saw it a later read cannot miss it.
-        let ops = [
-            op(1, OpKind::Acquire, (0, 10), Outcome::Ok, net("10.0.1.0/24")),
-            op(2, OpKind::Read, (1, 2), Outcome::Ok, net("10.0.1.0/24")),
-            op(3, OpKind::Read, (3, 4), Outcome::Ok, None),
-        ];
-        assert!(matches!(
-            check_key("k", &ops),
-            Verdict::NotLinearizable { .. }
-        ));
-    }
-
-    #[test]
-    fn changed_subnet_without_release_is_not_linearizable() {
-        let ops = [
-            op(1, OpKind::Acquire, (0, 1), Outcome::Ok, net("10.0.1.0/24")),
-            op(2, OpKind::Acquire, (2, 3), Outcome::Ok, net("10.0.2.0/24")),
-        ];
-        assert!(matches!(
-            check_key("k", &ops),
-            Verdict::NotLinearizable { .. }
-        ));
-    }
-
-    #[test]
-    fn unknown_release_may_or_may_not_have_happened() {
-        let ops = [
-            op(1, OpKind::Acquire, (0, 1), Outcome::Ok, net("10.0.1.0/24")),
-            op(2, OpKind::Release, (2, 3), Outcome::Unknown, None),
-            op(3, OpKind::Read, (4, 5), Outcome::Ok, net("10.0.1.0/24")),
-            op(4, OpKind::Read, (6, 7), Outcome::Ok, None),
-        ];
-        assert_eq!(check_key("k", &ops), Verdict::Linearizable);
-        // ... but it cannot undo itself.
-        let ops = [
-            op(1, OpKind::Acquire, (0, 1), Outcome::Ok, net("10.0.1.0/24")),
-            op(2, OpKind::Release, (2, 3), Outcome::Unknown, None),
-            op(3, OpKind::Read, (4, 5), Outcome::Ok, None),
-            op(4, OpKind::Read, (6, 7), Outcome::Ok, net("10.0.1.0/24")),
-        ];
-        assert!(matches!(
-            check_key("k", &ops),
-            Verdict::NotLinearizable { .. }
-        ));
-    }
-
-    #[test]
-    fn unknown_acquire_binds_its_subnet_at_first_sight() {
-        let ops = [
-            op(1, OpKind::Acquire, (0, 1), Outcome::Unknown, None),
-            op(2, OpKind::Read, (4, 5), Outcome::Ok, net("10.0.3.0/24")),
-            op(3, OpKind::Read, (6, 7), Outcome::Ok, net("10.0.4.0/24")),
-        ];
-        assert!(matches!(
-            check_key("k", &ops),
-            Verdict::NotLinearizable { .. }
-        ));
-    }
-
-    #[test]
-    fn failed_ops_are_never_applied() {
-        let ops = [
-            op(1, OpKind::Acquire, (0, 1), Outcome::Fail, None),
-            op(2, OpKind::Read, (2, 3), Outcome::Ok, net("10.0.1.0/24")),
-        ];
-        assert!(matches!(
-            check_key("k", &ops),
-            Verdict::NotLinearizable { .. }
-        ));
+        for (linearizable, text) in cases {
+            let verdict = check_key("k", &history(text));
+            if linearizable {
+                assert_eq!(verdict, Verdict::Linearizable, "{text}");
+            } else {
+                assert!(
+                    matches!(verdict, Verdict::NotLinearizable { .. }),
+                    "{text}: {verdict:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -290,12 +290,7 @@ mod tests {
                 let merged = chain(checked.as_ref(), &own(config), config);
                 let case = format!("config {config}, prevResult {previous}: {merged}");
                 assert_eq!(merged["cniVersion"], config, "{case}");
-                let names: Vec<&str> = merged["interfaces"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i["name"].as_str())
-                    .collect();
+                let names = evio_test_support::cni::interface_names(&merged);
                 assert_eq!(names, ["net1", "evioB", "evio0123", "eth0"], "{case}");
                 let ips = merged["ips"].as_array().cloned().unwrap_or_default();
                 assert_eq!(ips.len(), 3, "{case}");

@@ -5,38 +5,12 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
+use evio_test_support::cni::exec_cni;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_evio-cni");
-
 fn exec(env: &[(&str, &str)], stdin: &str) -> (i32, Value) {
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    if let Some(mut input) = child.stdin.take() {
-        input
-            .write_all(stdin.as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    let stdout: Value = if out.stdout.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    };
-    (out.status.code().unwrap_or(-1), stdout)
+    exec_cni(env.iter().copied(), stdin.as_bytes())
 }
 
 fn add_env(container: &str) -> Vec<(&'static str, String)> {

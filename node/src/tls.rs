@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use evio_api::tls::{self, Credentials, Source, TlsContext, Trust};
 use evio_api::types::CertificateRequest;
 use evio_api::Client;
+use serde::{Deserialize, Serialize};
 
 /// How a member speaks to the others.
 #[derive(Debug, Clone)]
@@ -45,11 +46,14 @@ pub enum JoinTrust {
 pub fn mode(
     insecure_plaintext: bool,
     ca_hash: Option<&str>,
-    ca_file: Option<&Path>,
-    cert_file: Option<&Path>,
-    key_file: Option<&Path>,
+    files: &TlsFileArgs,
     cert_lifetime: Option<&str>,
 ) -> anyhow::Result<TlsMode> {
+    let (ca_file, cert_file, key_file) = (
+        files.ca_file.as_deref(),
+        files.cert_file.as_deref(),
+        files.key_file.as_deref(),
+    );
     if insecure_plaintext {
         if ca_hash.is_some() || ca_file.is_some() || cert_file.is_some() || key_file.is_some() {
             bail!("--insecure-plaintext cannot be combined with --ca-hash, --ca-file, --cert-file or --key-file");
@@ -235,17 +239,6 @@ pub fn member_client(
     })
 }
 
-/// A client of the member at `addr` for a process beside a member (config-gen): TLS with the
-/// certificate in `data_dir` when there is one, else plaintext with `token`.
-pub fn data_dir_client(addr: &str, data_dir: &Path, token: Option<&str>) -> anyhow::Result<Client> {
-    let credentials = cli_credentials(data_dir, None, None, None)?;
-    let base = match credentials {
-        Some(_) => format!("https://{addr}"),
-        None => format!("http://{addr}"),
-    };
-    cli_client(Some(&base), token.map(str::to_string), credentials)
-}
-
 /// Renews (managed) or re-reads (files) this member's certificate before it expires,
 /// swapping it in without a restart, until `stop`.
 pub async fn keep_renewed(tls: Arc<TlsContext>, stop: tokio_util::sync::CancellationToken) {
@@ -273,52 +266,125 @@ pub async fn keep_renewed(tls: Arc<TlsContext>, stop: tokio_util::sync::Cancella
     }
 }
 
-/// The CLI's TLS: `--cert-file/--key-file/--ca-file`, else this node's certificate in the
-/// data dir when there is one; `None` when neither (plaintext, or `dev`).
-pub fn cli_credentials(
-    data_dir: &Path,
-    ca_file: Option<&Path>,
-    cert_file: Option<&Path>,
-    key_file: Option<&Path>,
-) -> anyhow::Result<Option<Credentials>> {
-    let [ca, _, cert, key] = tls::managed_paths(&data_dir.join(tls::TLS_DIR));
-    let (ca, cert, key) = match (ca_file, cert_file, key_file) {
-        (Some(ca), Some(cert), Some(key)) => {
-            (ca.to_path_buf(), cert.to_path_buf(), key.to_path_buf())
-        }
-        (None, None, None) if cert.exists() => (ca, cert, key),
-        (None, None, None) => return Ok(None),
-        _ => bail!("pass --ca-file, --cert-file and --key-file together"),
-    };
-    let credentials = Credentials::load(&ca, &cert, &key).with_context(|| {
-        format!(
-            "reading this node's TLS certificate ({}, {})",
-            cert.display(),
-            key.display()
-        )
-    })?;
-    Ok(Some(credentials))
+/// `--ca-file`, `--cert-file`, `--key-file`: the TLS flags of `run` and of every client of a
+/// member (`leases`, `cluster`, `status`, `config-gen`, `import-etcd`).
+#[derive(clap::Args, Serialize, Deserialize, Default, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub struct TlsFileArgs {
+    /// The cluster CA certificate (PEM). Clients trust members by it (default: the data
+    /// dir's); `run` trusts the cluster it joins by it (instead of --ca-hash), or takes it as
+    /// the CA of operator-supplied certificates (with --cert-file and --key-file).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// A certificate issued by the cluster CA (PEM, naming URI evio://node/<id>), instead of
+    /// the one in the data dir (`run`: re-read to renew; without it the cluster runs its own
+    /// CA in <data-dir>/tls/).
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// The key of --cert-file (PEM).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
 }
 
-/// The CLI's client: TLS with `credentials` (the API root defaulting to
-/// https://127.0.0.1:7700), else plaintext (http://127.0.0.1:7700); the token when given.
-pub fn cli_client(
-    api: Option<&str>,
-    token: Option<String>,
-    credentials: Option<Credentials>,
-) -> anyhow::Result<Client> {
-    let default = match credentials {
-        Some(_) => "https://127.0.0.1:7700",
-        None => "http://127.0.0.1:7700",
-    };
-    let api = api.unwrap_or(default);
-    let client = Client::new(api)?.with_token(token);
-    Ok(match credentials {
-        Some(credentials) if api.starts_with("https://") => {
-            client.with_tls(credentials.client_config()?)?
-        }
-        _ => client,
-    })
+/// What a client presents: a certificate (`Member`), only the CA to check servers by
+/// (`CaOnly`: reads), or nothing (plaintext, `dev`).
+pub enum ClientTls {
+    Member(Box<Credentials>),
+    CaOnly(Trust),
+    Plaintext,
+}
+
+impl TlsFileArgs {
+    /// The client's TLS: these files, else this node's certificate in `data_dir` when
+    /// there is one.
+    pub fn client_tls(&self, data_dir: &Path) -> anyhow::Result<ClientTls> {
+        let [ca, _, cert, key] = tls::managed_paths(&data_dir.join(tls::TLS_DIR));
+        let (ca, cert, key) = match (&self.ca_file, &self.cert_file, &self.key_file) {
+            (Some(ca), Some(cert), Some(key)) => (ca.clone(), cert.clone(), key.clone()),
+            (Some(ca), None, None) => {
+                let pem = std::fs::read_to_string(ca)
+                    .with_context(|| format!("reading --ca-file {}", ca.display()))?;
+                let trust =
+                    Trust::ca_pem(&pem).with_context(|| format!("--ca-file {}", ca.display()))?;
+                return Ok(ClientTls::CaOnly(trust));
+            }
+            (None, None, None) if cert.exists() => (ca, cert, key),
+            (None, None, None) => return Ok(ClientTls::Plaintext),
+            _ => bail!("--cert-file and --key-file go together, with --ca-file"),
+        };
+        let credentials = Credentials::load(&ca, &cert, &key).with_context(|| {
+            format!(
+                "reading this node's TLS certificate ({}, {})",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        Ok(ClientTls::Member(Box::new(credentials)))
+    }
+
+    /// A client of the member API root `api` (default `https://127.0.0.1:7700` with TLS,
+    /// `http://127.0.0.1:7700` without), presenting what [`Self::client_tls`] finds.
+    pub fn client(
+        &self,
+        data_dir: &Path,
+        api: Option<&str>,
+        token: Option<String>,
+    ) -> anyhow::Result<Client> {
+        let tls = self.client_tls(data_dir)?;
+        let scheme = match tls {
+            ClientTls::Plaintext => "http",
+            _ => "https",
+        };
+        let api = api.map_or_else(|| format!("{scheme}://127.0.0.1:7700"), str::to_string);
+        let client = Client::new(&api)?.with_token(token);
+        Ok(match tls {
+            _ if !api.starts_with("https://") => client,
+            ClientTls::Member(credentials) => client.with_tls(credentials.client_config()?)?,
+            ClientTls::CaOnly(trust) => client.with_tls(tls::anonymous_client_config(trust)?)?,
+            ClientTls::Plaintext => bail!(
+                "--api {api}: no cluster CA to check it by: pass --ca-file (and --cert-file \
+                 with --key-file to change leases), or --data-dir of a member"
+            ),
+        })
+    }
+
+    /// A client of the member at `addr` (host:port), https when there is TLS to speak.
+    pub fn client_at(
+        &self,
+        data_dir: &Path,
+        addr: &str,
+        token: Option<String>,
+    ) -> anyhow::Result<Client> {
+        let scheme = match self.client_tls(data_dir)? {
+            ClientTls::Plaintext => "http",
+            _ => "https",
+        };
+        self.client(data_dir, Some(&format!("{scheme}://{addr}")), token)
+    }
+
+    /// Says what a client lacks when a member refused it for want of TLS or a certificate;
+    /// `None` for other errors.
+    pub fn missing(&self, data_dir: &Path, error: &evio_api::ClientError) -> Option<String> {
+        let [_, _, cert, _] = tls::managed_paths(&data_dir.join(tls::TLS_DIR));
+        let why = match error.code()? {
+            evio_api::ErrorCode::TlsRequired => "the member speaks TLS",
+            evio_api::ErrorCode::CertificateRequired => "the member needs a client certificate",
+            _ => return None,
+        };
+        let have = match (&self.cert_file, cert.exists()) {
+            (Some(file), _) => format!("--cert-file {} was refused", file.display()),
+            (None, true) => format!("{} was refused", cert.display()),
+            (None, false) => format!(
+                "this node has no certificate: {} does not exist (evio-node run writes it when \
+                 the node joins) and no --cert-file was given",
+                cert.display()
+            ),
+        };
+        Some(format!(
+            "{why} and {have}: run this on a member (its --data-dir), or pass --ca-file, \
+             --cert-file and --key-file (a certificate issued by the cluster CA)"
+        ))
+    }
 }
 
 /// `sha256:...` of the CA in `ca_file`, else of the data dir's.

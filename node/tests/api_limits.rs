@@ -43,14 +43,13 @@ fn request(addr: &str, head: &str) -> u16 {
 }
 
 fn metrics_size(addr: &str) -> usize {
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap_or_else(|e| panic!("write: {e}"));
     let mut out = Vec::new();
-    stream
-        .read_to_end(&mut out)
-        .unwrap_or_else(|e| panic!("read: {e}"));
+    let read = stream
+        .write_all(request)
+        .and_then(|()| stream.read_to_end(&mut out));
+    read.unwrap_or_else(|e| panic!("GET /metrics: {e}"));
     out.len()
 }
 

@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cni_support::{
-    assert_veth_retired_then_gone, cni, exec_plugin, ip, plugin, DevNode, LinuxBridge,
-    MasqueradeRule, Netns,
+    assert_veth_retired_then_gone, cni, exec_plugin, interface_names, ip, plugin, DevNode,
+    LinuxBridge, MasqueradeRule, Netns,
 };
 use evio_cni::dataplane::attachment::host_veth_name;
 use evio_test_support::{is_root, prerequisites};
@@ -123,7 +123,6 @@ impl Drop for PortmapAttachment {
             "DEL",
             &self.container,
             &self.netns,
-            "eth0",
             &self.config,
         );
     }
@@ -183,18 +182,15 @@ fn serve_once_in_netns(netns: &str, port: u16) -> std::thread::JoinHandle<Socket
 
 /// Sends "ping" to `addr` and returns the answer.
 fn ask(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+    let timeout = Duration::from_secs(10);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap_or_else(|e| panic!("{e}"));
-    stream
-        .write_all(b"ping\n")
-        .unwrap_or_else(|e| panic!("{e}"));
     let mut reply = String::new();
-    stream
-        .read_to_string(&mut reply)
-        .unwrap_or_else(|e| panic!("read from {addr}: {e}"));
+    let asked = stream.set_read_timeout(Some(timeout)).and_then(|()| {
+        stream.write_all(b"ping\n")?;
+        stream.read_to_string(&mut reply)
+    });
+    asked.unwrap_or_else(|e| panic!("ping {addr}: {e}"));
     reply
 }
 
@@ -243,7 +239,23 @@ struct Chain {
 }
 
 impl Chain {
-    fn start(tag: &str, cidr: &str) -> Chain {
+    /// The conflist's portmap entry, at `version`.
+    fn portmap(&self, version: &str) -> Value {
+        let mut portmap = self.node.plugin_config(1, &self.name);
+        portmap["cniVersion"] = json!(version);
+        portmap
+    }
+
+    /// host-local's reservations of the chain's network.
+    fn reservations(&self) -> Vec<String> {
+        reservations(&self.ipam_dir, &self.name)
+    }
+
+    /// The chain's node, where the prerequisites hold (see [`chain_prerequisites`]).
+    fn start(tag: &str, cidr: &str) -> Option<Chain> {
+        if !chain_prerequisites() {
+            return None;
+        }
         let turn = PORTMAP.lock().unwrap_or_else(|p| p.into_inner());
         let leftovers = PortmapLeftovers::note();
         let pid = std::process::id();
@@ -257,7 +269,7 @@ impl Chain {
         evio["bridge"] = json!(bridge);
         evio["bridgeType"] = json!("LXBR");
         evio["ipam"]["dataDir"] = json!(ipam_dir);
-        Chain {
+        Some(Chain {
             _masquerade: MasqueradeRule(node_subnet(&evio)),
             _bridge: LinuxBridge(bridge),
             node,
@@ -267,21 +279,18 @@ impl Chain {
             _dir: dir,
             _leftovers: leftovers,
             _turn: turn,
-        }
+        })
     }
 }
 
 #[test]
 fn portmap_after_evio_forwards_a_host_port_into_the_pod() {
-    if !chain_prerequisites() {
+    let Some(chain) = Chain::start("p", "10.90.0.0/18") else {
         return;
-    }
-    let chain = Chain::start("p", "10.90.0.0/18");
-    let (node, name, ipam_dir) = (&chain.node, &chain.name, &chain.ipam_dir);
-    let evio = chain.evio.clone();
+    };
+    let (node, evio) = (&chain.node, chain.evio.clone());
     let pid = std::process::id();
-    let mut portmap = node.plugin_config(1, name);
-    portmap["cniVersion"] = json!(CHAIN_VERSION);
+    let mut portmap = chain.portmap(CHAIN_VERSION);
     assert_eq!(portmap["type"], "portmap", "{}", node.conflist);
     let host_port = free_host_port();
     // What a runtime puts there for a pod with hostPort (capability portMappings).
@@ -303,14 +312,7 @@ fn portmap_after_evio_forwards_a_host_port_into_the_pod() {
     let pod_ip = address(&evio_result, 0);
     assert!(pod_ip.starts_with("10.90.0."), "{evio_result}");
     portmap["prevResult"] = evio_result.clone();
-    let (code, final_result) = exec_plugin(
-        &plugin("portmap"),
-        "ADD",
-        &container,
-        &netns,
-        "eth0",
-        &portmap,
-    );
+    let (code, final_result) = exec_plugin(&plugin("portmap"), "ADD", &container, &netns, &portmap);
     assert_eq!(code, 0, "portmap ADD: {final_result}");
     // portmap passes evio's result on
     assert_eq!(final_result["ips"], evio_result["ips"], "{final_result}");
@@ -342,14 +344,7 @@ fn portmap_after_evio_forwards_a_host_port_into_the_pod() {
     // DEL in reverse order, each with the chain's result.
     let mut portmap_del = portmap.clone();
     portmap_del["prevResult"] = final_result.clone();
-    let (code, out) = exec_plugin(
-        &plugin("portmap"),
-        "DEL",
-        &container,
-        &netns,
-        "eth0",
-        &portmap_del,
-    );
+    let (code, out) = exec_plugin(&plugin("portmap"), "DEL", &container, &netns, &portmap_del);
     assert_eq!(code, 0, "portmap DEL: {out}");
     let mut evio_del = evio.clone();
     evio_del["prevResult"] = final_result;
@@ -363,7 +358,7 @@ fn portmap_after_evio_forwards_a_host_port_into_the_pod() {
     );
     assert_veth_retired_then_gone(&host_veth_name(&container, "eth0"));
     assert!(!ip(&["-n", &ns.0, "link"]).contains("eth0"));
-    assert_eq!(reservations(ipam_dir, name), Vec::<String>::new());
+    assert_eq!(chain.reservations(), Vec::<String>::new());
     node.daemon.assert_no_panics();
 }
 
@@ -385,12 +380,10 @@ fn earlier_plugin_result(version: &str, netns: &str) -> Value {
 
 #[test]
 fn evio_after_another_plugin_answers_the_merged_result() {
-    if !chain_prerequisites() {
+    let Some(chain) = Chain::start("m", "10.90.64.0/18") else {
         return;
-    }
-    let chain = Chain::start("m", "10.90.64.0/18");
-    let (node, name, ipam_dir) = (&chain.node, &chain.name, &chain.ipam_dir);
-    let base = chain.evio.clone();
+    };
+    let (node, base) = (&chain.node, chain.evio.clone());
     let bridge = chain.evio["bridge"]
         .as_str()
         .unwrap_or_default()
@@ -426,14 +419,8 @@ fn evio_after_another_plugin_answers_the_merged_result() {
         assert_eq!(code, 0, "{case}: {merged}\n{}", node.daemon.logs());
 
         assert_eq!(merged["cniVersion"], version, "{case}: {merged}");
-        let names: Vec<&str> = merged["interfaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["name"].as_str())
-            .collect();
         assert_eq!(
-            names,
+            interface_names(&merged),
             ["net1", bridge.as_str(), host.as_str(), "eth0"],
             "{case}"
         );
@@ -481,8 +468,7 @@ fn evio_after_another_plugin_answers_the_merged_result() {
         // portmap (at most 1.0.0 in Debian's build) after evio picks evio's address: the ip
         // whose interface index names CNI_IFNAME in the sandbox.
         if version != "1.1.0" {
-            let mut portmap = node.plugin_config(1, name);
-            portmap["cniVersion"] = json!(version);
+            let mut portmap = chain.portmap(version);
             portmap["runtimeConfig"] = json!({"portMappings": [
                 {"hostPort": free_host_port(), "containerPort": CONTAINER_PORT, "protocol": "tcp"}]});
             let _rules = PortmapAttachment {
@@ -491,28 +477,14 @@ fn evio_after_another_plugin_answers_the_merged_result() {
                 netns: netns.clone(),
             };
             portmap["prevResult"] = merged.clone();
-            let (code, out) = exec_plugin(
-                &plugin("portmap"),
-                "ADD",
-                &container,
-                &netns,
-                "eth0",
-                &portmap,
-            );
+            let (code, out) = exec_plugin(&plugin("portmap"), "ADD", &container, &netns, &portmap);
             assert_eq!(code, 0, "{case}: portmap ADD {out}");
             let rules = nat_rules();
             assert!(
                 rules.contains(&format!("--to-destination {pod_ip}:{CONTAINER_PORT}")),
                 "{case}: portmap did not map to evio's address {pod_ip}:\n{rules}"
             );
-            let (code, out) = exec_plugin(
-                &plugin("portmap"),
-                "DEL",
-                &container,
-                &netns,
-                "eth0",
-                &portmap,
-            );
+            let (code, out) = exec_plugin(&plugin("portmap"), "DEL", &container, &netns, &portmap);
             assert_eq!(code, 0, "{case}: portmap DEL {out}");
         }
 
@@ -526,7 +498,7 @@ fn evio_after_another_plugin_answers_the_merged_result() {
             !pod_links.contains("eth0") && pod_links.contains("net1"),
             "{case}: {pod_links}"
         );
-        assert_eq!(reservations(ipam_dir, name), Vec::<String>::new(), "{case}");
+        assert_eq!(chain.reservations(), Vec::<String>::new(), "{case}");
     }
 
     // A prevResult whose ip names an interface it does not list: refused before anything is
@@ -546,6 +518,6 @@ fn evio_after_another_plugin_answers_the_merged_result() {
     );
     assert_veth_retired_then_gone(&host_veth_name(&container, "eth0"));
     assert!(!ip(&["-n", &ns.0, "link"]).contains("eth0"));
-    assert_eq!(reservations(ipam_dir, name), Vec::<String>::new());
+    assert_eq!(chain.reservations(), Vec::<String>::new());
     node.daemon.assert_no_panics();
 }

@@ -128,7 +128,7 @@ fn host_local_add(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflist_from_the_cluster_then_from_the_local_replica_with_all_peers_killed() {
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     let mut nodes = cluster.three(&[]).await;
     // Blocks 0 and 1 go to others, so c's block is not the first one by accident.
     evio_test_support::cluster::acquire(&nodes[0], "other-0").await;
@@ -238,7 +238,7 @@ async fn conflist_from_the_cluster_then_from_the_local_replica_with_all_peers_ki
 
 #[test]
 fn no_replica_and_no_member_fails_cleanly_leaving_the_conflist() {
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     let net_d = cluster.path("net.d");
     std::fs::create_dir_all(&net_d).unwrap_or_else(|e| panic!("{e}"));
     let existing = net_d.join("10-evio.conflist");
@@ -265,9 +265,47 @@ fn no_replica_and_no_member_fails_cleanly_leaving_the_conflist() {
     assert!(!cluster.path("empty-data").exists());
 }
 
+/// config-gen off a member (no certificate in its empty data dir) against a TLS cluster:
+/// refused with what is missing and the flags to pass, nothing written; with a certificate
+/// of the cluster (`--ca-file --cert-file --key-file`) it gets the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_a_member_config_gen_needs_a_certificate_of_the_cluster() {
+    let cluster = Cluster::new();
+    let a = cluster.start("a", &free_addr(), &[], &[]);
+    let join = [a.addr.clone()];
+    let empty = cluster.path("fresh-data");
+    let out = config_gen(&cluster, "fresh", &empty, &join, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    for needle in ["speaks TLS", "no certificate", "--cert-file", "--key-file"] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(!cluster.path("net.d").exists(), "written without a lease");
+    assert!(
+        !empty.exists(),
+        "config-gen created the data dir it only reads"
+    );
+
+    let tls = cluster.path("a").join(evio_raft::tls::TLS_DIR);
+    let file = |f: &str| tls.join(f).to_string_lossy().to_string();
+    let (ca, cert, key) = (
+        file(evio_raft::tls::CA_CERT_FILE),
+        file(evio_raft::tls::NODE_CERT_FILE),
+        file(evio_raft::tls::NODE_KEY_FILE),
+    );
+    let flags = ["--ca-file", &ca, "--cert-file", &cert, "--key-file", &key];
+    let out = config_gen(&cluster, "fresh", &empty, &join, &flags);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lease = evio_test_support::cluster::local_has(&a, "fresh").await;
+    assert_eq!(
+        read_conflist(&cluster)["plugins"][0]["nodeSubnet"],
+        lease.subnet.to_string()
+    );
+}
+
 #[test]
 fn bad_net_conf_names_key_and_value_and_writes_nothing() {
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     let cases = [
         (
             r#""nodeBits":"8""#,
@@ -326,7 +364,7 @@ fn bad_net_conf_names_key_and_value_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_writes_and_keeps_its_conflist() {
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     let net_conf = cluster.path("net-conf.json");
     std::fs::write(
         &net_conf,
@@ -399,7 +437,7 @@ async fn the_daemon_writes_and_keeps_its_conflist() {
 /// members that themselves wait in their init step).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_init_sequence_never_blocks_a_node_whose_cluster_is_unreachable_at_first() {
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     let (addr_a, addr_x) = (free_addr(), free_addr());
     // x joins a's cluster without ever taking a lease, then the whole cluster goes down.
     let mut a = cluster.start("a", &addr_a, &[], &[]);

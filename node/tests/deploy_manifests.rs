@@ -20,13 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use evio_test_support::output_ok;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evio-node");
-
-fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -41,24 +38,9 @@ fn deploy() -> PathBuf {
 
 /// The venv with kubernetes-validate, yamllint and PyYAML; None (and a note) outside CI.
 fn py_tools() -> Option<PathBuf> {
-    let dir = match std::env::var_os("EVIO_PY_TOOLS") {
-        Some(dir) => PathBuf::from(dir),
-        // as scripts/install-py-tools.sh: ${HOME:-/root}/.cache/evio/py-tools
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".cache/evio/py-tools"),
-    };
-    if dir.join("bin/kubernetes-validate").exists() && dir.join("bin/yamllint").exists() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "kubernetes-validate/yamllint not found in {}: run scripts/install-py-tools.sh",
-        dir.display()
-    );
-    if in_ci() {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
+    let validate = evio_test_support::py_tool("kubernetes-validate")?;
+    evio_test_support::py_tool("yamllint")?;
+    validate.parent()?.parent().map(Path::to_path_buf)
 }
 
 /// The manifests `kubectl apply -k deploy/` applies (the kustomization's resources).
@@ -74,22 +56,16 @@ fn manifest_files(tools: &Path) -> Vec<PathBuf> {
 
 /// All documents of a YAML file, as JSON.
 fn load_yaml(tools: &Path, path: &Path) -> Vec<Value> {
-    let out = Command::new(tools.join("bin/python"))
+    let mut python = Command::new(tools.join("bin/python"));
+    python
         .args([
             "-c",
             "import json, sys, yaml\n\
              print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]))",
         ])
-        .arg(path)
-        .output()
-        .unwrap_or_else(|e| panic!("python: {e}"));
-    assert!(
-        out.status.success(),
-        "{} is not valid YAML: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .arg(path);
+    let json = output_ok(&mut python);
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn daemonset(tools: &Path) -> Value {
@@ -231,17 +207,12 @@ fn manifests_pass_yamllint() {
     for file in ["kustomization.yaml", "daemonset-etcd.yaml"] {
         files.push(deploy().join("etcd-mirror").join(file));
     }
-    let out = Command::new(tools.join("bin/yamllint"))
-        .arg("-s")
-        .arg("-c")
-        .arg(deploy().join(".yamllint.yaml"))
-        .args(&files)
-        .output()
-        .unwrap_or_else(|e| panic!("yamllint: {e}"));
-    assert!(
-        out.status.success(),
-        "yamllint:\n{}",
-        String::from_utf8_lossy(&out.stdout)
+    output_ok(
+        Command::new(tools.join("bin/yamllint"))
+            .arg("-s")
+            .arg("-c")
+            .arg(deploy().join(".yamllint.yaml"))
+            .args(&files),
     );
 }
 
@@ -662,11 +633,7 @@ fn install_script_replaces_binaries_atomically() {
             .unwrap_or_else(|e| panic!("evio-install-cni: {e}"))
     };
     let out = install(&src);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{out:?}");
     let listing = |dir: &Path| -> BTreeSet<String> {
         std::fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("{e}"))
@@ -792,19 +759,12 @@ fn daemonset_names_no_bootstrap_node_and_runs_config_gen_only_with_a_replica() {
         .replace("/usr/local/bin/evio-node", "echo evio-node")
         .replace("/var/lib/evio", &data.to_string_lossy());
     let run = |script: &str| -> String {
-        let out = Command::new("sh")
-            .env_clear()
+        let mut sh = Command::new("sh");
+        sh.env_clear()
             .env("PATH", "/usr/bin:/bin")
-            .env("NODE_NAME", "edge-1")
-            .args(["-c", script, "sh", "--data-dir=/var/lib/evio"])
-            .output()
-            .unwrap_or_else(|e| panic!("sh: {e}"));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+            .env("NODE_NAME", "edge-1");
+        let out = output_ok(sh.args(["-c", script, "sh", "--data-dir=/var/lib/evio"]));
+        out.trim().to_string()
     };
     let skipped = run(&config_gen);
     assert!(!skipped.contains("evio-node config-gen"), "{skipped}");
@@ -833,7 +793,7 @@ fn kustomize_renders_a_complete_install() {
         .is_ok_and(|o| o.status.success());
     if !kubectl_present {
         let msg = "kubectl (with kustomize) not found: it renders deploy/ for this test";
-        assert!(!in_ci(), "{msg}");
+        assert!(!evio_test_support::ci(), "{msg}");
         eprintln!("SKIPPED: {msg}");
         return;
     }

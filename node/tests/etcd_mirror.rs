@@ -55,6 +55,18 @@ fn expect(leases: &[(&str, u8)]) -> BTreeMap<String, String> {
     want
 }
 
+/// `evio-node import-etcd` from etcd into `node`, as run on that member.
+fn import_etcd(cluster: &Cluster, node: &Node, etcd: &Etcd) -> std::process::Output {
+    let mut args = vec![
+        "import-etcd".to_string(),
+        "--endpoints".into(),
+        etcd.client_url.clone(),
+    ];
+    args.extend(node.cli_args(cluster));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    evio_node(&args).output().unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn mirror_of(node: &Node) -> evio_api::EtcdMirrorJson {
     let c = node
         .client()
@@ -82,7 +94,7 @@ async fn mirror_follows_leases_and_reconciles_after_outage_and_leader_change() {
     if !have("etcd", "etcd-server") {
         return;
     }
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     let mut etcd = Etcd::start(cluster.dir.path(), "mirror");
     // A key of the original tool's own (its lock) must survive every reconcile.
     etcd.put("/evpn/evio-lock/694d", "x").await;
@@ -129,8 +141,11 @@ async fn mirror_follows_leases_and_reconciles_after_outage_and_leader_change() {
         let m = mirror_of(follower).await;
         assert!(!m.active, "{}: a follower mirrors: {m:#?}", follower.name);
     }
-    evio_raft::tls::ensure_provider();
-    let metrics = reqwest::get(format!("{}/metrics", leader.proc.base))
+    let metrics = leader
+        .proc
+        .http()
+        .get(format!("{}/metrics", leader.proc.base))
+        .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .text()
@@ -182,7 +197,7 @@ async fn wrong_credentials_leave_the_mirror_unhealthy_and_nothing_else() {
     if !have("etcd", "etcd-server") {
         return;
     }
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     let etcd = Etcd::start(cluster.dir.path(), "auth");
     {
         // etcd's auth API, through the same JSON gateway evio uses.
@@ -246,7 +261,7 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
     if !have("etcd", "etcd-server") {
         return;
     }
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     let etcd = Etcd::start(cluster.dir.path(), "import");
     let addr = evio_test_support::cluster::free_addr();
     let node = cluster.start("solo", &addr, &[], &[]);
@@ -260,19 +275,7 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
     etcd.put("/evpn/10.9.1.2,10.9.1.254,10.9.1.1/16", "ok")
         .await;
 
-    let import = || {
-        evio_node(&[
-            "import-etcd",
-            "--endpoints",
-            &etcd.client_url,
-            "--api",
-            &node.proc.base,
-            "--token-file",
-            &cluster.token_arg(),
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"))
-    };
+    let import = || import_etcd(&cluster, &node, &etcd);
     let out = import();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -324,26 +327,10 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
         assert!(!["10.244.3.0/24", "10.244.7.0/24"].contains(&lease.subnet.to_string().as_str()));
     }
     // Claim: edge-7 takes the range it had under the original tool.
-    let out = evio_node(&[
-        "leases",
-        "claim",
-        "edge-7",
-        "--from",
-        legacy7,
-        "--api",
-        &node.proc.base,
-        "--token-file",
-        &cluster.token_arg(),
-        "-o",
-        "json",
-    ])
-    .output()
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut claim = vec!["leases", "claim", "edge-7", "--from", legacy7, "-o", "json"];
+    let member = node.cli_args(&cluster);
+    claim.extend(member.iter().map(String::as_str));
+    evio_test_support::output_ok(&mut evio_node(&claim));
     let claimed = client
         .get_lease("edge-7", Consistency::Linearizable)
         .await
@@ -370,14 +357,18 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
         .map(|_| ())
         .unwrap_err();
     assert_eq!(err.status(), Some(409), "{err}");
-    // Without the token, nothing changes.
-    let anonymous = node.proc.client(None);
+    // Without a certificate, nothing changes.
+    let anonymous = node.anonymous_client();
     let err = anonymous
         .claim("edge-9", legacy3)
         .await
         .map(|_| ())
         .unwrap_err();
-    assert_eq!(err.status(), Some(401), "{err}");
+    assert_eq!(
+        err.code(),
+        Some(evio_api::ErrorCode::CertificateRequired),
+        "{err}"
+    );
     // An operator can release a reservation.
     client
         .release(legacy3)
@@ -397,7 +388,7 @@ async fn a_deposed_leader_is_fenced_off_by_the_term_key() {
     if !have("etcd", "etcd-server") {
         return;
     }
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     let etcd = Etcd::start(cluster.dir.path(), "fence");
     // As if a leader of a much later term had mirrored already.
     etcd.put("/evio/mirror/term", &format!("{:020}", u64::MAX / 2))
@@ -430,7 +421,7 @@ async fn imported_and_claimed_ranges_are_mirrored_under_their_owner() {
     if !have("etcd", "etcd-server") {
         return;
     }
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     let etcd = Etcd::start(cluster.dir.path(), "claim");
     let node = cluster.start(
         "solo",
@@ -441,17 +432,7 @@ async fn imported_and_claimed_ranges_are_mirrored_under_their_owner() {
     evio_test_support::cluster::acquire(&node, "known").await;
     etcd_holds(&etcd, &expect(&[("known", 0)]), "known mirrored").await;
     etcd.put(&original_key(4), "ok").await;
-    let out = evio_node(&[
-        "import-etcd",
-        "--endpoints",
-        &etcd.client_url,
-        "--api",
-        &node.proc.base,
-        "--token-file",
-        &cluster.token_arg(),
-    ])
-    .output()
-    .unwrap_or_else(|e| panic!("{e}"));
+    let out = import_etcd(&cluster, &node, &etcd);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     // The key evio's own mirror wrote for `known` is recognised, not a conflict.
     assert!(
@@ -484,7 +465,7 @@ async fn mirror_over_tls_with_a_client_certificate() {
     if !have("etcd", "etcd-server") || !have("openssl", "openssl") {
         return;
     }
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     let tls = evio_test_support::etcd::TlsFiles::make(cluster.dir.path());
     let etcd = Etcd::start_tls(cluster.dir.path(), "tls", tls.clone());
     let arg = |p: &std::path::Path| p.to_string_lossy().to_string();

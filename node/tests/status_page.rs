@@ -46,6 +46,9 @@ fn browse(chromium: &Path, dir: &Path, url: &str, extra: &[&str]) -> (String, St
             "--enable-logging=stderr",
             "--v=0",
             "--virtual-time-budget=5000",
+            // The members' certificates chain to the cluster's own CA, which this throwaway
+            // profile does not trust (the page needs no client certificate).
+            "--ignore-certificate-errors",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(extra)
@@ -86,21 +89,13 @@ fn dump_dom(chromium: &Path, dir: &Path, node: &Node) -> (String, String) {
     browse(chromium, dir, &url, &["--dump-dom"])
 }
 
-fn status_json(node: &Node) -> serde_json::Value {
-    let out = evio_node(&["status", "--api", &node.proc.base, "-o", "json"])
-        .output()
-        .unwrap_or_else(|e| panic!("evio-node status: {e}"));
-    assert!(
-        out.status.success(),
-        "evio-node status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "evio-node status -o json is not JSON: {e}\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+fn status_json(cluster: &Cluster, node: &Node) -> serde_json::Value {
+    let mut args = vec!["status".to_string(), "-o".into(), "json".into()];
+    args.extend(node.cli_args(cluster));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stdout = evio_test_support::output_ok(&mut evio_node(&args));
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("evio-node status -o json is not JSON: {e}\n{stdout}"))
 }
 
 /// SIGCONTs the paused members however the test ends, so their drop can reap them.
@@ -148,7 +143,7 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
         return;
     };
     let tag = evio_test_support::unique_tag();
-    let cluster = Cluster::plaintext();
+    let cluster = Cluster::new();
     // Member a runs the Kubernetes integration against the stand-in and writes a conflist
     // for a Linux bridge of this test's own.
     let kube = KubeStandIn::start();
@@ -360,7 +355,7 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
     assert!(png.starts_with(b"\x89PNG"), "phone screenshot is not a PNG");
 
     // `evio-node status -o json`: the same picture.
-    let status = status_json(&nodes[1]);
+    let status = status_json(&cluster, &nodes[1]);
     assert_eq!(status["consistency"], "linearizable", "{status:#}");
     assert_eq!(
         status["cluster"]["members"].as_array().map(Vec::len),
@@ -383,7 +378,7 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
         "{status:#}"
     );
     assert_eq!(status["node"]["kubernetes"]["enabled"], false, "{status:#}");
-    let status = status_json(&nodes[0]);
+    let status = status_json(&cluster, &nodes[0]);
     assert_eq!(
         status["pods"][0]["containerId"],
         container.as_str(),
@@ -430,7 +425,7 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
         "the leader's page does not show {} unreachable (and only it):\n{dom}\n{log}",
         stopped.name
     );
-    let status = status_json(leader_node);
+    let status = status_json(&cluster, leader_node);
     let reachable: Vec<(String, serde_json::Value)> = status["cluster"]["members"]
         .as_array()
         .into_iter()
@@ -533,7 +528,7 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
         held.len(),
         "{dom}"
     );
-    let status = status_json(victim);
+    let status = status_json(&cluster, victim);
     assert_eq!(status["consistency"], "local", "{status:#}");
     assert!(status["localBecause"].is_string(), "{status:#}");
     drop(paused);
@@ -553,6 +548,8 @@ async fn status_page_asks_for_the_token_when_reads_need_it() {
         return;
     }
     let Some(chromium) = chromium else { return };
+    // Plaintext on purpose: the token box is the page's --insecure-plaintext mode (over TLS
+    // reads under --auth-reads need a client certificate, which a browser does not hold).
     let cluster = Cluster::plaintext();
     let solo = cluster.start(
         "solo",

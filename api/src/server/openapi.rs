@@ -18,38 +18,30 @@ use crate::types::{
 mod raft_rpc {
     use crate::types::ErrorBody;
 
-    #[utoipa::path(post, path = "/raft/append", tag = "raft",
-        request_body(content = Object, description = "openraft AppendEntriesRequest"),
-        responses((status = 200, description = "openraft's result", body = Object),
-            (status = 400, description = "`invalid_body`", body = ErrorBody),
-            (status = 401, description = "`unauthorized`", body = ErrorBody),
-            (status = 403, description = "`cluster_mismatch`, or `wrong_sender` (over TLS: the RPC speaks for another node than the client certificate names)", body = ErrorBody),
-            (status = 413, description = "`payload_too_large` (over evio-raft's RPC body limit)", body = ErrorBody),
-            (status = 421, description = "`wrong_node`", body = ErrorBody)),
-        security(("token" = [])))]
-    fn append() {}
+    /// The three routes answer alike: openraft's result, or the same errors (the RPC body
+    /// limit and the sender checks apply to each).
+    macro_rules! raft_route {
+        ($name:ident, $path:tt, $request:tt) => {
+            #[utoipa::path(post, path = $path, tag = "raft",
+                request_body(content = Object, description = $request),
+                responses((status = 200, description = "openraft's result", body = Object),
+                    (status = 400, description = "`invalid_body`", body = ErrorBody),
+                    (status = 401, description = "`unauthorized`", body = ErrorBody),
+                    (status = 403, description = "`cluster_mismatch`, or `wrong_sender` (over TLS: the RPC speaks for another node than the client certificate names)", body = ErrorBody),
+                    (status = 413, description = "`payload_too_large` (over evio-raft's RPC body limit)", body = ErrorBody),
+                    (status = 421, description = "`wrong_node`", body = ErrorBody)),
+                security(("token" = [])))]
+            fn $name() {}
+        };
+    }
 
-    #[utoipa::path(post, path = "/raft/vote", tag = "raft",
-        request_body(content = Object, description = "openraft VoteRequest"),
-        responses((status = 200, description = "openraft's result", body = Object),
-            (status = 400, description = "`invalid_body`", body = ErrorBody),
-            (status = 401, description = "`unauthorized`", body = ErrorBody),
-            (status = 403, description = "`cluster_mismatch`, or `wrong_sender` (over TLS: the RPC speaks for another node than the client certificate names)", body = ErrorBody),
-            (status = 413, description = "`payload_too_large`", body = ErrorBody),
-            (status = 421, description = "`wrong_node`", body = ErrorBody)),
-        security(("token" = [])))]
-    fn vote() {}
-
-    #[utoipa::path(post, path = "/raft/snapshot", tag = "raft",
-        request_body(content = Object, description = "openraft InstallSnapshotRequest (one chunk)"),
-        responses((status = 200, description = "openraft's result", body = Object),
-            (status = 400, description = "`invalid_body`", body = ErrorBody),
-            (status = 401, description = "`unauthorized`", body = ErrorBody),
-            (status = 403, description = "`cluster_mismatch`, or `wrong_sender` (over TLS: the RPC speaks for another node than the client certificate names)", body = ErrorBody),
-            (status = 413, description = "`payload_too_large` (over evio-raft's RPC body limit)", body = ErrorBody),
-            (status = 421, description = "`wrong_node`", body = ErrorBody)),
-        security(("token" = [])))]
-    fn snapshot() {}
+    raft_route!(append, "/raft/append", "openraft AppendEntriesRequest");
+    raft_route!(vote, "/raft/vote", "openraft VoteRequest");
+    raft_route!(
+        snapshot,
+        "/raft/snapshot",
+        "openraft InstallSnapshotRequest (one chunk)"
+    );
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "cluster",

@@ -30,28 +30,25 @@ impl Member {
         tuning: RaftTuning,
         options: ApiOptions,
     ) -> Member {
-        Self::start_limited(
-            name,
-            pool,
-            tuning,
-            options,
-            ServeLimits::default(),
-            evio_api::listener::loopback_exempt(),
-        )
-        .await
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        Self::start_in(dir, name, pool, tuning, options, Serving::plain(None)).await
     }
 
     /// Serves with the given listener limits and connection classes.
     pub async fn start_limited(
         name: &str,
         pool: Pool,
-        tuning: RaftTuning,
-        options: ApiOptions,
         limits: ServeLimits,
         classify: Classify,
     ) -> Member {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        Self::start_in(dir, name, pool, tuning, options, limits, classify, None).await
+        let serving = Serving {
+            limits,
+            classify,
+            tls: None,
+        };
+        let (tuning, options) = Default::default();
+        Self::start_in(dir, name, pool, tuning, options, serving).await
     }
 
     /// A member speaking mutual TLS with the managed PKI in `<dir>/data/tls` (empty until
@@ -63,34 +60,23 @@ impl Member {
             lifetime: evio_raft::tls::DEFAULT_CERT_LIFETIME,
         })
         .unwrap_or_else(|e| panic!("tls: {e}"));
-        let limits = ServeLimits::default();
-        let classify = evio_api::listener::loopback_exempt();
-        let tuning = RaftTuning::default();
-        let options = ApiOptions::default();
-        Self::start_in(
-            dir,
-            name,
-            pool,
-            tuning,
-            options,
-            limits,
-            classify,
-            Some(tls),
-        )
-        .await
+        let (tuning, options) = Default::default();
+        Self::start_in(dir, name, pool, tuning, options, Serving::plain(Some(tls))).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn start_in(
         dir: tempfile::TempDir,
         name: &str,
         pool: Pool,
         tuning: RaftTuning,
         options: ApiOptions,
-        limits: ServeLimits,
-        classify: Classify,
-        tls: Option<Arc<evio_raft::tls::TlsContext>>,
+        serving: Serving,
     ) -> Member {
+        let Serving {
+            limits,
+            classify,
+            tls,
+        } = serving;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -163,6 +149,51 @@ impl Member {
         }
         self.replica.shutdown().await;
     }
+}
+
+/// How a test member's listener serves: its limits, connection classes and TLS.
+struct Serving {
+    limits: ServeLimits,
+    classify: Classify,
+    tls: Option<Arc<evio_raft::tls::TlsContext>>,
+}
+
+impl Serving {
+    /// The default limits, loopback exempt from the per-peer ones.
+    fn plain(tls: Option<Arc<evio_raft::tls::TlsContext>>) -> Serving {
+        Serving {
+            limits: ServeLimits::default(),
+            classify: evio_api::listener::loopback_exempt(),
+            tls,
+        }
+    }
+}
+
+/// Acquires a lease for `node` (no host IP): (the lease, whether it is new).
+pub async fn acquired(api: &Client, node: &str) -> (evio_api::LeaseJson, bool) {
+    api.acquire(node, None)
+        .await
+        .unwrap_or_else(|e| panic!("acquire {node}: {e}"))
+}
+
+/// `node`'s lease as a linearizable read sees it.
+pub async fn lease_of(api: &Client, node: &str) -> Option<evio_api::LeaseJson> {
+    api.get_lease(node, evio_api::Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("get {node}: {e}"))
+}
+
+/// Every lease `api` lists (node -> subnet).
+pub async fn subnets(
+    api: &Client,
+    consistency: evio_api::Consistency,
+) -> std::collections::BTreeMap<String, String> {
+    let leases = api.list_leases(consistency).await;
+    let leases = leases.unwrap_or_else(|e| panic!("list: {e}"));
+    leases
+        .into_iter()
+        .map(|l| (l.node, l.subnet.to_string()))
+        .collect()
 }
 
 pub fn pool(cidr: &str, bits: u8) -> Pool {

@@ -11,7 +11,7 @@ use evio_api::Consistency;
 use serde_json::{json, Value};
 
 use crate::cluster::{wait_for, EvioCluster};
-use crate::lease::evio_acquire_all;
+use crate::lease::{evio_acquire_all, release_through_elections};
 use crate::stats::{met, Summary};
 use crate::Bins;
 
@@ -175,7 +175,7 @@ pub async fn run(bins: &Bins, quick: bool, members: Option<usize>) -> Result<Val
         let name = format!("probe-{i}");
         let (lat, _) = evio_acquire_all(&leader_client, 1, vec![name.clone()]).await?;
         latencies.extend(lat);
-        leader_client.release(&name).await?;
+        release_through_elections(&leader_client, &name).await?;
     }
     let acquire = Summary::of(&latencies);
     let write_ok = acquire.p50_ms <= 50.0;

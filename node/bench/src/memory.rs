@@ -9,7 +9,7 @@ use evio_api::Client;
 use serde_json::{json, Value};
 
 use crate::cluster::{EtcdCluster, EvioCluster};
-use crate::lease::evio_acquire_all;
+use crate::lease::{evio_acquire_all, release_through_elections};
 use crate::original_evio::{put_all, range_keys};
 use crate::stats::{met, ratio, Summary};
 use crate::Bins;
@@ -110,7 +110,7 @@ pub async fn scale(bins: &Bins, quick: bool) -> Result<Value> {
             let name = format!("probe-{i}");
             let (lat, _) = evio_acquire_all(client, 1, vec![name.clone()]).await?;
             latencies.extend(lat);
-            client.release(&name).await?;
+            release_through_elections(client, &name).await?;
         }
     }
     let (f, m) = (Summary::of(&few_lat), Summary::of(&many_lat));

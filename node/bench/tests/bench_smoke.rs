@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use evio_test_support::{evio_node_bin, have, prerequisites, target_bin};
+use evio_test_support::{evio_node_bin, have, output_ok, prerequisites, target_bin};
 use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_evio-bench");
@@ -19,31 +19,48 @@ fn etcd_available() -> bool {
 
 /// Runs `evio-bench <figure> --quick --json FILE` and returns the JSON.
 fn quick(figure: &str) -> Value {
-    quick_with(&[], figure)
+    quick_with(&[], figure, &[])
 }
 
-fn quick_with(global: &[&str], figure: &str) -> Value {
+/// [`quick`] where etcd is installed: the figures that compare with etcd.
+fn quick_against_etcd(figure: &str) -> Option<Value> {
+    etcd_available().then(|| quick(figure))
+}
+
+/// Runs `evio-bench [global] <figure> --quick [args] --json FILE`, which must succeed: the
+/// JSON, checked to be `figure`'s.
+fn quick_with(global: &[&str], figure: &str, args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let json = dir.path().join(format!("{figure}.json"));
+    let mut bench = Command::new(BENCH);
+    bench.args(["--evio-node", evio_node_bin()]).args(global);
+    bench.args([figure, "--quick"]).args(args).arg("--json");
+    output_ok(bench.arg(&json));
+    let v = read_json(&json);
+    assert_eq!(v["figure"], figure, "{v}");
+    v
+}
+
+/// Runs `evio-bench args`, which must fail: its stderr.
+fn failing(args: &[&str]) -> String {
     let out = Command::new(BENCH)
-        .args(["--evio-node", evio_node_bin()])
-        .args(global)
-        .args([figure, "--quick", "--json"])
-        .arg(&json)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
-    assert!(
-        out.status.success(),
-        "evio-bench {figure} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    read_json(&json)
+    assert!(!out.status.success(), "evio-bench {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `v[key]`, which must be an array.
+fn array<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} is not an array: {v}"))
 }
 
 fn num(v: &Value, what: &str) -> f64 {
@@ -64,12 +81,10 @@ fn assert_latency(v: &Value, count: u64, what: &str) {
 
 #[test]
 fn lease_quick() {
-    if !etcd_available() {
+    let Some(v) = quick_against_etcd("lease") else {
         return;
-    }
-    let v = quick("lease");
-    assert_eq!(v["figure"], "lease");
-    let phases = v["phases"].as_array().unwrap_or_else(|| panic!("{v}"));
+    };
+    let phases = array(&v, "phases");
     let clients: Vec<u64> = phases
         .iter()
         .filter_map(|p| p["clients"].as_u64())
@@ -88,11 +103,9 @@ fn lease_quick() {
 
 #[test]
 fn failover_quick() {
-    if !etcd_available() {
+    let Some(v) = quick_against_etcd("failover") else {
         return;
-    }
-    let v = quick("failover");
-    assert_eq!(v["figure"], "failover");
+    };
     let trials = v["trials"].as_u64().unwrap_or_else(|| panic!("{v}"));
     assert_eq!(trials, 2);
     assert_latency(&v["evio"], trials, "evio");
@@ -102,17 +115,15 @@ fn failover_quick() {
 
 #[test]
 fn memory_quick() {
-    if !etcd_available() {
+    let Some(v) = quick_against_etcd("memory") else {
         return;
-    }
-    let v = quick("memory");
-    assert_eq!(v["figure"], "memory");
-    let stages = v["stages"].as_array().unwrap_or_else(|| panic!("{v}"));
+    };
+    let stages = array(&v, "stages");
     let leases: Vec<u64> = stages.iter().filter_map(|s| s["leases"].as_u64()).collect();
     assert_eq!(leases, [16, 64]);
     for s in stages {
         for side in ["evioRssMiB", "etcdRssMiB"] {
-            let rss = s[side].as_array().unwrap_or_else(|| panic!("{s}"));
+            let rss = array(s, side);
             assert_eq!(rss.len(), 3, "{s}");
             // A live member of either kind is more than 1 MiB and less than 1 GiB resident.
             assert!(
@@ -126,7 +137,6 @@ fn memory_quick() {
 #[test]
 fn members_quick() {
     let v = quick("members");
-    assert_eq!(v["figure"], "members");
     assert_eq!(v["members"].as_u64(), Some(4), "{v}");
     assert_latency(&v["acquire"], 5, "acquire");
     assert!(num(&v["allLeasedSeconds"], "allLeasedSeconds") > 0.0, "{v}");
@@ -140,8 +150,7 @@ fn members_quick() {
 #[test]
 fn scale_quick() {
     // Also passes Raft tuning through to every `evio-node run`.
-    let v = quick_with(&["--evio-run-arg=--heartbeat-ms=50"], "scale");
-    assert_eq!(v["figure"], "scale");
+    let v = quick_with(&["--evio-run-arg=--heartbeat-ms=50"], "scale", &[]);
     let samples = v["samples"].as_u64().unwrap_or_else(|| panic!("{v}"));
     assert_latency(&v["small"]["latency"], samples, "small");
     assert_latency(&v["large"]["latency"], samples, "large");
@@ -152,7 +161,6 @@ fn scale_quick() {
 #[test]
 fn join_quick() {
     let v = quick("join");
-    assert_eq!(v["figure"], "join");
     assert_eq!(v["leases"].as_u64(), Some(1_500), "{v}");
     assert_eq!(v["caughtUp"], true, "{v}");
     assert!(num(&v["catchUpSeconds"], "catchUpSeconds") > 0.0, "{v}");
@@ -161,34 +169,20 @@ fn join_quick() {
         binary > 0.0 && binary < num(&v["legacyJsonSnapshotBytes"], "legacy"),
         "{v}"
     );
-    let rss = v["rssMiB"].as_array().unwrap_or_else(|| panic!("{v}"));
+    let rss = array(&v, "rssMiB");
     assert_eq!(rss.len(), 4, "{v}");
 }
 
 #[test]
 fn a_bad_evio_run_arg_fails_with_the_members_error() {
-    let out = Command::new(BENCH)
-        .args([
-            "--evio-node",
-            evio_node_bin(),
-            "--evio-run-arg=--heartbeat-ms=0",
-        ])
-        .args(["scale", "--quick"])
-        .output()
-        .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let bad = "--evio-run-arg=--heartbeat-ms=0";
+    let stderr = failing(&["--evio-node", evio_node_bin(), bad, "scale", "--quick"]);
     assert!(stderr.contains("--heartbeat-ms 0"), "{stderr}");
 }
 
 #[test]
 fn missing_evio_node_is_named() {
-    let out = Command::new(BENCH)
-        .args(["--evio-node", "/nonexistent/evio-node", "scale", "--quick"])
-        .output()
-        .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failing(&["--evio-node", "/nonexistent/evio-node", "scale", "--quick"]);
     assert!(stderr.contains("/nonexistent/evio-node"), "{stderr}");
 }
 
@@ -216,30 +210,8 @@ fn pods_and_fill_quick() {
     };
     let cni = evio_cni.to_string_lossy().into_owned();
     for figure in ["pods", "fill"] {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let json = dir.path().join("out.json");
-        let out = Command::new(BENCH)
-            .args([
-                "--evio-node",
-                evio_node_bin(),
-                figure,
-                "--quick",
-                "--kind",
-                "lxbr",
-            ])
-            .args(["--evio-cni", &cni, "--json"])
-            .arg(&json)
-            .output()
-            .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
-        assert!(
-            out.status.success(),
-            "evio-bench {figure} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v = read_json(&json);
-        assert_eq!(v["figure"], figure, "{v}");
-        let rows = v["plugins"].as_array().unwrap_or_else(|| panic!("{v}"));
+        let v = quick_with(&[], figure, &["--kind", "lxbr", "--evio-cni", &cni]);
+        let rows = array(&v, "plugins");
         let labels: Vec<&str> = rows.iter().filter_map(|r| r["plugin"].as_str()).collect();
         assert_eq!(labels, ["evio LXBR", "bridge"], "{v}");
         for row in rows {

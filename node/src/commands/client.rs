@@ -5,47 +5,47 @@ use std::net::Ipv4Addr;
 use clap::{Args, Subcommand, ValueEnum};
 use evio_api::{Client, ClusterJson, Consistency, LeaseJson};
 
+/// How a client reaches a member: its API root, the token, and TLS from the data dir or
+/// from files.
 #[derive(Args)]
-pub struct ApiArgs {
+pub struct MemberArgs {
     /// The member's API root. Default: https://127.0.0.1:7700 when this node's certificate
     /// is found (the data dir, or --cert-file), else http://127.0.0.1:7700.
     #[arg(long, env = "EVIO_API")]
     pub(crate) api: Option<String>,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
-    pub(crate) output: Output,
-    /// File with the cluster token (needed to change leases; `evio-node dev` writes
-    /// `<data-dir>/cluster-token`).
+    /// File with the cluster token (with --insecure-plaintext members, needed to change
+    /// leases; `evio-node dev` writes `<data-dir>/cluster-token`).
     #[arg(long, env = "EVIO_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
     /// The member's data dir, where its certificate is found when members speak TLS.
     #[arg(long, env = "EVIO_DATA_DIR", default_value = "/var/lib/evio")]
     data_dir: std::path::PathBuf,
-    /// The cluster CA certificate (PEM), with --cert-file and --key-file: TLS from
-    /// anywhere (instead of the data dir's certificate).
-    #[arg(long)]
-    ca_file: Option<std::path::PathBuf>,
-    /// A client certificate issued by the cluster CA (PEM).
-    #[arg(long)]
-    cert_file: Option<std::path::PathBuf>,
-    /// The key of --cert-file (PEM).
-    #[arg(long)]
-    key_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: crate::tls::TlsFileArgs,
 }
 
-impl ApiArgs {
+impl MemberArgs {
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let token = match &self.token_file {
             Some(path) => Some(crate::host::read_token(path)?),
             None => None,
         };
-        let credentials = crate::tls::cli_credentials(
-            &self.data_dir,
-            self.ca_file.as_deref(),
-            self.cert_file.as_deref(),
-            self.key_file.as_deref(),
-        )?;
-        crate::tls::cli_client(self.api.as_deref(), token, credentials)
+        self.tls.client(&self.data_dir, self.api.as_deref(), token)
+    }
+}
+
+#[derive(Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub(crate) member: MemberArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub(crate) output: Output,
+}
+
+impl ApiArgs {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
+        self.member.client()
     }
 }
 

@@ -57,6 +57,9 @@ pub struct ConfigGenArgs {
     /// once it holds a lease (otherwise nodes could wait on each other for ever).
     #[arg(long)]
     no_lease_ok: bool,
+    /// TLS: by default this node's certificate in --data-dir (config-gen on a member).
+    #[command(flatten)]
+    tls: crate::tls::TlsFileArgs,
 }
 
 /// What the local replica says about this node.
@@ -83,7 +86,12 @@ pub async fn run(args: ConfigGenArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
 
-    let (lease, source) = match local_lease(&args.data_dir, pool, &node, token.as_deref()).await? {
+    let member = Member {
+        data_dir: &args.data_dir,
+        tls: &args.tls,
+        token: token.as_deref(),
+    };
+    let (lease, source) = match local_lease(&member, pool, &node).await? {
         Local::Lease(lease) => (lease, "local replica"),
         Local::None if args.no_lease_ok && args.join.is_empty() => {
             tracing::info!(node = %node, "no local lease and no --join member to ask: the conflist is left to evio-node run");
@@ -91,17 +99,7 @@ pub async fn run(args: ConfigGenArgs) -> anyhow::Result<()> {
         }
         Local::None => {
             let remaining = deadline.saturating_sub(started.elapsed());
-            match cluster_lease(
-                &args.data_dir,
-                &args.join,
-                &node,
-                args.host_ip,
-                token,
-                pool,
-                remaining,
-            )
-            .await
-            {
+            match cluster_lease(&member, &args.join, &node, args.host_ip, pool, remaining).await {
                 Ok(lease) => (lease, "cluster"),
                 Err(e) if args.no_lease_ok => {
                     tracing::warn!(node = %node, error = %format!("{e:#}"), "no lease yet: the conflist is left to evio-node run");
@@ -145,14 +143,25 @@ fn conflist_subnet(path: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
+/// How config-gen speaks to members: TLS with this node's certificate in the data dir (or
+/// the `--cert-file` given), else plaintext with the token.
+struct Member<'a> {
+    data_dir: &'a Path,
+    tls: &'a crate::tls::TlsFileArgs,
+    token: Option<&'a str>,
+}
+
+impl Member<'_> {
+    fn client(&self, addr: &str) -> anyhow::Result<evio_api::Client> {
+        self.tls
+            .client_at(self.data_dir, addr, self.token.map(str::to_string))
+    }
+}
+
 /// Reads this node's lease from the data dir: from sled directly, or — when the running
 /// daemon holds sled's lock — from that daemon's local view.
-async fn local_lease(
-    data_dir: &Path,
-    pool: Pool,
-    node: &str,
-    token: Option<&str>,
-) -> anyhow::Result<Local> {
+async fn local_lease(member: &Member<'_>, pool: Pool, node: &str) -> anyhow::Result<Local> {
+    let data_dir = member.data_dir;
     if !data_dir.join("identity.json").exists() {
         tracing::info!(data_dir = %data_dir.display(), "no local replica yet");
         return Ok(Local::None);
@@ -175,7 +184,7 @@ async fn local_lease(
                     return Ok(Local::None);
                 }
             };
-            let client = crate::tls::data_dir_client(&addr, data_dir, token)?;
+            let client = member.client(&addr)?;
             let answer = tokio::time::timeout(
                 Duration::from_secs(5),
                 client.get_lease(node, Consistency::Local),
@@ -203,11 +212,10 @@ async fn local_lease(
 
 /// Acquires (or fetches) the lease through any reachable member, until `deadline`.
 async fn cluster_lease(
-    data_dir: &Path,
+    via: &Member<'_>,
     members: &[String],
     node: &str,
     host_ip: Option<Ipv4Addr>,
-    token: Option<String>,
     pool: Pool,
     deadline: Duration,
 ) -> anyhow::Result<Lease> {
@@ -220,11 +228,16 @@ async fn cluster_lease(
             if remaining.is_zero() {
                 break;
             }
-            let client = crate::tls::data_dir_client(member, data_dir, token.as_deref())?;
+            let client = via.client(member)?;
             match tokio::time::timeout(remaining, client.acquire(node, host_ip)).await {
                 Ok(Ok((json, created))) => {
                     tracing::info!(member, created, subnet = %json.subnet, "lease from the cluster");
                     return lease_from_json(&json, pool);
+                }
+                // Plaintext to a TLS member, or TLS without a certificate: say what is missing.
+                Ok(Err(e)) if via.tls.missing(via.data_dir, &e).is_some() => {
+                    let missing = via.tls.missing(via.data_dir, &e).unwrap_or_default();
+                    bail!("{member} refused the lease for {node}: {missing}");
                 }
                 // Refusals retrying cannot fix: bad token, bad name, pool exhausted.
                 Ok(Err(

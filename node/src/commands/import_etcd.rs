@@ -8,7 +8,6 @@
 //! non-zero after importing everything else.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use evio_api::{Client, ClientError, ErrorCode, LeaseJson};
@@ -16,7 +15,8 @@ use evio_node::etcd_gateway::{Gateway, RangeShape};
 use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
 use evio_raft::Pool;
 
-use crate::etcd::{original_range, EtcdSettings, LEASES_PREFIX};
+use super::client::MemberArgs;
+use crate::etcd::{original_range, EtcdArgs, LEASES_PREFIX};
 
 #[derive(clap::Args)]
 pub struct ImportEtcdArgs {
@@ -26,31 +26,10 @@ pub struct ImportEtcdArgs {
     /// The key prefix the original tool wrote under.
     #[arg(long, default_value = ORIGINAL_PREFIX)]
     prefix: String,
-    /// File with the etcd username (the original's /etc/credentials/username).
-    #[arg(long)]
-    username_file: Option<PathBuf>,
-    /// File with the etcd password (the original's /etc/credentials/password).
-    #[arg(long)]
-    password_file: Option<PathBuf>,
-    /// CA certificate (PEM) for etcd over TLS.
-    #[arg(long)]
-    ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for etcd over TLS.
-    #[arg(long)]
-    cert_file: Option<PathBuf>,
-    /// Client key (PEM) for etcd over TLS.
-    #[arg(long)]
-    key_file: Option<PathBuf>,
-    /// The evio member's API root. Default: https://127.0.0.1:7700 when the member's
-    /// certificate is in --data-dir, else http://127.0.0.1:7700.
-    #[arg(long, env = "EVIO_API")]
-    api: Option<String>,
-    /// The evio member's data dir, where its certificate is found when members speak TLS.
-    #[arg(long, env = "EVIO_DATA_DIR", default_value = "/var/lib/evio")]
-    data_dir: PathBuf,
-    /// File with the cluster token (reservations change leases).
-    #[arg(long, env = "EVIO_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    #[command(flatten)]
+    member: MemberArgs,
 }
 
 /// What happened to one key.
@@ -62,20 +41,8 @@ enum Outcome {
 }
 
 pub async fn run(args: ImportEtcdArgs) -> anyhow::Result<()> {
-    let settings = EtcdSettings {
-        endpoints: args.endpoints.clone(),
-        username_file: args.username_file.clone(),
-        password_file: args.password_file.clone(),
-        ca_file: args.ca_file.clone(),
-        cert_file: args.cert_file.clone(),
-        key_file: args.key_file.clone(),
-    };
-    let token = match &args.token_file {
-        Some(path) => Some(crate::host::read_token(path)?),
-        None => None,
-    };
-    let credentials = crate::tls::cli_credentials(&args.data_dir, None, None, None)?;
-    let api = crate::tls::cli_client(args.api.as_deref(), token, credentials)?;
+    let settings = args.etcd.settings(args.endpoints.clone())?;
+    let api = args.member.client()?;
     let cluster = api.cluster().await.context("reading the evio pool")?;
     let pool = Pool::new(cluster.pod_cidr, cluster.node_bits)?;
 

@@ -31,6 +31,43 @@ pub struct EtcdSettings {
     pub key_file: Option<PathBuf>,
 }
 
+/// etcd's credentials and TLS: the flags of `run` (the mirror) and of `import-etcd`.
+#[derive(clap::Args, serde::Serialize, serde::Deserialize, Debug, Clone, Default)]
+#[serde(rename_all = "kebab-case")]
+pub struct EtcdArgs {
+    /// File with the etcd username (like the original's /etc/credentials/username).
+    #[arg(long)]
+    pub etcd_username_file: Option<PathBuf>,
+    /// File with the etcd password (like the original's /etc/credentials/password).
+    #[arg(long)]
+    pub etcd_password_file: Option<PathBuf>,
+    /// CA certificate (PEM) for etcd over TLS.
+    #[arg(long)]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd over TLS.
+    #[arg(long)]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for etcd over TLS.
+    #[arg(long)]
+    pub etcd_key_file: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The settings for `endpoints`, checked (reading nothing yet).
+    pub fn settings(&self, endpoints: Vec<String>) -> Result<EtcdSettings, EtcdError> {
+        let settings = EtcdSettings {
+            endpoints,
+            username_file: self.etcd_username_file.clone(),
+            password_file: self.etcd_password_file.clone(),
+            ca_file: self.etcd_ca_file.clone(),
+            cert_file: self.etcd_cert_file.clone(),
+            key_file: self.etcd_key_file.clone(),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
     #[error("reading {what} {path}: {source}")]

@@ -80,6 +80,38 @@ impl Node {
     pub fn client(&self) -> evio_api::Client {
         self.proc.client(Some(TOKEN))
     }
+
+    /// The flags that reach this member as the CLI on its node does: `--api` and, over TLS,
+    /// `--data-dir` (where the CLI finds the member's certificate); `--token-file` in plaintext.
+    pub fn cli_args(&self, cluster: &Cluster) -> Vec<String> {
+        let mut args = vec!["--api".to_string(), self.proc.base.clone()];
+        match &self.proc.data_dir {
+            Some(data) if self.proc.base.starts_with("https://") => {
+                args.extend(["--data-dir".into(), data.to_string_lossy().into_owned()])
+            }
+            _ => args.extend(["--token-file".into(), cluster.token_arg()]),
+        }
+        args
+    }
+
+    /// A client without credentials: over TLS it checks the member against the cluster CA
+    /// but presents no certificate; in plaintext it sends no token.
+    pub fn anonymous_client(&self) -> evio_api::Client {
+        let client = evio_api::Client::new(&self.proc.base).unwrap_or_else(|e| panic!("{e}"));
+        let Some(data) = self
+            .proc
+            .data_dir
+            .as_ref()
+            .filter(|_| self.proc.tls_config().is_some())
+        else {
+            return client;
+        };
+        let ca = std::fs::read_to_string(ca_file(data)).unwrap_or_else(|e| panic!("CA: {e}"));
+        let trust = evio_raft::tls::Trust::ca_pem(&ca).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            evio_raft::tls::anonymous_client_config(trust).unwrap_or_else(|e| panic!("{e}"));
+        client.with_tls(config).unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
 impl Default for Cluster {

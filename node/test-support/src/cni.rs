@@ -51,34 +51,18 @@ pub fn in_netns(cmd: &mut Command, netns: impl AsRef<Path>) -> &mut Command {
     }
 }
 
-/// Runs one CNI plugin binary as a runtime does: `CNI_*` in a clean environment, the
-/// config on stdin. Returns the exit code and stdout as JSON (null when empty).
+/// Runs one CNI plugin binary as a runtime does: `CNI_*` in a clean environment
+/// (`CNI_IFNAME=eth0`), the config on stdin. Returns the exit code and stdout as JSON (null
+/// when empty).
 pub fn exec_plugin(
     binary: &Path,
     command: &str,
     container: &str,
     netns: &str,
-    ifname: &str,
     config: &Value,
 ) -> (i32, Value) {
-    exec_plugin_in(None, binary, command, container, netns, ifname, config)
-}
-
-/// `exec_plugin` inside the network namespace `host` (a node's), if given.
-pub fn exec_plugin_in(
-    host: Option<&str>,
-    binary: &Path,
-    command: &str,
-    container: &str,
-    netns: &str,
-    ifname: &str,
-    config: &Value,
-) -> (i32, Value) {
-    let mut cmd = Command::new(binary);
-    if let Some(host) = host {
-        in_netns(&mut cmd, host);
-    }
-    exec_plugin_cmd(cmd, PLUGIN_DIR, command, container, netns, ifname, config)
+    let cmd = Command::new(binary);
+    exec_plugin_cmd(cmd, PLUGIN_DIR, command, container, netns, "eth0", config)
 }
 
 /// `cmd` (a plugin binary) run as a runtime does, with `cni_path` as `CNI_PATH`.
@@ -127,14 +111,7 @@ pub fn exec_plugin_cmd(
 
 /// The real `evio-cni` shim with `CNI_IFNAME=eth0`.
 pub fn cni(command: &str, container: &str, netns: &str, config: &Value) -> (i32, Value) {
-    exec_plugin(
-        &evio_cni_binary(),
-        command,
-        container,
-        netns,
-        "eth0",
-        config,
-    )
+    cni_in(None, command, container, netns, config)
 }
 
 /// Like `cni`, with `evio-cni` exec'd inside the network namespace `host` (a node's).
@@ -145,29 +122,24 @@ pub fn cni_in(
     netns: &str,
     config: &Value,
 ) -> (i32, Value) {
-    exec_plugin_in(
-        host,
-        &evio_cni_binary(),
-        command,
-        container,
-        netns,
-        "eth0",
-        config,
-    )
+    let mut cmd = Command::new(evio_cni_binary());
+    if let Some(host) = host {
+        in_netns(&mut cmd, host);
+    }
+    exec_plugin_cmd(cmd, PLUGIN_DIR, command, container, netns, "eth0", config)
 }
 
 /// Execs `evio-cni` with exactly `env` and `stdin` (for malformed requests); returns its
-/// exit code and stdout as JSON (Null when empty or not JSON).
+/// exit code and stdout as JSON (Null when empty; anything else but JSON fails the test).
 pub fn exec_cni<'a>(
     env: impl IntoIterator<Item = (&'a str, &'a str)>,
     stdin: &[u8],
 ) -> (i32, Value) {
-    let mut child = Command::new(evio_cni_binary())
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::piped())
+    let mut cmd = Command::new(evio_cni_binary());
+    cmd.env_clear().envs(env).stdin(Stdio::piped());
+    let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
     if let Some(mut input) = child.stdin.take() {
@@ -175,8 +147,22 @@ pub fn exec_cni<'a>(
         let _ = input.write_all(stdin);
     }
     let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let value = if out.stdout.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            panic!("evio-cni's stdout is not JSON ({e}): {stdout}\nstderr: {stderr}")
+        })
+    };
     (out.status.code().unwrap_or(-1), value)
+}
+
+/// The `name`s of a CNI result's `interfaces`, in order.
+pub fn interface_names(result: &Value) -> Vec<&str> {
+    let interfaces = result["interfaces"].as_array().into_iter().flatten();
+    interfaces.filter_map(|i| i["name"].as_str()).collect()
 }
 
 /// `ip ARGS`, asserting success.

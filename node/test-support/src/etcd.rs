@@ -33,16 +33,7 @@ pub struct TlsFiles {
 impl TlsFiles {
     pub fn make(dir: &Path) -> TlsFiles {
         let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .unwrap_or_else(|e| panic!("openssl: {e}"));
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            crate::output_ok(Command::new("openssl").args(args).current_dir(dir));
         };
         let ec = [
             "-newkey",

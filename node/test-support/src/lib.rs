@@ -57,6 +57,30 @@ pub fn have(program: &str, package: &str) -> bool {
     found
 }
 
+/// A tool of the Python venv that scripts/install-py-tools.sh makes (`$EVIO_PY_TOOLS`, else
+/// `${HOME:-/root}/.cache/evio/py-tools`): its path, or None (and a note) when it is missing
+/// outside CI; under CI=true a missing tool fails the test.
+pub fn py_tool(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("EVIO_PY_TOOLS").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".cache/evio/py-tools")
+        },
+        PathBuf::from,
+    );
+    let tool = dir.join("bin").join(name);
+    if tool.exists() {
+        return Some(tool);
+    }
+    let missing = format!(
+        "{} missing: run scripts/install-py-tools.sh",
+        tool.display()
+    );
+    assert!(!ci(), "{missing}");
+    eprintln!("SKIPPED: {missing}");
+    None
+}
+
 /// Whether `program` is a file or found on `PATH`.
 pub fn on_path(program: &str) -> bool {
     Path::new(program).is_file()
@@ -86,16 +110,21 @@ pub fn target_bin(name: &str) -> PathBuf {
 
 /// Runs `program args`, which must succeed; returns its stdout.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    output_ok(Command::new(program).args(args))
+}
+
+/// Runs `cmd`, which must succeed (else the test fails with its stderr and stdout); returns
+/// its stdout.
+pub fn output_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{program} {args:?}: {}",
+        "{cmd:?}: {}\n{stdout}{}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout
 }
 
 /// Six hex digits that differ between tests running at once (clock nanoseconds and the pid),

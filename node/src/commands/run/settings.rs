@@ -66,17 +66,9 @@ pub struct RunArgs {
     /// prints it); the token is only sent to a member whose certificate chains to that CA.
     #[arg(long)]
     ca_hash: Option<String>,
-    /// The cluster CA certificate (PEM): what a joining node trusts instead of --ca-hash,
-    /// or, with --cert-file and --key-file, the CA of operator-supplied certificates.
-    #[arg(long)]
-    ca_file: Option<PathBuf>,
-    /// Operator-supplied certificate of this member (PEM, naming URI evio://node/<id>);
-    /// re-read to renew. Without it the cluster runs its own CA in <data-dir>/tls/.
-    #[arg(long)]
-    cert_file: Option<PathBuf>,
-    /// The key of --cert-file (PEM).
-    #[arg(long)]
-    key_file: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    tls_files: crate::tls::TlsFileArgs,
     /// Lifetime of the certificates the cluster CA issues (renewed when a third is left).
     /// Default: 30d.
     #[arg(long)]
@@ -118,21 +110,9 @@ pub struct RunArgs {
     /// Mirror leases to these etcd endpoints (comma-separated URLs) while leader.
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Option<Vec<String>>,
-    /// File with the etcd username (like the original's /etc/credentials/username).
-    #[arg(long)]
-    etcd_username_file: Option<PathBuf>,
-    /// File with the etcd password (like the original's /etc/credentials/password).
-    #[arg(long)]
-    etcd_password_file: Option<PathBuf>,
-    /// CA certificate (PEM) for etcd over TLS.
-    #[arg(long)]
-    etcd_ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for etcd over TLS.
-    #[arg(long)]
-    etcd_cert_file: Option<PathBuf>,
-    /// Client key (PEM) for etcd over TLS.
-    #[arg(long)]
-    etcd_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    etcd: crate::etcd::EtcdArgs,
     /// Kubernetes integration: annotate this node's Node with its pod subnet and API address,
     /// and (while leader) release the leases of deleted Nodes.
     #[arg(long)]
@@ -237,9 +217,7 @@ impl RunArgs {
         let tls = crate::tls::mode(
             args.insecure_plaintext,
             args.ca_hash.as_deref(),
-            args.ca_file.as_deref(),
-            args.cert_file.as_deref(),
-            args.key_file.as_deref(),
+            &args.tls_files,
             args.cert_lifetime.as_deref(),
         )?;
         let voter_grace = match &args.voter_grace {
@@ -302,18 +280,7 @@ impl RunArgs {
             None => None,
         };
         let etcd = match args.etcd_endpoints {
-            Some(endpoints) => {
-                let settings = EtcdSettings {
-                    endpoints,
-                    username_file: args.etcd_username_file,
-                    password_file: args.etcd_password_file,
-                    ca_file: args.etcd_ca_file,
-                    cert_file: args.etcd_cert_file,
-                    key_file: args.etcd_key_file,
-                };
-                settings.validate().context("--etcd-endpoints")?;
-                Some(settings)
-            }
+            Some(endpoints) => Some(args.etcd.settings(endpoints).context("--etcd-endpoints")?),
             None => None,
         };
         Ok(Settings {
@@ -420,7 +387,8 @@ mod tests {
             "pod-cidr": "10.244.0.0/16", "node-bits": "8", "voters": 5,
             "cluster-token-file": token, "voter-grace": "2m",
             "kubernetes": true, "join-from-kubernetes": true, "kubeconfig": "/etc/evio/kubeconfig",
-            "node-gc-grace": "15m",
+            "node-gc-grace": "15m", "ca-file": "/etc/evio/ca.pem",
+            "etcd-endpoints": ["https://10.0.0.5:2379"], "etcd-ca-file": "/etc/etcd/ca.pem",
         });
         std::fs::write(&config, body.to_string()).unwrap_or_else(|e| panic!("{e}"));
         let config_arg = config.to_string_lossy().to_string();
@@ -437,6 +405,14 @@ mod tests {
         assert!(s.kubernetes && s.join_from_kubernetes);
         assert_eq!(s.kubeconfig, Some(PathBuf::from("/etc/evio/kubeconfig")));
         assert_eq!(s.node_gc_grace, Duration::from_secs(900));
+        // Keys of the flattened flag groups (TLS, etcd) come from the file too.
+        assert!(matches!(
+            &s.tls,
+            crate::tls::TlsMode::Managed { join_trust: Some(crate::tls::JoinTrust::CaFile(f)), .. }
+                if f == std::path::Path::new("/etc/evio/ca.pem")
+        ));
+        let etcd_ca = s.etcd.as_ref().and_then(|e| e.ca_file.clone());
+        assert_eq!(etcd_ca, Some(PathBuf::from("/etc/etcd/ca.pem")));
     }
 
     #[test]
