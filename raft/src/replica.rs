@@ -287,11 +287,14 @@ impl Replica {
             data_dir.cluster_id().map(str::to_string),
             config.tls.clone(),
         );
-        let network = HttpNetwork::new(peers.clone(), view.clone());
+        let effective = crate::network::client::EffectiveMembership::default();
+        let network = HttpNetwork::new(peers.clone(), view.clone(), effective.clone());
         let node_id = data_dir.node_id();
         let raft = Raft::new(node_id, Arc::new(raft_config), network, logs, state_machine)
             .await
             .map_err(|e| OpenError::Raft(e.to_string()))?;
+        // Set once: nothing else sets it.
+        let _ = effective.set(raft.server_metrics());
         let ticks = tokio::spawn(tick_while_voting(raft.clone(), node_id));
         tracing::info!(
             node_id,
