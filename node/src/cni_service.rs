@@ -163,7 +163,7 @@ pub async fn follow_lease(
     pods: Arc<PodNetwork>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut metrics = replica.watch_metrics();
+    let mut metrics = replica.watch_applied();
     let node = replica.node().name.clone();
     loop {
         let blocks: Vec<ipnetwork::IpNetwork> = replica

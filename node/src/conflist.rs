@@ -26,7 +26,7 @@ pub async fn keep_current(
     conf: NetConf,
     stop: CancellationToken,
 ) {
-    let mut metrics = replica.watch_metrics();
+    let mut metrics = replica.watch_applied();
     let node = replica.node().name.clone();
     let mut written: Option<u32> = None;
     let mut backoff = RETRY;

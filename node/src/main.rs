@@ -78,6 +78,7 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    evio_raft::alloc::limit_arenas();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {

@@ -6,7 +6,9 @@
 //! - [`membership`]: **where members are decided** — joins, promotions, voter replacement.
 //! - [`network`]: Raft RPC between members: the client openraft calls and the server routes.
 //! - [`replica`]: one member: data dir + store + Raft, local reads and leader writes.
+//! - [`alloc`]: glibc malloc tuning (arenas, handing freed memory back).
 
+pub mod alloc;
 pub mod data_dir;
 pub mod membership;
 pub mod network;

@@ -257,10 +257,20 @@ impl MembershipController {
         }
     }
 
-    /// Steps every 500 ms until `stop` resolves.
+    /// Steps every 500 ms while this member leads, until `stop` resolves.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let mut role = self.replica.watch_role();
         loop {
+            // Only the leader changes members: the others wait to lead instead of polling.
+            tokio::select! {
+                led = role.wait_for(|m| m.state == crate::types::ServerState::Leader) => {
+                    if led.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut stop => return,
+            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = &mut stop => return,

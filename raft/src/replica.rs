@@ -23,7 +23,9 @@ use crate::legacy::{is_legacy_owner, validate_owner};
 use crate::network::{HttpNetwork, PeerHttp, SNAPSHOT_CHUNK_BYTES};
 use crate::pool::Pool;
 use crate::store::{self, LocalView, StoreError};
-use crate::types::{EvioNode, NodeId, Raft, RaftMetrics};
+use crate::types::{
+    EvioNode, NodeId, Raft, RaftDataMetrics, RaftMetrics, RaftServerMetrics, ServerState,
+};
 
 /// Raft timing and log compaction; the defaults suit edge links (slower than a datacenter).
 ///
@@ -174,6 +176,46 @@ pub struct Replica {
     /// While leader: the voter grace and when each member last answered (or was first
     /// tracked), kept by the membership controller, read by admissions.
     liveness: Mutex<(Duration, HashMap<NodeId, Instant>)>,
+    /// Turns openraft's tick off while this member cannot stand for election.
+    ticks: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // The task holds a Raft handle: it must not keep Raft running after the replica.
+        self.ticks.abort();
+    }
+}
+
+/// openraft ticks every 1.5 heartbeats on every member: a turn of its loop that checks the
+/// election timer (and on the leader sends heartbeats), then publishes [`RaftMetrics`],
+/// waking everything that watches them. A learner never stands for election, so on a
+/// learner a tick does nothing but that (six and a half times a second, most of an idle
+/// learner's CPU). The tick runs while this member is a voter (in either configuration of a
+/// joint change), a candidate or the leader (a leader removed from the voters steps down
+/// on a tick); a promotion turns it on as soon as the new membership is appended here.
+async fn tick_while_voting(raft: Raft, id: NodeId) {
+    let mut server = raft.server_metrics();
+    let mut ticking = None;
+    loop {
+        let wanted = {
+            let m = server.borrow_and_update();
+            matches!(m.state, ServerState::Leader | ServerState::Candidate)
+                || m.membership_config
+                    .membership()
+                    .get_joint_config()
+                    .iter()
+                    .any(|voters| voters.contains(&id))
+        };
+        if ticking != Some(wanted) {
+            tracing::debug!(ticking = wanted, "raft tick");
+            raft.runtime_config().tick(wanted);
+            ticking = Some(wanted);
+        }
+        if server.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// How long one snapshot chunk RPC may take. Real snapshots over edge links take longer than
@@ -255,6 +297,7 @@ impl Replica {
         let raft = Raft::new(node_id, Arc::new(raft_config), network, logs, state_machine)
             .await
             .map_err(|e| OpenError::Raft(e.to_string()))?;
+        let ticks = tokio::spawn(tick_while_voting(raft.clone(), node_id));
         tracing::info!(
             node_id,
             node = %config.node_name,
@@ -277,6 +320,7 @@ impl Replica {
             request_timeout: config.request_timeout,
             snapshot_bytes: AtomicU64::new(0),
             liveness: Mutex::new((Duration::ZERO, HashMap::new())),
+            ticks,
         }))
     }
 
@@ -355,10 +399,22 @@ impl Replica {
         &self.raft
     }
 
-    /// Raft's metrics as they change (role, applied index, membership): what the daemon's
-    /// loops wait on.
+    /// Raft's metrics as they change. They are published on every turn of Raft's loop (every
+    /// tick and heartbeat, changed or not): a loop that only needs the applied table waits
+    /// on [`Self::watch_applied`], one that needs the role on [`Self::watch_role`].
     pub fn watch_metrics(&self) -> tokio::sync::watch::Receiver<RaftMetrics> {
         self.raft.metrics()
+    }
+
+    /// Changes when this member's log, applied index or snapshot does (a lease may have
+    /// changed): idle, never.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<RaftDataMetrics> {
+        self.raft.data_metrics()
+    }
+
+    /// Changes when this member's role, term, leader or membership does.
+    pub fn watch_role(&self) -> tokio::sync::watch::Receiver<RaftServerMetrics> {
+        self.raft.server_metrics()
     }
 
     /// Whether this member is the Raft leader now.
@@ -494,14 +550,8 @@ impl Replica {
         host_ip: Option<Ipv4Addr>,
     ) -> Result<(Lease, bool), RequestError> {
         validate_node_name(node)?;
-        let outcome = self
-            .write(LeaseCommand::Acquire {
-                node: node.to_string(),
-                host_ip,
-                request_id: request_id(),
-                at: unix_millis(),
-            })
-            .await?;
+        let command = LeaseCommand::acquire(node, host_ip, request_id(), unix_millis());
+        let outcome = self.write(command).await?;
         self.expand(outcome)
     }
 
@@ -577,12 +627,12 @@ impl Replica {
     ) -> Result<bool, RequestError> {
         validate_owner(node)?;
         let outcome = self
-            .write(LeaseCommand::Release {
-                node: node.to_string(),
-                request_id: request_id(),
-                at: unix_millis(),
+            .write(LeaseCommand::release(
+                node,
                 if_revision,
-            })
+                request_id(),
+                unix_millis(),
+            ))
             .await?;
         match outcome {
             LeaseOutcome::Released { existed } => Ok(existed),

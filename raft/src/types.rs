@@ -45,3 +45,7 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, EvioNode>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, EvioNode>;
+/// Log, applied index and snapshot: changes only when one of them does.
+pub type RaftDataMetrics = openraft::metrics::RaftDataMetrics<NodeId>;
+/// Role, term, leader and membership: changes only when one of them does.
+pub type RaftServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, EvioNode>;

@@ -11,7 +11,6 @@ use evio_raft::{LeaseCommand, LeaseTable, Pool};
 use serde_json::{json, Value};
 
 use crate::cluster::EvioCluster;
-use crate::lease::{acquire_through_elections, run_batch};
 use crate::Bins;
 
 const CIDR: &str = "10.0.0.0/8";
@@ -43,19 +42,6 @@ fn snapshot_sizes(pool: Pool, names: &[String]) -> Result<(usize, usize, usize)>
     Ok((binary.len(), legacy.len(), wire.len()))
 }
 
-/// Acquires every name, 64 at a time, retrying through elections (a loaded machine has some
-/// during a fill of 65,536); the fill is not a measured figure.
-async fn fill(client: &evio_api::Client, names: &[String]) -> Result<()> {
-    let names = std::sync::Arc::new(names.to_vec());
-    let client = client.clone();
-    run_batch(FILL_CLIENTS, names.len(), move |i| {
-        let (client, names) = (client.clone(), names.clone());
-        async move { acquire_through_elections(&client, &names[i]).await }
-    })
-    .await?;
-    Ok(())
-}
-
 /// The leader's `evio_raft_purged_index`: above 0 once its log was compacted.
 async fn purged_index(http: &reqwest::Client, base: &str) -> Option<u64> {
     let text = http
@@ -79,7 +65,7 @@ pub async fn run(bins: &Bins, quick: bool, leases: Option<usize>) -> Result<Valu
     let client = cluster.client(leader)?;
     let names: Vec<String> = (0..leases).map(|i| format!("fill-{i}")).collect();
     let filled = Instant::now();
-    fill(&client, &names).await?;
+    crate::lease::fill(&client, FILL_CLIENTS, names.clone()).await?;
     println!(
         "join: filled {leases} leases in {:.1} s",
         filled.elapsed().as_secs_f64()

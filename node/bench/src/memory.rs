@@ -30,8 +30,7 @@ fn sizes(quick: bool) -> (usize, usize) {
 /// Leases `fill-{from}` .. `fill-{to - 1}`.
 async fn fill(client: &Client, from: usize, to: usize) -> Result<()> {
     let names = (from..to).map(|i| format!("fill-{i}")).collect();
-    evio_acquire_all(client, FILL_CLIENTS, names).await?;
-    Ok(())
+    crate::lease::fill(client, FILL_CLIENTS, names).await
 }
 
 fn mib(kib: u64) -> f64 {

@@ -17,7 +17,7 @@ where
     S: FnMut(CancellationToken) -> F,
     F: Future<Output = ()>,
 {
-    let mut metrics = replica.watch_metrics();
+    let mut metrics = replica.watch_role();
     loop {
         let led = tokio::select! {
             led = metrics.wait_for(|m| m.state == ServerState::Leader) => led.is_ok(),

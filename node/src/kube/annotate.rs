@@ -82,7 +82,7 @@ pub async fn run(
     status: KubeStatus,
     stop: CancellationToken,
 ) {
-    let mut raft_metrics = replica.watch_metrics();
+    let mut raft_metrics = replica.watch_applied();
     let mut applied: Option<Desired> = None;
     let mut backoff = RETRY;
     loop {

@@ -3,12 +3,19 @@
 //! Commands carry everything the decision needs (node name, host IP, request id, timestamp);
 //! applying them never reads the clock, so every replica reaches the same state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Borrow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::pool::{Block, Pool};
+
+mod free_blocks;
+mod name;
+use free_blocks::FreeBlocks;
+pub use name::{validate_node_name, NodeNameError};
 
 /// A command proposed to the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +78,28 @@ pub enum LeaseCommand {
     /// new id). Idempotent.
     #[serde(rename_all = "camelCase")]
     Revoke { node_id: u64, at: u64 },
+}
+
+impl LeaseCommand {
+    /// [`LeaseCommand::Acquire`] of a block for `node`, proposed at `at` (Unix ms).
+    pub fn acquire(node: &str, host_ip: Option<Ipv4Addr>, request_id: String, at: u64) -> Self {
+        LeaseCommand::Acquire {
+            node: node.to_string(),
+            host_ip,
+            request_id,
+            at,
+        }
+    }
+
+    /// [`LeaseCommand::Release`] of `node`'s block (only while at `if_revision`, when given).
+    pub fn release(node: &str, if_revision: Option<u64>, request_id: String, at: u64) -> Self {
+        LeaseCommand::Release {
+            node: node.to_string(),
+            request_id,
+            at,
+            if_revision,
+        }
+    }
 }
 
 /// What applying a command decided.
@@ -159,67 +188,29 @@ impl Lease {
     }
 }
 
-/// Free block indexes as a set of disjoint `[start, end)` intervals: lowest-free lookup,
-/// acquire and release are O(log n) and the set stays tiny for any pool size.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FreeBlocks {
-    intervals: BTreeMap<u64, u64>,
+/// A record in the table, found by its node name: the name is stored once, in the record
+/// (a map from name to record held every name twice, ~5 MiB at 65,536 leases).
+#[derive(Debug, Clone)]
+struct ByNode(LeaseRecord);
+
+impl PartialEq for ByNode {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.node == other.0.node
+    }
 }
 
-impl FreeBlocks {
-    fn all(count: u64) -> Self {
-        let mut intervals = BTreeMap::new();
-        if count > 0 {
-            intervals.insert(0, count);
-        }
-        Self { intervals }
-    }
+impl Eq for ByNode {}
 
-    fn len(&self) -> u64 {
-        self.intervals.iter().map(|(start, end)| end - start).sum()
+impl Hash for ByNode {
+    // As `str` hashes: lookups by `&str` (through `Borrow`) must find the record.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.node.as_str().hash(state);
     }
+}
 
-    fn take_lowest(&mut self) -> Option<u32> {
-        let (&start, &end) = self.intervals.iter().next()?;
-        self.intervals.remove(&start);
-        if start + 1 < end {
-            self.intervals.insert(start + 1, end);
-        }
-        u32::try_from(start).ok()
-    }
-
-    /// Marks `index` used; false when it was not free.
-    fn take(&mut self, index: u32) -> bool {
-        let index = u64::from(index);
-        let Some((&start, &end)) = self.intervals.range(..=index).next_back() else {
-            return false;
-        };
-        if index >= end {
-            return false;
-        }
-        self.intervals.remove(&start);
-        if start < index {
-            self.intervals.insert(start, index);
-        }
-        if index + 1 < end {
-            self.intervals.insert(index + 1, end);
-        }
-        true
-    }
-
-    fn give_back(&mut self, index: u32) {
-        let mut start = u64::from(index);
-        let mut end = start + 1;
-        if let Some((&prev_start, &prev_end)) = self.intervals.range(..start).next_back() {
-            if prev_end == start {
-                self.intervals.remove(&prev_start);
-                start = prev_start;
-            }
-        }
-        if let Some(next_end) = self.intervals.remove(&end) {
-            end = next_end;
-        }
-        self.intervals.insert(start, end);
+impl Borrow<str> for ByNode {
+    fn borrow(&self) -> &str {
+        &self.0.node
     }
 }
 
@@ -227,7 +218,7 @@ impl FreeBlocks {
 #[derive(Debug, Clone)]
 pub struct LeaseTable {
     pool: Pool,
-    by_node: HashMap<String, LeaseRecord>,
+    by_node: HashSet<ByNode>,
     free: FreeBlocks,
     /// Node ids of removed members, whose certificates are refused.
     revoked: BTreeSet<u64>,
@@ -254,7 +245,7 @@ impl LeaseTable {
     pub fn new(pool: Pool) -> Self {
         Self {
             pool,
-            by_node: HashMap::new(),
+            by_node: HashSet::new(),
             free: FreeBlocks::all(pool.block_count()),
             revoked: BTreeSet::new(),
         }
@@ -294,7 +285,7 @@ impl LeaseTable {
                 });
             }
             owner_of.insert(record.block, record.node.clone());
-            table.by_node.insert(record.node.clone(), record);
+            table.by_node.replace(ByNode(record));
         }
         Ok(table)
     }
@@ -316,30 +307,29 @@ impl LeaseTable {
     }
 
     pub fn get(&self, node: &str) -> Option<Lease> {
-        self.by_node.get(node).and_then(|r| self.expand(r))
+        self.record(node).and_then(|r| self.expand(r))
+    }
+
+    fn record(&self, node: &str) -> Option<&LeaseRecord> {
+        self.by_node.get(node).map(|r| &r.0)
     }
 
     /// All leases, ordered by block.
     pub fn leases(&self) -> Vec<Lease> {
-        let mut leases: Vec<Lease> = self
-            .by_node
-            .values()
-            .filter_map(|r| self.expand(r))
-            .collect();
+        let mut leases: Vec<Lease> = self.records().filter_map(|r| self.expand(r)).collect();
         leases.sort_by_key(|l| l.record.block);
         leases
     }
 
     /// Who holds `block`, if anyone (linear: only used on refusals and imports).
     pub fn holder_of(&self, block: u32) -> Option<&str> {
-        self.by_node
-            .values()
+        self.records()
             .find(|r| r.block == block)
             .map(|r| r.node.as_str())
     }
 
     pub fn records(&self) -> impl Iterator<Item = &LeaseRecord> {
-        self.by_node.values()
+        self.by_node.iter().map(|r| &r.0)
     }
 
     fn expand(&self, record: &LeaseRecord) -> Option<Lease> {
@@ -357,12 +347,15 @@ impl LeaseTable {
             LeaseCommand::Acquire {
                 node, host_ip, at, ..
             } => {
-                if let Some(existing) = self.by_node.get_mut(node) {
+                if let Some(existing) = self.record(node) {
                     // Same node again: same block. A new host IP (node readdressed) is recorded.
                     if host_ip.is_some() && *host_ip != existing.host_ip {
-                        existing.host_ip = *host_ip;
-                        existing.revision = revision;
-                        let record = existing.clone();
+                        let record = LeaseRecord {
+                            host_ip: *host_ip,
+                            revision,
+                            ..existing.clone()
+                        };
+                        self.by_node.replace(ByNode(record.clone()));
                         return (
                             LeaseOutcome::Acquired {
                                 lease: record.clone(),
@@ -394,7 +387,7 @@ impl LeaseTable {
                     revision,
                     acquired_at: *at,
                 };
-                self.by_node.insert(node.clone(), record.clone());
+                self.by_node.replace(ByNode(record.clone()));
                 (
                     LeaseOutcome::Acquired {
                         lease: record.clone(),
@@ -407,12 +400,8 @@ impl LeaseTable {
                 node,
                 if_revision: Some(expected),
                 ..
-            } if self
-                .by_node
-                .get(node)
-                .is_some_and(|r| r.revision != *expected) =>
-            {
-                let actual = self.by_node.get(node).map_or(0, |r| r.revision);
+            } if self.record(node).is_some_and(|r| r.revision != *expected) => {
+                let actual = self.record(node).map_or(0, |r| r.revision);
                 (
                     LeaseOutcome::Refused {
                         reason: Refusal::RevisionMismatch {
@@ -424,8 +413,8 @@ impl LeaseTable {
                     Change::Unchanged,
                 )
             }
-            LeaseCommand::Release { node, .. } => match self.by_node.remove(node) {
-                Some(record) => {
+            LeaseCommand::Release { node, .. } => match self.by_node.take(node.as_str()) {
+                Some(ByNode(record)) => {
                     self.free.give_back(record.block);
                     (
                         LeaseOutcome::Released { existed: true },
@@ -468,7 +457,7 @@ impl LeaseTable {
         if u64::from(block) >= self.pool.block_count() {
             return Self::refused(Refusal::OutsidePool { block });
         }
-        if let Some(existing) = self.by_node.get(owner) {
+        if let Some(existing) = self.record(owner) {
             if existing.block == block {
                 return (
                     LeaseOutcome::Acquired {
@@ -494,7 +483,7 @@ impl LeaseTable {
             revision,
             acquired_at: at,
         };
-        self.by_node.insert(owner.to_string(), record.clone());
+        self.by_node.replace(ByNode(record.clone()));
         (
             LeaseOutcome::Acquired {
                 lease: record.clone(),
@@ -505,12 +494,12 @@ impl LeaseTable {
     }
 
     fn claim(&mut self, node: &str, from: &str, at: u64, revision: u64) -> (LeaseOutcome, Change) {
-        let Some(source) = self.by_node.get(from) else {
+        let Some(source) = self.record(from) else {
             return Self::refused(Refusal::NoSuchLease {
                 owner: from.to_string(),
             });
         };
-        if let Some(held) = self.by_node.get(node) {
+        if let Some(held) = self.record(node) {
             return Self::refused(Refusal::OwnerHoldsOther {
                 owner: node.to_string(),
                 block: held.block,
@@ -525,7 +514,7 @@ impl LeaseTable {
             acquired_at: at,
         };
         self.by_node.remove(from);
-        self.by_node.insert(node.to_string(), record.clone());
+        self.by_node.replace(ByNode(record.clone()));
         (
             LeaseOutcome::Acquired {
                 lease: record.clone(),
@@ -554,399 +543,5 @@ pub enum Change {
     Revoked(u64),
 }
 
-/// Why a node name is not acceptable as a lease key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid node name {name:?}: {reason} (a Kubernetes node name is a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', at most 253 characters, each label starting and ending with a letter or digit)")]
-pub struct NodeNameError {
-    pub name: String,
-    pub reason: &'static str,
-}
-
-/// Checks that `name` is a DNS-1123 subdomain, as Kubernetes requires of node names.
-pub fn validate_node_name(name: &str) -> Result<(), NodeNameError> {
-    let fail = |reason| {
-        Err(NodeNameError {
-            name: name.to_string(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return fail("empty");
-    }
-    if name.len() > 253 {
-        return fail("longer than 253 characters");
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return fail("empty label");
-        }
-        if label.len() > 63 {
-            return fail("label longer than 63 characters");
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return fail("only lowercase letters, digits, '-' and '.' are allowed");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return fail("a label starts or ends with '-'");
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pool(cidr: &str, bits: u8) -> Pool {
-        Pool::parse(cidr, bits).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn acquire(node: &str) -> LeaseCommand {
-        LeaseCommand::Acquire {
-            node: node.into(),
-            host_ip: None,
-            request_id: format!("req-{node}"),
-            at: 1_700_000_000_000,
-        }
-    }
-
-    fn release(node: &str) -> LeaseCommand {
-        LeaseCommand::Release {
-            node: node.into(),
-            request_id: format!("rel-{node}"),
-            at: 1_700_000_000_001,
-            if_revision: None,
-        }
-    }
-
-    #[test]
-    fn a_command_without_a_request_id_is_read() {
-        let read: LeaseCommand =
-            serde_json::from_str(r#"{"op":"acquire","node":"n1","hostIp":null,"at":5}"#)
-                .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            read,
-            LeaseCommand::Acquire {
-                node: "n1".into(),
-                host_ip: None,
-                request_id: String::new(),
-                at: 5,
-            }
-        );
-    }
-
-    #[test]
-    fn a_conditional_release_needs_the_current_revision() {
-        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
-        t.apply(&acquire("a"), 5);
-        let stale = LeaseCommand::Release {
-            node: "a".into(),
-            request_id: "r".into(),
-            at: 1,
-            if_revision: Some(4),
-        };
-        let (o, change) = t.apply(&stale, 6);
-        assert!(
-            matches!(
-                o,
-                LeaseOutcome::Refused {
-                    reason: Refusal::RevisionMismatch {
-                        expected: 4,
-                        actual: 5,
-                        ..
-                    }
-                }
-            ),
-            "{o:?}"
-        );
-        assert!(matches!(change, Change::Unchanged));
-        assert!(t.get("a").is_some());
-        let current = LeaseCommand::Release {
-            node: "a".into(),
-            request_id: "r2".into(),
-            at: 2,
-            if_revision: Some(5),
-        };
-        let (o, _) = t.apply(&current, 7);
-        assert_eq!(o, LeaseOutcome::Released { existed: true });
-        // A release logged by earlier versions (no ifRevision) still reads and applies.
-        let old: LeaseCommand =
-            serde_json::from_str(r#"{"op":"release","node":"a","requestId":"x","at":1}"#)
-                .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(
-            old,
-            LeaseCommand::Release {
-                if_revision: None,
-                ..
-            }
-        ));
-    }
-
-    fn acquired_block(outcome: &LeaseOutcome) -> (u32, bool) {
-        match outcome {
-            LeaseOutcome::Acquired { lease, created } => (lease.block, *created),
-            other => panic!("expected Acquired, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn acquire_is_idempotent_and_keyed_by_name() {
-        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
-        let (first, change) = t.apply(&acquire("a"), 5);
-        assert_eq!(acquired_block(&first), (0, true));
-        assert!(matches!(change, Change::Put(_)));
-        let (again, change) = t.apply(&acquire("a"), 6);
-        assert_eq!(acquired_block(&again), (0, false));
-        assert_eq!(change, Change::Unchanged);
-        // revision and acquiredAt stay those of the acquiring entry
-        let lease = t.get("a").unwrap_or_else(|| panic!("lease a"));
-        assert_eq!(lease.record.revision, 5);
-        assert_eq!(lease.record.acquired_at, 1_700_000_000_000);
-        assert_eq!(lease.block.subnet.to_string(), "10.244.0.0/24");
-        assert_eq!(t.len(), 1);
-        assert_eq!(t.free_blocks(), 255);
-    }
-
-    #[test]
-    fn new_host_ip_keeps_block_bumps_revision() {
-        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
-        t.apply(&acquire("a"), 1);
-        let cmd = LeaseCommand::Acquire {
-            node: "a".into(),
-            host_ip: Some(Ipv4Addr::new(10, 10, 0, 3)),
-            request_id: "r2".into(),
-            at: 99,
-        };
-        let (outcome, change) = t.apply(&cmd, 2);
-        assert_eq!(acquired_block(&outcome), (0, false));
-        assert!(
-            matches!(change, Change::Put(ref r) if r.revision == 2 && r.acquired_at == 1_700_000_000_000)
-        );
-    }
-
-    #[test]
-    fn lowest_free_block_is_reused_after_release() {
-        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
-        for (i, n) in ["a", "b", "c", "d"].iter().enumerate() {
-            let (o, _) = t.apply(&acquire(n), i as u64 + 1);
-            assert_eq!(acquired_block(&o), (i as u32, true));
-        }
-        let (o, change) = t.apply(&release("b"), 10);
-        assert_eq!(o, LeaseOutcome::Released { existed: true });
-        assert_eq!(change, Change::Delete("b".into()));
-        t.apply(&release("c"), 11);
-        let (o, _) = t.apply(&acquire("e"), 12);
-        assert_eq!(acquired_block(&o), (1, true));
-        let (o, _) = t.apply(&acquire("f"), 13);
-        assert_eq!(acquired_block(&o), (2, true));
-        let (o, _) = t.apply(&acquire("g"), 14);
-        assert_eq!(acquired_block(&o), (4, true));
-        // releasing an absent node is a no-op
-        let (o, change) = t.apply(&release("zzz"), 15);
-        assert_eq!(o, LeaseOutcome::Released { existed: false });
-        assert_eq!(change, Change::Unchanged);
-    }
-
-    #[test]
-    fn exhaustion_is_typed_and_changes_nothing() {
-        // /30 blocks on a /28: 4 blocks.
-        let mut t = LeaseTable::new(pool("192.168.0.0/28", 2));
-        for i in 0..4 {
-            let (o, _) = t.apply(&acquire(&format!("n{i}")), i + 1);
-            assert_eq!(acquired_block(&o), (i as u32, true));
-        }
-        let (o, change) = t.apply(&acquire("late"), 9);
-        assert_eq!(o, LeaseOutcome::PoolExhausted { blocks: 4 });
-        assert_eq!(change, Change::Unchanged);
-        assert!(t.get("late").is_none());
-        assert_eq!(t.free_blocks(), 0);
-        // existing holders still get theirs back
-        let (o, _) = t.apply(&acquire("n2"), 10);
-        assert_eq!(acquired_block(&o), (2, false));
-        // a release makes room again
-        t.apply(&release("n1"), 11);
-        let (o, _) = t.apply(&acquire("late"), 12);
-        assert_eq!(acquired_block(&o), (1, true));
-    }
-
-    #[test]
-    fn node_bits_zero_has_one_block() {
-        let mut t = LeaseTable::new(pool("10.244.0.0/16", 0));
-        let (o, _) = t.apply(&acquire("only"), 1);
-        assert_eq!(acquired_block(&o), (0, true));
-        let (o, _) = t.apply(&acquire("second"), 2);
-        assert_eq!(o, LeaseOutcome::PoolExhausted { blocks: 1 });
-    }
-
-    #[test]
-    fn free_set_merges_intervals() {
-        let mut f = FreeBlocks::all(10);
-        for _ in 0..10 {
-            f.take_lowest();
-        }
-        assert_eq!(f.len(), 0);
-        for i in [5, 3, 4, 9, 0] {
-            f.give_back(i);
-        }
-        assert_eq!(
-            f.intervals
-                .iter()
-                .map(|(a, b)| (*a, *b))
-                .collect::<Vec<_>>(),
-            vec![(0, 1), (3, 6), (9, 10)]
-        );
-        assert!(f.take(4));
-        assert!(!f.take(4));
-        assert!(!f.take(7));
-        assert_eq!(f.len(), 4);
-        assert_eq!(f.take_lowest(), Some(0));
-        assert_eq!(f.take_lowest(), Some(3));
-        assert_eq!(f.take_lowest(), Some(5));
-    }
-
-    #[test]
-    fn rebuild_refuses_overlaps() {
-        let p = pool("10.244.0.0/16", 8);
-        let rec = |node: &str, block| LeaseRecord {
-            node: node.into(),
-            block,
-            host_ip: None,
-            revision: 1,
-            acquired_at: 0,
-        };
-        let t = LeaseTable::from_records(p, [rec("a", 0), rec("b", 7)])
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(t.free_blocks(), 254);
-        let mut t2 = t.clone();
-        let (o, _) = t2.apply(&acquire("c"), 3);
-        assert_eq!(acquired_block(&o), (1, true));
-        assert!(matches!(
-            LeaseTable::from_records(p, [rec("a", 3), rec("b", 3)]),
-            Err(TableError::DoubleLeased { block: 3, .. })
-        ));
-        assert!(matches!(
-            LeaseTable::from_records(p, [rec("a", 256)]),
-            Err(TableError::BlockOutsidePool { .. })
-        ));
-    }
-
-    fn reserve(owner: &str, block: u32) -> LeaseCommand {
-        LeaseCommand::Reserve {
-            owner: owner.into(),
-            block,
-            request_id: format!("res-{owner}"),
-            at: 5,
-        }
-    }
-
-    fn claim(node: &str, from: &str) -> LeaseCommand {
-        LeaseCommand::Claim {
-            node: node.into(),
-            from: from.into(),
-            request_id: format!("claim-{node}"),
-            at: 7,
-        }
-    }
-
-    fn refusal(outcome: &LeaseOutcome) -> &Refusal {
-        match outcome {
-            LeaseOutcome::Refused { reason } => reason,
-            other => panic!("expected Refused, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn reserved_blocks_are_never_handed_out() {
-        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
-        let (o, change) = t.apply(&reserve("legacy:a", 0), 1);
-        assert_eq!(acquired_block(&o), (0, true));
-        assert!(matches!(change, Change::Put(ref r) if r.node == "legacy:a" && r.block == 0));
-        t.apply(&reserve("legacy:b", 2), 2);
-        // acquire skips both reserved blocks
-        let (o, _) = t.apply(&acquire("n1"), 3);
-        assert_eq!(acquired_block(&o), (1, true));
-        let (o, _) = t.apply(&acquire("n2"), 4);
-        assert_eq!(acquired_block(&o), (3, true));
-        assert_eq!(t.free_blocks(), 252);
-        // re-reserving the same block for the same owner is idempotent
-        let (o, change) = t.apply(&reserve("legacy:a", 0), 5);
-        assert_eq!(acquired_block(&o), (0, false));
-        assert_eq!(change, Change::Unchanged);
-        // a taken block, another block for the same owner, a block past the pool: refused
-        let (o, change) = t.apply(&reserve("legacy:c", 1), 6);
-        assert_eq!(
-            refusal(&o),
-            &Refusal::BlockTaken {
-                block: 1,
-                holder: "n1".into()
-            }
-        );
-        assert_eq!(change, Change::Unchanged);
-        let (o, _) = t.apply(&reserve("legacy:a", 9), 7);
-        assert!(matches!(
-            refusal(&o),
-            Refusal::OwnerHoldsOther { block: 0, .. }
-        ));
-        let (o, _) = t.apply(&reserve("legacy:z", 256), 8);
-        assert_eq!(refusal(&o), &Refusal::OutsidePool { block: 256 });
-        assert_eq!(t.free_blocks(), 252);
-        // the free set stays exact: releasing the reservation makes block 0 the lowest again
-        t.apply(&release("legacy:a"), 9);
-        let (o, _) = t.apply(&acquire("n3"), 10);
-        assert_eq!(acquired_block(&o), (0, true));
-    }
-
-    #[test]
-    fn claim_moves_a_reserved_block_to_a_node() {
-        let mut t = LeaseTable::new(pool("10.244.0.0/16", 8));
-        t.apply(&reserve("legacy:r", 5), 1);
-        t.apply(&acquire("busy"), 2);
-        let free_before = t.free_blocks();
-        let (o, change) = t.apply(&claim("edge-1", "legacy:r"), 3);
-        assert_eq!(acquired_block(&o), (5, true));
-        match change {
-            Change::Move { from, record } => {
-                assert_eq!(from, "legacy:r");
-                assert_eq!(
-                    (record.node.as_str(), record.block, record.revision),
-                    ("edge-1", 5, 3)
-                );
-            }
-            other => panic!("expected Move, got {other:?}"),
-        }
-        assert!(t.get("legacy:r").is_none());
-        assert_eq!(t.get("edge-1").map(|l| l.record.block), Some(5));
-        assert_eq!(t.free_blocks(), free_before);
-        // the source is gone now; a node with a lease cannot claim; nothing changes
-        let (o, change) = t.apply(&claim("edge-2", "legacy:r"), 4);
-        assert!(matches!(refusal(&o), Refusal::NoSuchLease { .. }));
-        assert_eq!(change, Change::Unchanged);
-        t.apply(&reserve("legacy:s", 6), 5);
-        let (o, _) = t.apply(&claim("busy", "legacy:s"), 6);
-        assert!(matches!(
-            refusal(&o),
-            Refusal::OwnerHoldsOther { block: 0, .. }
-        ));
-        assert_eq!(t.get("legacy:s").map(|l| l.record.block), Some(6));
-        // the rebuilt table (what a restart loads) agrees
-        let rebuilt = LeaseTable::from_records(t.pool(), t.records().cloned())
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(rebuilt.free_blocks(), t.free_blocks());
-    }
-
-    #[test]
-    fn node_names() {
-        for ok in ["node-1", "a", "worker.edge.example.com", "0abc"] {
-            assert!(validate_node_name(ok).is_ok(), "{ok}");
-        }
-        let long = "a".repeat(254);
-        for bad in ["", "Node1", "-a", "a-", "a..b", "a_b", "a b", long.as_str()] {
-            assert!(validate_node_name(bad).is_err(), "{bad}");
-        }
-        let err = validate_node_name("Bad_Name").map(|_| ()).unwrap_err();
-        assert!(err.to_string().contains("\"Bad_Name\""));
-    }
-}
+mod tests;

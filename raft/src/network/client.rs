@@ -8,6 +8,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::EntryPayload;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use super::{
 };
 use crate::store::LocalView;
 use crate::tls::{TlsContext, TlsError};
-use crate::types::{EvioNode, LogId, NodeId, TypeConfig, Vote};
+use crate::types::{Entry, EvioNode, LogId, NodeId, TypeConfig, Vote};
 
 /// HTTP to other members: one connection pool, the cluster id once known, and either mutual
 /// TLS with this member's certificate or (plaintext, `--insecure-plaintext` and `dev`) the
@@ -156,6 +157,10 @@ impl PeerHttp {
 /// dominated idle CPU at 256 members. Voters get every heartbeat.
 pub const LEARNER_HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// How long new entries for a learner wait for their commit on the leader (see
+/// [`HttpPeer::append_entries`]); after that they are sent as they are.
+pub const LEARNER_COMMIT_WAIT: Duration = Duration::from_millis(200);
+
 /// Hands out one client per target; all share one connection pool.
 #[derive(Clone)]
 pub struct HttpNetwork {
@@ -184,8 +189,18 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     }
 }
 
-/// An empty append the target acknowledged: the same one again says nothing new.
+/// An append the target acknowledged: its term, the log position it left the target at,
+/// and the commit index it told. An empty append with the same term and position and a
+/// commit no later says nothing new.
 type Heartbeat = (Vote, Option<LogId>, Option<LogId>);
+
+/// Whether `entries` change the membership (such an entry may make a learner a voter whose
+/// acknowledgement a commit needs: it is never held back).
+fn changes_membership(entries: &[Entry]) -> bool {
+    entries
+        .iter()
+        .any(|e| matches!(e.payload, EntryPayload::Membership(_)))
+}
 
 pub struct HttpPeer {
     peers: PeerHttp,
@@ -296,24 +311,51 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, EvioNode, RaftError<NodeId>>> {
-        if !rpc.entries.is_empty() {
-            self.acked = None;
-            return self.call(APPEND_PATH, &rpc, &option).await;
+        let mut rpc = rpc;
+        if let Some(last) = rpc.entries.last().map(|e| e.log_id) {
+            // New entries for a learner wait until the leader has committed (and applied)
+            // them, then go out with that commit: the voters' appends, which the commit
+            // waits for, do not queue behind one append per learner, and the learner gets
+            // entries and commit in one RPC instead of two (the commit-only append that
+            // follows is answered below). Its acknowledgement never counts towards a commit.
+            if self.is_learner() && !changes_membership(&rpc.entries) {
+                let applied = self
+                    .view
+                    .applied_from(last.index, LEARNER_COMMIT_WAIT)
+                    .await;
+                // Committed on this leader's log only if applied up to there in the same
+                // term: entries of one term at one index are the same entry everywhere.
+                if applied.is_some_and(|a| a.leader_id == last.leader_id && a.index >= last.index) {
+                    rpc.leader_commit = rpc.leader_commit.max(Some(last));
+                }
+            }
         }
-        let heartbeat: Heartbeat = (rpc.vote, rpc.prev_log_id, rpc.leader_commit);
-        // Answered for the target only when it is a learner and acknowledged this very
-        // heartbeat (same term, log position and commit) less than LEARNER_HEARTBEAT ago:
-        // the answer it gave then is still true, and a learner's ack never counts towards a
-        // quorum or a leader lease. Anything new (an entry, a commit, a term) is sent.
-        if let Some((acked, sent)) = &self.acked {
-            if *acked == heartbeat && sent.elapsed() < LEARNER_HEARTBEAT && self.is_learner() {
-                return Ok(AppendEntriesResponse::Success);
+        let told: Heartbeat = (
+            rpc.vote,
+            rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+            rpc.leader_commit,
+        );
+        // Answered for the target only when it is a learner, an append it acknowledged less
+        // than LEARNER_HEARTBEAT ago left it at this term and log position, and this one
+        // tells no later commit: the answer it gave then is still true, and a learner's ack
+        // never counts towards a quorum or a leader lease. Anything new (an entry, a commit,
+        // a term) is sent.
+        if rpc.entries.is_empty() {
+            if let Some(((vote, position, commit), sent)) = &self.acked {
+                if *vote == rpc.vote
+                    && *position == rpc.prev_log_id
+                    && rpc.leader_commit <= *commit
+                    && sent.elapsed() < LEARNER_HEARTBEAT
+                    && self.is_learner()
+                {
+                    return Ok(AppendEntriesResponse::Success);
+                }
             }
         }
         let sent = Instant::now();
         let result = self.call(APPEND_PATH, &rpc, &option).await;
         self.acked = match &result {
-            Ok(AppendEntriesResponse::Success) => Some((heartbeat, sent)),
+            Ok(AppendEntriesResponse::Success) => Some((told, sent)),
             _ => None,
         };
         result

@@ -15,10 +15,12 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::Serialize;
+use tokio::sync::watch;
 
 use super::snapshot;
 use crate::lease::{Change, LeaseOutcome, LeaseRecord, LeaseTable};
@@ -45,21 +47,44 @@ pub struct Applied {
 
 /// A cheap handle on the applied state for local reads.
 #[derive(Clone)]
-pub struct LocalView(Arc<RwLock<Applied>>);
+pub struct LocalView {
+    state: Arc<RwLock<Applied>>,
+    /// The last applied log id, for waiting on it without polling.
+    applied: Arc<watch::Sender<Option<LogId>>>,
+}
 
 impl LocalView {
+    fn new(applied: Applied) -> Self {
+        Self {
+            applied: Arc::new(watch::Sender::new(applied.last_applied)),
+            state: Arc::new(RwLock::new(applied)),
+        }
+    }
+
     /// Reads the applied state. A poisoned lock only means a panicking writer; the data is
     /// still the last consistent table, so reads go on.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
-        self.0
+        self.state
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
-        self.0
+        self.state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits (at most `timeout`) until an entry at `index` or later is applied here; returns
+    /// the last applied log id then.
+    pub async fn applied_from(&self, index: u64, timeout: Duration) -> Option<LogId> {
+        let mut applied = self.applied.subscribe();
+        let reached = |id: &Option<LogId>| id.is_some_and(|id| id.index >= index);
+        let waited = tokio::time::timeout(timeout, applied.wait_for(reached))
+            .await
+            .ok()
+            .and_then(|r| r.ok().map(|id| *id));
+        waited.unwrap_or_else(|| *applied.borrow())
     }
 }
 
@@ -142,11 +167,11 @@ impl StateMachineStore {
             db: db.clone(),
             tree,
             snapshots,
-            view: LocalView(Arc::new(RwLock::new(Applied {
+            view: LocalView::new(Applied {
                 table,
                 last_applied,
                 membership,
-            }))),
+            }),
         })
     }
 
@@ -222,6 +247,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (meta, data)
         };
         self.save_snapshot(&meta, &data).await?;
+        crate::alloc::release_free_memory();
         tracing::info!(
             snapshot = %meta.snapshot_id,
             bytes = data.len(),
@@ -291,6 +317,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.tree
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        self.view.applied.send_replace(view.last_applied);
         Ok(outcomes)
     }
 
@@ -351,6 +378,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_applied: meta.last_log_id,
             membership,
         };
+        self.view.applied.send_replace(meta.last_log_id);
+        // The old table, the received bytes and the decode's temporaries are free now.
+        crate::alloc::release_free_memory();
         Ok(())
     }
 
@@ -377,21 +407,20 @@ mod tests {
     }
 
     fn acquire(node: &str) -> LeaseCommand {
-        LeaseCommand::Acquire {
-            node: node.into(),
-            host_ip: None,
-            request_id: format!("a-{node}"),
-            at: 1,
-        }
+        LeaseCommand::acquire(node, None, format!("a-{node}"), 1)
     }
 
     fn release(node: &str) -> LeaseCommand {
-        LeaseCommand::Release {
-            node: node.into(),
-            request_id: format!("r-{node}"),
-            at: 2,
-            if_revision: None,
-        }
+        LeaseCommand::release(node, None, format!("r-{node}"), 2)
+    }
+
+    /// A state machine on a new database (the directory lives as long as the first value).
+    fn empty_store() -> (tempfile::TempDir, sled::Db, Pool, StateMachineStore) {
+        let dir = check(tempfile::tempdir());
+        let db = check(sled::Config::new().path(dir.path()).open());
+        let pool = check(Pool::parse("10.0.0.0/16", 8));
+        let store = check(StateMachineStore::open(&db, pool));
+        (dir, db, pool, store)
     }
 
     fn names(store: &StateMachineStore) -> Vec<(String, u32)> {
@@ -405,18 +434,9 @@ mod tests {
         names
     }
 
-    /// A state machine on a new sled database (kept while the temp dir lives), 10.0.0.0/16.
-    fn fresh() -> (tempfile::TempDir, sled::Db, Pool, StateMachineStore) {
-        let dir = check(tempfile::tempdir());
-        let db = check(sled::Config::new().path(dir.path()).open());
-        let pool = check(Pool::parse("10.0.0.0/16", 8));
-        let store = check(StateMachineStore::open(&db, pool));
-        (dir, db, pool, store)
-    }
-
     #[tokio::test]
     async fn base_and_changed_keys_reload_as_the_applied_table() {
-        let (_dir, db, pool, mut store) = fresh();
+        let (_dir, db, pool, mut store) = empty_store();
         let first: Vec<Entry> = (0..5u64)
             .map(|i| entry(1 + i, acquire(&format!("n{i}"))))
             .collect();
@@ -453,7 +473,7 @@ mod tests {
     /// Revoked node ids survive a restart, before and after they are folded into the base.
     #[tokio::test]
     async fn revoked_node_ids_reload() {
-        let (_dir, db, pool, mut store) = fresh();
+        let (_dir, db, pool, mut store) = empty_store();
         let revoke = |node_id| LeaseCommand::Revoke { node_id, at: 1 };
         check(
             store
@@ -471,7 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_installed_snapshot_replaces_base_and_changes() {
-        let (_dir, db, pool, mut store) = fresh();
+        let (_dir, db, pool, mut store) = empty_store();
         check(store.apply(vec![entry(1, acquire("old"))]).await);
         let mut table = LeaseTable::new(pool);
         for i in 0..3u64 {
