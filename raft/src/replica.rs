@@ -359,6 +359,25 @@ impl Replica {
             .ok_or(RequestError::NoQuorum(timeout))
     }
 
+    /// Waits until this member knows of a leader other than `previous` (after an election),
+    /// for at most two election timeouts and `limit`; the new leader, if one came.
+    pub async fn wait_for_new_leader(
+        &self,
+        previous: Option<NodeId>,
+        limit: Duration,
+    ) -> Option<NodeId> {
+        let election = Duration::from_millis(self.raft.config().election_timeout_max);
+        self.raft
+            .wait(Some(limit.min(2 * election)))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != previous,
+                "a new leader is known",
+            )
+            .await
+            .ok()
+            .and_then(|m| m.current_leader)
+    }
+
     pub fn node_id(&self) -> NodeId {
         self.node_id
     }
