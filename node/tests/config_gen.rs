@@ -330,17 +330,15 @@ fn bad_net_conf_names_key_and_value_and_writes_nothing() {
             "\"yes\"",
         ),
     ];
+    let with_bad_net_conf = || {
+        let nobody = ["127.0.0.1:9".to_string()];
+        config_gen(&cluster, "n", &cluster.path("data"), &nobody, &[])
+    };
     for (from, to, key, value) in cases {
         let text = ORIGINAL_NET_CONF.replace(from, to);
         assert_ne!(text, ORIGINAL_NET_CONF, "{from}");
         std::fs::write(cluster.path("net-conf.json"), text).unwrap_or_else(|e| panic!("{e}"));
-        let out = config_gen(
-            &cluster,
-            "n",
-            &cluster.path("data"),
-            &["127.0.0.1:9".to_string()],
-            &[],
-        );
+        let out = with_bad_net_conf();
         assert!(!out.status.success(), "{to}");
         let err = stderr(&out);
         assert!(err.contains(key) && err.contains(value), "{to}: {err}");
@@ -348,13 +346,7 @@ fn bad_net_conf_names_key_and_value_and_writes_nothing() {
     }
     std::fs::write(cluster.path("net-conf.json"), "{\"podCIDR\": ")
         .unwrap_or_else(|e| panic!("{e}"));
-    let out = config_gen(
-        &cluster,
-        "n",
-        &cluster.path("data"),
-        &["127.0.0.1:9".to_string()],
-        &[],
-    );
+    let out = with_bad_net_conf();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("net-conf.json"), "{}", stderr(&out));
     assert!(!cluster.path("net.d").exists());

@@ -66,6 +66,12 @@ fn cluster_and_etcd(name: &str) -> Option<(Cluster, Etcd)> {
     Some((cluster, etcd))
 }
 
+/// A single member bootstrapping a cluster that mirrors to `etcd`.
+fn mirroring_solo(cluster: &Cluster, etcd: &Etcd) -> Node {
+    let addr = evio_test_support::cluster::free_addr();
+    cluster.start("solo", &addr, &[], &["--etcd-endpoints", &etcd.client_url])
+}
+
 /// `evio-node import-etcd` from etcd into `node`, as run on that member.
 fn import_etcd(cluster: &Cluster, node: &Node, etcd: &Etcd) -> std::process::Output {
     let mut args = vec![
@@ -380,12 +386,7 @@ async fn a_deposed_leader_is_fenced_off_by_the_term_key() {
     // As if a leader of a much later term had mirrored already.
     etcd.put("/evio/mirror/term", &format!("{:020}", u64::MAX / 2))
         .await;
-    let node = cluster.start(
-        "solo",
-        &evio_test_support::cluster::free_addr(),
-        &[],
-        &["--etcd-endpoints", &etcd.client_url],
-    );
+    let node = mirroring_solo(&cluster, &etcd);
     evio_test_support::cluster::acquire(&node, "n0").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !node.proc.logs().contains("a later leader wrote etcd") {
@@ -408,12 +409,7 @@ async fn imported_and_claimed_ranges_are_mirrored_under_their_owner() {
     let Some((cluster, etcd)) = cluster_and_etcd("claim") else {
         return;
     };
-    let node = cluster.start(
-        "solo",
-        &evio_test_support::cluster::free_addr(),
-        &[],
-        &["--etcd-endpoints", &etcd.client_url],
-    );
+    let node = mirroring_solo(&cluster, &etcd);
     evio_test_support::cluster::acquire(&node, "known").await;
     etcd_holds(&etcd, &expect(&[("known", 0)]), "known mirrored").await;
     etcd.put(&original_key(4), "ok").await;
