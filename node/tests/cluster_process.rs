@@ -399,7 +399,7 @@ fn identity_cluster_id(data_dir: &Path) -> String {
 
 /// The member's `evio_raft_purged_index` from /metrics.
 async fn purged_index(node: &Node) -> u64 {
-    let text = node.proc.metrics().await;
+    let text = node.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("evio_raft_purged_index "))
         .and_then(|v| v.trim().parse().ok())

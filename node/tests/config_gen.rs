@@ -73,6 +73,14 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// config-gen failed for want of a lease for `node` and of a reachable member.
+fn assert_no_lease(out: &Output, node: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "{err}");
+    let want = format!("no lease for {node} and no cluster member reachable");
+    assert!(err.contains(&want), "{err}");
+}
+
 fn read_conflist(cluster: &Cluster) -> serde_json::Value {
     let bytes =
         std::fs::read(cluster.path("net.d/10-evio.conflist")).unwrap_or_else(|e| panic!("{e}"));
@@ -220,12 +228,7 @@ async fn conflist_from_the_cluster_then_from_the_local_replica_with_all_peers_ki
     let before = std::fs::read(cluster.path("net.d/10-evio.conflist")).unwrap_or_default();
     let started = Instant::now();
     let out = config_gen(&cluster, "d", &cluster.path("c"), &join, &[]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no lease for d and no cluster member reachable"),
-        "{}",
-        stderr(&out)
-    );
+    assert_no_lease(&out, "d");
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "config-gen overran its deadline"
@@ -251,12 +254,7 @@ fn no_replica_and_no_member_fails_cleanly_leaving_the_conflist() {
         &[nobody],
         &[],
     );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no lease for lonely and no cluster member reachable"),
-        "{}",
-        stderr(&out)
-    );
+    assert_no_lease(&out, "lonely");
     assert_eq!(
         std::fs::read(&existing).unwrap_or_default(),
         b"{\"previous\": true}\n"
