@@ -292,11 +292,14 @@ impl Replica {
             tls.revocations()
                 .set(move |id| applied.read().table.revoked().contains(&id));
         }
-        let network = HttpNetwork::new(peers.clone(), view.clone());
+        let effective = crate::network::client::EffectiveMembership::default();
+        let network = HttpNetwork::new(peers.clone(), view.clone(), effective.clone());
         let node_id = data_dir.node_id();
         let raft = Raft::new(node_id, Arc::new(raft_config), network, logs, state_machine)
             .await
             .map_err(|e| OpenError::Raft(e.to_string()))?;
+        // Set once: nothing else sets it.
+        let _ = effective.set(raft.server_metrics());
         let ticks = tokio::spawn(tick_while_voting(raft.clone(), node_id));
         tracing::info!(
             node_id,

@@ -19,6 +19,7 @@ use super::netlink;
 use super::pod_netns::{self, PodInterface, PodNetns};
 use super::pods::{enable_forwarding, PodNetwork, ROLLBACK_BUDGET};
 use super::reaper::RETIRED;
+use super::timing::Laps;
 use crate::plugin_conf::{InvalidKey, PluginConf, DEFAULT_MTU};
 use crate::result;
 use crate::spec::{Command, Request};
@@ -80,6 +81,24 @@ struct Undo {
 }
 
 pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) -> Result<Value> {
+    let started = std::time::Instant::now();
+    let mut laps = Laps::start();
+    let result = add_timed(net, request, deadline, &mut laps).await;
+    laps.log(
+        "ADD",
+        request.config["name"].as_str().unwrap_or_default(),
+        &request.container_id,
+        started,
+    );
+    result
+}
+
+async fn add_timed(
+    net: &PodNetwork,
+    request: &Request,
+    deadline: Instant,
+    laps: &mut Laps,
+) -> Result<Value> {
     let version = request.version();
     let conf = PluginConf::parse(&request.config)?;
     // Not first in the chain: what the plugins before us did is answered with ours.
@@ -104,10 +123,13 @@ pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) 
             request.netns
         )));
     }
+    laps.lap("parse");
     let driver = net.drivers.pick(&conf.teardown()).await;
     driver.validate(&net.handle, &conf.bridge).await?;
+    laps.lap("validate");
     let mut conf = conf;
     conf.mtu = Some(pod_mtu(net, &conf).await?);
+    laps.lap("mtu");
     let ifname = request.ifname.as_str();
     let host = host_veth_name(&request.container_id, ifname);
     if let Some(existing) = netlink::link_by_name(&net.handle, &host).await? {
@@ -120,25 +142,45 @@ pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) 
         // A DEL of this attachment retired it and its deletion is still queued.
         netlink::delete_index(&net.handle, existing.header.index).await?;
     }
+    laps.lap("host_lookup");
     let pod = PodNetns::open(netns_path, true).await?;
+    laps.lap("pod_sockets");
     if netlink::link_by_name(&pod.handle, ifname).await?.is_some() {
         return Err(DataplaneError::InterfaceExists(format!(
             "interface {ifname} already exists in {}",
             request.netns
         )));
     }
+    laps.lap("pod_lookup");
 
     // host-local's exec is most of an ADD: it runs while the links are built.
     let mut undo = Undo::default();
+    let mut link_laps = Laps::start();
     let links = async {
-        let bridge_index = add_links(
-            net, &*driver, &conf, request, &host, &owner, &netns, &mut undo,
+        let (bridge_index, host_link) = add_links(
+            net,
+            &*driver,
+            &conf,
+            request,
+            &host,
+            &owner,
+            &netns,
+            &mut undo,
+            &mut link_laps,
         )
         .await?;
         let interface = pod_netns::bring_up_pod_side(&pod, ifname).await?;
-        Ok::<_, DataplaneError>((bridge_index, interface))
+        link_laps.lap("|pod_up");
+        Ok::<_, DataplaneError>((bridge_index, host_link, interface))
     };
-    // The masquerade check (one nft listing) runs then too: node-wide and idempotent.
+    let mut ipam_laps = Laps::start();
+    let allocate = async {
+        let result = ipam::run(&net.allocator, request, Command::Add, deadline).await;
+        ipam_laps.lap("|ipam");
+        result
+    };
+    // The masquerade check runs then too: node-wide and idempotent.
+    let mut masquerade_laps = Laps::start();
     let masquerade = async {
         if let (true, Some(subnet), Some(cidr)) = (conf.is_ip_masq, conf.node_subnet, conf.pod_cidr)
         {
@@ -153,23 +195,34 @@ pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) 
                 .ensure(subnet.into(), cidr.into(), deadline)
                 .await?;
         }
+        masquerade_laps.lap("|masquerade");
         Ok::<(), super::masquerade::MasqueradeError>(())
     };
-    let (links, ipam_result, masqueraded) = tokio::join!(
-        links,
-        ipam::run(&net.allocator, request, Command::Add, deadline),
-        masquerade
-    );
+    let (links, ipam_result, masqueraded) = tokio::join!(links, allocate, masquerade);
+    laps.lap("concurrent");
+    laps.extend(link_laps);
+    laps.extend(ipam_laps);
+    laps.extend(masquerade_laps);
     undo.ipam = ipam_result.is_ok();
     let result = match (links, ipam_result, masqueraded) {
-        (Ok((bridge_index, interface)), Ok(ipam_result), Ok(())) => {
+        (Ok((bridge_index, host_link, interface)), Ok(ipam_result), Ok(())) => {
             let built = Built {
                 pod: &pod,
                 interface: &interface,
                 host: &host,
+                host_mac: netlink::mac_of(&host_link),
                 bridge_index,
             };
-            configure(net, &conf, request, &built, &ipam_result, prev.as_ref()).await
+            configure(
+                net,
+                &conf,
+                request,
+                &built,
+                &ipam_result,
+                prev.as_ref(),
+                laps,
+            )
+            .await
         }
         (Err(e), _, _) => Err(e),
         (_, Err(e), _) => Err(e.into()),
@@ -182,7 +235,7 @@ pub(super) async fn add(net: &PodNetwork, request: &Request, deadline: Instant) 
 }
 
 /// The host side: bridge, veth pair (pod end born in the pod netns), bridge port. Returns the
-/// bridge's index.
+/// bridge's index and the host end's link.
 #[allow(clippy::too_many_arguments)]
 async fn add_links(
     net: &PodNetwork,
@@ -193,7 +246,8 @@ async fn add_links(
     owner: &str,
     netns: &File,
     undo: &mut Undo,
-) -> Result<u32> {
+    laps: &mut Laps,
+) -> Result<(u32, rtnetlink::packet_route::link::LinkMessage)> {
     let bridge_index = {
         let _serialized = net.bridge_lock.lock().await;
         driver
@@ -205,22 +259,37 @@ async fn add_links(
             )
             .await?
     };
-    let host_index =
-        netlink::create_veth(&net.handle, host, &request.ifname, owner, conf.mtu(), netns).await?;
+    laps.lap("|bridge");
+    let controller = driver.controller_at_creation(bridge_index);
+    let host_link = netlink::create_veth(
+        &net.handle,
+        host,
+        &request.ifname,
+        owner,
+        conf.mtu(),
+        netns,
+        controller,
+    )
+    .await?;
     undo.veth = true;
+    laps.lap("|veth");
     let port = Port {
         name: host,
-        index: host_index,
+        index: host_link.header.index,
         owner,
         container_id: &request.container_id,
         ifname: &request.ifname,
         hairpin: conf.hairpin_mode,
     };
     undo.port = true; // a failed attach may still have committed
-    driver
-        .attach(&net.handle, &conf.bridge, bridge_index, &port)
-        .await?;
-    Ok(bridge_index)
+                      // Created on the bridge already, unless the kernel did not take it or hairpin is asked.
+    if controller.is_none() || netlink::controller_of(&host_link) != controller || port.hairpin {
+        driver
+            .attach(&net.handle, &conf.bridge, bridge_index, &port)
+            .await?;
+    }
+    laps.lap("|attach");
+    Ok((bridge_index, host_link))
 }
 
 /// What the host side built.
@@ -228,6 +297,7 @@ struct Built<'a> {
     pod: &'a PodNetns,
     interface: &'a PodInterface,
     host: &'a str,
+    host_mac: String,
     bridge_index: u32,
 }
 
@@ -240,6 +310,7 @@ async fn configure(
     built: &Built<'_>,
     ipam_result: &Value,
     prev: Option<&Value>,
+    laps: &mut Laps,
 ) -> Result<Value> {
     let version = request.version();
     let addresses = ipam_addresses(ipam_result)?;
@@ -272,23 +343,17 @@ async fn configure(
         ips.push(ip);
     }
     let pod_addresses: Vec<IpNetwork> = addresses.iter().map(|(a, _)| *a).collect();
-    pod_netns::address_pod_side(built.pod, built.interface, &pod_addresses, &default_gws).await?;
-    enable_forwarding(pod_addresses.iter().any(|a| a.is_ipv6()));
-    let mac_of = |link: Option<rtnetlink::packet_route::link::LinkMessage>| {
-        link.map(|l| netlink::mac_of(&l)).unwrap_or_default()
-    };
-    let host_mac = mac_of(
-        netlink::link_by_name(&net.handle, built.host)
-            .await
-            .ok()
-            .flatten(),
-    );
-    let bridge_mac = mac_of(
+    // The bridge's MAC (it may change as ports join) is read while the pod side is addressed.
+    let (addressed, bridge) = tokio::join!(
+        pod_netns::address_pod_side(built.pod, built.interface, &pod_addresses, &default_gws),
         netlink::link_by_index(&net.handle, built.bridge_index)
-            .await
-            .ok()
-            .flatten(),
     );
+    addressed?;
+    laps.lap("address");
+    enable_forwarding(pod_addresses.iter().any(|a| a.is_ipv6()));
+    laps.lap("forwarding");
+    let bridge_mac = bridge.ok().flatten().map(|l| netlink::mac_of(&l));
+    let (host_mac, bridge_mac) = (&built.host_mac, bridge_mac.unwrap_or_default());
     let mut own = json!({
         "cniVersion": version,
         "interfaces": [
@@ -307,7 +372,9 @@ async fn configure(
             json!({"dst": dst, "gw": gw.to_string()})
         })
         .collect();
-    Ok(result::chain(prev, &own, &version))
+    let chained = result::chain(prev, &own, &version);
+    laps.lap("result");
+    Ok(chained)
 }
 
 async fn roll_back(

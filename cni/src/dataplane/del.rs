@@ -15,10 +15,13 @@ use super::netlink;
 use super::pod_netns::{self, PodNetns};
 use super::pods::PodNetwork;
 use super::reaper::{RETIRED, RETIRED_GROUP};
+use super::timing::Laps;
 use crate::plugin_conf::TeardownConf;
 use crate::spec::{Command, Request};
 
 pub(super) async fn del(net: &PodNetwork, request: &Request, deadline: Instant) -> Result<Value> {
+    let started = std::time::Instant::now();
+    let mut laps = Laps::start();
     let driver = net
         .drivers
         .pick(&TeardownConf::parse(&request.config))
@@ -26,14 +29,30 @@ pub(super) async fn del(net: &PodNetwork, request: &Request, deadline: Instant) 
     // host-local's exec is most of a DEL: it runs while the links are retired. Releasing the
     // address first is the reference bridge plugin's order too; a runtime calls DEL once the
     // pod's processes are gone.
+    laps.lap("parse");
+    let mut ipam_laps = Laps::start();
     let release = async {
         if request.config["ipam"]["type"].is_string() {
             ipam::run(&net.allocator, request, Command::Del, deadline).await?;
         }
+        ipam_laps.lap("|ipam");
         Ok::<_, DataplaneError>(())
     };
-    let (mut errors, released) = tokio::join!(retire_links(net, &*driver, request), release);
+    let mut link_laps = Laps::start();
+    let (mut errors, released) = tokio::join!(
+        retire_links(net, &*driver, request, &mut link_laps),
+        release
+    );
+    laps.lap("concurrent");
+    laps.extend(link_laps);
+    laps.extend(ipam_laps);
     errors.extend(released.err());
+    laps.log(
+        "DEL",
+        request.config["name"].as_str().unwrap_or_default(),
+        &request.container_id,
+        started,
+    );
     DataplaneError::collect(errors).map(|()| Value::Null)
 }
 
@@ -44,14 +63,20 @@ async fn retire_links(
     net: &PodNetwork,
     driver: &dyn BridgeDriver,
     request: &Request,
+    laps: &mut Laps,
 ) -> Vec<DataplaneError> {
     let mut errors = Vec::new();
     let host = host_veth_name(&request.container_id, &request.ifname);
     if let Err(e) = driver.detach(&host).await {
         errors.push(e);
     }
+    laps.lap("|detach");
     match retire_host_end(net, &host).await {
-        Ok(Some(index)) => retire_pod_end(request, index).await,
+        Ok(Some(index)) => {
+            laps.lap("|retire_host");
+            retire_pod_end(request, index).await;
+            laps.lap("|retire_pod");
+        }
         Ok(None) => {}
         Err(e) => errors.push(e),
     }

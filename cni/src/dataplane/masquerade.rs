@@ -1,12 +1,15 @@
 //! Masquerade for pods leaving the pod network: one nftables rule per node subnet (not a chain
 //! per pod, so nothing leaks when a DEL comes after the netns is gone), following the lease:
-//! each ADD lists the chain once and changes it only when it is not as the lease says.
+//! each ADD lists the chain (over netlink, in-process: `nftables`) and changes it (with `nft`)
+//! only when it is not as the lease says.
 //! IPv4 rules live in table `ip evio`, IPv6 ones (optional, `isIPv6Masq`) in `ip6 evio`.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use ipnetwork::IpNetwork;
+
+use super::nftables;
 
 pub const TABLE: &str = "evio";
 const CHAIN: &str = "postrouting";
@@ -89,13 +92,38 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, MasqueradeError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Keeps the rules in line with the node's lease. Every ADD lists evio's chain once (while
-/// IPAM runs): a table, chain or rule removed from outside is put back, and the rule of
-/// another subnet of the same pod CIDR — a lease this node no longer holds — is removed.
+/// Keeps the rules in line with the node's lease: a table, chain or rule removed from outside
+/// is put back by the next ADD, and the rule of another subnet of the same pod CIDR — a lease
+/// this node no longer holds — is removed.
 #[derive(Default)]
 pub struct Masquerade {
     /// Changes are made one at a time (two ADDs must not both add the missing rule).
     changing: tokio::sync::Mutex<()>,
+}
+
+/// evio's rules in the chain of `node_subnet`'s family: (subnet the marker names, handle).
+/// `None` when the chain holds no rule (or there is no chain). Read over netlink; `nft` lists
+/// it when that fails.
+async fn marked(
+    node_subnet: IpNetwork,
+    deadline: tokio::time::Instant,
+) -> Option<Vec<(IpNetwork, u64)>> {
+    match nftables::list_chain(node_subnet.ip(), TABLE, CHAIN) {
+        Ok(rules) if rules.is_empty() => None,
+        Ok(rules) => Some(
+            rules
+                .iter()
+                .filter_map(|r| Some((marked_subnet(r.comment.as_deref()?)?, r.handle)))
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::debug!(error = %e, "listing the masquerade chain with nft instead");
+            let fam = family(node_subnet);
+            let args = ["-a", "list", "chain", fam, TABLE, CHAIN];
+            let listing = nft_until(&args, None, deadline).await.ok()?;
+            Some(marked_rules(&listing))
+        }
+    }
 }
 
 impl Masquerade {
@@ -107,10 +135,7 @@ impl Masquerade {
         pod_cidr: IpNetwork,
         deadline: tokio::time::Instant,
     ) -> Result<(), MasqueradeError> {
-        let fam = family(node_subnet);
-        let listing = nft_until(&["-a", "list", "chain", fam, TABLE, CHAIN], None, deadline)
-            .await
-            .ok();
+        let listing = marked(node_subnet, deadline).await;
         if changes(listing.as_deref(), node_subnet, pod_cidr).is_empty() {
             return Ok(());
         }
@@ -119,9 +144,7 @@ impl Masquerade {
         // (`remove`); the whole sequence is idempotent, so run it again.
         let mut attempt = 0;
         loop {
-            let listing = nft_until(&["-a", "list", "chain", fam, TABLE, CHAIN], None, deadline)
-                .await
-                .ok();
+            let listing = marked(node_subnet, deadline).await;
             let script = changes(listing.as_deref(), node_subnet, pod_cidr);
             if script.is_empty() {
                 return Ok(());
@@ -135,29 +158,29 @@ impl Masquerade {
     }
 }
 
-/// The subnet a rule's marker names, and the rule's handle, from `nft -a list` output.
-fn marked_rules(listing: &str) -> impl Iterator<Item = (IpNetwork, &str)> {
-    listing.lines().filter_map(|line| {
-        let subnet = line
-            .split("comment \"evio-masq ")
-            .nth(1)?
-            .split('"')
-            .next()?
-            .parse()
-            .ok()?;
-        let handle = line
-            .rsplit("# handle ")
-            .next()
-            .map(str::trim)
-            .filter(|h| h.parse::<u64>().is_ok())?;
-        Some((subnet, handle))
-    })
+/// The subnet a rule's comment names, if it is evio's marker.
+fn marked_subnet(comment: &str) -> Option<IpNetwork> {
+    comment.strip_prefix("evio-masq ")?.parse().ok()
+}
+
+/// The subnet each marked rule names, and its handle, from `nft -a list` output.
+fn marked_rules(listing: &str) -> Vec<(IpNetwork, u64)> {
+    let rules = listing.lines().filter_map(|line| {
+        let comment = line.split("comment \"").nth(1)?.split('"').next()?;
+        let handle = line.rsplit("# handle ").next()?.trim().parse().ok()?;
+        Some((marked_subnet(comment)?, handle))
+    });
+    rules.collect()
 }
 
 /// The nft script that brings the chain in line (empty when it is): table and chain when
 /// missing (`listing` None), the rule of `node_subnet` when missing, deletions of the rules of
 /// the pod CIDR's other subnets.
-fn changes(listing: Option<&str>, node_subnet: IpNetwork, pod_cidr: IpNetwork) -> String {
+fn changes(
+    listing: Option<&[(IpNetwork, u64)]>,
+    node_subnet: IpNetwork,
+    pod_cidr: IpNetwork,
+) -> String {
     let fam = family(node_subnet);
     let mut script = String::new();
     let Some(listing) = listing else {
@@ -168,7 +191,7 @@ fn changes(listing: Option<&str>, node_subnet: IpNetwork, pod_cidr: IpNetwork) -
         return script;
     };
     let mut present = false;
-    for (subnet, handle) in marked_rules(listing) {
+    for &(subnet, handle) in listing {
         if subnet == node_subnet {
             present = true;
         } else if subnet.prefix() >= pod_cidr.prefix() && pod_cidr.contains(subnet.network()) {
@@ -200,16 +223,11 @@ pub fn remove(node_subnet: impl Into<IpNetwork>) -> Result<(), MasqueradeError> 
     let Ok(listing) = nft(&["-a", "list", "chain", fam, TABLE, CHAIN], None) else {
         return Ok(()); // no table, no rule
     };
-    let wanted = format!("\"{}\"", marker(node_subnet));
-    for line in listing.lines().filter(|l| l.contains(&wanted)) {
-        if let Some(handle) = line
-            .rsplit("# handle ")
-            .next()
-            .map(str::trim)
-            .filter(|h| h.parse::<u64>().is_ok())
-        {
+    for (subnet, handle) in marked_rules(&listing) {
+        if subnet == node_subnet {
+            let handle = handle.to_string();
             nft(
-                &["delete", "rule", fam, TABLE, CHAIN, "handle", handle],
+                &["delete", "rule", fam, TABLE, CHAIN, "handle", &handle],
                 None,
             )?;
         }
@@ -235,7 +253,11 @@ mod tests {
         let listing = "table ip evio {\n\tchain postrouting { # handle 1\n\
             \t\tip saddr 10.5.3.0/24 ip daddr != 10.5.0.0/16 masquerade comment \"evio-masq 10.5.3.0/24\" # handle 7\n\
             \t\tip saddr 10.9.3.0/24 ip daddr != 10.9.0.0/16 masquerade comment \"evio-masq 10.9.3.0/24\" # handle 8\n\t}\n}\n";
-        let script = changes(Some(listing), current, cidr);
+        assert_eq!(
+            marked_rules(listing),
+            [(net("10.5.3.0/24"), 7), (net("10.9.3.0/24"), 8)]
+        );
+        let script = changes(Some(&marked_rules(listing)), current, cidr);
         assert!(
             script.contains("delete rule ip evio postrouting handle 7"),
             "{script}"
@@ -246,7 +268,7 @@ mod tests {
         );
         assert!(script.contains("ip saddr 10.5.4.0/24"), "{script}");
         let settled = listing.replace("10.5.3.0/24", "10.5.4.0/24");
-        assert_eq!(changes(Some(&settled), current, cidr), "");
+        assert_eq!(changes(Some(&marked_rules(&settled)), current, cidr), "");
         assert!(changes(None, current, cidr).starts_with("add table ip evio"));
     }
 
@@ -261,7 +283,7 @@ mod tests {
         );
         let listing = "table ip6 evio {\n\tchain postrouting { # handle 1\n\
             \t\tip6 saddr fd00:5:0:3::/64 ip6 daddr != fd00:5::/56 masquerade comment \"evio-masq fd00:5:0:3::/64\" # handle 4\n\t}\n}\n";
-        let script = changes(Some(listing), current, cidr);
+        let script = changes(Some(&marked_rules(listing)), current, cidr);
         assert!(
             script.contains("delete rule ip6 evio postrouting handle 4"),
             "{script}"

@@ -8,9 +8,12 @@
 //! - [`netlink`]: links, addresses and routes over rtnetlink in the host namespace;
 //!   [`pod_netns`]: the same inside a pod's namespace.
 //! - [`ipam`]: delegation to the IPAM plugin, or [`evio_ipam`], the daemon's own; [`masquerade`]: the nftables rule per node
-//!   subnet; [`reaper`]: deleting retired veths off the DEL path; [`attachment`]: names.
+//!   subnet; [`reaper`]: deleting retired veths off the DEL path; [`attachment`]: names;
+//!   `announce`: gratuitous ARPs and unsolicited neighbour advertisements after ADD;
+//!   [`timing`]: where a request's time goes (debug logs, `evio-bench pods --breakdown`).
 
 mod add;
+mod announce;
 pub mod attachment;
 pub mod bridge;
 mod check;
@@ -21,9 +24,11 @@ mod gc;
 pub mod ipam;
 pub mod masquerade;
 pub mod netlink;
+mod nftables;
 pub mod ovsdb;
 pub mod pod_netns;
 pub mod pods;
 pub mod reaper;
+pub mod timing;
 
 pub use pods::{AttachedPod, Limits, PodNetwork};

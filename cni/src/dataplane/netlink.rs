@@ -88,17 +88,24 @@ pub async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetlinkError
         .ok_or_else(|| NetlinkError::other(format!("finding link {name}"), "no such link"))
 }
 
+/// The link `request` asks for, if any (`shown` names it in an error).
+async fn one_link(
+    request: rtnetlink::LinkGetRequest,
+    shown: &(dyn std::fmt::Display + Sync),
+) -> Result<Option<LinkMessage>, NetlinkError> {
+    match request.execute().try_next().await {
+        Ok(link) => Ok(link),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(fail(format!("looking up link {shown}"))(e)),
+    }
+}
+
 /// The link called `name`, if any.
 pub async fn link_by_name(
     handle: &Handle,
     name: &str,
 ) -> Result<Option<LinkMessage>, NetlinkError> {
-    let mut links = handle.link().get().match_name(name.to_string()).execute();
-    match links.try_next().await {
-        Ok(link) => Ok(link),
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(fail(format!("looking up link {name}"))(e)),
-    }
+    one_link(handle.link().get().match_name(name.to_string()), &name).await
 }
 
 /// The link with `index`, if any.
@@ -106,12 +113,17 @@ pub async fn link_by_index(
     handle: &Handle,
     index: u32,
 ) -> Result<Option<LinkMessage>, NetlinkError> {
-    let mut links = handle.link().get().match_index(index).execute();
-    match links.try_next().await {
-        Ok(link) => Ok(link),
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(fail(format!("looking up link {index}"))(e)),
-    }
+    one_link(handle.link().get().match_index(index), &index).await
+}
+
+/// One `RTM_SETLINK` (`action` says what it does, for the error).
+pub async fn set_link(
+    handle: &Handle,
+    message: LinkMessage,
+    action: impl FnOnce() -> String,
+) -> Result<(), NetlinkError> {
+    let outcome = handle.link().set(message).execute().await;
+    outcome.map_err(|e| NetlinkError::new(action(), e))
 }
 
 /// The link that carries `addr` (assigned to it in this namespace): its name and MTU.
@@ -170,14 +182,23 @@ pub fn mac_text(mac: &[u8]) -> String {
         .join(":")
 }
 
-/// Creates a Linux bridge `name` unless it exists; returns whether this call created it.
+/// What [`ensure_linux_bridge`] found or did.
+pub enum Ensured {
+    /// It existed: its link as found.
+    Found(LinkMessage),
+    Created,
+    /// A concurrent creator won.
+    Exists,
+}
+
+/// Creates a Linux bridge `name` unless it exists.
 pub async fn ensure_linux_bridge(
     handle: &Handle,
     name: &str,
     mtu: u32,
-) -> Result<bool, NetlinkError> {
-    if link_by_name(handle, name).await?.is_some() {
-        return Ok(false);
+) -> Result<Ensured, NetlinkError> {
+    if let Some(link) = link_by_name(handle, name).await? {
+        return Ok(Ensured::Found(link));
     }
     match handle
         .link()
@@ -185,23 +206,29 @@ pub async fn ensure_linux_bridge(
         .execute()
         .await
     {
-        Ok(()) => Ok(true),
-        Err(e) if is_exists(&e) => Ok(false), // a concurrent ADD made it
+        Ok(()) => Ok(Ensured::Created),
+        Err(e) if is_exists(&e) => Ok(Ensured::Exists),
         Err(e) => Err(fail(format!("creating bridge {name}"))(e)),
     }
 }
 
 /// Waits (up to 5 s: an OVS bridge's interface appears once vswitchd gets to it) for the
-/// bridge's link, brings it up and gives it `address` if any. Returns its index.
+/// bridge's link (`known` when the caller just found it), brings it up unless it is and gives
+/// it `addresses`. Returns its index.
 pub async fn bridge_ready(
     handle: &Handle,
     name: &str,
     addresses: &[ipnetwork::IpNetwork],
+    known: Option<LinkMessage>,
 ) -> Result<u32, NetlinkError> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    let index = loop {
+    let mut known = known;
+    let link = loop {
+        if let Some(link) = known.take() {
+            break link;
+        }
         if let Some(link) = link_by_name(handle, name).await? {
-            break link.header.index;
+            break link;
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(NetlinkError::other(
@@ -211,7 +238,10 @@ pub async fn bridge_ready(
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     };
-    set_up(handle, index).await?;
+    let index = link.header.index;
+    if !is_up(&link) {
+        set_up(handle, index).await?;
+    }
     for address in addresses {
         add_address(handle, index, address.ip(), address.prefix()).await?;
     }
@@ -251,12 +281,8 @@ pub fn controller_of(link: &LinkMessage) -> Option<u32> {
 }
 
 pub async fn set_up(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(fail(format!("bringing link {index} up")))
+    let up = LinkUnspec::new_with_index(index).up().build();
+    set_link(handle, up, || format!("bringing link {index} up")).await
 }
 
 /// Adds an address; an address already present is fine. IPv6 addresses skip duplicate address
@@ -284,10 +310,12 @@ pub async fn add_address(
     }
 }
 
-/// Creates a veth pair whose host end `host` stays here (up, `owner` as its alias; the
-/// bridge driver attaches it) and whose other end is born as `pod_ifname` inside the
-/// namespace open at `netns`: created there directly, never moved (moving a netdev between
-/// namespaces costs a kernel synchronisation of tens of milliseconds).
+/// Creates a veth pair whose host end `host` stays here (up, `owner` as its alias, on bridge
+/// `controller` when given) and whose other end is born as `pod_ifname` inside the namespace
+/// open at `netns`: created there directly, never moved (moving a netdev between namespaces
+/// costs a kernel synchronisation of tens of milliseconds). One request creates both ends (the
+/// pod end cannot be created up: the kernel opens it before the pair is linked); the alias (which the kernel takes only in a change) is set while the host end
+/// is looked up. Returns the host end as it is then (its index, MAC and controller).
 pub async fn create_veth(
     handle: &Handle,
     host: &str,
@@ -295,7 +323,8 @@ pub async fn create_veth(
     owner: &str,
     mtu: u32,
     netns: &File,
-) -> Result<u32, NetlinkError> {
+    controller: Option<u32>,
+) -> Result<LinkMessage, NetlinkError> {
     use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
     use rtnetlink::LinkMessageBuilder;
     use std::os::fd::AsRawFd;
@@ -303,35 +332,47 @@ pub async fn create_veth(
         .mtu(mtu)
         .setns_by_fd(netns.as_raw_fd())
         .build();
-    let pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+    let mut pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(host.to_string())
         .mtu(mtu)
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(pod_end)))
-        .build();
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(pod_end)));
+    if let Some(bridge) = controller {
+        pair = pair.controller(bridge);
+    }
     handle
         .link()
-        .add(pair)
+        .add(pair.build())
         .execute()
         .await
         .map_err(fail(format!(
             "creating veth {host} with {pod_ifname} in the pod netns"
         )))?;
-    let host_index = link_index(handle, host).await?;
-    let host_end = LinkUnspec::new_with_index(host_index).alias(owner).up();
-    let attached = handle
-        .link()
-        .set(host_end.build())
-        .execute()
-        .await
-        .map(|()| host_index)
-        .map_err(fail(format!("bringing {host} up")));
-    if attached.is_err() {
-        // The pair exists but is unusable: remove it (and its pod end) before reporting.
-        if let Err(e) = handle.link().del(host_index).execute().await {
-            tracing::warn!(error = %e, veth = host, "removing a half-made veth failed");
+    let alias = LinkUnspec::new_with_name(host).alias(owner).build();
+    let (aliased, found) = tokio::join!(
+        set_link(handle, alias, || format!("tagging {host}")),
+        link_by_name(handle, host)
+    );
+    let found = found.and_then(|link| {
+        link.ok_or_else(|| NetlinkError::other(format!("finding link {host}"), "no such link"))
+    });
+    match (aliased, found) {
+        (Ok(()), Ok(link)) => Ok(link),
+        (Err(e), _) | (_, Err(e)) => {
+            // The pair exists but is unusable: remove it (and its pod end) before reporting.
+            if let Err(e) = delete_link(handle, host).await {
+                tracing::warn!(error = %e, veth = host, "removing a half-made veth failed");
+            }
+            Err(e)
         }
     }
-    attached
+}
+
+/// Whether `link` is administratively up.
+pub fn is_up(link: &LinkMessage) -> bool {
+    link.header
+        .flags
+        .contains(rtnetlink::packet_route::link::LinkFlags::Up)
 }
 
 /// Whether `file` is a network namespace (nsfs), as `CNI_NETNS` must be.
@@ -397,12 +438,8 @@ pub async fn retire(
 
 /// Takes link `index` down.
 pub async fn set_down(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).down().build())
-        .execute()
-        .await
-        .map_err(fail(format!("taking link {index} down")))
+    let down = LinkUnspec::new_with_index(index).down().build();
+    set_link(handle, down, || format!("taking link {index} down")).await
 }
 
 /// Deletes every link of `group` in one request.

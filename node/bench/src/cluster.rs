@@ -43,16 +43,30 @@ pub struct Process {
     name: String,
     program: PathBuf,
     args: Vec<String>,
+    /// Added to the inherited environment.
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
 
 impl Process {
     pub fn start(name: &str, program: &Path, args: Vec<String>, log: PathBuf) -> Result<Process> {
+        Self::start_with_env(name, program, args, Vec::new(), log)
+    }
+
+    /// As [`Process::start`], with `env` added to the environment.
+    pub fn start_with_env(
+        name: &str,
+        program: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log: PathBuf,
+    ) -> Result<Process> {
         let mut process = Process {
             name: name.to_string(),
             program: program.to_path_buf(),
             args,
+            env,
             log,
             child: None,
         };
@@ -77,6 +91,7 @@ impl Process {
         }
         let child = command
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("NODE_NAME")
             .env_remove("EVIO_TOKEN_FILE")
             .stdin(Stdio::null())

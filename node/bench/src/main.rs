@@ -95,6 +95,10 @@ struct PodArgs {
     /// Concurrent ADDs/DELs (fill).
     #[arg(long, default_value_t = 8)]
     parallel: usize,
+    /// pods: also print where evio's ADD and DEL spend their time, step by step (p50s the
+    /// daemon logs per request).
+    #[arg(long)]
+    breakdown: bool,
 }
 
 impl PodArgs {
@@ -167,7 +171,15 @@ async fn run(cli: Cli) -> Result<()> {
         Bench::Join(a) => (&a.common, join::run(&bins, a.common.quick, a.leases).await?),
         Bench::Pods(a) => (
             &a.common,
-            pods::pods(&bins, &a.evio_cni()?, &a.kind, &a.ipam, a.count(200)).await?,
+            pods::pods(
+                &bins,
+                &a.evio_cni()?,
+                &a.kind,
+                &a.ipam,
+                a.count(200),
+                a.breakdown,
+            )
+            .await?,
         ),
         Bench::Fill(a) => (
             &a.common,

@@ -54,7 +54,7 @@ pub struct LocalView {
 }
 
 impl LocalView {
-    fn new(applied: Applied) -> Self {
+    pub(crate) fn new(applied: Applied) -> Self {
         Self {
             applied: Arc::new(watch::Sender::new(applied.last_applied)),
             state: Arc::new(RwLock::new(applied)),

@@ -43,8 +43,12 @@ impl BridgeDriver for LinuxBridge {
         addresses: &'a [IpNetwork],
     ) -> BoxFuture<'a, Result<u32>> {
         async move {
-            let created = netlink::ensure_linux_bridge(handle, bridge, mtu).await?;
-            match netlink::bridge_ready(handle, bridge, addresses).await {
+            let (created, known) = match netlink::ensure_linux_bridge(handle, bridge, mtu).await? {
+                netlink::Ensured::Found(link) => (false, Some(link)),
+                netlink::Ensured::Created => (true, None),
+                netlink::Ensured::Exists => (false, None),
+            };
+            match netlink::bridge_ready(handle, bridge, addresses, known).await {
                 Ok(index) => Ok(index),
                 Err(e) => {
                     if created {
@@ -58,6 +62,10 @@ impl BridgeDriver for LinuxBridge {
             }
         }
         .boxed()
+    }
+
+    fn controller_at_creation(&self, bridge_index: u32) -> Option<u32> {
+        Some(bridge_index)
     }
 
     fn attach<'a>(

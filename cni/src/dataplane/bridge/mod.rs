@@ -49,6 +49,12 @@ pub trait BridgeDriver: Send + Sync {
         addresses: &'a [IpNetwork],
     ) -> BoxFuture<'a, Result<u32>>;
 
+    /// The bridge to create a port's veth on, when the kernel attaches it in the same request
+    /// (a Linux bridge); `None` when [`BridgeDriver::attach`] does it.
+    fn controller_at_creation(&self, _bridge_index: u32) -> Option<u32> {
+        None
+    }
+
     /// Puts `port` on the bridge.
     fn attach<'a>(
         &'a self,

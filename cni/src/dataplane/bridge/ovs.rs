@@ -63,7 +63,7 @@ impl BridgeDriver for OvsBridge {
                 .ovsdb
                 .ensure_bridge(bridge, self.datapath.as_str())
                 .await?;
-            match netlink::bridge_ready(handle, bridge, addresses).await {
+            match netlink::bridge_ready(handle, bridge, addresses, None).await {
                 Ok(index) => Ok(index),
                 Err(e) => {
                     if created {

@@ -1,15 +1,6 @@
-//! Pod ADD/DEL through the real plugin binaries, evio against Debian's reference `bridge`
-//! plugin, in one run: `pods` (N sequential ADDs then DELs, the three plugins interleaved per
-//! pod) and `fill` (a node's 253 pods, 8 ADDs at a time, then DEL all). Both use the same
-//! host-local IPAM and masquerade. evio runs as `evio-node dev` with its CNI socket; each
-//! plugin gets its own /16 and bridge so they never share state. With `--ipam evio-ipam` (or
-//! `both`) evio's networks name `evio-ipam` instead, served by the daemon in-process; their
-//! ranges then lie in the block the dev daemon leases (its pool is 10.208.0.0/12 in two /13
-//! blocks, so every plugin's /16 is inside the node's block). Needs root (and OVS running
-//! for the OVS figure: scripts/ovs-start.sh).
-//!
-//! Over 500 lines: `pods` and `fill` share the plugin set-up, the exec of each plugin and the
-//! leftover checks that make the two figures comparable; they stay in one file with them.
+//! What `pods` and `fill` share, so their figures compare: the daemon and one network per
+//! plugin (each its own /16, bridge and IPAM state), the pod namespaces made before the clock
+//! starts, the exec of a plugin as a runtime does it, and the leftover checks after the DELs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,19 +11,18 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::cluster::{free_addr, scratch_dir, wait_for, Process};
-use crate::stats::{met, ratio, Summary};
 use crate::Bins;
 
 /// Where Debian installs the reference plugins (host-local, bridge).
 const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
 
 /// One plugin under test: its binary, its network config and its own pod namespaces.
-struct Plugin {
-    label: String,
+pub(super) struct Plugin {
+    pub label: String,
     /// evio with evio-ipam (its own goals).
-    evio_ipam: bool,
+    pub evio_ipam: bool,
     binary: PathBuf,
-    config: Value,
+    pub config: Value,
     ipam_dir: PathBuf,
     bridge: String,
 }
@@ -111,7 +101,12 @@ fn host_local(octet: u8, data_dir: &Path) -> Value {
 }
 
 /// Runs one CNI command through the plugin binary, as a runtime does; returns its wall time.
-fn exec(plugin: &Plugin, command: &str, container: &str, netns: &str) -> Result<Duration> {
+pub(super) fn exec(
+    plugin: &Plugin,
+    command: &str,
+    container: &str,
+    netns: &str,
+) -> Result<Duration> {
     let cni_path = format!(
         "{}:{CNI_PLUGIN_DIR}",
         plugin
@@ -150,7 +145,7 @@ fn exec(plugin: &Plugin, command: &str, container: &str, netns: &str) -> Result<
 }
 
 /// How long until no retired evio veth is left (DEL leaves their deletion to a queue).
-async fn retired_drained() -> Result<Duration> {
+pub(super) async fn retired_drained() -> Result<Duration> {
     let started = Instant::now();
     loop {
         let out = Command::new("ip")
@@ -170,7 +165,7 @@ async fn retired_drained() -> Result<Duration> {
 }
 
 /// Links, OVS ports and host-local reservations a plugin left behind after its DELs.
-fn leftovers(plugin: &Plugin) -> Result<usize> {
+pub(super) fn leftovers(plugin: &Plugin) -> Result<usize> {
     let reservations = std::fs::read_dir(
         plugin
             .ipam_dir
@@ -204,23 +199,27 @@ fn leftovers(plugin: &Plugin) -> Result<usize> {
     Ok(reservations + linux_ports + ovs_ports)
 }
 
-struct Setup {
-    plugins: Vec<Plugin>,
+pub(super) struct Setup {
+    pub plugins: Vec<Plugin>,
     /// Per plugin, `count` pod namespaces.
-    netns: Vec<Vec<String>>,
+    pub netns: Vec<Vec<String>>,
+    /// The daemon's log (JSON lines with its step timings under `--breakdown`).
+    pub daemon_log: PathBuf,
     _scratch: Scratch,
     _daemon: Process,
     _dir: tempfile::TempDir,
 }
 
 /// The daemon serving its CNI socket, one network per plugin of `kind` × `ipam`, and `count`
-/// pod namespaces per plugin, all before the clock starts.
-async fn setup(
+/// pod namespaces per plugin, all before the clock starts. With `breakdown` the daemon logs
+/// each request's step timings (JSON lines, `evio_cni::timing` at debug level).
+pub(super) async fn setup(
     bins: &Bins,
     evio_cni: &Path,
     kind: &str,
     ipam: &str,
     count: usize,
+    breakdown: bool,
 ) -> Result<Setup> {
     let kinds = kinds(kind, ipam)?;
     if !nix::unistd::geteuid().is_root() {
@@ -238,25 +237,37 @@ async fn setup(
     }
     let dir = scratch_dir("pods")?;
     let socket = dir.path().join("cni.sock");
-    let daemon = Process::start(
+    let daemon_log = dir.path().join("evio-node.log");
+    let (mut args, mut env) = (Vec::new(), Vec::new());
+    if breakdown {
+        args.extend(["--log-format".to_string(), "json".to_string()]);
+        let filter = format!(
+            "info,openraft=warn,sled=warn,{}=debug",
+            evio_cni::dataplane::timing::TARGET
+        );
+        env.push(("EVIO_LOG".to_string(), filter));
+    }
+    args.extend([
+        "dev".into(),
+        "--data-dir".into(),
+        dir.path().join("data").display().to_string(),
+        "--listen".into(),
+        free_addr()?,
+        "--pod-cidr".into(),
+        "10.208.0.0/12".into(),
+        "--node-bits".into(),
+        "1".into(),
+        "--node-name".into(),
+        "bench".into(),
+        "--cni-socket".into(),
+        socket.display().to_string(),
+    ]);
+    let daemon = Process::start_with_env(
         "evio-node dev",
         &bins.evio_node,
-        vec![
-            "dev".into(),
-            "--data-dir".into(),
-            dir.path().join("data").display().to_string(),
-            "--listen".into(),
-            free_addr()?,
-            "--pod-cidr".into(),
-            "10.208.0.0/12".into(),
-            "--node-bits".into(),
-            "1".into(),
-            "--node-name".into(),
-            "bench".into(),
-            "--cni-socket".into(),
-            socket.display().to_string(),
-        ],
-        dir.path().join("evio-node.log"),
+        args,
+        env,
+        daemon_log.clone(),
     )?;
     let tag = format!("{:05x}", std::process::id() & 0xfffff);
     let mut scratch = Scratch {
@@ -320,6 +331,7 @@ async fn setup(
     Ok(Setup {
         plugins,
         netns,
+        daemon_log,
         _scratch: scratch,
         _daemon: daemon,
         _dir: dir,
@@ -391,152 +403,4 @@ async fn node_block(data_dir: &Path) -> Result<ipnetwork::Ipv4Network> {
         .as_str()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("{}: no nodeSubnet", path.display()))
-}
-
-/// `pods`: sequential ADD then DEL of `count` pods per plugin, plugins interleaved per pod.
-pub async fn pods(
-    bins: &Bins,
-    evio_cni: &Path,
-    kind: &str,
-    ipam: &str,
-    count: usize,
-) -> Result<Value> {
-    let setup = setup(bins, evio_cni, kind, ipam, count).await?;
-    let netns = &setup.netns;
-    let plugins = &setup.plugins;
-    let mut add = vec![Vec::with_capacity(count); plugins.len()];
-    let mut del = vec![Vec::with_capacity(count); plugins.len()];
-    let order = |pod: usize| -> Vec<usize> {
-        // Rotate who goes first, so no plugin always runs on a warm or cold cache.
-        (0..plugins.len())
-            .map(|k| (k + pod) % plugins.len())
-            .collect()
-    };
-    // Per pod, its namespace under each plugin.
-    let by_pod: Vec<Vec<&str>> = (0..count)
-        .map(|pod| netns.iter().map(|n| n[pod].as_str()).collect())
-        .collect();
-    for (command, samples) in [("ADD", &mut add), ("DEL", &mut del)] {
-        for (pod, spaces) in by_pod.iter().enumerate() {
-            for p in order(pod) {
-                let container = format!("bench-{p}-{pod}");
-                samples[p].push(exec(&plugins[p], command, &container, spaces[p])?);
-            }
-        }
-    }
-    let drain = retired_drained().await?;
-    let reference = plugins.len() - 1;
-    let ref_add = Summary::of(&add[reference]);
-    let ref_del = Summary::of(&del[reference]);
-    println!("pod ADD/DEL, {count} sequential pods per plugin, masquerade on");
-    println!(
-        "{:<18} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
-        "plugin", "ADD p50", "ADD p99", "DEL p50", "DEL p99", "ADD x", "DEL x"
-    );
-    let mut rows = Vec::new();
-    for (p, plugin) in plugins.iter().enumerate() {
-        let (a, d) = (Summary::of(&add[p]), Summary::of(&del[p]));
-        let (add_x, del_x) = (
-            ratio(ref_add.p50_ms, a.p50_ms),
-            ratio(ref_del.p50_ms, d.p50_ms),
-        );
-        println!(
-            "{:<18} {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.1}x {:>8.1}x",
-            plugin.label, a.p50_ms, a.p99_ms, d.p50_ms, d.p99_ms, add_x, del_x
-        );
-        let left = leftovers(plugin)?;
-        if p != reference {
-            // Issue 17's goals: evio-ipam on a Linux bridge <= 2 ms, >= 10x / 20x; OVS
-            // netdev <= 8 ms; host-local >= 5x / 15x.
-            let ovs = plugin.config["bridgeType"] == "OVS";
-            let (add_ms, add_goal, del_goal) = match (plugin.evio_ipam, ovs) {
-                (_, true) => (8.0, 5.0, 15.0),
-                (true, false) => (2.0, 10.0, 20.0),
-                (false, false) => (7.0, 5.0, 15.0),
-            };
-            println!(
-                "  goals: ADD p50 <= {add_ms} ms: {}; ADD >= {add_goal}x bridge: {}; DEL >= {del_goal}x bridge: {}; leftovers {left}",
-                met(a.p50_ms <= add_ms),
-                met(add_x >= add_goal),
-                met(del_x >= del_goal)
-            );
-        }
-        rows.push(json!({"plugin": plugin.label, "add": a, "del": d,
-                         "addSpeedup": add_x, "delSpeedup": del_x, "leftovers": left}));
-    }
-    println!(
-        "evio's DEL answers once the pod is cut off; the kernel finished deleting its veths {:.0} ms after the last DEL",
-        drain.as_secs_f64() * 1000.0
-    );
-    Ok(
-        json!({"figure": "pods", "pods": count, "plugins": rows, "retiredDrainMs": drain.as_secs_f64() * 1000.0}),
-    )
-}
-
-/// `fill`: `count` pods per plugin (a node block holds 253), `parallel` ADDs at a time, then
-/// DEL all the same way; wall time, failures and leftovers.
-pub async fn fill(
-    bins: &Bins,
-    evio_cni: &Path,
-    kind: &str,
-    ipam: &str,
-    count: usize,
-    parallel: usize,
-) -> Result<Value> {
-    let setup = setup(bins, evio_cni, kind, ipam, count).await?;
-    let netns = &setup.netns;
-    println!("node fill: {count} pods per plugin, {parallel} concurrent, then DEL all");
-    println!(
-        "{:<18} {:>10} {:>10} {:>12} {:>9} {:>10}",
-        "plugin", "ADD all", "DEL all", "veths gone", "failures", "leftovers"
-    );
-    let mut rows = Vec::new();
-    for (p, plugin) in setup.plugins.iter().enumerate() {
-        let run = |command: &'static str| -> (Duration, usize) {
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let failures = std::sync::atomic::AtomicUsize::new(0);
-            let started = Instant::now();
-            std::thread::scope(|scope| {
-                for _ in 0..parallel {
-                    scope.spawn(|| loop {
-                        let pod = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if pod >= count {
-                            return;
-                        }
-                        if let Err(e) =
-                            exec(plugin, command, &format!("fill-{p}-{pod}"), &netns[p][pod])
-                        {
-                            eprintln!("{e:#}");
-                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    });
-                }
-            });
-            (started.elapsed(), failures.into_inner())
-        };
-        let (add_all, add_failed) = run("ADD");
-        let (del_all, del_failed) = run("DEL");
-        let drain = retired_drained().await?;
-        let left = leftovers(plugin)?;
-        let failures = add_failed + del_failed;
-        println!(
-            "{:<18} {:>8.0}ms {:>8.0}ms {:>10.0}ms {:>9} {:>10}",
-            &plugin.label,
-            add_all.as_secs_f64() * 1000.0,
-            del_all.as_secs_f64() * 1000.0,
-            drain.as_secs_f64() * 1000.0,
-            failures,
-            left
-        );
-        if plugin.label != "bridge" {
-            println!(
-                "  goal: ADD all <= 2 s, 0 failures, 0 leftovers: {}",
-                met(add_all <= Duration::from_secs(2) && failures == 0 && left == 0)
-            );
-        }
-        rows.push(json!({"plugin": plugin.label, "addAllMs": add_all.as_secs_f64() * 1000.0,
-                         "delAllMs": del_all.as_secs_f64() * 1000.0, "retiredDrainMs": drain.as_secs_f64() * 1000.0,
-                         "failures": failures, "leftovers": left}));
-    }
-    Ok(json!({"figure": "fill", "pods": count, "parallel": parallel, "plugins": rows}))
 }
