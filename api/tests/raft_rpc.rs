@@ -56,12 +56,12 @@ async fn converged(members: &[&Member], want: &BTreeMap<String, String>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicate_snapshot_and_survive_leader_loss() {
+/// Three members named `names`, made the voters of one cluster (not yet waited for).
+async fn three_voters(names: [&str; 3], tuning: RaftTuning) -> Vec<Member> {
     let p = pool("10.244.0.0/16", 8);
     let mut members = Vec::new();
-    for name in ["m1", "m2", "m3"] {
-        members.push(Member::start(name, p, tuning()).await);
+    for name in names {
+        members.push(Member::start(name, p, tuning.clone()).await);
     }
     let voters: BTreeMap<_, _> = members
         .iter()
@@ -72,6 +72,12 @@ async fn replicate_snapshot_and_survive_leader_loss() {
         .initialize(voters)
         .await
         .unwrap_or_else(|e| panic!("initialize: {e}"));
+    members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_snapshot_and_survive_leader_loss() {
+    let mut members = three_voters(["m1", "m2", "m3"], tuning()).await;
     let leader = leader_index(&members).await;
 
     // A write at a follower is forwarded to the leader (once the follower has heard of one).
@@ -98,7 +104,7 @@ async fn replicate_snapshot_and_survive_leader_loss() {
         assert!(Instant::now() < deadline, "a member's log was never purged");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let learner = Member::start("m4", p, tuning()).await;
+    let learner = Member::start("m4", pool("10.244.0.0/16", 8), tuning()).await;
     // On a loaded machine a late heartbeat can move the leadership: ask whoever leads now.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -155,20 +161,7 @@ async fn replicate_snapshot_and_survive_leader_loss() {
 /// have elected a new leader, instead of a 503 while the follower still names the dead one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_during_failover_waits_for_the_new_leader() {
-    let p = pool("10.244.0.0/16", 8);
-    let mut members = Vec::new();
-    for name in ["f1", "f2", "f3"] {
-        members.push(Member::start(name, p, RaftTuning::default()).await);
-    }
-    let voters: BTreeMap<_, _> = members
-        .iter()
-        .map(|m| (m.replica.node_id(), m.replica.node().clone()))
-        .collect();
-    members[0]
-        .replica
-        .initialize(voters)
-        .await
-        .unwrap_or_else(|e| panic!("initialize: {e}"));
+    let mut members = three_voters(["f1", "f2", "f3"], RaftTuning::default()).await;
     let old_leader = members[0]
         .replica
         .wait_for_leader(Duration::from_secs(10))
