@@ -23,7 +23,7 @@ const DEADLINE_HEADER: &str = "x-evio-deadline-ms";
 /// When no member could place it (an election under way: the leader was lost, or its
 /// heartbeats came late on a busy host), waits for the election and tries again within the
 /// request timeout, as an etcd client's request does; a member cut off from every leader
-/// answers 503 after at most two election timeouts per try.
+/// answers 503 when the request timeout has passed.
 pub(super) async fn forwarding(
     State(state): State<ApiState>,
     request: Request,
@@ -61,9 +61,10 @@ pub(super) async fn forwarding(
         if from_member || left.is_zero() {
             return response;
         }
+        // Each try also forwards again: a path to the leader may have come back meanwhile.
         match state.replica.wait_for_new_leader(leader_id, left).await {
             Some(new_leader) => tracing::debug!(new_leader, "a leader was elected: trying again"),
-            None => return response,
+            None => tracing::debug!("no new leader yet: trying again"),
         }
     }
 }
