@@ -246,6 +246,14 @@ impl Client {
         Self::json(response, &url).await
     }
 
+    /// Removes member `id` for good: out of the membership, its certificate revoked on every
+    /// member.
+    pub async fn remove_member(&self, id: u64) -> Result<evio_raft::RemoveResponse, ClientError> {
+        let url = self.url(&format!("/v1/cluster/members/{id}"));
+        let response = self.send(self.http.delete(&url), &url).await?;
+        Self::json(response, &url).await
+    }
+
     /// Trades the cluster token and a certificate request for this node's certificate.
     pub async fn certificate(
         &self,

@@ -1,5 +1,8 @@
 //! The HTTP API over real HTTP on 127.0.0.1, backed by a real single-member Raft replica on a
 //! temp dir (sled, flushes and all).
+//!
+//! One file (over 700 lines) on purpose: a route matrix over one kind of real member, sharing its
+//! request helpers.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

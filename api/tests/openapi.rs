@@ -55,6 +55,7 @@ async fn served_document_matches_docs_and_covers_every_route() {
         ("/v1/reservations", "post"),
         ("/v1/cluster", "get"),
         ("/v1/cluster/join", "post"),
+        ("/v1/cluster/members/{id}", "delete"),
         ("/v1/node", "get"),
         ("/v1/node/pods", "get"),
         ("/healthz", "get"),

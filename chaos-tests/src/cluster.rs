@@ -91,7 +91,7 @@ impl Node {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr())
+        format!("https://{}", self.addr())
     }
 
     pub fn pid(&self) -> Option<Pid> {
@@ -113,11 +113,30 @@ pub struct Cluster {
     pub bins: Binaries,
     /// Pod namespaces alive right now (removed by their task; Drop removes leftovers).
     pub pod_namespaces: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The checker's certificate, once member 0 has made the cluster CA.
+    pub access: Option<crate::access::Access>,
     namespaces: Vec<String>,
     mounts: Vec<PathBuf>,
 }
 
 impl Cluster {
+    /// Where member 0, the bootstrap member, keeps the cluster CA.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.nodes[0].data_dir.join(evio_api::tls::TLS_DIR)
+    }
+
+    /// The copy of the cluster CA joiners trust (written by [`Cluster::keep_ca`]).
+    pub fn ca_file(&self) -> PathBuf {
+        self.run_dir.join("cluster-ca.pem")
+    }
+
+    /// Keeps a copy of the CA member 0 made, for every later join.
+    pub fn keep_ca(&self) -> Result<(), ClusterError> {
+        let made = self.tls_dir().join(evio_api::tls::CA_CERT_FILE);
+        std::fs::copy(&made, self.ca_file()).map_err(io_err(&made))?;
+        Ok(())
+    }
+
     /// Creates the hub, the bridge and `count` node namespaces; the last node's data dir is
     /// on a tmpfs. Starts no process.
     pub fn create(count: usize, run_dir: &Path, bins: Binaries) -> Result<Cluster, ClusterError> {
@@ -151,6 +170,7 @@ impl Cluster {
             token_file,
             bins,
             pod_namespaces: Default::default(),
+            access: None,
             namespaces: Vec::new(),
             mounts: Vec::new(),
         };
@@ -235,6 +255,7 @@ impl Cluster {
             .filter(|n| n.index != index)
             .map(|n| n.addr())
             .collect();
+        let ca_file = self.ca_file();
         let node = &mut self.nodes[index];
         let log = File::options()
             .create(true)
@@ -252,14 +273,17 @@ impl Cluster {
             .args(["--heartbeat-ms", "75", "--snapshot-every", "200"])
             .args(["--snapshot-keep", "50", "--cluster-token-file"])
             .arg(&self.token_file)
-            // The chaos checker's clients speak plaintext with the token (TLS: not yet).
-            .arg("--insecure-plaintext")
             .arg("--cni-socket")
             .arg(&node.cni_socket);
         if bootstrap {
             cmd.arg("--bootstrap");
         } else {
-            cmd.arg("--join").arg(peers.join(","));
+            // Joiners trust the CA the bootstrap member made (the token buys a certificate);
+            // a copy, as member 0's own data dir may be wiped by a fault.
+            cmd.arg("--join")
+                .arg(peers.join(","))
+                .arg("--ca-file")
+                .arg(&ca_file);
         }
         cmd.env_remove("NODE_NAME")
             .env_remove("EVIO_TEST_DENY_PEERS")

@@ -4,6 +4,7 @@
 //! per-key linearizability. The binary `evio-chaos` runs one seed; `tests/ci_run.rs` runs a
 //! few short seeds in CI.
 
+pub mod access;
 pub mod checkers;
 pub mod cluster;
 pub mod faults;

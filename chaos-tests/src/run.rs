@@ -9,6 +9,7 @@ use evio_api::types::{Consistency, LeaseJson};
 use evio_api::Client;
 use serde::Serialize;
 
+use crate::access::Access;
 use crate::checkers::{self, InvariantResult};
 use crate::cluster::{Cluster, ClusterError};
 use crate::faults::{schedule, Fault};
@@ -109,22 +110,24 @@ impl Report {
     }
 }
 
-async fn http_ok(url: &str) -> bool {
-    evio_api::tls::ensure_provider();
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-    else {
-        return false;
-    };
-    matches!(client.get(url).send().await, Ok(r) if r.status().is_success())
+/// Whether `GET url` answers 2xx, over TLS with the checker's certificate.
+async fn http_ok(cluster: &Cluster, url: &str) -> bool {
+    match &cluster.access {
+        Some(access) => access.http_ok(url).await,
+        None => false,
+    }
+}
+
+/// A client of `base` with the checker's certificate.
+fn client_of(cluster: &Cluster, base: &str) -> Option<Client> {
+    cluster.access.as_ref()?.client(base).ok()
 }
 
 async fn wait_ready(cluster: &mut Cluster, index: usize) -> Result<(), RunError> {
     let url = format!("{}/readyz", cluster.nodes[index].base_url());
     let deadline = Instant::now() + READY_TIMEOUT;
     while Instant::now() < deadline {
-        if http_ok(&url).await {
+        if http_ok(cluster, &url).await {
             return Ok(());
         }
         if !cluster.alive(index) {
@@ -149,7 +152,7 @@ fn tail(text: &str, lines: usize) -> String {
 /// The member the most members name as leader (None when nobody answers).
 async fn find_leader(cluster: &Cluster) -> Option<usize> {
     for node in &cluster.nodes {
-        let Ok(client) = Client::new(&node.base_url()) else {
+        let Some(client) = client_of(cluster, &node.base_url()) else {
             continue;
         };
         let Ok(Ok(info)) = tokio::time::timeout(Duration::from_secs(1), client.cluster()).await
@@ -169,8 +172,8 @@ async fn find_leader(cluster: &Cluster) -> Option<usize> {
     None
 }
 
-async fn member_state(base: &str, member: usize) -> Option<MemberState> {
-    let client = Client::new(base).ok()?;
+async fn member_state(cluster: &Cluster, member: usize) -> Option<MemberState> {
+    let client = client_of(cluster, &cluster.nodes[member].base_url())?;
     let info = tokio::time::timeout(Duration::from_secs(2), client.cluster())
         .await
         .ok()?
@@ -198,7 +201,7 @@ async fn converge(cluster: &Cluster, healed_at: Instant) -> (Vec<MemberState>, O
     while healed_at.elapsed() < RECOVERY_BOUND {
         let mut states = Vec::new();
         for node in &cluster.nodes {
-            if let Some(s) = member_state(&node.base_url(), node.index).await {
+            if let Some(s) = member_state(cluster, node.index).await {
                 states.push(s);
             }
         }
@@ -219,14 +222,13 @@ async fn converge(cluster: &Cluster, healed_at: Instant) -> (Vec<MemberState>, O
     (last, None)
 }
 
-async fn acquire_host_leases(cluster: &Cluster, token: &str) -> Result<Vec<LeaseJson>, RunError> {
+async fn acquire_host_leases(cluster: &Cluster) -> Result<Vec<LeaseJson>, RunError> {
     let mut leases = Vec::new();
     for node in &cluster.nodes {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let client = Client::new(&cluster.nodes[0].base_url())
-                .map_err(|e| RunError::Setup(e.to_string()))?
-                .with_token(Some(token.to_string()));
+            let client = client_of(cluster, &cluster.nodes[0].base_url())
+                .ok_or_else(|| RunError::Setup("no client of member 0".into()))?;
             match client.acquire(&node.name, Some(node.ip)).await {
                 Ok((lease, _)) => {
                     leases.push(lease);
@@ -243,7 +245,7 @@ async fn acquire_host_leases(cluster: &Cluster, token: &str) -> Result<Vec<Lease
     let deadline = Instant::now() + READY_TIMEOUT;
     for node in &cluster.nodes {
         loop {
-            let state = member_state(&node.base_url(), node.index).await;
+            let state = member_state(cluster, node.index).await;
             let has_all = state.is_some_and(|s| {
                 leases
                     .iter()
@@ -265,15 +267,18 @@ async fn acquire_host_leases(cluster: &Cluster, token: &str) -> Result<Vec<Lease
 }
 
 pub async fn run(cluster: &mut Cluster, options: &Options) -> Result<Report, RunError> {
-    let token = std::fs::read_to_string(&cluster.token_file)
-        .map_err(|e| RunError::Setup(format!("token: {e}")))?;
     cluster.start(0, true)?;
+    let access = Access::issue(&cluster.tls_dir(), READY_TIMEOUT)
+        .await
+        .map_err(|e| RunError::Setup(e.to_string()))?;
+    cluster.access = Some(access.clone());
+    cluster.keep_ca()?;
     wait_ready(cluster, 0).await?;
     for i in 1..cluster.nodes.len() {
         cluster.start(i, false)?;
         wait_ready(cluster, i).await?;
     }
-    let host_leases = acquire_host_leases(cluster, &token).await?;
+    let host_leases = acquire_host_leases(cluster).await?;
     tracing::info!(
         nodes = cluster.nodes.len(),
         "cluster up, host leases replicated"
@@ -294,6 +299,7 @@ pub async fn run(cluster: &mut Cluster, options: &Options) -> Result<Report, Run
             .map(|(node, lease)| Member {
                 index: node.index,
                 base_url: node.base_url(),
+                access: access.clone(),
                 cni_socket: node.cni_socket.clone(),
                 ipam_dir: node.ipam_dir.clone(),
                 host_lease: lease.clone(),
@@ -309,7 +315,6 @@ pub async fn run(cluster: &mut Cluster, options: &Options) -> Result<Report, Run
             options.seed,
             members.clone(),
             keys.clone(),
-            token.trim().to_string(),
             recorder.clone(),
             stop.clone(),
         )));

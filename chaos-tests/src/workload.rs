@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use evio_api::types::{Consistency, LeaseJson};
-use evio_api::{Client, ClientError};
+use evio_api::ClientError;
 use ipnetwork::IpNetwork;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::access::Access;
 use crate::cluster::POD_CIDR;
 use crate::history::{History, Op, OpKind, Outcome, Probe, ProbeKind, Sample};
 
@@ -54,6 +55,8 @@ impl Recorder {
 pub struct Member {
     pub index: usize,
     pub base_url: String,
+    /// The checker's certificate.
+    pub access: Access,
     pub cni_socket: PathBuf,
     pub ipam_dir: PathBuf,
     pub host_lease: LeaseJson,
@@ -74,7 +77,6 @@ pub async fn lease_client(
     seed: u64,
     members: Arc<Vec<Member>>,
     keys: Arc<Vec<String>>,
-    token: String,
     recorder: Arc<Recorder>,
     stop: Arc<AtomicBool>,
 ) {
@@ -88,10 +90,9 @@ pub async fn lease_client(
             45..75 => OpKind::Read,
             _ => OpKind::Release,
         };
-        let Ok(client) = Client::new(&member.base_url) else {
+        let Ok(client) = member.access.client(&member.base_url) else {
             return;
         };
-        let client = client.with_token(Some(token.clone()));
         let id = recorder.next_id.fetch_add(1, Ordering::Relaxed);
         let invoke_ms = recorder.now_ms();
         let result: Result<Result<Option<IpNetwork>, ClientError>, _> = match kind {
@@ -145,7 +146,7 @@ pub async fn lease_client(
 
 /// Samples one member's local replica and probes that its own lease reads locally.
 pub async fn sampler(member: Member, recorder: Arc<Recorder>, stop: Arc<AtomicBool>) {
-    let Ok(client) = Client::new(&member.base_url) else {
+    let Ok(client) = member.access.client(&member.base_url) else {
         return;
     };
     while !stop.load(Ordering::Relaxed) {

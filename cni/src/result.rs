@@ -101,22 +101,23 @@ pub fn prev_result(config: &Value, version: &str) -> Result<Option<Value>, CniEr
         v.as_str()
             .is_some_and(|s| s.contains('/') && s.parse::<IpNetwork>().is_ok())
     };
-    let interfaces = list("interfaces")?;
-    for (i, interface) in interfaces.iter().enumerate() {
-        if !interface.get("name").is_some_and(Value::is_string) {
-            return Err(invalid(
-                format!("prevResult.interfaces[{i}]"),
-                "needs a \"name\"",
-            ));
+    // The list `key`, each of whose items needs a `field` that `ok` accepts.
+    let each = |key: &str, field: &str, ok: &dyn Fn(&Value) -> bool, must: &str| {
+        let items = list(key)?;
+        match items
+            .iter()
+            .position(|item| !item.get(field).is_some_and(ok))
+        {
+            Some(i) => Err(invalid(format!("prevResult.{key}[{i}].{field}"), must)),
+            None => Ok(items),
         }
-    }
-    for (i, ip) in list("ips")?.iter().enumerate() {
-        if !ip.get("address").is_some_and(is_cidr) {
-            return Err(invalid(
-                format!("prevResult.ips[{i}].address"),
-                "must be an address with prefix length",
-            ));
-        }
+    };
+    let interfaces = each("interfaces", "name", &Value::is_string, "must be a name")?;
+    let with_prefix = "must be an address with prefix length";
+    for (i, ip) in each("ips", "address", &is_cidr, with_prefix)?
+        .iter()
+        .enumerate()
+    {
         match ip.get("interface") {
             None | Some(Value::Null) => {}
             Some(index) => {
@@ -129,14 +130,12 @@ pub fn prev_result(config: &Value, version: &str) -> Result<Option<Value>, CniEr
             }
         }
     }
-    for (i, route) in list("routes")?.iter().enumerate() {
-        if !route.get("dst").is_some_and(is_cidr) {
-            return Err(invalid(
-                format!("prevResult.routes[{i}].dst"),
-                "must be a destination with prefix length",
-            ));
-        }
-    }
+    each(
+        "routes",
+        "dst",
+        &is_cidr,
+        "must be a destination with prefix length",
+    )?;
     if !matches!(prev.get("dns"), None | Some(Value::Null | Value::Object(_))) {
         return Err(invalid("prevResult.dns".into(), "must be an object"));
     }
@@ -368,7 +367,7 @@ mod tests {
             (
                 json!({"cniVersion": "1.0.0", "interfaces": [{"mac": "x"}]}),
                 code::INVALID_NETWORK_CONFIG,
-                "prevResult.interfaces[0]",
+                "prevResult.interfaces[0].name",
             ),
             (
                 json!({"cniVersion": "1.0.0", "ips": [{"address": "10.90.0.2"}]}),

@@ -3,13 +3,16 @@
 //! and the gateway; a failed
 //! ADD leaves no veth and no address behind; DEL is idempotent and works without the netns.
 //! Needs root (CI runs as root; under CI=true a missing prerequisite fails the test).
+//!
+//! One file (over 600 lines) on purpose: one scenario matrix (each scenario for each bridge kind
+//! and CNI version) over one shared fixture.
 
 mod common;
 
 use std::process::Command as Process;
 
 use common::*;
-use evio_cni::dataplane::{attachment, error as codes, PodNetwork};
+use evio_cni::dataplane::{attachment, error as codes};
 use evio_cni::spec::Command;
 use serde_json::json;
 
@@ -81,12 +84,6 @@ fn addresses_of(result: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn netns_output(netns: &str, args: &[&str]) -> String {
-    let mut all = vec!["-n", netns.trim_start_matches("/run/netns/")];
-    all.extend_from_slice(args);
-    String::from_utf8_lossy(&ip(&all).stdout).to_string()
-}
-
 /// Two pods on an IPv6-only or dual-stack network: an address per family, a default route per
 /// family, usable at once (no DAD wait), reaching each other and the gateway over IPv6 (and
 /// IPv4); CHECK covers both families; the IPv6 masquerade rule follows `isIPv6Masq`; DEL frees
@@ -95,7 +92,7 @@ async fn family_scenario(kind: &'static str, dual: bool, octet: u8) {
     let mut fx = Fixture::new(kind);
     fx.octet = octet;
     fx.version = "1.1.0";
-    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let pods = new_pods();
     let (ns_a, ns_b) = (fx.netns("a"), fx.netns("b"));
     let config = fx.config_families(dual, "3.254", "3::fe");
 
@@ -214,8 +211,7 @@ async fn family_scenario(kind: &'static str, dual: bool, octet: u8) {
     want_kept.sort();
     assert_eq!(kept, want_kept);
     for (pod, ns) in [("a", &ns_a), ("b", &ns_b)] {
-        let del = fx.request(Command::Del, pod, ns, config.clone());
-        pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+        fx.del(&pods, pod, ns, config.clone()).await;
     }
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
     pods.settled().await;
@@ -274,17 +270,7 @@ async fn scenario(kind: &'static str, ipam: &'static str, version: &'static str,
         "pod a cannot reach the gateway"
     );
     assert!(ping_from(&ns_a, &fx.net("3.3")), "pod a cannot reach pod b");
-    let inside = String::from_utf8_lossy(
-        &ip(&[
-            "-n",
-            ns_a.trim_start_matches("/run/netns/"),
-            "link",
-            "show",
-            "eth0",
-        ])
-        .stdout,
-    )
-    .to_string();
+    let inside = netns_output(&ns_a, &["link", "show", "eth0"]);
     assert!(inside.contains("mtu 1400"), "{inside}");
 
     // CHECK (0.4.0 on) passes against the ADD result and fails when the pod is not as ADD
@@ -344,10 +330,7 @@ async fn scenario(kind: &'static str, ipam: &'static str, version: &'static str,
         &add_d.container_id,
         "eth0"
     )));
-    let ns_c_links = String::from_utf8_lossy(
-        &ip(&["-n", ns_c.trim_start_matches("/run/netns/"), "link"]).stdout,
-    )
-    .to_string();
+    let ns_c_links = netns_output(&ns_c, &["link"]);
     assert!(
         !ns_c_links.contains("eth0") && !ns_c_links.contains("evtmp"),
         "{ns_c_links}"
@@ -566,7 +549,7 @@ async fn announcement_reaches_the_bridge(octet: u8, ipv6: bool) {
     };
     let sysctl = format!("/proc/sys/net/{}", sysctl.replace("{}", &fx.bridge));
     std::fs::write(&sysctl, b"1").unwrap_or_else(|e| panic!("{sysctl}: {e}"));
-    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let pods = new_pods();
     let netns = fx.netns("g");
     let add = fx.request(Command::Add, "g", &netns, config);
     let result = pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
@@ -595,12 +578,10 @@ async fn announcement_reaches_the_bridge(octet: u8, ipv6: bool) {
 /// before a daemon restart is deleted by the next daemon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retired_veths_never_block_an_add_and_are_deleted() {
-    if !prerequisites() {
+    let Some(mut fx) = Fixture::ready("LXBR", 95) else {
         return;
-    }
-    let mut fx = Fixture::new("LXBR");
-    fx.octet = 95;
-    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    };
+    let pods = new_pods();
     let ns = fx.netns("a");
     let add = fx.request(Command::Add, "a", &ns, fx.config("3.254"));
     let host = attachment::host_veth_name(&add.container_id, "eth0");
@@ -647,7 +628,7 @@ async fn retired_veths_never_block_an_add_and_are_deleted() {
     assert!(ip(&["link", "set", &orphan, "alias", &retired_alias])
         .status
         .success());
-    let next = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let next = new_pods();
     next.settled().await;
     let left = link_exists(&orphan);
     let _ = ip(&["link", "del", &orphan]);

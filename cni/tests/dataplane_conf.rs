@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
-use evio_cni::dataplane::{attachment, masquerade, Limits, PodNetwork};
+use evio_cni::dataplane::{attachment, masquerade};
 use evio_cni::spec::{code, Command};
 use serde_json::json;
 
@@ -27,12 +27,10 @@ fn is_linux_bridge(name: &str) -> bool {
 /// `auto` with no OVS at the configured socket: the pod goes on a Linux bridge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_without_ovs_uses_a_linux_bridge() {
-    if !prerequisites() {
+    let Some(mut fx) = Fixture::ready("OVS", 59) else {
         return;
-    }
-    let mut fx = Fixture::new("OVS");
-    fx.octet = 59;
-    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    };
+    let pods = new_pods();
     let ns = fx.netns("a");
     let mut config = fx.config("3.254");
     config["ovsDatapath"] = json!("auto");
@@ -49,8 +47,7 @@ async fn auto_without_ovs_uses_a_linux_bridge() {
         "the pod cannot reach the gateway"
     );
     // DEL decides the same way (no OVSDB to ask), and GC too.
-    let del = fx.request(Command::Del, "a", &ns, config);
-    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+    fx.del(&pods, "a", &ns, config).await;
     assert!(fx.reservations().is_empty(), "{:?}", fx.reservations());
     // The fixture removes an OVS bridge: this one is a Linux bridge.
     let _ = ip(&["link", "del", &fx.bridge]);
@@ -64,7 +61,7 @@ async fn auto_with_ovs_uses_an_ovs_bridge() {
     }
     let mut fx = Fixture::new("OVS");
     fx.octet = 58;
-    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let pods = new_pods();
     let ns = fx.netns("a");
     let mut config = fx.config("3.254");
     config["ovsDatapath"] = json!("auto");
@@ -72,8 +69,7 @@ async fn auto_with_ovs_uses_an_ovs_bridge() {
     pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert!(ovs_bridge_exists(&fx.bridge));
     evio_test_support::cni::assert_auto_datapath(&fx.bridge);
-    let del = fx.request(Command::Del, "a", &ns, config);
-    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+    fx.del(&pods, "a", &ns, config).await;
 }
 
 /// The kernel datapath on a host without its module: the bridge never gets an interface; the
@@ -89,7 +85,7 @@ async fn an_ovs_bridge_that_cannot_come_up_is_removed() {
     }
     let mut fx = Fixture::new("OVS");
     fx.octet = 57;
-    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let pods = new_pods();
     let ns = fx.netns("a");
     let mut config = fx.config("3.254");
     config["ovsDatapath"] = json!("system");
@@ -110,12 +106,10 @@ async fn an_ovs_bridge_that_cannot_come_up_is_removed() {
 /// `isGateway: false` (and no default route): the bridge carries no address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn is_gateway_false_leaves_the_bridge_without_an_address() {
-    if !prerequisites() {
+    let Some(mut fx) = Fixture::ready("LXBR", 56) else {
         return;
-    }
-    let mut fx = Fixture::new("LXBR");
-    fx.octet = 56;
-    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    };
+    let pods = new_pods();
     let ns = fx.netns("a");
     let mut config = fx.config("3.254");
     config["isGateway"] = json!(false);
@@ -131,8 +125,7 @@ async fn is_gateway_false_leaves_the_bridge_without_an_address() {
     let host = attachment::host_veth_name(&add.container_id, "eth0");
     let port = String::from_utf8_lossy(&ip(&["-d", "link", "show", &host]).stdout).to_string();
     assert!(port.contains("hairpin on"), "{port}");
-    let del = fx.request(Command::Del, "a", &ns, config);
-    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+    fx.del(&pods, "a", &ns, config).await;
 }
 
 /// A dir holding `evio-hung-ipam`, an IPAM plugin that answers VERSION and then sleeps for
@@ -158,16 +151,10 @@ fn hung_ipam_plugin(tag: &str) -> (tempfile::TempDir, String) {
 /// code 11 before the shim would give up, so the runtime hears why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_fits_below_the_shims_reply_timeout() {
-    if !prerequisites() {
+    let Some(mut fx) = Fixture::ready("LXBR", 53) else {
         return;
-    }
-    let mut fx = Fixture::new("LXBR");
-    fx.octet = 53;
-    let pods = PodNetwork::with_limits(Limits {
-        deadline: Duration::from_secs(600),
-        ..Limits::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    };
+    let pods = new_pods_within(Duration::from_secs(600));
     let (bin, _sleep) = hung_ipam_plugin("1235");
     let ns = fx.netns("reply");
     let mut config = fx.config("3.254");
@@ -200,11 +187,9 @@ impl Drop for LinkGuard {
 /// `mtu` that link cannot carry is refused with code 7 naming the key, nothing created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pod_mtu_follows_the_host_overlay_link() {
-    if !prerequisites() {
+    let Some(mut fx) = Fixture::ready("LXBR", 52) else {
         return;
-    }
-    let mut fx = Fixture::new("LXBR");
-    fx.octet = 52;
+    };
     // A veth standing in for the Evio tunnel (no dummy module here), with a host IP of a
     // test-only range.
     let overlay = LinkGuard(format!("evmtu{}", std::process::id() % 100_000));
@@ -220,24 +205,14 @@ async fn the_pod_mtu_follows_the_host_overlay_link() {
         let out = ip(&args);
         assert!(out.status.success(), "ip {args:?}: {out:?}");
     }
-    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    let pods = new_pods();
     let (ns_a, ns_b) = (fx.netns("a"), fx.netns("b"));
     let mut follows = fx.config("3.254");
     follows.as_object_mut().map(|c| c.remove("mtu"));
     follows["hostIP"] = json!(host_ip);
     let add = fx.request(Command::Add, "a", &ns_a, follows.clone());
     pods.add(&add).await.unwrap_or_else(|e| panic!("{e:?}"));
-    let inside = String::from_utf8_lossy(
-        &ip(&[
-            "-n",
-            ns_a.trim_start_matches("/run/netns/"),
-            "link",
-            "show",
-            "eth0",
-        ])
-        .stdout,
-    )
-    .to_string();
+    let inside = netns_output(&ns_a, &["link", "show", "eth0"]);
     assert!(inside.contains("mtu 1380"), "{inside}");
 
     let mut too_big = follows;
@@ -254,24 +229,17 @@ async fn the_pod_mtu_follows_the_host_overlay_link() {
         "eth0"
     )));
     assert_eq!(fx.reservations().len(), 1, "{:?}", fx.reservations());
-    let del = fx.request(Command::Del, "a", &ns_a, fx.config("3.254"));
-    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+    fx.del(&pods, "a", &ns_a, fx.config("3.254")).await;
 }
 
 /// An IPAM plugin that hangs: the ADD fails with code 11 once the daemon's deadline passes
 /// (the plugin killed), leaves nothing behind, and another pod's ADD meanwhile succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_ipam_plugin_fails_the_add_at_the_deadline() {
-    if !prerequisites() {
+    let Some(mut fx) = Fixture::ready("LXBR", 55) else {
         return;
-    }
-    let mut fx = Fixture::new("LXBR");
-    fx.octet = 55;
-    let pods = PodNetwork::with_limits(Limits {
-        deadline: Duration::from_secs(3),
-        ..Limits::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    };
+    let pods = new_pods_within(Duration::from_secs(3));
     let (bin, sleep) = hung_ipam_plugin("1234");
     let (ns_hung, ns_ok) = (fx.netns("hung"), fx.netns("ok"));
     let mut hung_config = fx.config("3.254");
@@ -295,10 +263,7 @@ async fn a_hung_ipam_plugin_fails_the_add_at_the_deadline() {
         &hung.container_id,
         "eth0"
     )));
-    let inside = String::from_utf8_lossy(
-        &ip(&["-n", ns_hung.trim_start_matches("/run/netns/"), "link"]).stdout,
-    )
-    .to_string();
+    let inside = netns_output(&ns_hung, &["link"]);
     assert!(!inside.contains("eth0"), "{inside}");
     let killed = (0..50).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
@@ -308,8 +273,7 @@ async fn a_hung_ipam_plugin_fails_the_add_at_the_deadline() {
             .is_ok_and(|s| !s.success())
     });
     assert!(killed, "the hung IPAM plugin is still running");
-    let del = fx.request(Command::Del, "ok", &ns_ok, fx.config("3.254"));
-    pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+    fx.del(&pods, "ok", &ns_ok, fx.config("3.254")).await;
 }
 
 /// Masquerade follows the lease: a rule removed from outside is back after the next ADD, and
@@ -317,12 +281,10 @@ async fn a_hung_ipam_plugin_fails_the_add_at_the_deadline() {
 /// the old subnet's rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masquerade_follows_the_lease() {
-    if !prerequisites() {
+    let Some(mut fx) = Fixture::ready("LXBR", 54) else {
         return;
-    }
-    let mut fx = Fixture::new("LXBR");
-    fx.octet = 54;
-    let pods = PodNetwork::new().unwrap_or_else(|e| panic!("{e}"));
+    };
+    let pods = new_pods();
     let (ns_a, ns_b, ns_c) = (fx.netns("a"), fx.netns("b"), fx.netns("c"));
     let add_a = fx.request(Command::Add, "a", &ns_a, fx.config("3.254"));
     pods.add(&add_a).await.unwrap_or_else(|e| panic!("{e:?}"));
@@ -361,8 +323,7 @@ async fn masquerade_follows_the_lease() {
         "{chain}"
     );
     for (name, ns) in [("a", &ns_a), ("b", &ns_b), ("c", &ns_c)] {
-        let del = fx.request(Command::Del, name, ns, fx.config("3.254"));
-        pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+        fx.del(&pods, name, ns, fx.config("3.254")).await;
     }
 }
 

@@ -22,11 +22,9 @@ fn held(dir: &std::path::Path, network: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_from_host_local_imports_its_reservations() {
-    if !prerequisites() {
+    let Some(mut fx) = Fixture::ready("LXBR", 81) else {
         return;
-    }
-    let mut fx = Fixture::new("LXBR");
-    fx.octet = 81;
+    };
     let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let pods = PodNetwork::new()
         .unwrap_or_else(|e| panic!("{e}"))
@@ -74,8 +72,7 @@ async fn switching_from_host_local_imports_its_reservations() {
     pods.gc(&gc).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(held(state.path(), &network), [fx.net("3.3"), fx.net("3.4")]);
     for (name, ns) in [("b", &ns_b), ("c", &ns_c)] {
-        let del = fx.request(Command::Del, name, ns, switched.clone());
-        pods.del(&del).await.unwrap_or_else(|e| panic!("{e:?}"));
+        fx.del(&pods, name, ns, switched.clone()).await;
     }
     assert!(held(state.path(), &network).is_empty());
     pods.settled().await;

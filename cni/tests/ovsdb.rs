@@ -260,10 +260,9 @@ async fn an_error_reply_is_reported_and_the_connection_stays_usable() {
 /// intervals and the server never drops it.
 #[tokio::test]
 async fn the_long_lived_connection_answers_inactivity_probes() {
-    if !prerequisites() {
+    let Some(server) = served() else {
         return;
-    }
-    let server = Server::start();
+    };
     let ours = Ovsdb::new(server.probe_socket());
     within("ping", ours.ping())
         .await
@@ -295,10 +294,9 @@ async fn bridge_becomes(ours: &Ovsdb, bridge: &str, present: bool) {
 /// later is gone).
 #[tokio::test]
 async fn a_restarted_server_is_reconnected_to() {
-    if !prerequisites() {
+    let Some(mut server) = served() else {
         return;
-    }
-    let mut server = Server::start();
+    };
     let ours = Ovsdb::new(server.socket());
     within("ping", ours.ping())
         .await
@@ -326,16 +324,26 @@ async fn a_restarted_server_is_reconnected_to() {
     bridge_becomes(&ours, &bridge, false).await;
 }
 
+/// Where the prerequisites hold: a server of our own.
+fn served() -> Option<Server> {
+    prerequisites().then(Server::start)
+}
+
+/// Where the prerequisites hold: a server with the vswitchd stand-in, and our client of it.
+fn served_with_stand_in() -> Option<(Server, VswitchdStandIn, Ovsdb)> {
+    let server = served()?;
+    let vswitchd = VswitchdStandIn::start(&server);
+    let ours = Ovsdb::new(server.socket());
+    Some((server, vswitchd, ours))
+}
+
 /// Bridge and port lookups and the wait for vswitchd come from the monitor's cache: once
 /// connected, asking sends nothing, and what other clients change is seen.
 #[tokio::test]
 async fn lookups_are_answered_from_the_monitor_cache() {
-    if !prerequisites() {
+    let Some((server, _vswitchd, ours)) = served_with_stand_in() else {
         return;
-    }
-    let server = Server::start();
-    let _vswitchd = VswitchdStandIn::start(&server);
-    let ours = Ovsdb::new(server.socket());
+    };
     let (bridge, port) = (unique("evc"), unique("evq"));
     ours.ensure_bridge(&bridge, "netdev")
         .await
@@ -393,12 +401,9 @@ async fn lookups_are_answered_from_the_monitor_cache() {
 /// idempotent.
 #[tokio::test]
 async fn our_layer_creates_and_removes_ports_and_reports_a_failed_transaction() {
-    if !prerequisites() {
+    let Some((server, _vswitchd, ours)) = served_with_stand_in() else {
         return;
-    }
-    let server = Server::start();
-    let _vswitchd = VswitchdStandIn::start(&server);
-    let ours = Ovsdb::new(server.socket());
+    };
     let (bridge, port) = (unique("evo"), unique("evp"));
     for _ in 0..2 {
         ours.ensure_bridge(&bridge, "netdev")

@@ -95,6 +95,9 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             // One line with the whole cause chain; no backtrace for operator errors.
             eprintln!("evio-node: error: {e:#}");
+            if let Some(hint) = tls::revoked_hint(&e) {
+                eprintln!("evio-node: {hint}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -387,6 +387,18 @@ impl TlsFileArgs {
     }
 }
 
+/// What to do about a client error caused by this node's certificate being revoked (the TLS
+/// alert a member answers a removed member's certificate with); `None` for anything else.
+pub fn revoked_hint(error: &anyhow::Error) -> Option<&'static str> {
+    format!("{error:#}")
+        .contains("CertificateRevoked")
+        .then_some(
+            "the member refused this node's certificate as revoked: the node was removed from the \
+         cluster (evio-node cluster remove); to bring it back, wipe its data dir and let it \
+         join again as a new node",
+        )
+}
+
 /// `sha256:...` of the CA in `ca_file`, else of the data dir's.
 pub fn ca_hash(data_dir: &Path, ca_file: Option<&Path>) -> anyhow::Result<String> {
     let path = ca_file.map_or_else(

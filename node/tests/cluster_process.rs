@@ -2,6 +2,9 @@
 //! promoted when a voter dies, writes survive leader loss and a full-cluster SIGKILL,
 //! forwarding works around a blocked path, a wiped node rejoins with its old subnet, and bad
 //! peers are refused.
+//!
+//! One file (about 800 lines) on purpose: the multi-member process scenarios, sharing the cluster
+//! and retry helpers at its top.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use evio_api::{ClusterJson, Consistency};
 use evio_test_support::cluster::{free_addr, wait_cluster, Cluster, Node, TOKEN};
-use evio_test_support::evio_node;
+use evio_test_support::{evio_node, output_fails};
 use nix::sys::signal::Signal;
 
 async fn status(node: &Node) -> Option<ClusterJson> {
@@ -69,18 +72,8 @@ async fn converged(nodes: &[&Node], want: &BTreeMap<String, String>) {
 /// Retries a write on `node` until it succeeds; returns the lease and how long it took.
 async fn acquire_retrying(node: &Node, name: &str) -> (evio_api::LeaseJson, Duration) {
     let started = Instant::now();
-    loop {
-        match node.client().acquire(name, None).await {
-            Ok((lease, _)) => return (lease, started.elapsed()),
-            Err(e) => {
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "{name} never acquired: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    let lease = evio_test_support::cluster::acquire(node, name).await;
+    (lease, started.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,12 +112,10 @@ async fn five_members_promote_replace_failover_and_restart() {
 
     // A voter (not the leader) dies: a learner takes its place after the grace period.
     let leader_name = leader_name(&c);
-    let victim = c
-        .members
-        .iter()
-        .find(|m| m.role == "voter")
-        .map(|m| m.name.clone())
-        .unwrap_or_else(|| panic!("no follower voter"));
+    let victim = roles(&c)
+        .into_iter()
+        .find_map(|(name, role)| (role == "voter").then_some(name))
+        .unwrap_or_else(|| panic!("no follower voter in {c:#?}"));
     let victim_index = nodes
         .iter()
         .position(|n| n.name == victim)
@@ -251,13 +242,8 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
 
     // Same name while n2 is alive: refused, naming the name.
     let other = free_addr();
-    let out = cluster
-        .command_in("n2", "n2-twin", &other, &[&a0], &[])
-        .env("EVIO_LOG", "error")
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut twin = cluster.command_in("n2", "n2-twin", &other, &[&a0], &[]);
+    let stderr = output_fails(twin.env("EVIO_LOG", "error"));
     assert!(
         stderr.contains("already used by live member") && stderr.contains("n2"),
         "{stderr}"
@@ -287,31 +273,13 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
     assert_eq!(back.subnet, own.subnet);
 
     // Another pool: refused with both values named.
-    let out = evio_node(&[
-        "run",
-        "--node-name",
+    let stderr = refused_join(
+        &cluster,
         "n9",
-        "--data-dir",
-        &cluster.path("n9").to_string_lossy(),
-        "--cni-socket",
-        &cluster.path("n9.cni.sock").to_string_lossy(),
-        "--listen",
-        &free_addr(),
-        "--join",
         &a0,
-        "--pod-cidr",
-        "10.0.0.0/8",
-        "--node-bits",
-        "12",
-        "--cluster-token-file",
-        &cluster.token_file.to_string_lossy(),
-        "--ca-file",
-        &evio_test_support::cluster::ca_file(&cluster.path("n0")),
-    ])
-    .output()
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        ("10.0.0.0/8", "12"),
+        &cluster.token_file,
+    );
     for needle in ["10.244.0.0/16", "nodeBits 8", "10.0.0.0/8", "nodeBits 12"] {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
@@ -319,31 +287,8 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
     // Wrong token: the certificate request is refused (401) and the member set is unchanged.
     let wrong = cluster.dir.path().join("wrong-token");
     evio_test_support::cluster::write_token(&wrong, "not-the-token-but-long-enough-to-be-read");
-    let out = evio_node(&[
-        "run",
-        "--node-name",
-        "intruder",
-        "--data-dir",
-        &cluster.path("intruder").to_string_lossy(),
-        "--cni-socket",
-        &cluster.path("intruder.cni.sock").to_string_lossy(),
-        "--listen",
-        &free_addr(),
-        "--join",
-        &a0,
-        "--pod-cidr",
-        "10.244.0.0/16",
-        "--node-bits",
-        "8",
-        "--cluster-token-file",
-        &wrong.to_string_lossy(),
-        "--ca-file",
-        &evio_test_support::cluster::ca_file(&cluster.path("n0")),
-    ])
-    .output()
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let stderr = refused_join(&cluster, "intruder", &a0, ("10.244.0.0/16", "8"), &wrong);
+    assert!(stderr.contains("401"), "{stderr}");
 
     // Lease writes and Raft RPC without a certificate (a TLS client trusting the CA, with or
     // without a token), then with n0's certificate and a wrong cluster, target or body.
@@ -414,6 +359,34 @@ async fn wiped_node_rejoins_with_its_subnet_and_bad_peers_are_refused() {
     n0.proc.assert_no_panics();
 }
 
+/// `evio-node run` of a new member `name` joining `join` with `pool` (CIDR, node bits) and
+/// the token in `token`, trusting n0's CA: it must fail. Its stderr.
+fn refused_join(
+    cluster: &Cluster,
+    name: &str,
+    join: &str,
+    pool: (&str, &str),
+    token: &Path,
+) -> String {
+    let data = cluster.path(name).to_string_lossy().into_owned();
+    let socket = format!("{data}.cni.sock");
+    let ca = evio_test_support::cluster::ca_file(&cluster.path("n0"));
+    let flags = [
+        ("--node-name", name),
+        ("--data-dir", &data),
+        ("--cni-socket", &socket),
+        ("--listen", &free_addr()),
+        ("--join", join),
+        ("--pod-cidr", pool.0),
+        ("--node-bits", pool.1),
+        ("--cluster-token-file", &token.to_string_lossy()),
+        ("--ca-file", &ca),
+    ];
+    let mut args = vec!["run"];
+    args.extend(flags.iter().flat_map(|(flag, value)| [*flag, *value]));
+    output_fails(&mut evio_node(&args))
+}
+
 /// The cluster id this member recorded in its data dir's identity.
 fn identity_cluster_id(data_dir: &Path) -> String {
     let bytes = std::fs::read(data_dir.join("identity.json")).unwrap_or_else(|e| panic!("{e}"));
@@ -426,16 +399,7 @@ fn identity_cluster_id(data_dir: &Path) -> String {
 
 /// The member's `evio_raft_purged_index` from /metrics.
 async fn purged_index(node: &Node) -> u64 {
-    let text = node
-        .proc
-        .http()
-        .get(format!("{}/metrics", node.proc.base))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let text = node.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("evio_raft_purged_index "))
         .and_then(|v| v.trim().parse().ok())

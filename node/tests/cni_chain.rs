@@ -5,6 +5,9 @@
 //! backend is iptables; here `iptables` is iptables-nft, so its rules land in nftables).
 //! Linux-bridge mode, pod network 10.90.0.0/16. Needs root; under CI=true a missing
 //! prerequisite fails the test.
+//!
+//! One file (over 500 lines) on purpose: both chain orders share the chain fixture (node, portmap
+//! guards, leftover checks) that only they use.
 
 use evio_test_support::cni as cni_support;
 
@@ -180,6 +183,13 @@ fn serve_once_in_netns(netns: &str, port: u16) -> std::thread::JoinHandle<Socket
     server
 }
 
+/// `config` with `prevResult`: what a runtime passes a plugin after the first.
+fn with_prev(config: &Value, result: Value) -> Value {
+    let mut config = config.clone();
+    config["prevResult"] = result;
+    config
+}
+
 /// Sends "ping" to `addr` and returns the answer.
 fn ask(addr: SocketAddr) -> String {
     let timeout = Duration::from_secs(10);
@@ -342,13 +352,10 @@ fn portmap_after_evio_forwards_a_host_port_into_the_pod() {
     );
 
     // DEL in reverse order, each with the chain's result.
-    let mut portmap_del = portmap.clone();
-    portmap_del["prevResult"] = final_result.clone();
+    let portmap_del = with_prev(&portmap, final_result.clone());
     let (code, out) = exec_plugin(&plugin("portmap"), "DEL", &container, &netns, &portmap_del);
     assert_eq!(code, 0, "portmap DEL: {out}");
-    let mut evio_del = evio.clone();
-    evio_del["prevResult"] = final_result;
-    let (code, out) = cni("DEL", &container, &netns, &evio_del);
+    let (code, out) = cni("DEL", &container, &netns, &with_prev(&evio, final_result));
     assert_eq!(code, 0, "evio DEL: {out}");
 
     let rules = nat_rules();
@@ -488,9 +495,7 @@ fn evio_after_another_plugin_answers_the_merged_result() {
             assert_eq!(code, 0, "{case}: portmap DEL {out}");
         }
 
-        let mut del = evio.clone();
-        del["prevResult"] = merged;
-        let (code, out) = cni("DEL", &container, &netns, &del);
+        let (code, out) = cni("DEL", &container, &netns, &with_prev(&evio, merged));
         assert_eq!(code, 0, "{case}: DEL {out}");
         assert_veth_retired_then_gone(&host);
         let pod_links = ip(&["-n", &ns.0, "link"]);

@@ -73,6 +73,14 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// config-gen failed for want of a lease for `node` and of a reachable member.
+fn assert_no_lease(out: &Output, node: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "{err}");
+    let want = format!("no lease for {node} and no cluster member reachable");
+    assert!(err.contains(&want), "{err}");
+}
+
 fn read_conflist(cluster: &Cluster) -> serde_json::Value {
     let bytes =
         std::fs::read(cluster.path("net.d/10-evio.conflist")).unwrap_or_else(|e| panic!("{e}"));
@@ -220,12 +228,7 @@ async fn conflist_from_the_cluster_then_from_the_local_replica_with_all_peers_ki
     let before = std::fs::read(cluster.path("net.d/10-evio.conflist")).unwrap_or_default();
     let started = Instant::now();
     let out = config_gen(&cluster, "d", &cluster.path("c"), &join, &[]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no lease for d and no cluster member reachable"),
-        "{}",
-        stderr(&out)
-    );
+    assert_no_lease(&out, "d");
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "config-gen overran its deadline"
@@ -251,12 +254,7 @@ fn no_replica_and_no_member_fails_cleanly_leaving_the_conflist() {
         &[nobody],
         &[],
     );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no lease for lonely and no cluster member reachable"),
-        "{}",
-        stderr(&out)
-    );
+    assert_no_lease(&out, "lonely");
     assert_eq!(
         std::fs::read(&existing).unwrap_or_default(),
         b"{\"previous\": true}\n"
@@ -332,17 +330,15 @@ fn bad_net_conf_names_key_and_value_and_writes_nothing() {
             "\"yes\"",
         ),
     ];
+    let with_bad_net_conf = || {
+        let nobody = ["127.0.0.1:9".to_string()];
+        config_gen(&cluster, "n", &cluster.path("data"), &nobody, &[])
+    };
     for (from, to, key, value) in cases {
         let text = ORIGINAL_NET_CONF.replace(from, to);
         assert_ne!(text, ORIGINAL_NET_CONF, "{from}");
         std::fs::write(cluster.path("net-conf.json"), text).unwrap_or_else(|e| panic!("{e}"));
-        let out = config_gen(
-            &cluster,
-            "n",
-            &cluster.path("data"),
-            &["127.0.0.1:9".to_string()],
-            &[],
-        );
+        let out = with_bad_net_conf();
         assert!(!out.status.success(), "{to}");
         let err = stderr(&out);
         assert!(err.contains(key) && err.contains(value), "{to}: {err}");
@@ -350,13 +346,7 @@ fn bad_net_conf_names_key_and_value_and_writes_nothing() {
     }
     std::fs::write(cluster.path("net-conf.json"), "{\"podCIDR\": ")
         .unwrap_or_else(|e| panic!("{e}"));
-    let out = config_gen(
-        &cluster,
-        "n",
-        &cluster.path("data"),
-        &["127.0.0.1:9".to_string()],
-        &[],
-    );
+    let out = with_bad_net_conf();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("net-conf.json"), "{}", stderr(&out));
     assert!(!cluster.path("net.d").exists());

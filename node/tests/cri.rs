@@ -7,6 +7,9 @@
 //! and the gateway; a pod removed while evio-node was restarted tears down; with evio-node
 //! down RunPodSandbox fails with the CNI error and works once it is back; after a containerd
 //! restart the pods still tear down; nothing (veth, bridge port, reservation) is left.
+//!
+//! One file (over 600 lines) on purpose: containerd's own setup (root, socket, pause image, CRI
+//! client) is part of every scenario and used nowhere else.
 
 #[allow(clippy::all, clippy::pedantic, dead_code, unused_qualifications)]
 mod cri_api {

@@ -15,6 +15,9 @@
 //! The Python tools come from scripts/install-py-tools.sh (run by scripts/install-deps.sh);
 //! YAML is read through the same venv's PyYAML, so no YAML crate is needed. Under CI=true a
 //! missing tool fails the test.
+//!
+//! One file (over 900 lines) on purpose: one check per property of deploy/, all sharing the YAML
+//! loading and DaemonSet parsing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

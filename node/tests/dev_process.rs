@@ -1,6 +1,9 @@
 //! `evio-node dev` as a real process: leases survive SIGKILL + restart, bad starts are refused
 //! with the values named, Ctrl-C stops cleanly; IPv6-only and dual-stack devs hand out pod
 //! addresses that work (real evio-cni, host-local, netns, Linux bridge and OVS).
+//!
+//! One file (about 500 lines) on purpose: every scenario of the `dev` command as a process, sharing
+//! its start-up and pod helpers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use evio_api::{Client, Consistency, LeaseJson};
 use nix::sys::signal::Signal;
 
-use evio_test_support::{dev_command, evio_node, evio_node_bin, Proc};
+use evio_test_support::{dev_command, evio_node, evio_node_bin, output_fails, Proc};
 
 /// `evio-node dev` on a temp data dir, with the token it generates there.
 struct Dev {
@@ -471,13 +474,9 @@ fn cli_client_lists_acquires_and_releases() {
     assert_eq!(cluster["nodeName"], "test-host");
 
     // without the token, changes are refused and nothing changes
-    let out = Command::new(evio_node_bin())
-        .args(["leases", "release", "cli-node", "--api", &dev.base])
-        .env_remove("EVIO_TOKEN_FILE")
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut release = Command::new(evio_node_bin());
+    release.args(["leases", "release", "cli-node", "--api", &dev.base]);
+    let stderr = output_fails(release.env_remove("EVIO_TOKEN_FILE"));
     assert!(
         stderr.contains("401") && stderr.contains("unauthorized"),
         "{stderr}"

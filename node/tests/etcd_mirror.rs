@@ -55,6 +55,23 @@ fn expect(leases: &[(&str, u8)]) -> BTreeMap<String, String> {
     want
 }
 
+/// A TLS cluster to start members in and a real etcd named `name` in its dir; `None`
+/// (skipped, or failed under CI) without etcd.
+fn cluster_and_etcd(name: &str) -> Option<(Cluster, Etcd)> {
+    if !have("etcd", "etcd-server") {
+        return None;
+    }
+    let cluster = Cluster::new();
+    let etcd = Etcd::start(cluster.dir.path(), name);
+    Some((cluster, etcd))
+}
+
+/// A single member bootstrapping a cluster that mirrors to `etcd`.
+fn mirroring_solo(cluster: &Cluster, etcd: &Etcd) -> Node {
+    let addr = evio_test_support::cluster::free_addr();
+    cluster.start("solo", &addr, &[], &["--etcd-endpoints", &etcd.client_url])
+}
+
 /// `evio-node import-etcd` from etcd into `node`, as run on that member.
 fn import_etcd(cluster: &Cluster, node: &Node, etcd: &Etcd) -> std::process::Output {
     let mut args = vec![
@@ -91,11 +108,9 @@ async fn wait_mirror(node: &Node, what: &str, check: impl Fn(&evio_api::EtcdMirr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_follows_leases_and_reconciles_after_outage_and_leader_change() {
-    if !have("etcd", "etcd-server") {
+    let Some((cluster, mut etcd)) = cluster_and_etcd("mirror") else {
         return;
-    }
-    let cluster = Cluster::new();
-    let mut etcd = Etcd::start(cluster.dir.path(), "mirror");
+    };
     // A key of the original tool's own (its lock) must survive every reconcile.
     etcd.put("/evpn/evio-lock/694d", "x").await;
     let endpoints = etcd.client_url.clone();
@@ -141,16 +156,7 @@ async fn mirror_follows_leases_and_reconciles_after_outage_and_leader_change() {
         let m = mirror_of(follower).await;
         assert!(!m.active, "{}: a follower mirrors: {m:#?}", follower.name);
     }
-    let metrics = leader
-        .proc
-        .http()
-        .get(format!("{}/metrics", leader.proc.base))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let metrics = leader.metrics().await;
     assert!(metrics.contains("evio_etcd_mirror_healthy 1"), "{metrics}");
     assert!(
         metrics.contains("evio_etcd_mirror_lag_revisions 0"),
@@ -194,11 +200,9 @@ async fn mirror_follows_leases_and_reconciles_after_outage_and_leader_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_leave_the_mirror_unhealthy_and_nothing_else() {
-    if !have("etcd", "etcd-server") {
+    let Some((cluster, etcd)) = cluster_and_etcd("auth") else {
         return;
-    }
-    let cluster = Cluster::new();
-    let etcd = Etcd::start(cluster.dir.path(), "auth");
+    };
     {
         // etcd's auth API, through the same JSON gateway evio uses.
         let admin = etcd.client().await;
@@ -258,11 +262,9 @@ async fn wrong_credentials_leave_the_mirror_unhealthy_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn original_ranges_are_imported_reserved_and_claimed() {
-    if !have("etcd", "etcd-server") {
+    let Some((cluster, etcd)) = cluster_and_etcd("import") else {
         return;
-    }
-    let cluster = Cluster::new();
-    let etcd = Etcd::start(cluster.dir.path(), "import");
+    };
     let addr = evio_test_support::cluster::free_addr();
     let node = cluster.start("solo", &addr, &[], &[]);
     // A node evio already knows holds block 0 (the original tool never used block 0).
@@ -358,16 +360,9 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
         .unwrap_err();
     assert_eq!(err.status(), Some(409), "{err}");
     // Without a certificate, nothing changes.
-    let anonymous = node.anonymous_client();
-    let err = anonymous
-        .claim("edge-9", legacy3)
-        .await
-        .map(|_| ())
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(evio_api::ErrorCode::CertificateRequired),
-        "{err}"
+    evio_test_support::cluster::refused(
+        node.anonymous_client().claim("edge-9", legacy3).await,
+        evio_api::ErrorCode::CertificateRequired,
     );
     // An operator can release a reservation.
     client
@@ -385,20 +380,13 @@ async fn original_ranges_are_imported_reserved_and_claimed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_is_fenced_off_by_the_term_key() {
-    if !have("etcd", "etcd-server") {
+    let Some((cluster, etcd)) = cluster_and_etcd("fence") else {
         return;
-    }
-    let cluster = Cluster::new();
-    let etcd = Etcd::start(cluster.dir.path(), "fence");
+    };
     // As if a leader of a much later term had mirrored already.
     etcd.put("/evio/mirror/term", &format!("{:020}", u64::MAX / 2))
         .await;
-    let node = cluster.start(
-        "solo",
-        &evio_test_support::cluster::free_addr(),
-        &[],
-        &["--etcd-endpoints", &etcd.client_url],
-    );
+    let node = mirroring_solo(&cluster, &etcd);
     evio_test_support::cluster::acquire(&node, "n0").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !node.proc.logs().contains("a later leader wrote etcd") {
@@ -418,17 +406,10 @@ async fn a_deposed_leader_is_fenced_off_by_the_term_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imported_and_claimed_ranges_are_mirrored_under_their_owner() {
-    if !have("etcd", "etcd-server") {
+    let Some((cluster, etcd)) = cluster_and_etcd("claim") else {
         return;
-    }
-    let cluster = Cluster::new();
-    let etcd = Etcd::start(cluster.dir.path(), "claim");
-    let node = cluster.start(
-        "solo",
-        &evio_test_support::cluster::free_addr(),
-        &[],
-        &["--etcd-endpoints", &etcd.client_url],
-    );
+    };
+    let node = mirroring_solo(&cluster, &etcd);
     evio_test_support::cluster::acquire(&node, "known").await;
     etcd_holds(&etcd, &expect(&[("known", 0)]), "known mirrored").await;
     etcd.put(&original_key(4), "ok").await;

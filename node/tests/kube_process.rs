@@ -6,6 +6,9 @@
 //! real API paths and JSON (`/api/v1/nodes` list and watch streams, `/api/v1/nodes/{name}` GET and
 //! merge-patch PATCH, `Status` errors); evio-node reaches it through a kubeconfig file,
 //! exactly as it would reach a real cluster.
+//!
+//! One file (about 700 lines) on purpose: every scenario needs the stand-in plus real members, and
+//! shares those helpers.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -168,31 +171,22 @@ async fn nodes_are_annotated_and_a_second_node_joins_from_annotations() {
     let api_a = a.client(Some(TOKEN));
 
     // Without a lease: the API address only.
-    eventually(
-        "kn-a's api-address annotation",
-        || a.logs(),
-        || async {
-            env.kube
-                .annotation("kn-a", API_ADDRESS)
-                .filter(|v| *v == addr_a)
-        },
-    )
-    .await;
+    let annotated = |key, want: String| {
+        let kube = &env.kube;
+        move || {
+            let want = want.clone();
+            async move { kube.annotation("kn-a", key).filter(|v| *v == want) }
+        }
+    };
+    let what = "kn-a's api-address annotation";
+    eventually(what, || a.logs(), annotated(API_ADDRESS, addr_a.clone())).await;
     assert_eq!(env.kube.annotation("kn-a", SUBNET), None);
 
     // A lease shows up as the subnet annotation.
     let lease_a = acquire(&api_a, "kn-a").await;
     let subnet_a = lease_a.subnet.to_string();
-    eventually(
-        "kn-a's pod-subnet annotation",
-        || a.logs(),
-        || async {
-            env.kube
-                .annotation("kn-a", SUBNET)
-                .filter(|v| *v == subnet_a)
-        },
-    )
-    .await;
+    let what = "kn-a's pod-subnet annotation";
+    eventually(what, || a.logs(), annotated(SUBNET, subnet_a.clone())).await;
 
     let c = early
         .await
@@ -319,15 +313,7 @@ async fn only_deleted_nodes_lose_their_leases_after_the_grace() {
         );
         assert!(entry["fields"]["gone_for"].as_str().is_some(), "{entry}");
     }
-    let metrics = a
-        .http()
-        .get(format!("{}/metrics", a.base))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = a.metrics().await;
     assert!(
         metrics.contains("evio_node_gc_releases_total 3"),
         "{metrics}"

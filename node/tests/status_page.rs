@@ -326,33 +326,25 @@ async fn status_page_renders_a_real_cluster_and_a_cut_off_member() {
 
     // The screenshot: kept under target/tmp as the test's artifact (docs/status-page.png is
     // a copy).
-    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
-    let _ = std::fs::remove_file(&shot);
-    browse(
-        &chromium,
-        &dir,
-        &format!("{}/", nodes[0].proc.base),
-        &[
-            "--window-size=900,820",
-            &format!("--screenshot={}", shot.display()),
-        ],
-    );
-    let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("screenshot {shot:?}: {e}"));
-    assert!(png.starts_with(b"\x89PNG"), "screenshot is not a PNG");
     // And on a phone-sized screen (390 px wide), kept beside it.
-    let phone = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page-phone.png");
-    let _ = std::fs::remove_file(&phone);
-    browse(
-        &chromium,
-        &dir,
-        &format!("{}/", nodes[0].proc.base),
-        &[
-            "--window-size=390,1500",
-            &format!("--screenshot={}", phone.display()),
-        ],
-    );
-    let png = std::fs::read(&phone).unwrap_or_else(|e| panic!("screenshot {phone:?}: {e}"));
-    assert!(png.starts_with(b"\x89PNG"), "phone screenshot is not a PNG");
+    for (file, size) in [
+        ("status-page.png", "900,820"),
+        ("status-page-phone.png", "390,1500"),
+    ] {
+        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(file);
+        let _ = std::fs::remove_file(&shot);
+        browse(
+            &chromium,
+            &dir,
+            &format!("{}/", nodes[0].proc.base),
+            &[
+                &format!("--window-size={size}"),
+                &format!("--screenshot={}", shot.display()),
+            ],
+        );
+        let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("screenshot {shot:?}: {e}"));
+        assert!(png.starts_with(b"\x89PNG"), "{file} is not a PNG");
+    }
 
     // `evio-node status -o json`: the same picture.
     let status = status_json(&cluster, &nodes[1]);

@@ -1,14 +1,16 @@
 //! Mutual TLS with real `evio-node run` processes on 127.0.0.1: operator-supplied
-//! certificates (no CA key on any member), renewal in place with short lifetimes, and the
-//! token file refused when others can read it or it is too short. (The cluster CA made by
+//! certificates (no CA key on any member), renewal in place with short lifetimes, the token
+//! file refused when others can read it or it is too short, and a removed member's
+//! certificate revoked everywhere. (The cluster CA made by
 //! the bootstrap member, joins by token and CA file, and the refused peers are exercised by
 //! every test built on `evio_test_support::cluster`, which runs with TLS.)
 
 use std::time::{Duration, Instant};
 
+use evio_api::Consistency;
 use evio_raft::tls::{self, Authority};
 use evio_test_support::cluster::{
-    acquire, free_addr, local_has, wait_cluster, write_token, Cluster, TOKEN,
+    acquire, free_addr, local_has, refused, wait_cluster, write_token, Cluster, Node, TOKEN,
 };
 use evio_test_support::evio_node;
 
@@ -203,5 +205,191 @@ fn token_files_readable_by_others_or_short_are_refused() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{needle}: {stderr}");
         assert!(!data.exists(), "a refused start left a data dir");
+    }
+}
+
+/// A client of `to` presenting `from`'s certificate (its data dir's).
+fn client_as(cluster: &Cluster, from: &str, to: &Node) -> evio_api::Client {
+    let [ca, _, cert, key] = tls::managed_paths(&cluster.path(from).join(tls::TLS_DIR));
+    let credentials = tls::Credentials::load(&ca, &cert, &key).unwrap_or_else(|e| panic!("{e}"));
+    let config = credentials
+        .client_config()
+        .unwrap_or_else(|e| panic!("{e}"));
+    evio_api::Client::new(&to.proc.base)
+        .and_then(|c| c.with_tls(config))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An error with every source it carries (what the CLI prints).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `evio-node cluster remove`: the removed member's certificate is refused by every member
+/// from then on (writes, Raft RPC, a certificate for its node id), nothing changes, and the
+/// node comes back with a wiped data dir as a new node id with a fresh certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_members_certificate_is_revoked_and_a_wiped_rejoin_works() {
+    let cluster = Cluster::new();
+    let mut nodes = cluster.three(&[]).await;
+    acquire(&nodes[0], "before").await;
+    // Removed by name through the CLI on a's node, as an operator would: b or c, whichever
+    // is not the leader (the leader cannot remove itself, and leadership may move under
+    // load); a stays, as joiners trust its data dir's CA file.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (victim_name, old_id) = loop {
+        let status = nodes[0].client().cluster().await.ok();
+        let candidate = status.as_ref().and_then(|c| {
+            c.members
+                .iter()
+                .find(|m| m.name != "a" && Some(m.id) != c.leader_id)
+        });
+        if let Some(m) = candidate {
+            let mut args = vec!["cluster".to_string(), "remove".into(), m.name.clone()];
+            args.extend(nodes[0].cli_args(&cluster));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = evio_node(&args).output().unwrap_or_else(|e| panic!("{e}"));
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            if out.status.success() {
+                assert!(
+                    stdout.contains(&format!("removed {}", m.name)) && stdout.contains("revoked"),
+                    "{stdout}"
+                );
+                break (m.name.clone(), m.id);
+            }
+            assert!(
+                stderr.contains("is the leader") && Instant::now() < deadline,
+                "{stderr}"
+            );
+        }
+        assert!(Instant::now() < deadline, "no member to remove: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let victim_at = nodes
+        .iter()
+        .position(|n| n.name == victim_name)
+        .unwrap_or_else(|| panic!("{victim_name} gone"));
+    let victim = nodes.remove(victim_at);
+    let a = &nodes[0];
+    wait_cluster(a, "the victim gone", |c| {
+        c.members.iter().all(|m| m.id != old_id)
+    })
+    .await;
+
+    // Every remaining member refuses the victim's certificate, with a clear reason on both
+    // sides, and nothing changes.
+    let leases_before = a
+        .client()
+        .list_leases(Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for member in &nodes {
+        let member_sees_revocation = || async {
+            let intruder = client_as(&cluster, &victim.name, member);
+            intruder.acquire("intruder", None).await
+        };
+        // Applied on this member a moment after the leader committed it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let err = loop {
+            match member_sees_revocation().await {
+                Err(e) if chain(&e).contains("CertificateRevoked") => break e,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "{}: the removed member's certificate still works: {other:?}",
+                    member.name
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            chain(&err).contains("CertificateRevoked"),
+            "{}",
+            chain(&err)
+        );
+        // The server's log line (read from its stderr a moment later).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !member
+            .proc
+            .logs()
+            .contains("the member was removed from the cluster")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no refusal logged:\n{}",
+                member.name,
+                member.proc.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The CLI on the removed node says why, and what to do.
+    let victim_data = cluster.path(&victim.name).to_string_lossy().into_owned();
+    let out = evio_node(&[
+        "leases",
+        "acquire",
+        "intruder",
+        "--data-dir",
+        &victim_data,
+        "--api",
+        &a.proc.base,
+    ])
+    .output()
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("removed from the cluster")
+            && stderr.contains("wipe its data dir"),
+        "{stderr}"
+    );
+    let leases_after = a
+        .client()
+        .list_leases(Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        leases_before, leases_after,
+        "a refused write changed the leases"
+    );
+
+    // The token does not buy a new certificate for the revoked node id either.
+    let (_, csr) = tls::new_key_and_request(old_id, &victim.name).unwrap_or_else(|e| panic!("{e}"));
+    let request = evio_api::types::CertificateRequest {
+        node_id: old_id,
+        name: victim.name.clone(),
+        csr,
+    };
+    let token_holder = a.anonymous_client().with_token(Some(TOKEN.to_string()));
+    let err = refused(
+        token_holder.certificate(&request).await.map(|_| ()),
+        evio_api::ErrorCode::CertificateRefused,
+    );
+    assert!(err.to_string().contains("revoked"), "{err}");
+
+    // Back with a wiped data dir: a new node id, a fresh certificate, a member again.
+    drop(victim);
+    std::fs::remove_dir_all(cluster.path(&victim_name)).unwrap_or_else(|e| panic!("{e}"));
+    let back = cluster.start(&victim_name, &free_addr(), &[&a.addr], &[]);
+    let status = wait_cluster(a, "the wiped node back", |c| {
+        c.members
+            .iter()
+            .any(|m| m.name == victim_name && m.id != old_id)
+    })
+    .await;
+    assert!(status.members.iter().all(|m| m.id != old_id));
+    acquire(&back, "after-rejoin").await;
+    back.proc.assert_no_panics();
+    for member in &nodes {
+        member.proc.assert_no_panics();
     }
 }

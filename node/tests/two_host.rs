@@ -278,7 +278,8 @@ impl Host {
         self.dir.join("net.d").join(evio_cni::conf::CONFLIST_FILE)
     }
 
-    /// `evio-node run` in this host's namespace; bootstraps unless `join` is given.
+    /// `evio-node run` in this host's namespace; bootstraps unless `join` is given (a member's
+    /// address and the cluster CA it trusts).
     #[allow(clippy::too_many_arguments)]
     fn start_daemon(
         &mut self,
@@ -287,7 +288,7 @@ impl Host {
         network: &str,
         bridge: &str,
         token: &Path,
-        join: Option<&str>,
+        join: Option<(&str, &Path)>,
     ) {
         let pod_cidr = if dual {
             format!("{POD_CIDR},{POD_CIDR_V6}")
@@ -308,7 +309,7 @@ impl Host {
         }
         let net_conf_path = self.dir.join("net-conf.json");
         std::fs::write(&net_conf_path, net_conf.to_string()).unwrap_or_else(|e| panic!("{e}"));
-        let data = self.dir.join("data").to_string_lossy().into_owned();
+        let data = self.data_dir().to_string_lossy().into_owned();
         let listen = format!("{}:{API_PORT}", self.overlay_ip);
         let net_conf_arg = net_conf_path.to_string_lossy().into_owned();
         let conf_dir = self.dir.join("net.d").to_string_lossy().into_owned();
@@ -330,10 +331,13 @@ impl Host {
             &socket,
             "--cluster-token-file",
             &token,
-            "--insecure-plaintext",
         ];
+        let ca_file;
         match join {
-            Some(member) => args.extend_from_slice(&["--join", member]),
+            Some((member, ca)) => {
+                ca_file = ca.to_string_lossy().into_owned();
+                args.extend_from_slice(&["--join", member, "--ca-file", &ca_file]);
+            }
             None => args.push("--bootstrap"),
         }
         let mut cmd = evio_node(&args);
@@ -361,13 +365,24 @@ impl Host {
         }
     }
 
-    /// `evio-node cluster status` from inside this host, through its own API.
+    /// `evio-node cluster status` from inside this host, through its own API (over TLS with
+    /// the member's certificate from its data dir, as the CLI on a node does).
     fn cluster_status(&self) -> Option<ClusterJson> {
-        let api = format!("http://{}:{API_PORT}", self.overlay_ip);
+        let api = format!("https://{}:{API_PORT}", self.overlay_ip);
+        let data = self.data_dir();
         let mut cmd = Command::new(evio_node_bin());
         in_netns(&mut cmd, self.netns.path());
         let out = cmd
-            .args(["cluster", "status", "--api", &api, "-o", "json"])
+            .args([
+                "cluster",
+                "status",
+                "--api",
+                &api,
+                "-o",
+                "json",
+                "--data-dir",
+            ])
+            .arg(&data)
             .env_remove("EVIO_API")
             .output()
             .ok()?;
@@ -382,6 +397,10 @@ impl Host {
         config["name"] = conflist["name"].clone();
         config["ipam"]["dataDir"] = json!(self.ipam_dir());
         config
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     fn ipam_dir(&self) -> PathBuf {
@@ -503,7 +522,11 @@ fn two_hosts(mode: Mode, dual: bool) {
 
     let first = format!("{}:{API_PORT}", OVERLAY[0]);
     hosts[0].start_daemon(mode, dual, &network, &bridge, &token, None);
-    hosts[1].start_daemon(mode, dual, &network, &bridge, &token, Some(&first));
+    let ca = hosts[0]
+        .data_dir()
+        .join(evio_raft::tls::TLS_DIR)
+        .join(evio_raft::tls::CA_CERT_FILE);
+    hosts[1].start_daemon(mode, dual, &network, &bridge, &token, Some((&first, &ca)));
     let conflists: Vec<Value> = hosts.iter().map(Host::wait_conflist).collect();
 
     // One cluster: both members seen by host 2, one leader.
@@ -608,24 +631,15 @@ fn two_hosts(mode: Mode, dual: bool) {
             host.name,
             host.daemon().logs()
         );
-        let (address, gateway) = &addresses[i];
-        assert_eq!(
-            result["ips"][0]["address"],
-            format!("{address}/16"),
-            "{result}"
-        );
-        assert_eq!(result["ips"][0]["gateway"], gateway.as_str(), "{result}");
-        // The reservations DEL must release, in this host's own host-local data dir.
-        let reservation = host.ipam_dir().join(&network).join(address);
-        assert!(reservation.is_file(), "{} missing", reservation.display());
-        if let Some((address_v6, gateway_v6)) = addresses_v6.get(i) {
-            assert_eq!(
-                result["ips"][1]["address"],
-                format!("{address_v6}/48"),
-                "{result}"
-            );
-            assert_eq!(result["ips"][1]["gateway"], gateway_v6.as_str(), "{result}");
-            let reservation = host.ipam_dir().join(&network).join(address_v6);
+        // The IPv4 address (and on dual stack the IPv6 one) with its gateway, each reserved
+        // in this host's own host-local data dir (where DEL must release it).
+        let mut expected = vec![(&addresses[i], 16)];
+        expected.extend(addresses_v6.get(i).map(|v6| (v6, 48)));
+        for (k, ((address, gateway), prefix)) in expected.into_iter().enumerate() {
+            let got = &result["ips"][k];
+            assert_eq!(got["address"], format!("{address}/{prefix}"), "{result}");
+            assert_eq!(got["gateway"], gateway.as_str(), "{result}");
+            let reservation = host.ipam_dir().join(&network).join(address);
             assert!(reservation.is_file(), "{} missing", reservation.display());
         }
         attachments.push((container, netns));

@@ -22,7 +22,9 @@ pub use lease::{
     validate_node_name, Lease, LeaseCommand, LeaseOutcome, LeaseRecord, LeaseTable, Refusal,
 };
 pub use legacy::{validate_owner, OriginalRange};
-pub use membership::{AdmitError, JoinRequest, JoinResponse, MembershipController};
+pub use membership::{
+    AdmitError, JoinRequest, JoinResponse, MembershipController, RemoveError, RemoveResponse,
+};
 pub use pool::{Block, Pool, PoolError};
 pub use replica::{OpenError, RaftTuning, Replica, ReplicaConfig, RequestError};
 pub use types::{EvioNode, NodeId, TypeConfig};

@@ -63,6 +63,26 @@ pub enum AdmitError {
     Request(#[from] RequestError),
 }
 
+/// Why `DELETE /v1/cluster/members/{id}` removed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("node {0} is not a member of this cluster")]
+    NotMember(NodeId),
+    #[error("node {0} is the leader: stop it (another member takes over), then remove it")]
+    IsLeader(NodeId),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+/// What a removal did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoveResponse {
+    pub node_id: NodeId,
+    /// Whether it was a member until now (false: removed and revoked before).
+    pub was_member: bool,
+}
+
 fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, EvioNode>>) -> RequestError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RequestError::NotLeader {
@@ -141,6 +161,8 @@ impl Replica {
                 .change_membership(change, false)
                 .await
                 .map_err(write_error)?;
+            // The old id's certificate is the lost data dir's: nobody should speak with it.
+            self.revoke(*id).await?;
         }
         if membership.get_node(&join.node_id).is_none() {
             let node = EvioNode {
@@ -156,6 +178,48 @@ impl Replica {
         Ok(JoinResponse {
             cluster_id,
             leader_id: self.node_id(),
+        })
+    }
+
+    /// Leader side of removing member `id` for good: out of the membership, then its node id
+    /// revoked, so its certificate is refused everywhere from then on. Idempotent.
+    pub async fn remove_member(&self, id: NodeId) -> Result<RemoveResponse, RemoveError> {
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.node_id()) {
+            let leader = metrics.current_leader.and_then(|l| {
+                let membership = metrics.membership_config.membership();
+                membership.get_node(&l).map(|n| (l, n.clone()))
+            });
+            return Err(RequestError::NotLeader { leader }.into());
+        }
+        if id == self.node_id() {
+            return Err(RemoveError::IsLeader(id));
+        }
+        let membership = metrics.membership_config.membership().clone();
+        let was_member = membership.get_node(&id).is_some();
+        if !was_member && !self.local().read().table.revoked().contains(&id) {
+            return Err(RemoveError::NotMember(id));
+        }
+        if was_member {
+            let change = if membership.voter_ids().any(|v| v == id) {
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            };
+            self.raft()
+                .change_membership(change, false)
+                .await
+                .map_err(write_error)?;
+        }
+        self.revoke(id).await?;
+        tracing::warn!(
+            node_id = id,
+            was_member,
+            "removed member; its certificate is revoked"
+        );
+        Ok(RemoveResponse {
+            node_id: id,
+            was_member,
         })
     }
 

@@ -287,11 +287,19 @@ impl Replica {
             data_dir.cluster_id().map(str::to_string),
             config.tls.clone(),
         );
-        let network = HttpNetwork::new(peers.clone(), view.clone());
+        if let Some(tls) = &config.tls {
+            let applied = view.clone();
+            tls.revocations()
+                .set(move |id| applied.read().table.revoked().contains(&id));
+        }
+        let effective = crate::network::client::EffectiveMembership::default();
+        let network = HttpNetwork::new(peers.clone(), view.clone(), effective.clone());
         let node_id = data_dir.node_id();
         let raft = Raft::new(node_id, Arc::new(raft_config), network, logs, state_machine)
             .await
             .map_err(|e| OpenError::Raft(e.to_string()))?;
+        // Set once: nothing else sets it.
+        let _ = effective.set(raft.server_metrics());
         let ticks = tokio::spawn(tick_while_voting(raft.clone(), node_id));
         tracing::info!(
             node_id,
@@ -352,6 +360,25 @@ impl Replica {
         metrics
             .current_leader
             .ok_or(RequestError::NoQuorum(timeout))
+    }
+
+    /// Waits until this member knows of a leader other than `previous` (after an election),
+    /// for at most two election timeouts and `limit`; the new leader, if one came.
+    pub async fn wait_for_new_leader(
+        &self,
+        previous: Option<NodeId>,
+        limit: Duration,
+    ) -> Option<NodeId> {
+        let election = Duration::from_millis(self.raft.config().election_timeout_max);
+        self.raft
+            .wait(Some(limit.min(2 * election)))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != previous,
+                "a new leader is known",
+            )
+            .await
+            .ok()
+            .and_then(|m| m.current_leader)
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -632,6 +659,20 @@ impl Replica {
         match outcome {
             LeaseOutcome::Released { existed } => Ok(existed),
             LeaseOutcome::Refused { reason } => Err(RequestError::Refused(reason)),
+            other => Err(RequestError::Fatal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Adds `node_id` to the replicated revoked set: every member refuses its certificate.
+    pub async fn revoke(&self, node_id: NodeId) -> Result<(), RequestError> {
+        let outcome = self
+            .write(LeaseCommand::Revoke {
+                node_id,
+                at: unix_millis(),
+            })
+            .await?;
+        match outcome {
+            LeaseOutcome::Revoked { .. } => Ok(()),
             other => Err(RequestError::Fatal(format!("unexpected outcome {other:?}"))),
         }
     }

@@ -34,6 +34,7 @@ pub(super) fn token_matches(given: &[u8], expected: &[u8]) -> bool {
 /// Where the token is the credential with TLS: a joining node has no certificate yet.
 pub(super) const CERTIFICATE_PATH: &str = "/v1/cluster/certificate";
 const JOIN_PATH: &str = "/v1/cluster/join";
+const MEMBERS_PATH: &str = "/v1/cluster/members/";
 
 /// Who may do what. Plaintext: Raft RPC, joins and lease changes need the cluster token;
 /// lease reads only with `auth_reads`. TLS: a client certificate of the cluster replaces
@@ -48,7 +49,11 @@ pub(super) async fn authenticate(
     let path = request.uri().path();
     let is_read = request.method() == axum::http::Method::GET;
     let is_rpc = path.starts_with(network::PATH_PREFIX);
-    let needs_credentials = if is_rpc || path == JOIN_PATH || path == CERTIFICATE_PATH {
+    let needs_credentials = if is_rpc
+        || path == JOIN_PATH
+        || path == CERTIFICATE_PATH
+        || path.starts_with(MEMBERS_PATH)
+    {
         true
     } else if path.starts_with("/v1/leases")
         || path.starts_with("/v1/reservations")

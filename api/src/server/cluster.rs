@@ -186,6 +186,18 @@ pub(super) async fn join(
     Ok(Json(state.replica.admit(&request).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster",
+    params(("id" = u64, Path, description = "the member's node id (`GET /v1/cluster` lists them)")),
+    responses((status = 200, description = "removed (or removed before); its certificate is revoked on every member (evio_raft::RemoveResponse)", body = Object),
+        (status = 400, description = "`bad_request`: the node is the leader", body = ErrorBody), (status = 401, description = "`unauthorized` or `certificate_required`", body = ErrorBody), (status = 404, description = "`not_found`: no such member", body = ErrorBody), (status = 503, description = "`no_quorum`, `not_leader` or `timeout`: retry later", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait before retrying")))),
+    security(("token" = [])))]
+pub(super) async fn remove_member(
+    State(state): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> Result<Json<evio_raft::RemoveResponse>, ApiError> {
+    Ok(Json(state.replica.remove_member(id).await?))
+}
+
 #[utoipa::path(post, path = "/v1/cluster/certificate", tag = "cluster",
     request_body = CertificateRequest,
     responses((status = 200, description = "the node's certificate, the CA certificate and key", body = CertificateResponse),
@@ -209,6 +221,20 @@ pub(super) async fn certificate(
     };
     // A token holder must not get a certificate naming a live member under another name
     // (it would then speak for it); a node that lost its data dir gets a new id anyway.
+    if state
+        .replica
+        .local()
+        .read()
+        .table
+        .revoked()
+        .contains(&request.node_id)
+    {
+        return Err(refused(format!(
+            "node id {} was removed from the cluster and is revoked: a node rejoins with a \
+             wiped data dir (a new node id)",
+            request.node_id
+        )));
+    }
     let metrics = state.replica.metrics();
     if let Some(member) = metrics
         .membership_config

@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use evio_raft::{AdmitError, Refusal, RequestError};
+use evio_raft::{AdmitError, Refusal, RemoveError, RequestError};
 
 use crate::types::{ErrorBody, ErrorCode};
 
@@ -59,6 +59,16 @@ impl IntoResponse for ApiError {
             response.extensions_mut().insert(hint);
         }
         response
+    }
+}
+
+impl From<RemoveError> for ApiError {
+    fn from(e: RemoveError) -> Self {
+        match e {
+            RemoveError::NotMember(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
+            RemoveError::IsLeader(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
+            RemoveError::Request(e) => e.into(),
+        }
     }
 }
 

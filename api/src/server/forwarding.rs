@@ -20,6 +20,10 @@ const DEADLINE_HEADER: &str = "x-evio-deadline-ms";
 
 /// Runs the handler; when it failed only because this member is not the leader, sends the
 /// same request to the leader, or through another member when the leader is unreachable.
+/// When no member could place it (an election under way: the leader was lost, or its
+/// heartbeats came late on a busy host), waits for the election and tries again within the
+/// request timeout, as an etcd client's request does; a member cut off from every leader
+/// answers 503 when the request timeout has passed.
 pub(super) async fn forwarding(
     State(state): State<ApiState>,
     request: Request,
@@ -33,18 +37,35 @@ pub(super) async fn forwarding(
         )
         .into_response();
     };
-    let response = next
-        .run(Request::from_parts(
-            parts.clone(),
-            Body::from(bytes.clone()),
-        ))
-        .await;
-    let Some(NotLeaderHint(leader)) = response.extensions().get::<NotLeaderHint>().cloned() else {
-        return response;
-    };
-    match forward(&state, &parts, bytes, leader).await {
-        Some(forwarded) => forwarded,
-        None => response,
+    // A member that forwarded this request waits out the election itself.
+    let from_member = parts.extensions.get::<Authenticated>().is_some()
+        && parts.headers.contains_key(HOPS_HEADER);
+    let deadline = std::time::Instant::now() + state.replica.request_timeout();
+    loop {
+        let response = next
+            .clone()
+            .run(Request::from_parts(
+                parts.clone(),
+                Body::from(bytes.clone()),
+            ))
+            .await;
+        let Some(NotLeaderHint(leader)) = response.extensions().get::<NotLeaderHint>().cloned()
+        else {
+            return response;
+        };
+        let leader_id = leader.as_ref().map(|(id, _)| *id);
+        if let Some(forwarded) = forward(&state, &parts, bytes.clone(), leader).await {
+            return forwarded;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if from_member || left.is_zero() {
+            return response;
+        }
+        // Each try also forwards again: a path to the leader may have come back meanwhile.
+        match state.replica.wait_for_new_leader(leader_id, left).await {
+            Some(new_leader) => tracing::debug!(new_leader, "a leader was elected: trying again"),
+            None => tracing::debug!("no new leader yet: trying again"),
+        }
     }
 }
 

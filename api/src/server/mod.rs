@@ -99,6 +99,10 @@ pub fn router(replica: Arc<Replica>, options: ApiOptions) -> Router {
         .route("/v1/reservations", post(leases::reserve))
         .route("/v1/leases/{node}/claim", post(leases::claim))
         .route("/v1/cluster/join", post(cluster::join))
+        .route(
+            "/v1/cluster/members/{id}",
+            axum::routing::delete(cluster::remove_member),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             forwarding::forwarding,

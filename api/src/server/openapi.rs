@@ -74,6 +74,7 @@ impl Modify for BearerToken {
         super::leases::list, super::leases::get, super::leases::put, super::leases::delete,
         super::leases::reserve, super::leases::claim,
         super::cluster::status, super::cluster::join, super::cluster::certificate,
+        super::cluster::remove_member,
         super::cluster::healthz,
         super::cluster::readyz, super::cluster::metrics, document, super::page::status_page,
         super::node::node, super::node::pods,

@@ -155,7 +155,7 @@ pub(super) async fn heal(
         // (e.g. on a storage error) is restarted.
         let unhealthy = cluster.alive(i)
             && !restart.contains(&i)
-            && !http_ok(&format!("{}/healthz", cluster.nodes[i].base_url())).await;
+            && !http_ok(cluster, &format!("{}/healthz", cluster.nodes[i].base_url())).await;
         if unhealthy {
             tracing::warn!(
                 member = i,

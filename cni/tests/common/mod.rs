@@ -16,6 +16,20 @@ pub use evio_test_support::cni::link_exists;
 pub const HOST_LOCAL_DIRS: &str = "/usr/lib/cni:/opt/cni/bin";
 
 /// Whether the test can run here; under CI it must.
+/// The daemon's pod network with its default limits.
+pub fn new_pods() -> PodNetwork {
+    PodNetwork::new().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The daemon's pod network whose requests must finish within `deadline`.
+pub fn new_pods_within(deadline: std::time::Duration) -> PodNetwork {
+    let limits = evio_cni::dataplane::Limits {
+        deadline,
+        ..Default::default()
+    };
+    PodNetwork::with_limits(limits).unwrap_or_else(|e| panic!("{e}"))
+}
+
 pub fn prerequisites() -> bool {
     let host_local = HOST_LOCAL_DIRS
         .split(':')
@@ -28,6 +42,13 @@ pub fn prerequisites() -> bool {
             ("ping", evio_test_support::on_path("ping")),
         ],
     )
+}
+
+/// `ip -n <netns> ARGS`'s stdout (`netns` a path under /run/netns or a name).
+pub fn netns_output(netns: &str, args: &[&str]) -> String {
+    let mut all = vec!["-n", netns.trim_start_matches("/run/netns/")];
+    all.extend_from_slice(args);
+    String::from_utf8_lossy(&ip(&all).stdout).to_string()
 }
 
 pub fn ip(args: &[&str]) -> std::process::Output {
@@ -67,6 +88,16 @@ impl Fixture {
             ipam_dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
             ipam: "host-local",
         }
+    }
+
+    /// A fixture of `kind` on pod network octet `octet`, where the prerequisites hold (else
+    /// None: the test is skipped, or fails under CI=true).
+    pub fn ready(kind: &'static str, octet: u8) -> Option<Fixture> {
+        prerequisites().then(|| {
+            let mut fixture = Fixture::new(kind);
+            fixture.octet = octet;
+            fixture
+        })
     }
 
     /// The fixture's network name.
@@ -163,6 +194,13 @@ impl Fixture {
             ipam["dataDir"] = json!(self.ipam_dir.path());
         }
         ipam
+    }
+
+    /// DEL of `pod` (netns `netns`) with `config`, which must succeed.
+    pub async fn del(&self, pods: &PodNetwork, pod: &str, netns: &str, config: Value) {
+        let del = self.request(Command::Del, pod, netns, config);
+        let done = pods.del(&del).await;
+        done.unwrap_or_else(|e| panic!("DEL {pod}: {e:?}"));
     }
 
     pub fn request(

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use evio_test_support::{evio_node_bin, have, output_ok, prerequisites, target_bin};
+use evio_test_support::{evio_node_bin, have, output_fails, output_ok, prerequisites, target_bin};
 use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_evio-bench");
@@ -43,12 +43,7 @@ fn quick_with(global: &[&str], figure: &str, args: &[&str]) -> Value {
 
 /// Runs `evio-bench args`, which must fail: its stderr.
 fn failing(args: &[&str]) -> String {
-    let out = Command::new(BENCH)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {BENCH}: {e}"));
-    assert!(!out.status.success(), "evio-bench {args:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    output_fails(Command::new(BENCH).args(args))
 }
 
 fn read_json(path: &Path) -> Value {

@@ -120,6 +120,15 @@ pub enum ClusterCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Remove a member for good: out of the membership, and its certificate revoked on every
+    /// member (Raft RPC, writes and joins with it are refused from then on). The node can
+    /// come back only with a wiped data dir (a new node id and certificate).
+    Remove {
+        /// The member's node name or node id (`cluster status` lists them).
+        member: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// The cluster CA's hash (sha256:...), what a joining node passes as --ca-hash.
     CaHash {
         /// A member's data dir (its CA is in tls/ca.pem).
@@ -219,6 +228,28 @@ pub async fn leases(cmd: LeasesCommand) -> anyhow::Result<()> {
     }
 }
 
+fn print_removed(
+    output: Output,
+    removed: &evio_raft::RemoveResponse,
+    name: &str,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(removed),
+        Output::Table => {
+            let how = if removed.was_member {
+                "removed"
+            } else {
+                "already removed"
+            };
+            println!(
+                "{how} {name} (node id {}); its certificate is revoked on every member",
+                removed.node_id
+            );
+            Ok(())
+        }
+    }
+}
+
 pub(crate) fn print_cluster(c: &ClusterJson) {
     println!("node:         {} (id {})", c.node_name, c.node_id);
     let leader = c.leader_id.map_or_else(
@@ -281,6 +312,24 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        ClusterCommand::Remove { member, api } => {
+            let client = api.client()?;
+            let status = client.cluster().await?;
+            let Some(found) = status
+                .members
+                .iter()
+                .find(|m| m.name == member || m.id.to_string() == member)
+            else {
+                // Not a member (any more): an id may still be revoked again, idempotently.
+                let id: u64 = member.parse().map_err(|_| {
+                    anyhow::anyhow!("{member:?} is no member of this cluster (by name or node id)")
+                })?;
+                let removed = client.remove_member(id).await?;
+                return print_removed(api.output, &removed, &member);
+            };
+            let removed = client.remove_member(found.id).await?;
+            print_removed(api.output, &removed, &found.name)
         }
         ClusterCommand::CaHash { data_dir, ca_file } => {
             println!("{}", crate::tls::ca_hash(&data_dir, ca_file.as_deref())?);

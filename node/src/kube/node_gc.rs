@@ -303,6 +303,13 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(600);
 
+    /// A grace book that has listed the Nodes `listed`, and the time it starts at.
+    fn listing(listed: &[&str]) -> (Instant, GraceBook) {
+        let mut book = GraceBook::new(GRACE);
+        book.listed(names(listed));
+        (Instant::now(), book)
+    }
+
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
     }
@@ -317,9 +324,7 @@ mod tests {
 
     #[test]
     fn deleted_node_is_due_only_after_the_grace() {
-        let t0 = Instant::now();
-        let mut book = GraceBook::new(GRACE);
-        book.listed(names(&["a", "b"]));
+        let (t0, mut book) = listing(&["a", "b"]);
         assert!(book.due(["a", "b"], t0).is_empty());
         book.deleted("a", t0);
         assert!(book.due(["a", "b"], t0 + GRACE).is_empty());
@@ -329,9 +334,7 @@ mod tests {
 
     #[test]
     fn node_recreated_within_the_grace_keeps_its_lease() {
-        let t0 = Instant::now();
-        let mut book = GraceBook::new(GRACE);
-        book.listed(names(&["a"]));
+        let (t0, mut book) = listing(&["a"]);
         book.deleted("a", t0);
         book.seen("a");
         assert!(book.due(["a"], t0 + GRACE * 2).is_empty());
@@ -343,9 +346,7 @@ mod tests {
 
     #[test]
     fn owner_never_listed_counts_from_first_observed_absence() {
-        let t0 = Instant::now();
-        let mut book = GraceBook::new(GRACE);
-        book.listed(names(&["a"]));
+        let (t0, mut book) = listing(&["a"]);
         assert!(book.due(["a", "ghost"], t0 + GRACE * 5).is_empty());
         assert!(book
             .due(["a", "ghost"], t0 + GRACE * 6 - Duration::from_secs(1))
@@ -358,9 +359,7 @@ mod tests {
 
     #[test]
     fn a_relist_that_finds_the_node_clears_its_timer() {
-        let t0 = Instant::now();
-        let mut book = GraceBook::new(GRACE);
-        book.listed(names(&["a"]));
+        let (t0, mut book) = listing(&["a"]);
         book.deleted("a", t0);
         book.listed(names(&["a"]));
         assert!(book.due(["a"], t0 + GRACE * 2).is_empty());

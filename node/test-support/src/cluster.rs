@@ -94,6 +94,11 @@ impl Node {
         args
     }
 
+    /// The member's `/metrics` text (over TLS with its own certificate).
+    pub async fn metrics(&self) -> String {
+        self.proc.metrics().await
+    }
+
     /// A client without credentials: over TLS it checks the member against the cluster CA
     /// but presents no certificate; in plaintext it sends no token.
     pub fn anonymous_client(&self) -> evio_api::Client {
@@ -141,8 +146,8 @@ impl Cluster {
         }
     }
 
-    /// Members speaking plain HTTP with the token (`--insecure-plaintext`), for tests whose
-    /// clients (the CLI's config-gen and import paths, a browser) are not on TLS yet.
+    /// Members speaking plain HTTP with the token (`--insecure-plaintext`): for the one test
+    /// of that mode itself (status_page's token box); everything else runs on TLS.
     pub fn plaintext() -> Cluster {
         let mut cluster = Cluster::new();
         cluster.plaintext = true;
@@ -262,6 +267,20 @@ impl Cluster {
         })
         .await;
         nodes
+    }
+}
+
+/// The error of a call that must be refused with `code` (the test fails otherwise).
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, evio_api::ClientError>,
+    code: evio_api::ErrorCode,
+) -> evio_api::ClientError {
+    match result {
+        Ok(value) => panic!("expected {code:?}, got {value:?}"),
+        Err(e) => {
+            assert_eq!(e.code(), Some(code), "{e}");
+            e
+        }
     }
 }
 

@@ -127,6 +127,14 @@ pub fn output_ok(cmd: &mut Command) -> String {
     stdout
 }
 
+/// Runs `cmd`, which must fail (else the test fails with its stderr); returns its stderr.
+pub fn output_fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{cmd:?} succeeded: {stderr}");
+    stderr
+}
+
 /// Six hex digits that differ between tests running at once (clock nanoseconds and the pid),
 /// for names of links, bridges and namespaces that must not collide.
 pub fn unique_tag() -> String {

@@ -117,6 +117,17 @@ impl Proc {
         }
     }
 
+    /// The member's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.base);
+        let response = self.http().get(&url).send().await;
+        let response = response.unwrap_or_else(|e| panic!("{url}: {e}"));
+        response
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
     /// The member's certificate as a client identity, when it speaks TLS.
     pub fn tls_config(&self) -> Option<evio_raft::tls::ClientConfig> {
         if !self.base.starts_with("https://") {

@@ -4,7 +4,7 @@
 //! applying them never reads the clock, so every replica reaches the same state.
 
 use std::borrow::Borrow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 
@@ -73,6 +73,11 @@ pub enum LeaseCommand {
         request_id: String,
         at: u64,
     },
+    /// Revoke the certificates of a member removed from the cluster: every member refuses
+    /// a certificate naming `node_id` from then on (a node back with a wiped data dir has a
+    /// new id). Idempotent.
+    #[serde(rename_all = "camelCase")]
+    Revoke { node_id: u64, at: u64 },
 }
 
 impl LeaseCommand {
@@ -110,6 +115,9 @@ pub enum LeaseOutcome {
     /// A reservation or claim that cannot be done; nothing changed.
     #[serde(rename_all = "camelCase")]
     Refused { reason: Refusal },
+    /// `node_id` is revoked (`new`: by this command).
+    #[serde(rename_all = "camelCase")]
+    Revoked { node_id: u64, new: bool },
     /// Log entries without application data (blank, membership) decide nothing.
     #[default]
     None,
@@ -212,6 +220,8 @@ pub struct LeaseTable {
     pool: Pool,
     by_node: HashSet<ByNode>,
     free: FreeBlocks,
+    /// Node ids of removed members, whose certificates are refused.
+    revoked: BTreeSet<u64>,
 }
 
 /// A table rebuilt from records that do not fit together.
@@ -237,7 +247,19 @@ impl LeaseTable {
             pool,
             by_node: HashSet::new(),
             free: FreeBlocks::all(pool.block_count()),
+            revoked: BTreeSet::new(),
         }
+    }
+
+    /// The table with `revoked` node ids (from storage or a snapshot).
+    pub fn with_revoked(mut self, revoked: impl IntoIterator<Item = u64>) -> Self {
+        self.revoked.extend(revoked);
+        self
+    }
+
+    /// Node ids of removed members, whose certificates every member refuses.
+    pub fn revoked(&self) -> &BTreeSet<u64> {
+        &self.revoked
     }
 
     /// Rebuilds a table from stored records, refusing any that overlap or fall outside the pool.
@@ -405,6 +427,19 @@ impl LeaseTable {
                 owner, block, at, ..
             } => self.reserve(owner, *block, *at, revision),
             LeaseCommand::Claim { node, from, at, .. } => self.claim(node, from, *at, revision),
+            LeaseCommand::Revoke { node_id, .. } => {
+                let new = self.revoked.insert(*node_id);
+                let change = if new {
+                    Change::Revoked(*node_id)
+                } else {
+                    Change::Unchanged
+                };
+                let outcome = LeaseOutcome::Revoked {
+                    node_id: *node_id,
+                    new,
+                };
+                (outcome, change)
+            }
         }
     }
 
@@ -504,6 +539,8 @@ pub enum Change {
         from: String,
         record: LeaseRecord,
     },
+    /// A node id joined the revoked set.
+    Revoked(u64),
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::EntryPayload;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -22,7 +22,8 @@ use super::{
 };
 use crate::store::LocalView;
 use crate::tls::{TlsContext, TlsError};
-use crate::types::{Entry, EvioNode, LogId, NodeId, TypeConfig, Vote};
+use crate::types::{Entry, EvioNode, LogId, NodeId, RaftServerMetrics, TypeConfig, Vote};
+use tokio::sync::watch;
 
 /// HTTP to other members: one connection pool, the cluster id once known, and either mutual
 /// TLS with this member's certificate or (plaintext, `--insecure-plaintext` and `dev`) the
@@ -161,17 +162,27 @@ pub const LEARNER_HEARTBEAT: Duration = Duration::from_secs(1);
 /// [`HttpPeer::append_entries`]); after that they are sent as they are.
 pub const LEARNER_COMMIT_WAIT: Duration = Duration::from_millis(200);
 
+/// This member's Raft role and effective membership (the last one appended, committed or
+/// not), once Raft runs: set right after `Raft::new`, which needs the network first.
+pub type EffectiveMembership = Arc<OnceLock<watch::Receiver<RaftServerMetrics>>>;
+
 /// Hands out one client per target; all share one connection pool.
 #[derive(Clone)]
 pub struct HttpNetwork {
     peers: PeerHttp,
     view: LocalView,
+    effective: EffectiveMembership,
 }
 
 impl HttpNetwork {
-    /// `view` is the local replica, whose applied membership says which targets are learners.
-    pub fn new(peers: PeerHttp, view: LocalView) -> Self {
-        Self { peers, view }
+    /// `view` is the local replica (its applied membership), `effective` the membership Raft
+    /// works with: a target is a learner only when neither makes it a voter.
+    pub fn new(peers: PeerHttp, view: LocalView, effective: EffectiveMembership) -> Self {
+        Self {
+            peers,
+            view,
+            effective,
+        }
     }
 }
 
@@ -182,6 +193,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
         HttpPeer {
             peers: self.peers.clone(),
             view: self.view.clone(),
+            effective: self.effective.clone(),
             target,
             node: node.clone(),
             acked: None,
@@ -205,6 +217,7 @@ fn changes_membership(entries: &[Entry]) -> bool {
 pub struct HttpPeer {
     peers: PeerHttp,
     view: LocalView,
+    effective: EffectiveMembership,
     target: NodeId,
     node: EvioNode,
     /// The last heartbeat this target acknowledged and when it was sent. openraft keeps one
@@ -214,16 +227,26 @@ pub struct HttpPeer {
 }
 
 impl HttpPeer {
-    /// True when the applied membership has the target, but not as a voter (in any of the
-    /// configurations of a joint change).
+    /// True when the applied membership has the target, but not as a voter, and neither
+    /// does the effective one (the last appended: a promotion in flight makes the target a
+    /// voter whose acknowledgements the joint commit needs, before it is applied), in any
+    /// of the configurations of a joint change. Unknown effective membership: not a learner.
     fn is_learner(&self) -> bool {
-        let applied = self.view.read();
-        let membership = applied.membership.membership();
-        membership.get_node(&self.target).is_some()
-            && !membership
+        let votes_in = |membership: &openraft::Membership<NodeId, EvioNode>| {
+            membership
                 .get_joint_config()
                 .iter()
                 .any(|voters| voters.contains(&self.target))
+        };
+        let Some(effective) = self.effective.get() else {
+            return false;
+        };
+        if votes_in(effective.borrow().membership_config.membership()) {
+            return false;
+        }
+        let applied = self.view.read();
+        let membership = applied.membership.membership();
+        membership.get_node(&self.target).is_some() && !votes_in(membership)
     }
 
     /// A JSON RPC.
@@ -384,5 +407,114 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, EvioNode, RaftError<NodeId>>> {
         self.call(VOTE_PATH, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::lease::LeaseTable;
+    use crate::pool::Pool;
+    use crate::store::Applied;
+    use crate::types::StoredMembership;
+
+    const VOTER: NodeId = 1;
+    const LEARNER: NodeId = 2;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(3, VOTER), index)
+    }
+
+    /// A client for `target` in a cluster of one voter and one learner, dialing a port
+    /// nothing listens on: a request that goes out fails, one answered here succeeds.
+    fn peer(target: NodeId, acked_commit: u64, promoting: bool) -> HttpPeer {
+        let pool = Pool::parse("10.0.0.0/16", 8).unwrap_or_else(|e| panic!("{e}"));
+        let nodes: BTreeMap<NodeId, EvioNode> = [VOTER, LEARNER]
+            .into_iter()
+            .map(|id| (id, EvioNode::default()))
+            .collect();
+        let membership = Membership::new(vec![BTreeSet::from([VOTER])], nodes);
+        let view = LocalView::new(Applied {
+            table: LeaseTable::new(pool),
+            last_applied: Some(log_id(10)),
+            membership: StoredMembership::new(Some(log_id(1)), membership.clone()),
+        });
+        let vote = Vote::new_committed(3, VOTER);
+        // A promotion appended but not applied: the effective membership is a joint one.
+        let effective = if promoting {
+            let both = [VOTER, LEARNER].into_iter().collect::<BTreeSet<_>>();
+            Membership::new(
+                vec![BTreeSet::from([VOTER]), both],
+                membership
+                    .nodes()
+                    .map(|(id, n)| (*id, n.clone()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        } else {
+            membership.clone()
+        };
+        let (_, server) = watch::channel(RaftServerMetrics {
+            membership_config: Arc::new(StoredMembership::new(Some(log_id(11)), effective)),
+            ..Default::default()
+        });
+        HttpPeer {
+            peers: PeerHttp::new("test-token", None, None),
+            view,
+            effective: Arc::new(OnceLock::from(server)),
+            target,
+            node: EvioNode {
+                name: "closed".into(),
+                addr: "127.0.0.1:9".into(),
+            },
+            acked: Some((
+                (vote, Some(log_id(10)), Some(log_id(acked_commit))),
+                Instant::now(),
+            )),
+        }
+    }
+
+    fn heartbeat(commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(3, VOTER),
+            prev_log_id: Some(log_id(10)),
+            entries: Vec::new(),
+            leader_commit: Some(log_id(commit)),
+        }
+    }
+
+    async fn answered_here(target: NodeId, acked_commit: u64, commit: u64) -> bool {
+        answered_here_promoting(target, acked_commit, commit, false).await
+    }
+
+    /// Whether the client answered the heartbeat itself (`promoting`: with a promotion of
+    /// the learner appended but not applied).
+    async fn answered_here_promoting(
+        target: NodeId,
+        acked_commit: u64,
+        commit: u64,
+        promoting: bool,
+    ) -> bool {
+        let option = RPCOption::new(Duration::from_millis(500));
+        peer(target, acked_commit, promoting)
+            .append_entries(heartbeat(commit), option)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_learner_is_not_told_a_commit_it_already_has() {
+        // The learner acknowledged commit 10 (sent with the entries): a commit-only append
+        // for 9 or 10 says nothing new; 11 is new and goes out.
+        assert!(answered_here(LEARNER, 10, 10).await);
+        assert!(answered_here(LEARNER, 10, 9).await);
+        assert!(!answered_here(LEARNER, 10, 11).await);
+        // A voter is always sent every heartbeat, and so is a learner being promoted (a
+        // voter in the joint membership appended, whose acknowledgements its commit needs).
+        assert!(!answered_here(VOTER, 10, 10).await);
+        assert!(!answered_here_promoting(LEARNER, 10, 10, true).await);
     }
 }

@@ -11,6 +11,10 @@
 //! Format v2 (pools with IPv6): as v1, but the pool is a CIDR count (1 byte) then per CIDR a
 //! family byte (4 or 6), its address (4 or 16 bytes) and prefix (1 byte), then nodeBits.
 //! IPv4-only pools are still written as v1, so members not yet upgraded read them.
+//!
+//! Format v3 (a table with revoked node ids): as v2, then after the records the count of
+//! revoked node ids and each id. Written only when some id is revoked, so members one
+//! release behind keep reading every snapshot of a cluster that never removed a member.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -25,13 +29,15 @@ const MAGIC: &[u8] = b"EVSNAP";
 const VERSION_V4: u8 = 1;
 /// The version for pools with an IPv6 CIDR.
 const VERSION: u8 = 2;
+/// v2 plus the revoked node ids.
+const VERSION_REVOKED: u8 = 3;
 
 /// Why snapshot bytes cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotFormatError {
     #[error("snapshot is neither evio's binary format nor its earlier JSON")]
     UnknownFormat,
-    #[error("snapshot format version {0} is newer than this evio-node reads (1 and 2)")]
+    #[error("snapshot format version {0} is newer than this evio-node reads (1 to 3)")]
     UnsupportedVersion(u8),
     #[error("snapshot ends early (reading {0})")]
     Truncated(&'static str),
@@ -52,6 +58,8 @@ pub enum SnapshotFormatError {
 pub struct SnapshotBody {
     pub pool: Pool,
     pub leases: Vec<LeaseRecord>,
+    /// Node ids whose certificates are refused (removed members).
+    pub revoked: Vec<u64>,
 }
 
 /// The JSON body earlier versions wrote.
@@ -76,14 +84,19 @@ pub fn encode(table: &LeaseTable) -> Vec<u8> {
     let pool = table.pool();
     let mut out = Vec::with_capacity(16 + records.len() * 28);
     out.extend_from_slice(MAGIC);
+    let revoked = table.revoked();
     match pool.pod_cidrs().as_slice() {
-        [IpNetwork::V4(v4)] => {
+        [IpNetwork::V4(v4)] if revoked.is_empty() => {
             out.push(VERSION_V4);
             out.extend_from_slice(&v4.network().octets());
             out.push(v4.prefix());
         }
         cidrs => {
-            out.push(VERSION);
+            out.push(if revoked.is_empty() {
+                VERSION
+            } else {
+                VERSION_REVOKED
+            });
             out.push(cidrs.len() as u8);
             for cidr in cidrs {
                 match cidr.network() {
@@ -116,6 +129,12 @@ pub fn encode(table: &LeaseTable) -> Vec<u8> {
         put_varint(&mut out, record.revision);
         put_varint(&mut out, record.acquired_at);
     }
+    if !revoked.is_empty() {
+        put_varint(&mut out, revoked.len() as u64);
+        for id in revoked {
+            put_varint(&mut out, *id);
+        }
+    }
     out
 }
 
@@ -126,6 +145,7 @@ pub fn decode(bytes: &[u8]) -> Result<SnapshotBody, SnapshotFormatError> {
         return Ok(SnapshotBody {
             pool: legacy.pool,
             leases: legacy.leases,
+            revoked: Vec::new(),
         });
     }
     let mut r = Reader { bytes, at: 0 };
@@ -135,7 +155,7 @@ pub fn decode(bytes: &[u8]) -> Result<SnapshotBody, SnapshotFormatError> {
     let version = r.byte("version")?;
     let cidrs = match version {
         VERSION_V4 => vec![r.cidr(4)?],
-        VERSION => {
+        VERSION | VERSION_REVOKED => {
             let count = r.byte("pool CIDR count")?;
             if !(1..=2).contains(&count) {
                 return Err(SnapshotFormatError::Overflow("pool CIDR count"));
@@ -181,8 +201,19 @@ pub fn decode(bytes: &[u8]) -> Result<SnapshotBody, SnapshotFormatError> {
             acquired_at,
         });
     }
+    let mut revoked = Vec::new();
+    if version == VERSION_REVOKED {
+        let count = r.varint("revoked count")?;
+        for _ in 0..count {
+            revoked.push(r.varint("revoked node id")?);
+        }
+    }
     match bytes.len() - r.at {
-        0 => Ok(SnapshotBody { pool, leases }),
+        0 => Ok(SnapshotBody {
+            pool,
+            leases,
+            revoked,
+        }),
         rest => Err(SnapshotFormatError::Trailing(rest)),
     }
 }
@@ -287,6 +318,33 @@ mod tests {
     }
 
     #[test]
+    fn revoked_node_ids_round_trip_in_v3_and_only_then() {
+        let pool = Pool::parse("10.244.0.0/16", 8).unwrap_or_else(|e| panic!("{e}"));
+        let mut t = table(pool, 5);
+        assert_eq!(
+            encode(&t)[MAGIC.len()],
+            VERSION_V4,
+            "no revocation: still v1"
+        );
+        for node_id in [42, 7, 42] {
+            t.apply(&LeaseCommand::Revoke { node_id, at: 1 }, 99);
+        }
+        let bytes = encode(&t);
+        assert_eq!(bytes[MAGIC.len()], VERSION_REVOKED);
+        let body = decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((body.pool, body.revoked.clone()), (pool, vec![7, 42]));
+        assert_eq!(body.leases, sorted(t.records().cloned().collect()));
+        let rebuilt = LeaseTable::from_records(pool, body.leases)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_revoked(body.revoked);
+        assert_eq!(encode(&rebuilt), bytes);
+        assert!(
+            decode(&bytes[..bytes.len() - 1]).is_err(),
+            "truncated revoked list"
+        );
+    }
+
+    #[test]
     fn ipv6_and_dual_stack_pools_round_trip() {
         for (text, bits, version) in [
             ("10.244.0.0/16", 8, VERSION_V4),
@@ -350,10 +408,10 @@ mod tests {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         let mut newer = bytes.clone();
-        newer[MAGIC.len()] = 3;
+        newer[MAGIC.len()] = 4;
         assert!(matches!(
             decode(&newer),
-            Err(SnapshotFormatError::UnsupportedVersion(3))
+            Err(SnapshotFormatError::UnsupportedVersion(4))
         ));
         let mut trailing = bytes.clone();
         trailing.push(0);

@@ -34,6 +34,8 @@ const SNAPSHOT_META: &[u8] = b"meta";
 const SNAPSHOT_DATA: &[u8] = b"data";
 /// The table as of the last snapshot built or installed, in the snapshot format.
 const BASE: &[u8] = b"meta/base";
+/// Every revoked node id (JSON), rewritten when one is added: the base may hold fewer.
+const REVOKED: &[u8] = b"meta/revoked";
 
 /// The applied state of this replica.
 #[derive(Debug, Clone)]
@@ -52,7 +54,7 @@ pub struct LocalView {
 }
 
 impl LocalView {
-    fn new(applied: Applied) -> Self {
+    pub(crate) fn new(applied: Applied) -> Self {
         Self {
             applied: Arc::new(watch::Sender::new(applied.last_applied)),
             state: Arc::new(RwLock::new(applied)),
@@ -126,6 +128,7 @@ impl StateMachineStore {
         let tree = db.open_tree("state_machine")?;
         let snapshots = db.open_tree("snapshot")?;
         let mut records: HashMap<String, LeaseRecord> = HashMap::new();
+        let mut revoked = Vec::new();
         if let Some(base) = tree.get(BASE)? {
             let body = snapshot::decode(&base)?;
             if body.pool != pool {
@@ -135,6 +138,10 @@ impl StateMachineStore {
                 });
             }
             records.extend(body.leases.into_iter().map(|r| (r.node.clone(), r)));
+            revoked = body.revoked;
+        }
+        if let Some(bytes) = tree.get(REVOKED)? {
+            revoked = serde_json::from_slice(&bytes).map_err(corrupt("revoked node ids"))?;
         }
         for item in tree.scan_prefix(LEASE_PREFIX) {
             let (key, bytes) = item?;
@@ -147,7 +154,7 @@ impl StateMachineStore {
                 serde_json::from_slice(&bytes).map_err(corrupt(format!("lease {name}")))?;
             records.insert(name, record);
         }
-        let table = LeaseTable::from_records(pool, records.into_values())?;
+        let table = LeaseTable::from_records(pool, records.into_values())?.with_revoked(revoked);
         let last_applied = match tree.get(LAST_APPLIED)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(corrupt("last applied index"))?,
             None => None,
@@ -294,6 +301,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             batch.insert(lease_key(&from), &[][..]);
                             batch.insert(lease_key(&record.node), json(&record)?);
                         }
+                        Change::Revoked(_) => batch.insert(REVOKED, json(view.table.revoked())?),
                     }
                     outcome
                 }
@@ -342,7 +350,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             ));
             return Err(err(&mismatch).into());
         }
-        let table = LeaseTable::from_records(pool, body.leases).map_err(|e| err(&e))?;
+        let table = LeaseTable::from_records(pool, body.leases)
+            .map_err(|e| err(&e))?
+            .with_revoked(body.revoked);
         let membership = meta.last_membership.clone();
 
         // The snapshot becomes the base: one value, in one batch with the applied index.
@@ -458,6 +468,25 @@ mod tests {
             0
         );
         assert_eq!(names(&check(StateMachineStore::open(&db, pool))), before);
+    }
+
+    /// Revoked node ids survive a restart, before and after they are folded into the base.
+    #[tokio::test]
+    async fn revoked_node_ids_reload() {
+        let (_dir, db, pool, mut store) = empty_store();
+        let revoke = |node_id| LeaseCommand::Revoke { node_id, at: 1 };
+        check(
+            store
+                .apply(vec![entry(1, revoke(7)), entry(2, acquire("n0"))])
+                .await,
+        );
+        check(store.build_snapshot().await);
+        check(store.apply(vec![entry(3, revoke(9))]).await);
+        let revoked = |s: &StateMachineStore| s.view.read().table.revoked().clone();
+        let want = std::collections::BTreeSet::from([7, 9]);
+        assert_eq!(revoked(&check(StateMachineStore::open(&db, pool))), want);
+        check(store.build_snapshot().await);
+        assert_eq!(revoked(&check(StateMachineStore::open(&db, pool))), want);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use rustls::ServerConfig;
 
 use super::ca::Authority;
 use super::identity::Credentials;
+use super::revoke::Revocations;
 use super::verify::http_client;
 use super::{
     io, read, TlsError, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_CERT_LIFETIME, NODE_CERT_FILE,
@@ -47,6 +48,8 @@ struct Loaded {
 pub struct TlsContext {
     source: Source,
     current: RwLock<Option<Arc<Loaded>>>,
+    /// Removed members' node ids, refused by the server side (filled by the replica).
+    revocations: Revocations,
 }
 
 impl std::fmt::Debug for TlsContext {
@@ -63,6 +66,7 @@ impl TlsContext {
         let context = Arc::new(Self {
             source,
             current: RwLock::new(None),
+            revocations: Revocations::default(),
         });
         if context.has_files() {
             context.reload()?;
@@ -72,6 +76,11 @@ impl TlsContext {
 
     pub fn source(&self) -> &Source {
         &self.source
+    }
+
+    /// The revoked node ids this member's server refuses.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     fn files(&self) -> (PathBuf, PathBuf, PathBuf) {
@@ -98,7 +107,7 @@ impl TlsContext {
     }
 
     fn install(&self, credentials: Credentials) -> Result<(), TlsError> {
-        let server = credentials.server_config()?;
+        let server = credentials.server_config(&self.revocations)?;
         let http = http_client(credentials.client_config()?, None)?;
         let loaded = Arc::new(Loaded {
             credentials,

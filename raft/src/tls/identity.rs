@@ -10,6 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+use super::revoke::{Revocations, RevokingVerifier};
 use super::verify::{ClusterVerifier, Trust};
 use super::{provider, read, TlsError, NODE_URI_PREFIX};
 use crate::types::NodeId;
@@ -147,10 +148,16 @@ impl Credentials {
     /// The server side: TLS 1.3, this member's certificate, client certificates verified
     /// against the CA but optional at the TLS layer (probes and reads need none; the API
     /// requires one per route for writes and Raft RPC).
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+    /// A certificate naming a node id in `revocations` is refused in the handshake.
+    pub fn server_config(&self, revocations: &Revocations) -> Result<Arc<ServerConfig>, TlsError> {
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
             .allow_unauthenticated()
             .build()?;
+        let verifier = Arc::new(RevokingVerifier {
+            inner,
+            revocations: revocations.clone(),
+            provider: provider(),
+        });
         let config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)

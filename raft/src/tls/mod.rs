@@ -16,9 +16,46 @@
 //! - **files**: CA certificate, node certificate and key from files an operator manages
 //!   (e.g. cert-manager); the CA key is nowhere on the members; files are re-read to renew.
 
+/// The handshake signature checks of a certificate verifier with a `provider` field: rustls's
+/// own, with the provider's algorithms (the same for both verifiers here).
+macro_rules! signature_checks {
+    () => {
+        signature_checks!(
+            verify_tls12_signature,
+            rustls::crypto::verify_tls12_signature
+        );
+        signature_checks!(
+            verify_tls13_signature,
+            rustls::crypto::verify_tls13_signature
+        );
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+    ($name:ident, $check:path) => {
+        fn $name(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            $check(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+    };
+}
+
 mod ca;
 mod context;
 mod identity;
+mod revoke;
 #[cfg(test)]
 mod tests;
 mod verify;
@@ -29,6 +66,7 @@ pub use identity::{
     ca_hash, certs_from_pem, not_after, parse_ca_hash, peer_identity, Credentials, PeerIdentity,
     TlsPeer,
 };
+pub use revoke::Revocations;
 pub use verify::{anonymous_client_config, http_client, Trust};
 
 use std::path::{Path, PathBuf};

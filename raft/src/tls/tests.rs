@@ -26,7 +26,7 @@ fn issued_certificates_name_the_node_and_chain_to_the_ca() {
     );
     assert_eq!(creds.chain.len(), 2, "leaf and CA");
     assert_eq!(ca_hash(&creds.chain[1]), ca.hash());
-    assert!(creds.server_config().is_ok());
+    assert!(creds.server_config(&Revocations::default()).is_ok());
     assert!(creds.client_config().is_ok());
     let left = creds
         .not_after

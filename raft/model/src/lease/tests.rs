@@ -67,6 +67,11 @@ fn a_conditional_release_needs_the_current_revision() {
     ));
 }
 
+/// Acquires `node` at `revision`: the block and whether it is new.
+fn acquired(t: &mut LeaseTable, node: &str, revision: u64) -> (u32, bool) {
+    acquired_block(&t.apply(&acquire(node), revision).0)
+}
+
 fn acquired_block(outcome: &LeaseOutcome) -> (u32, bool) {
     match outcome {
         LeaseOutcome::Acquired { lease, created } => (lease.block, *created),
@@ -115,12 +120,9 @@ fn lowest_free_block_is_reused_after_release() {
     assert_eq!(o, LeaseOutcome::Released { existed: true });
     assert_eq!(change, Change::Delete("b".into()));
     t.apply(&release("c"), 11);
-    let (o, _) = t.apply(&acquire("e"), 12);
-    assert_eq!(acquired_block(&o), (1, true));
-    let (o, _) = t.apply(&acquire("f"), 13);
-    assert_eq!(acquired_block(&o), (2, true));
-    let (o, _) = t.apply(&acquire("g"), 14);
-    assert_eq!(acquired_block(&o), (4, true));
+    assert_eq!(acquired(&mut t, "e", 12), (1, true));
+    assert_eq!(acquired(&mut t, "f", 13), (2, true));
+    assert_eq!(acquired(&mut t, "g", 14), (4, true));
     // releasing an absent node is a no-op
     let (o, change) = t.apply(&release("zzz"), 15);
     assert_eq!(o, LeaseOutcome::Released { existed: false });
@@ -141,19 +143,16 @@ fn exhaustion_is_typed_and_changes_nothing() {
     assert!(t.get("late").is_none());
     assert_eq!(t.free_blocks(), 0);
     // existing holders still get theirs back
-    let (o, _) = t.apply(&acquire("n2"), 10);
-    assert_eq!(acquired_block(&o), (2, false));
+    assert_eq!(acquired(&mut t, "n2", 10), (2, false));
     // a release makes room again
     t.apply(&release("n1"), 11);
-    let (o, _) = t.apply(&acquire("late"), 12);
-    assert_eq!(acquired_block(&o), (1, true));
+    assert_eq!(acquired(&mut t, "late", 12), (1, true));
 }
 
 #[test]
 fn node_bits_zero_has_one_block() {
     let mut t = LeaseTable::new(pool("10.244.0.0/16", 0));
-    let (o, _) = t.apply(&acquire("only"), 1);
-    assert_eq!(acquired_block(&o), (0, true));
+    assert_eq!(acquired(&mut t, "only", 1), (0, true));
     let (o, _) = t.apply(&acquire("second"), 2);
     assert_eq!(o, LeaseOutcome::PoolExhausted { blocks: 1 });
 }
@@ -217,10 +216,8 @@ fn reserved_blocks_are_never_handed_out() {
     assert!(matches!(change, Change::Put(ref r) if r.node == "legacy:a" && r.block == 0));
     t.apply(&reserve("legacy:b", 2), 2);
     // acquire skips both reserved blocks
-    let (o, _) = t.apply(&acquire("n1"), 3);
-    assert_eq!(acquired_block(&o), (1, true));
-    let (o, _) = t.apply(&acquire("n2"), 4);
-    assert_eq!(acquired_block(&o), (3, true));
+    assert_eq!(acquired(&mut t, "n1", 3), (1, true));
+    assert_eq!(acquired(&mut t, "n2", 4), (3, true));
     assert_eq!(t.free_blocks(), 252);
     // re-reserving the same block for the same owner is idempotent
     let (o, change) = t.apply(&reserve("legacy:a", 0), 5);
@@ -246,8 +243,7 @@ fn reserved_blocks_are_never_handed_out() {
     assert_eq!(t.free_blocks(), 252);
     // the free set stays exact: releasing the reservation makes block 0 the lowest again
     t.apply(&release("legacy:a"), 9);
-    let (o, _) = t.apply(&acquire("n3"), 10);
-    assert_eq!(acquired_block(&o), (0, true));
+    assert_eq!(acquired(&mut t, "n3", 10), (0, true));
 }
 
 #[test]
