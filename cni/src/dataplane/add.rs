@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::attachment::{host_veth_name, owner_alias};
-use super::bridge::{BridgeDriver, Port};
+use super::bridge::{Bridge, BridgeDriver, Port};
 use super::error::{DataplaneError, Result};
 use super::ipam::{self, IpamError};
 use super::netlink;
@@ -248,16 +248,15 @@ async fn add_links(
     undo: &mut Undo,
     laps: &mut Laps,
 ) -> Result<(u32, rtnetlink::packet_route::link::LinkMessage)> {
+    let addresses = conf.bridge_addresses();
+    let bridge = Bridge {
+        name: &conf.bridge,
+        mtu: conf.mtu(),
+        addresses: &addresses,
+    };
     let bridge_index = {
         let _serialized = net.bridge_lock.lock().await;
-        driver
-            .ensure(
-                &net.handle,
-                &conf.bridge,
-                conf.mtu(),
-                &conf.bridge_addresses(),
-            )
-            .await?
+        driver.ensure(&net.handle, bridge).await?
     };
     laps.lap("|bridge");
     let controller = driver.controller_at_creation(bridge_index);

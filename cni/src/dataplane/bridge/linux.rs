@@ -3,10 +3,9 @@
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 
-use super::{BridgeDriver, Port};
+use super::{Bridge, BridgeDriver, Port};
 use crate::dataplane::error::{DataplaneError, Result};
 use crate::dataplane::netlink;
 use crate::plugin_conf::InvalidKey;
@@ -35,14 +34,13 @@ impl BridgeDriver for LinuxBridge {
         .boxed()
     }
 
-    fn ensure<'a>(
-        &'a self,
-        handle: &'a Handle,
-        bridge: &'a str,
-        mtu: u32,
-        addresses: &'a [IpNetwork],
-    ) -> BoxFuture<'a, Result<u32>> {
+    fn ensure<'a>(&'a self, handle: &'a Handle, spec: Bridge<'a>) -> BoxFuture<'a, Result<u32>> {
         async move {
+            let Bridge {
+                name: bridge,
+                mtu,
+                addresses,
+            } = spec;
             let (created, known) = match netlink::ensure_linux_bridge(handle, bridge, mtu).await? {
                 netlink::Ensured::Found(link) => (false, Some(link)),
                 netlink::Ensured::Created => (true, None),

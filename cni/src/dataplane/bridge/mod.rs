@@ -19,6 +19,14 @@ use super::error::Result;
 use super::ovsdb::Ovsdb;
 use crate::plugin_conf::{BridgeType, OvsDatapath, TeardownConf};
 
+/// A bridge as the network config wants it.
+#[derive(Clone, Copy)]
+pub struct Bridge<'a> {
+    pub name: &'a str,
+    pub mtu: u32,
+    pub addresses: &'a [IpNetwork],
+}
+
 /// The host end of a pod's veth pair, as a bridge port.
 pub struct Port<'a> {
     pub name: &'a str,
@@ -39,15 +47,9 @@ pub trait BridgeDriver: Send + Sync {
     /// (code 7). Cheap once the bridge is known.
     fn validate<'a>(&'a self, handle: &'a Handle, bridge: &'a str) -> BoxFuture<'a, Result<()>>;
 
-    /// Makes the bridge exist and be up, carrying `addresses`. A bridge this call
-    /// created that does not come up is removed again. Returns its link index.
-    fn ensure<'a>(
-        &'a self,
-        handle: &'a Handle,
-        bridge: &'a str,
-        mtu: u32,
-        addresses: &'a [IpNetwork],
-    ) -> BoxFuture<'a, Result<u32>>;
+    /// Makes the bridge exist and be up, carrying its addresses. A bridge this call created
+    /// that does not come up is removed again. Returns its link index.
+    fn ensure<'a>(&'a self, handle: &'a Handle, bridge: Bridge<'a>) -> BoxFuture<'a, Result<u32>>;
 
     /// The bridge to create a port's veth on, when the kernel attaches it in the same request
     /// (a Linux bridge); `None` when [`BridgeDriver::attach`] does it.

@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 
-use super::{BridgeDriver, Port};
+use super::{Bridge, BridgeDriver, Port};
 use crate::dataplane::error::{DataplaneError, Result};
 use crate::dataplane::netlink;
 use crate::dataplane::ovsdb::Ovsdb;
@@ -50,14 +49,9 @@ impl BridgeDriver for OvsBridge {
         .boxed()
     }
 
-    fn ensure<'a>(
-        &'a self,
-        handle: &'a Handle,
-        bridge: &'a str,
-        _mtu: u32,
-        addresses: &'a [IpNetwork],
-    ) -> BoxFuture<'a, Result<u32>> {
+    fn ensure<'a>(&'a self, handle: &'a Handle, spec: Bridge<'a>) -> BoxFuture<'a, Result<u32>> {
         async move {
+            let (bridge, addresses) = (spec.name, spec.addresses);
             // Asks OVSDB only when the cache has no such bridge.
             let created = self
                 .ovsdb
