@@ -130,6 +130,60 @@ async fn members_join_by_token_and_ca_hash_and_replicate_over_mutual_tls() {
     a.shutdown().await;
 }
 
+/// A join for node B made with node A's certificate: the leader refuses it (403
+/// `wrong_sender`); a member that is not the leader and does not know A (as a member just
+/// admitted does not yet know the members forwarding to it) sends it on to the leader (503
+/// `not_leader`) instead of refusing it in the cluster's name. Nothing changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_join_in_another_nodes_name_is_refused_by_the_leader_and_deferred_elsewhere() {
+    let a = first("tls-j").await;
+    let b = Member::start_tls("tls-jb", pool("10.244.0.0/16", 8)).await;
+    join(&a, &b, "tls-jb").await;
+    let authority = a
+        .replica
+        .peers()
+        .tls()
+        .map(|t| t.authority())
+        .unwrap_or_else(|| panic!("no TLS"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ca_pem = authority.cert_pem().to_string();
+    let (key, csr) = tls::new_key_and_request(17, "n17").unwrap_or_else(|e| panic!("{e}"));
+    let cert = authority
+        .sign_request(&csr, 17, "n17", Duration::from_secs(3600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n17 = Credentials::from_pem(&ca_pem, &cert, &key).unwrap_or_else(|e| panic!("{e}"));
+    let as_n18 = JoinRequest {
+        node_id: 18,
+        name: "n18".into(),
+        addr: "127.0.0.1:9".into(),
+        pod_cidr: "10.244.0.0/16".into(),
+        node_bits: 8,
+    };
+    let members_before = a
+        .replica
+        .metrics()
+        .membership_config
+        .membership()
+        .nodes()
+        .count();
+    let at = |m: &Member| client(m, Trust::CaHash(ca_hash(&a)), Some(&n17));
+    let err = at(&a).join(&as_n18).await.map(|_| ()).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::WrongSender), "{err}");
+    let err = at(&b).join(&as_n18).await.map(|_| ()).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotLeader), "{err}");
+    assert_eq!(
+        a.replica
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .count(),
+        members_before
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_leave_nothing_changed() {
     let a = first("tls-r").await;

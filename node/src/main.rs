@@ -9,6 +9,7 @@
 //!
 //! The daemon's HTTP API (and Raft RPC) is served by [`serve`].
 
+mod cli;
 mod cni_service;
 mod commands;
 mod conflist;

@@ -7,6 +7,9 @@
 //! shows as unreachable on the leader's page; then one member cut off (its peers SIGSTOPped)
 //! says it answers from its local replica and sees its peers unreachable.
 //! `evio-node status -o json` is checked against the same cluster.
+//!
+//! One file (about 600 lines) on purpose: every check shares one expensive fixture (three
+//! members, a pod, the stand-in, Chromium) started once.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -21,6 +21,9 @@
 //! Nothing is created in the root network namespace; the two hosts share one filesystem, so
 //! each gets its own host-local data dir (as separate machines would have). Needs root,
 //! host-local, ping, nft and (OVS) Open vSwitch; under CI=true a missing one fails the test.
+//!
+//! One file (over 700 lines) on purpose: one scenario, run for each bridge kind, over the
+//! two-host fixture (two namespaces, two members, the veth link between them) it sets up.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

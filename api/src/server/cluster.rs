@@ -161,13 +161,25 @@ pub(super) async fn join(
     // Over TLS a node joins as the node its certificate names; a member forwarding the
     // join to the leader speaks with its own certificate.
     if let Some(Extension(TlsPeer(Some(peer)))) = peer {
-        let is_member = state
-            .replica
-            .metrics()
+        let metrics = state.replica.metrics();
+        let is_member = metrics
             .membership_config
             .membership()
             .get_node(&peer.node_id)
             .is_some();
+        // A member just admitted may not know yet of the member forwarding to it: only the
+        // leader's membership is the cluster's word, so elsewhere the forwarder is told to
+        // try another member (503) instead of being refused.
+        let leading = metrics.current_leader == Some(state.replica.node_id());
+        if peer.node_id != request.node_id && !is_member && !leading {
+            return Err(ApiError::new(
+                ErrorCode::NotLeader,
+                format!(
+                    "node {} is not a member this member knows of, and it is not the leader: send the join to the leader",
+                    peer.node_id
+                ),
+            ));
+        }
         if peer.node_id != request.node_id && !is_member {
             tracing::warn!(
                 certified = peer.node_id,

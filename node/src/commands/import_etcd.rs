@@ -15,7 +15,7 @@ use evio_node::etcd_gateway::{Gateway, RangeShape};
 use evio_raft::legacy::{OriginalRange, ORIGINAL_PREFIX};
 use evio_raft::Pool;
 
-use super::client::MemberArgs;
+use crate::cli::MemberArgs;
 use crate::etcd::{original_range, EtcdArgs, LEASES_PREFIX};
 
 #[derive(clap::Args)]

@@ -6,7 +6,7 @@ use clap::Args;
 use evio_api::{ClientError, ClusterJson, Consistency, ErrorCode, LeaseJson, NodeJson, PodJson};
 use serde::Serialize;
 
-use super::client::{print_cluster, print_json, print_leases, ApiArgs, Output};
+use crate::cli::{print_cluster, print_json, print_leases, ApiArgs, Output};
 
 #[derive(Args)]
 pub struct StatusArgs {

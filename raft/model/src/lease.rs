@@ -2,6 +2,11 @@
 //!
 //! Commands carry everything the decision needs (node name, host IP, request id, timestamp);
 //! applying them never reads the clock, so every replica reaches the same state.
+//!
+//! Over 500 lines on purpose: every command's decision (acquire, release, reserve, claim,
+//! revoke) reads and changes the same table and free-block index, and one file shows that
+//! they keep its invariants together; name checks, the free-block index and the tests are
+//! already in `lease/`.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap, HashSet};
