@@ -82,6 +82,18 @@ async fn join(leader: &Member, joiner: &Member, name: &str) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Credentials for `node_id`/`name` issued by `member`'s cluster CA, valid for `lifetime`.
+fn issued_by(member: &Member, node_id: u64, name: &str, lifetime: Duration) -> Credentials {
+    let tls = member.replica.peers().tls().cloned();
+    let tls = tls.unwrap_or_else(|| panic!("member without TLS"));
+    let authority = tls.authority().unwrap_or_else(|e| panic!("{e}"));
+    let (key, csr) = tls::new_key_and_request(node_id, name).unwrap_or_else(|e| panic!("{e}"));
+    let cert = authority
+        .sign_request(&csr, node_id, name, lifetime)
+        .unwrap_or_else(|e| panic!("{e}"));
+    Credentials::from_pem(authority.cert_pem(), &cert, &key).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn member_credentials(member: &Member) -> Credentials {
     let tls = member.replica.peers().tls().cloned();
     let tls = tls.unwrap_or_else(|| panic!("member without TLS"));
@@ -139,19 +151,7 @@ async fn a_join_in_another_nodes_name_is_refused_by_the_leader_and_deferred_else
     let a = first("tls-j").await;
     let b = Member::start_tls("tls-jb", pool("10.244.0.0/16", 8)).await;
     join(&a, &b, "tls-jb").await;
-    let authority = a
-        .replica
-        .peers()
-        .tls()
-        .map(|t| t.authority())
-        .unwrap_or_else(|| panic!("no TLS"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let ca_pem = authority.cert_pem().to_string();
-    let (key, csr) = tls::new_key_and_request(17, "n17").unwrap_or_else(|e| panic!("{e}"));
-    let cert = authority
-        .sign_request(&csr, 17, "n17", Duration::from_secs(3600))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let n17 = Credentials::from_pem(&ca_pem, &cert, &key).unwrap_or_else(|e| panic!("{e}"));
+    let n17 = issued_by(&a, 17, "n17", Duration::from_secs(3600));
     let as_n18 = JoinRequest {
         node_id: 18,
         name: "n18".into(),
@@ -240,20 +240,9 @@ async fn refusals_leave_nothing_changed() {
     assert!(matches!(err, ClientError::Transport { .. }), "{err}");
 
     // An expired certificate of the right CA: refused at the handshake.
-    let authority = a
-        .replica
-        .peers()
-        .tls()
-        .map(|t| t.authority())
-        .unwrap_or_else(|| panic!("no TLS"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (key, csr) = tls::new_key_and_request(99, "old").unwrap_or_else(|e| panic!("{e}"));
     // Valid from an hour ago until now (whole seconds): expired a moment later.
-    let cert = authority
-        .sign_request(&csr, 99, "old", Duration::ZERO)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let expired = issued_by(&a, 99, "old", Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let expired = Credentials::from_pem(&ca_pem, &cert, &key).unwrap_or_else(|e| panic!("{e}"));
     let err = client(&a, Trust::CaHash(hash.clone()), Some(&expired))
         .acquire("expired", None)
         .await
@@ -313,11 +302,7 @@ async fn refusals_leave_nothing_changed() {
     assert_eq!(err.code(), Some(ErrorCode::CertificateRefused), "{err}");
 
     // Node A's certificate speaking as node B: a vote naming another candidate is refused.
-    let (key, csr) = tls::new_key_and_request(7, "n7").unwrap_or_else(|e| panic!("{e}"));
-    let cert = authority
-        .sign_request(&csr, 7, "n7", Duration::from_secs(3600))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let n7 = Credentials::from_pem(&ca_pem, &cert, &key).unwrap_or_else(|e| panic!("{e}"));
+    let n7 = issued_by(&a, 7, "n7", Duration::from_secs(3600));
     let http = tls::http_client(
         n7.client_config().unwrap_or_else(|e| panic!("{e}")),
         Some(Duration::from_secs(5)),
