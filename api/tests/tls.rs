@@ -82,6 +82,16 @@ async fn join(leader: &Member, joiner: &Member, name: &str) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// A certificate request for `node_id`/`name` with a fresh key (the key is not needed).
+fn certificate_request(node_id: u64, name: &str) -> CertificateRequest {
+    let (_, csr) = tls::new_key_and_request(node_id, name).unwrap_or_else(|e| panic!("{e}"));
+    CertificateRequest {
+        node_id,
+        name: name.into(),
+        csr,
+    }
+}
+
 /// Credentials for `node_id`/`name` issued by `member`'s cluster CA, valid for `lifetime`.
 fn issued_by(member: &Member, node_id: u64, name: &str, lifetime: Duration) -> Credentials {
     let tls = member.replica.peers().tls().cloned();
@@ -255,13 +265,7 @@ async fn refusals_leave_nothing_changed() {
     let impostor = first("tls-impostor").await;
     let err = client(&impostor, Trust::CaHash(hash.clone()), None)
         .with_token(Some(TOKEN.into()))
-        .certificate(&CertificateRequest {
-            node_id: 5,
-            name: "victim".into(),
-            csr: tls::new_key_and_request(5, "victim")
-                .unwrap_or_else(|e| panic!("{e}"))
-                .1,
-        })
+        .certificate(&certificate_request(5, "victim"))
         .await
         .map(|_| ())
         .unwrap_err();
@@ -274,13 +278,7 @@ async fn refusals_leave_nothing_changed() {
     // A wrong token on the certificate route: 401.
     let err = client(&a, Trust::CaHash(hash.clone()), None)
         .with_token(Some("wrong".into()))
-        .certificate(&CertificateRequest {
-            node_id: 6,
-            name: "n6".into(),
-            csr: tls::new_key_and_request(6, "n6")
-                .unwrap_or_else(|e| panic!("{e}"))
-                .1,
-        })
+        .certificate(&certificate_request(6, "n6"))
         .await
         .map(|_| ())
         .unwrap_err();
@@ -289,13 +287,7 @@ async fn refusals_leave_nothing_changed() {
     // A certificate request naming a live member's id under another name: refused.
     let err = client(&a, Trust::CaHash(hash.clone()), None)
         .with_token(Some(TOKEN.into()))
-        .certificate(&CertificateRequest {
-            node_id: a.replica.node_id(),
-            name: "thief".into(),
-            csr: tls::new_key_and_request(a.replica.node_id(), "thief")
-                .unwrap_or_else(|e| panic!("{e}"))
-                .1,
-        })
+        .certificate(&certificate_request(a.replica.node_id(), "thief"))
         .await
         .map(|_| ())
         .unwrap_err();

@@ -167,20 +167,19 @@ pub(super) async fn join(
             .membership()
             .get_node(&peer.node_id)
             .is_some();
-        // A member just admitted may not know yet of the member forwarding to it: only the
-        // leader's membership is the cluster's word, so elsewhere the forwarder is told to
-        // try another member (503) instead of being refused.
-        let leading = metrics.current_leader == Some(state.replica.node_id());
-        if peer.node_id != request.node_id && !is_member && !leading {
-            return Err(ApiError::new(
-                ErrorCode::NotLeader,
-                format!(
-                    "node {} is not a member this member knows of, and it is not the leader: send the join to the leader",
-                    peer.node_id
-                ),
-            ));
-        }
         if peer.node_id != request.node_id && !is_member {
+            // A member just admitted may not know yet of the member forwarding to it: only
+            // the leader's membership is the cluster's word, so elsewhere the forwarder is
+            // told to try another member (503) instead of being refused.
+            if metrics.current_leader != Some(state.replica.node_id()) {
+                return Err(ApiError::new(
+                    ErrorCode::NotLeader,
+                    format!(
+                        "node {} is not a member this member knows of, and it is not the leader: send the join to the leader",
+                        peer.node_id
+                    ),
+                ));
+            }
             tracing::warn!(
                 certified = peer.node_id,
                 claimed = request.node_id,
